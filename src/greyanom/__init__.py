@@ -1,0 +1,47 @@
+"""greyanom: anomaly detection for manufacturing.
+
+One scikit-learn style API (``fit``, ``score``, ``explain``, plus ``score_samples``,
+``decision_function`` and ``predict``) over grey-box detectors for process traces and
+detectors for inspection images.
+
+Sign convention: ``score(X)`` is the anomaly score (higher = more anomalous);
+``score_samples(X) = -score(X)`` follows scikit-learn (higher = more normal).
+"""
+
+__version__ = "0.1.0.dev0"
+
+from greyanom.base import BaseDetector, ImageExplanation
+from greyanom.image._pca import PCADetector
+
+__all__ = [
+    "BaseDetector",
+    "ImageExplanation",
+    "PCADetector",
+    "__version__",
+]
+
+_LAZY = {
+    # detectors whose modules need optional extras are imported on first use
+    "ConvVAEDetector": "greyanom.image._vae",
+    "PaDiMDetector": "greyanom.image._padim",
+    "PatchCoreDetector": "greyanom.image._patchcore",
+    "ShapeSignatureDetector": "greyanom.shape._detector",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as exc:  # detector not built yet in this version
+            if exc.name == _LAZY[name]:
+                raise AttributeError(f"module 'greyanom' has no attribute {name!r}") from None
+            raise
+        return getattr(module, name)
+    raise AttributeError(f"module 'greyanom' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
