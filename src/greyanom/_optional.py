@@ -1,0 +1,63 @@
+"""Optional dependencies: import them on use, with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["import_optional", "import_torch", "resolve_device"]
+
+
+def import_optional(module, extra, purpose):
+    """Import ``module`` or raise an ImportError naming the greyanom extra that provides it.
+
+    Parameters
+    ----------
+    module : str
+        Module to import, e.g. ``"matplotlib.pyplot"``.
+    extra : str
+        The greyanom extra that installs it, e.g. ``"plot"``.
+    purpose : str
+        What needs it, for the message (e.g. ``"ConvVAEDetector"``).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise ImportError(
+            f"{purpose} needs {top!r}, which is not installed. "
+            f'Install it with: pip install "greyanom[{extra}]"'
+        ) from exc
+
+
+def import_torch(purpose, extra="torch"):
+    """Import and return ``torch``, or raise an ImportError naming the extra."""
+    return import_optional("torch", extra, purpose)
+
+
+def resolve_device(device, purpose="this detector"):
+    """Resolve a ``device`` parameter into a ``torch.device``.
+
+    ``"auto"`` gives CUDA when it is available, else the CPU. An explicit ``"cuda"`` (or
+    ``"cuda:N"``) without CUDA is an error, never a silent fall-back.
+    """
+    torch = import_torch(purpose)
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    return dev
