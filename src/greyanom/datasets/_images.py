@@ -21,7 +21,8 @@ Synthetic wafer-surface inspection images (greyanom.datasets.make_wafer_images)
 Grayscale top-view images of a patterned wafer: a 4 x 4 grid of dies separated by
 dark scribe streets; each die holds a block of horizontal lines, a pad array and a block of
 vertical lines. Nuisance variation in every image: sub-pixel alignment jitter (shift and
-rotation), illumination gain, offset and a linear gradient, optical blur and sensor noise.
+rotation), die-to-die reflectance, surface grain, illumination gain, offset and a linear
+gradient, optical blur and sensor noise.
 Defects (test set only): {types}. Masks mark the defect pixels exactly (see the docstring
 for the rule per type). Normal images have defect type "good" and empty masks.
 """
@@ -87,12 +88,13 @@ def _disk_alpha(xx, yy, cx, cy, rx, ry, angle):
 def _particle(scene, rng, scale, u, v):
     size = scene.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    rx = rng.uniform(1.5, 6.0) * scale
+    rx = rng.uniform(1.0, 5.0) * scale
     ry = rx * rng.uniform(0.6, 1.0)
     cx, cy = rng.uniform(8, size - 8, 2)
     alpha = _disk_alpha(xx, yy, cx, cy, max(rx, 1.0), max(ry, 1.0), rng.uniform(0, np.pi))
-    level = rng.choice([rng.uniform(0.02, 0.15), rng.uniform(0.75, 0.95)])
-    return scene * (1 - alpha) + level * alpha, alpha >= 0.5
+    # dark (absorbing) or bright (scattering) relative to the surface beneath
+    level = scene * (1.0 + rng.uniform(0.15, 0.6) * rng.choice([-1.0, 1.0]))
+    return np.clip(scene * (1 - alpha) + level * alpha, 0.0, 1.0), alpha >= 0.5
 
 
 def _scratch(scene, rng, scale, u, v):
@@ -108,7 +110,7 @@ def _scratch(scene, rng, scale, u, v):
     half = max(0.5, rng.uniform(0.5, 1.3) * scale)
     # approximate pixel coverage of a line of width 2 * half (>= 0.5 within 0.5 px of its axis)
     alpha = np.clip(half + 0.5 - np.abs(perp), 0.0, 1.0) * _box(t, -length / 2, length / 2)
-    contrast = rng.uniform(0.08, 0.3) * rng.choice([-1.0, 1.0])
+    contrast = rng.uniform(0.04, 0.2) * rng.choice([-1.0, 1.0])
     return np.clip(scene + contrast * alpha, 0.0, 1.0), alpha >= 0.5
 
 
@@ -128,7 +130,7 @@ def _pattern_shift(scene, rng, scale, u, v):
     p = 64.0 * scale
     n_dies = int(round(scene.shape[0] / p))
     i, j = rng.integers(0, n_dies, 2)
-    mag = rng.uniform(1.5, 4.0) * scale
+    mag = rng.uniform(1.0, 3.0) * scale
     ang = rng.uniform(0, 2 * np.pi)
     shifted = _die_pattern(u, v, scale, inner_shift=(mag * np.cos(ang), mag * np.sin(ang)))
     original = _die_pattern(u, v, scale)
@@ -142,8 +144,8 @@ def _pattern_shift(scene, rng, scale, u, v):
 def _missing_pattern(scene, rng, scale, u, v):
     size = scene.shape[0]
     (r0, r1), (c0, c1) = _die_cell(rng, size, scale)
-    h = int(rng.uniform(6, 24) * scale) + 1
-    w = int(rng.uniform(6, 30) * scale) + 1
+    h = int(rng.uniform(4, 20) * scale) + 1
+    w = int(rng.uniform(4, 24) * scale) + 1
     r = int(rng.integers(r0 + 2, max(r0 + 3, r1 - h - 1)))
     c = int(rng.integers(c0 + 2, max(c0 + 3, c1 - w - 1)))
     mask = np.zeros(scene.shape, bool)
@@ -164,7 +166,7 @@ def _stain(scene, rng, scale, u, v):
         field += np.exp(-((xx - cx - ox) ** 2 + (yy - cy - oy) ** 2) / (2 * s * s))
     field /= field.max()
     alpha = np.clip((field - 0.35) / 0.3, 0.0, 1.0)  # soft rim
-    gain = 1.0 + rng.uniform(0.06, 0.2) * rng.choice([-1.0, 1.0])
+    gain = 1.0 + rng.uniform(0.04, 0.15) * rng.choice([-1.0, 1.0])
     return scene * (1 + (gain - 1) * alpha), alpha >= 0.5
 
 
@@ -177,7 +179,7 @@ _DEFECTS = {
 }
 
 
-def _render(n, size, rng, *, jitter, noise, blur, defects=None):
+def _render(n, size, rng, *, jitter, noise, blur, grain_std=0.03, defects=None):
     """Render ``n`` images; ``defects`` is None or a list of defect names (or "good")."""
     scale = size / 256.0
     params = {
@@ -188,6 +190,8 @@ def _render(n, size, rng, *, jitter, noise, blur, defects=None):
         "offset": rng.normal(0.0, 0.03, n),
         "grad": rng.normal(0.0, 0.08, (n, 2)),
         "noise": noise * rng.uniform(0.7, 1.3, n),
+        # die-to-die reflectance variation (film thickness) of the 4 x 4 dies
+        "die_gain": rng.normal(1.0, 0.03, (n, 4, 4)),
     }
     seeds = rng.randint(0, 2**31 - 1, size=n)
     X = np.empty((n, size, size), np.float32)
@@ -199,6 +203,10 @@ def _render(n, size, rng, *, jitter, noise, blur, defects=None):
         sub = {k: v[sl] for k, v in params.items()}
         u, v = _coords(size, sub)
         scene = _die_pattern(u, v, scale).astype(np.float32)
+        p = 64.0 * scale
+        di = np.clip(np.floor(v / p), 0, 3).astype(np.intp)
+        dj = np.clip(np.floor(u / p), 0, 3).astype(np.intp)
+        scene *= sub["die_gain"][np.arange(len(u))[:, None, None], di, dj].astype(np.float32)
         for j in range(sl.stop - sl.start):
             name = None if defects is None else defects[start + j]
             if name is not None and name != "good":
@@ -211,6 +219,9 @@ def _render(n, size, rng, *, jitter, noise, blur, defects=None):
             * (1 + sub["grad"][:, 0, None, None] * ramp_x + sub["grad"][:, 1, None, None] * ramp_y)
             + sub["offset"][:, None, None]
         )
+        # surface grain: spatially correlated reflectance noise, then white sensor noise
+        grain = gaussian_filter(rng.standard_normal(scene.shape).astype(np.float32), (0, 1.5 * scale, 1.5 * scale))
+        scene = scene * (1 + grain_std / (grain.std() + 1e-12) * grain)
         img = scene * illum + rng.standard_normal(scene.shape).astype(np.float32) * sub["noise"][:, None, None]
         X[sl] = np.clip(img, 0.0, 1.0)
     return X, masks
@@ -234,23 +245,24 @@ def make_wafer_images(
     ``image_size / 4``) separated by dark scribe streets, each die holding a block of
     horizontal lines, a pad array and a block of vertical lines. Every image, normal or
     not, varies in the nuisances an inspection tool sees: sub-pixel alignment jitter
-    (shift up to ``jitter`` pixels, rotation up to ``0.3 * jitter`` degrees), illumination
+    (shift up to ``jitter`` pixels, rotation up to ``0.3 * jitter`` degrees), die-to-die
+    reflectance variation (3%), a spatially correlated surface grain (3%), illumination
     (gain 1 +/- 7%, offset, a linear gradient), optical blur and sensor noise. The
     rendering is analytic (anti-aliased), so sub-pixel shifts need no interpolation.
 
     The training set is all normal. In the test set, ``round(anomaly_fraction * n_test)``
     images carry one defect each, the types drawn in equal shares:
 
-    * ``"particle"``: a dark or bright elliptical blob, radius 1.5-6 px. Mask: the
-      pixels at least half covered.
+    * ``"particle"``: an elliptical blob, radius 1-5 px, 15-60% darker or brighter than
+      the surface beneath. Mask: the pixels at least half covered.
     * ``"scratch"``: a thin (1-2.6 px), slightly curved line, 40-160 px long, contrast
-      +/-0.08-0.3. Mask: the pixels at least half covered.
-    * ``"pattern_shift"``: the structures of one die displaced by 1.5-4 px (an overlay
+      +/-0.04-0.2. Mask: the pixels at least half covered.
+    * ``"pattern_shift"``: the structures of one die displaced by 1-3 px (an overlay
       or misregistration error); the die outline stays. Mask: that die's body.
-    * ``"missing_pattern"``: a rectangle (6-30 px) of one die without structures (bare
+    * ``"missing_pattern"``: a rectangle (4-24 px) of one die without structures (bare
       die surface). Mask: the rectangle.
     * ``"stain"``: a large (radius 12-40 px), irregular, soft-edged reflectance change of
-      6-20%. Mask: the pixels where the change is at least half its peak.
+      4-15%. Mask: the pixels where the change is at least half its peak.
 
     Contrasts and sizes are drawn from ranges that include subtle defects; the mean
     image intensity separates the classes poorly, because the illumination gain varies

@@ -121,12 +121,13 @@ def plot_score_distributions(y_true, scores, *, threshold=None, bins=30, log=Fal
     return ax
 
 
-def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4, alpha=0.5, cmap="inferno"):
+def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4, alpha=0.7, cmap="inferno"):
     """Images, their anomaly heatmaps as an overlay, and the defect mask outlines.
 
     Each image gets two panels: the grayscale image (with the mask contour in cyan)
-    and the image with the heatmap overlaid (colour scale shared by all images, so
-    heatmaps are comparable).
+    and the image with the heatmap overlaid (colour scale shared by all images, up to
+    the 99.9th percentile of all heatmaps, so heatmaps are comparable; values below 5%
+    of that scale are left transparent).
 
     Parameters
     ----------
@@ -140,7 +141,7 @@ def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4
         One title per image (e.g. the defect type and the score).
     n_cols : int, default=4
         Images per row (each takes two panels).
-    alpha : float, default=0.5
+    alpha : float, default=0.7
         Opacity of the heatmap overlay.
     cmap : str, default="inferno"
         Colour map of the heatmap.
@@ -179,7 +180,9 @@ def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4
         ax_img, ax_heat = axes[r, 2 * c], axes[r, 2 * c + 1]
         ax_img.imshow(images[i], cmap="gray", vmin=0, vmax=1)
         ax_heat.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-        im = ax_heat.imshow(heatmaps[i], cmap=cmap, alpha=alpha, vmin=0, vmax=vmax)
+        # pixels below 5% of the colour scale stay transparent, so the image shows through
+        shown = np.ma.masked_less(heatmaps[i], 0.05 * vmax)
+        im = ax_heat.imshow(shown, cmap=cmap, alpha=alpha, vmin=0, vmax=vmax)
         if masks is not None and masks[i].any():
             for ax in (ax_img, ax_heat):
                 ax.contour(masks[i], levels=[0.5], colors="cyan", linewidths=0.8)
