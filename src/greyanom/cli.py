@@ -102,6 +102,7 @@ def _run_demo(args):
     from tqdm.auto import tqdm
 
     from greyanom.datasets import make_wafer_images
+    from greyanom.image import smooth_maps
     from greyanom.metrics import evaluate, format_reports
 
     n_train = args.n_train if args.n_train is not None else (60 if args.quick else 200)
@@ -132,11 +133,13 @@ def _run_demo(args):
         expl = det.explain(data.X_test)
         t2 = time.perf_counter()
         timings[name] = {"fit_s": t1 - t0, "explain_s": t2 - t1}
-        results[name] = expl
+        # the map the score is reduced from: the heatmap blurred by the detector's smoothing_sigma
+        heatmap = smooth_maps(expl.heatmap, float(getattr(det, "smoothing_sigma", 0.0) or 0.0))
+        results[name] = (expl.score, heatmap)
         reports[name] = evaluate(
             data.y_test,
             expl.score,
-            heatmaps=expl.heatmap,
+            heatmaps=heatmap,
             masks=data.masks_test,
             defect_types=data.defect_types_test,
             target_fpr=args.target_fpr,
@@ -182,23 +185,23 @@ def _write_plots(out, data, results, reports, target_fpr):
         return []
     written = []
     fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
-    for name, expl in results.items():
-        plot_roc(data.y_test, expl.score, target_fpr=target_fpr, label=name, ax=ax)
+    for name, (scores, _) in results.items():
+        plot_roc(data.y_test, scores, target_fpr=target_fpr, label=name, ax=ax)
     fig.savefig(out / "roc.png", dpi=120)
     plt.close(fig)
     written.append(out / "roc.png")
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False, layout="constrained")
-    for ax, (name, expl) in zip(axes[0], results.items()):
-        plot_score_distributions(data.y_test, expl.score, threshold=reports[name].threshold, title=name, ax=ax)
+    for ax, (name, (scores, _)) in zip(axes[0], results.items()):
+        plot_score_distributions(data.y_test, scores, threshold=reports[name].threshold, title=name, ax=ax)
     fig.savefig(out / "score_distributions.png", dpi=120)
     plt.close(fig)
     written.append(out / "score_distributions.png")
 
-    for name, expl in results.items():
-        idx = _select_examples(data.defect_types_test, expl.score)
-        titles = [f"{data.defect_types_test[i]}  score {expl.score[i]:.3g}" for i in idx]
-        fig = plot_heatmap_overlays(data.X_test[idx], expl.heatmap[idx], data.masks_test[idx], titles=titles, n_cols=3)
+    for name, (scores, heatmap) in results.items():
+        idx = _select_examples(data.defect_types_test, scores)
+        titles = [f"{data.defect_types_test[i]}  score {scores[i]:.3g}" for i in idx]
+        fig = plot_heatmap_overlays(data.X_test[idx], heatmap[idx], data.masks_test[idx], titles=titles, n_cols=3)
         fig.suptitle(f"{name}: heatmaps (cyan: true defect outline)")
         path = out / f"heatmaps_{name}.png"
         fig.savefig(path, dpi=100)
