@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, roc_auc_score, roc_curve
@@ -66,7 +67,7 @@ def _check_labels_scores(y_true, scores):
 
 
 def _check_target_fpr(target_fpr):
-    if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float, np.floating)):
+    if isinstance(target_fpr, bool) or not isinstance(target_fpr, numbers.Real):
         raise TypeError(f"target_fpr must be a float in [0, 1), got {target_fpr!r}.")
     if not 0 <= target_fpr < 1:
         raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr!r}.")
