@@ -6,8 +6,9 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.decomposition import PCA
+from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import randomized_svd, svd_flip
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from greyanom.image._base import BaseImageDetector
@@ -46,7 +47,8 @@ class PCADetector(BaseImageDetector):
     topk_fraction : float, default=0.01
         Fraction of pixels averaged by ``score_reduction="topk"``.
     svd_solver : {"auto", "full", "randomized"}, default="auto"
-        ``"full"``: exact LAPACK SVD of the data matrix. ``"randomized"``: randomized
+        ``"full"``: exact SVD of the data matrix (of the small factor of an economy QR
+        decomposition when ``d > 2n``, as for images). ``"randomized"``: randomized
         SVD (Halko et al.), for many wide images. ``"auto"``: exact unless the data has
         more than 4,096 features, more than 500 samples and an integer ``n_components``
         below 80% of ``min(n, d)``.
@@ -59,8 +61,12 @@ class PCADetector(BaseImageDetector):
 
     Attributes
     ----------
-    pca_ : sklearn.decomposition.PCA
-        The fitted PCA.
+    mean_ : ndarray of shape (n_features,)
+        Mean of the training data (the mean image for images).
+    components_ : ndarray of shape (n_components_, n_features)
+        Principal axes (rows, orthonormal).
+    singular_values_, explained_variance_, explained_variance_ratio_ : ndarray
+        Of the kept components, as in :class:`sklearn.decomposition.PCA`.
     n_components_ : int
         Number of components used.
     image_shape_ : tuple of int or None
@@ -137,7 +143,7 @@ class PCADetector(BaseImageDetector):
         return train_scores
 
     def _fit_images(self, images):
-        self._fit_matrix(images.reshape(len(images), -1))
+        self._fit_matrix(images.reshape(len(images), -1).astype(np.float64))
 
     def _fit_matrix(self, M):
         n, d = M.shape
@@ -164,17 +170,28 @@ class PCADetector(BaseImageDetector):
                 "svd_solver='randomized' needs an integer n_components; "
                 f"got the variance fraction {self.n_components!r}."
             )
-        self.pca_ = PCA(
-            n_components=k,
-            svd_solver=solver,
-            random_state=check_random_state(self.random_state) if solver == "randomized" else None,
-        ).fit(M)
-        self.n_components_ = int(self.pca_.n_components_)
+        mean = M.mean(axis=0)
+        Mc = M - mean
+        if solver == "randomized":
+            _, S, Vt = randomized_svd(Mc, k, random_state=check_random_state(self.random_state))
+        else:
+            S, Vt = _exact_svd(Mc)
+        variance = S**2 / (n - 1)
+        total_variance = (Mc**2).sum() / (n - 1)
+        ratio = variance / total_variance if total_variance > 0 else np.zeros_like(variance)
+        if not isinstance(k, int):  # variance fraction: smallest k reaching it
+            k = int(min(np.searchsorted(np.cumsum(ratio), k, side="right") + 1, len(S)))
+        self.mean_ = mean
+        self.components_ = Vt[:k]
+        self.singular_values_ = S[:k]
+        self.explained_variance_ = variance[:k]
+        self.explained_variance_ratio_ = ratio[:k]
+        self.n_components_ = int(k)
 
     # -- scoring --------------------------------------------------------------------
     def _reconstruct(self, M):
-        Z = (M - self.pca_.mean_) @ self.pca_.components_.T
-        return Z @ self.pca_.components_ + self.pca_.mean_
+        Z = (M - self.mean_) @ self.components_.T
+        return Z @ self.components_ + self.mean_
 
     def _explain_rows(self, M):
         recon = self._reconstruct(M)
@@ -223,3 +240,21 @@ class PCADetector(BaseImageDetector):
         fields = self._explain_rows(self._validated(X))
         fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
+
+
+def _exact_svd(Mc):
+    """Exact thin SVD of the centred data matrix; returns singular values and Vt.
+
+    For wide matrices (images: d >> n) an economy QR of ``Mc.T`` comes first and the SVD is
+    taken of the small ``n x n`` factor; this is exact (no ``d x d`` or Gram matrix is
+    formed) and several times faster than LAPACK's direct SVD of the wide matrix.
+    """
+    n, d = Mc.shape
+    if d > 2 * n:
+        Q, R = linalg.qr(Mc.T, mode="economic", check_finite=False)
+        U, S, Wt = linalg.svd(R.T, full_matrices=False, check_finite=False)
+        Vt = (Q @ Wt.T).T
+    else:
+        U, S, Vt = linalg.svd(Mc, full_matrices=False, check_finite=False)
+    U, Vt = svd_flip(U, Vt)
+    return S, Vt
