@@ -45,8 +45,10 @@ ST_NONFINITE = -2
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
 GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0])
-GRID_FREQS = np.array([1.5, 3.5, 7.0, 14.0, 28.0, 56.0])
-GRID_POINTS = 48
+GRID_COARSE = (1, 3)  # indices of the rates 0 and 2.5 in GRID_RATES
+# an arithmetic progression, so that cos/sin of every frequency follow by recurrence
+GRID_FREQS = 1.5 + 3.0 * np.arange(25)
+GRID_POINTS = 40
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -462,13 +464,58 @@ def _ls4(g, h, zz, coef, ll, keep, w):
 
 
 @njit(cache=True, fastmath=FASTMATH)
+def _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4):
+    """Variable projection at one grid point: least squares on (f1, f2, u, 1); return SSR."""
+    s11 = 0.0
+    s12 = 0.0
+    s22 = 0.0
+    s1u = 0.0
+    s2u = 0.0
+    s1c = 0.0
+    s2c = 0.0
+    s1z = 0.0
+    s2z = 0.0
+    for j in range(us.shape[0]):
+        a1 = f1[j]
+        a2 = f2[j]
+        s11 += a1 * a1
+        s12 += a1 * a2
+        s22 += a2 * a2
+        s1u += a1 * us[j]
+        s2u += a2 * us[j]
+        s1c += a1
+        s2c += a2
+        s1z += a1 * vs[j]
+        s2z += a2 * vs[j]
+    g[0, 0] = s11
+    g[0, 1] = s12
+    g[1, 0] = s12
+    g[1, 1] = s22
+    g[0, 2] = s1u
+    g[2, 0] = s1u
+    g[1, 2] = s2u
+    g[2, 1] = s2u
+    g[0, 3] = s1c
+    g[3, 0] = s1c
+    g[1, 3] = s2c
+    g[3, 1] = s2c
+    h[0] = s1z
+    h[1] = s2z
+    return _ls4(g, h, s_zz, coef, ll4, keep4, w4)
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def grid_start(u, v, general, p):
     """Cold start: best point of a (rate, frequency) grid by variable projection.
 
     For fixed decay rates and frequency the model is linear in the two transient
     coefficients, ``c`` and ``y``; each grid point is solved exactly on a strided
-    subsample of at most ``GRID_POINTS`` points. Writes the start into ``p`` (general
-    space when ``general`` else paper space).
+    subsample of at most ``GRID_POINTS`` points. Oscillating candidates are searched on
+    every frequency of ``GRID_FREQS`` with the rates ``GRID_COARSE``, then on every rate at
+    the best frequency; in general space one-exponential-plus-``t e^{-rate t}``
+    (critical) and two-exponential (overdamped) candidates are tried as well; in paper
+    space the single exponentials (``omega = 0``). Writes the start into ``p`` (general
+    space when ``general`` else paper space); returns its SSR on the subsample.
     """
     n = u.shape[0]
     stride = max(1, (n + GRID_POINTS - 1) // GRID_POINTS)
@@ -476,8 +523,6 @@ def grid_start(u, v, general, p):
     nr = GRID_RATES.shape[0]
     nf = GRID_FREQS.shape[0]
     ex = np.empty((nr, m))
-    co = np.empty((nf, m))
-    si = np.empty((nf, m))
     us = np.empty(m)
     vs = np.empty(m)
     for j in range(m):
@@ -486,10 +531,6 @@ def grid_start(u, v, general, p):
         vs[j] = v[j * stride]
         for a in range(nr):
             ex[a, j] = math.exp(-GRID_RATES[a] * tau)
-        for f in range(nf):
-            co[f, j] = math.cos(GRID_FREQS[f] * tau)
-            si[f, j] = math.sin(GRID_FREQS[f] * tau)
-    # sums shared by every grid point: columns (f1, f2, u, 1)
     s_1 = float(m)
     s_u = 0.0
     s_uu = 0.0
@@ -513,95 +554,89 @@ def grid_start(u, v, general, p):
     h[3] = s_z
     f1 = np.empty(m)
     f2 = np.empty(m)
+    co = np.empty((nf, m))
+    si = np.empty((nf, m))
     ll4 = np.empty((4, 4))
     keep4 = np.empty(4, np.bool_)
     w4 = np.empty(4)
     best = np.inf
-    n_kind = 3 if general else 2
-    for kind in range(n_kind):
-        # kind 0: underdamped (rate a, frequency f); 1: one exponential (paper) or
-        # critical (general); 2: overdamped pair (rates a < b)
-        na = nr
-        nb = nf if kind == 0 else (1 if kind == 1 else nr)
-        for ia in range(na):
-            for ib in range(nb):
-                if kind == 2 and ib <= ia:
-                    continue
+    best_f = 0
+    # oscillating candidates: all frequencies, coarse rates
+    dw = GRID_FREQS[1] - GRID_FREQS[0]
+    for j in range(m):
+        c1 = math.cos(dw * us[j])
+        s1 = math.sin(dw * us[j])
+        co[0, j] = math.cos(GRID_FREQS[0] * us[j])
+        si[0, j] = math.sin(GRID_FREQS[0] * us[j])
+        for ib in range(1, nf):
+            co[ib, j] = co[ib - 1, j] * c1 - si[ib - 1, j] * s1
+            si[ib, j] = si[ib - 1, j] * c1 + co[ib - 1, j] * s1
+    for ib in range(nf):
+        for ia in GRID_COARSE:
+            for j in range(m):
+                f1[j] = ex[ia, j] * co[ib, j]
+                f2[j] = ex[ia, j] * si[ib, j]
+            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            if ssr < best:
+                best = ssr
+                best_f = ib
+                _grid_store_osc(general, GRID_RATES[ia], GRID_FREQS[ib], coef, p)
+    # every rate at the best frequency
+    ib = best_f
+    for ia in range(nr):
+        for j in range(m):
+            f1[j] = ex[ia, j] * co[ib, j]
+            f2[j] = ex[ia, j] * si[ib, j]
+        ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+        if ssr < best:
+            best = ssr
+            _grid_store_osc(general, GRID_RATES[ia], GRID_FREQS[ib], coef, p)
+    # non-oscillating candidates
+    for ia in range(nr):
+        for ib in range(ia, nr):
+            if ib == ia:
                 for j in range(m):
-                    if kind == 0:
-                        f1[j] = ex[ia, j] * co[ib, j]
-                        f2[j] = ex[ia, j] * si[ib, j]
-                    elif kind == 1:
-                        f1[j] = ex[ia, j]
-                        f2[j] = us[j] * ex[ia, j] if general else 0.0
-                    else:
-                        f1[j] = ex[ia, j]
-                        f2[j] = ex[ib, j]
-                s11 = 0.0
-                s12 = 0.0
-                s22 = 0.0
-                s1u = 0.0
-                s2u = 0.0
-                s1c = 0.0
-                s2c = 0.0
-                s1z = 0.0
-                s2z = 0.0
+                    f1[j] = ex[ia, j]
+                    f2[j] = us[j] * ex[ia, j] if general else 0.0
+            elif general:
                 for j in range(m):
-                    a1 = f1[j]
-                    a2 = f2[j]
-                    s11 += a1 * a1
-                    s12 += a1 * a2
-                    s22 += a2 * a2
-                    s1u += a1 * us[j]
-                    s2u += a2 * us[j]
-                    s1c += a1
-                    s2c += a2
-                    s1z += a1 * vs[j]
-                    s2z += a2 * vs[j]
-                g[0, 0] = s11
-                g[0, 1] = s12
-                g[1, 0] = s12
-                g[1, 1] = s22
-                g[0, 2] = s1u
-                g[2, 0] = s1u
-                g[1, 2] = s2u
-                g[2, 1] = s2u
-                g[0, 3] = s1c
-                g[3, 0] = s1c
-                g[1, 3] = s2c
-                g[3, 1] = s2c
-                h[0] = s1z
-                h[1] = s2z
-                ssr = _ls4(g, h, s_zz, coef, ll4, keep4, w4)
-                if ssr < best:
-                    best = ssr
-                    p[3] = coef[3]
-                    p[5] = coef[2]
-                    if kind == 0:
-                        rate = GRID_RATES[ia]
-                        w = GRID_FREQS[ib]
-                        p[0] = 2.0 * rate
-                        if general:
-                            p[1] = coef[0]
-                            p[2] = w * w
-                            p[4] = w * coef[1]
-                        else:
-                            p[2] = w
-                            _to_polar(coef[0], coef[1], p)
-                    elif kind == 1:
-                        p[0] = 2.0 * GRID_RATES[ia]
-                        p[1] = coef[0]
-                        p[2] = 0.0
-                        p[4] = coef[1] if general else 0.0
-                    else:
-                        ra = GRID_RATES[ia]
-                        rb = GRID_RATES[ib]
-                        mu = 0.5 * (rb - ra)
-                        p[0] = ra + rb
-                        p[1] = coef[0] + coef[1]
-                        p[2] = -mu * mu
-                        p[4] = mu * (coef[0] - coef[1])
+                    f1[j] = ex[ia, j]
+                    f2[j] = ex[ib, j]
+            else:
+                continue
+            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            if ssr < best:
+                best = ssr
+                p[3] = coef[3]
+                p[5] = coef[2]
+                if ib == ia:
+                    p[0] = 2.0 * GRID_RATES[ia]
+                    p[1] = coef[0]
+                    p[2] = 0.0
+                    p[4] = coef[1] if general else 0.0
+                else:
+                    ra = GRID_RATES[ia]
+                    rb = GRID_RATES[ib]
+                    mu = 0.5 * (rb - ra)
+                    p[0] = ra + rb
+                    p[1] = coef[0] + coef[1]
+                    p[2] = -mu * mu
+                    p[4] = mu * (coef[0] - coef[1])
     return best
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _grid_store_osc(general, rate, w, coef, p):
+    p[0] = 2.0 * rate
+    p[3] = coef[3]
+    p[5] = coef[2]
+    if general:
+        p[1] = coef[0]
+        p[2] = w * w
+        p[4] = w * coef[1]
+    else:
+        p[2] = w
+        _to_polar(coef[0], coef[1], p)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
