@@ -999,6 +999,25 @@ def fit_batch(
         is2 = 1.0
         if bounded:
             is2 = sd * sd / noise_s2[j]
+            if not has_init[j]:
+                # with a prior, start from the prior mean when it beats the data-only grid
+                q = np.empty(6)
+                for k in range(6):
+                    q[k] = mu[k]
+                canonicalise(q)
+                if q[2] < 0.0:
+                    q[2] = 0.0
+                jt = np.empty((6, 6))
+                jr = np.empty(6)
+                s6 = np.empty((6, 6))
+                hq = np.empty((6, 6))
+                gq = np.empty(6)
+                dq = np.empty(6)
+                fq, _ = _evaluate(True, u, v, q, mu, w, is2, hq, gq, dq, jt, jr, s6)
+                fp, _ = _evaluate(True, u, v, p, mu, w, is2, hq, gq, dq, jt, jr, s6)
+                if fq < fp or not math.isfinite(fp):
+                    for k in range(6):
+                        p[k] = q[k]
         status, n_it, f, ssr = minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
         out_status[j] = status
         out_iter[j] = n_it
