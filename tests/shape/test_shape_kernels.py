@@ -161,18 +161,30 @@ def test_canonicalise_keeps_alpha_and_bounds(p):
     )
 
 
-def test_ls4_matches_lstsq_and_drops_dependent_columns():
+def _lin(u, v):
+    """The constant part of the variable projection, as grid_start builds it."""
+    g = np.array([[u @ u, u.sum()], [u.sum(), u.size]])
+    inv = np.linalg.inv(g)
+    lv = np.array([u @ v, v.sum()])
+    return np.array([inv[0, 0], inv[0, 1], inv[1, 1], lv[0], lv[1], v @ v - lv @ inv @ lv])
+
+
+def test_grid_point_matches_lstsq_and_drops_dependent_columns():
     u = _times(1, 30)
     v = np.exp(-2 * u) + 0.5 * u - 1.0 + 0.01 * np.sin(40 * u)
-    for f1, f2 in [(np.exp(-2 * u), u * np.exp(-2 * u)), (np.ones_like(u), u)]:  # 2nd: collinear
-        x = np.stack([f1, f2, u, np.ones_like(u)], 1)
-        g = x.T @ x
-        h = x.T @ v
+    cases = [
+        (np.exp(-2 * u), u * np.exp(-2 * u)),
+        (np.ones_like(u), u),  # both collinear with the line: dropped
+        (np.exp(-3 * u), np.zeros_like(u)),  # an empty column (paper-space single exponential)
+        (np.exp(-3 * u), 2 * np.exp(-3 * u)),  # two identical directions
+    ]
+    for f1, f2 in cases:
         coef = np.empty(4)
-        ssr = K._ls4(g, h, v @ v, coef, np.empty((4, 4)), np.empty(4, np.bool_), np.empty(4))
+        ssr = K._grid_point(f1, f2, u, v, _lin(u, v), coef)
         rssr, _ = naive.ls4(f1, f2, u, v)
         np.testing.assert_allclose(ssr, rssr, rtol=1e-6, atol=1e-10)
-        np.testing.assert_allclose(v - x @ coef, v - x @ np.linalg.lstsq(x, v, rcond=1e-8)[0], atol=1e-6)
+        resid = v - (coef[0] * f1 + coef[1] * f2 + coef[2] * u + coef[3])
+        np.testing.assert_allclose(resid @ resid, rssr, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("general", [True, False])

@@ -48,7 +48,7 @@ GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0])
 GRID_COARSE = (1, 3)  # indices of the rates 0 and 2.5 in GRID_RATES
 # an arithmetic progression, so that cos/sin of every frequency follow by recurrence
 GRID_FREQS = 1.5 + 3.0 * np.arange(25)
-GRID_POINTS = 40
+GRID_POINTS = 48
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -417,55 +417,15 @@ def _cholesky_solve(a, b, out, free):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _ls4(g, h, zz, coef, ll, keep, w):
-    """Least squares on a 4-column Gram system with dropped dependent columns.
+def _grid_point(f1, f2, us, vs, lin, coef):
+    """Variable projection at one grid point: least squares on (f1, f2, u, 1); return SSR.
 
-    ``g`` (4, 4) is the Gram matrix, ``h`` (4,) the right-hand side, ``zz`` = sum z^2.
-    A column whose pivot is below ``1e-10`` of its norm is dropped (coefficient zero).
-    Returns the residual sum of squares.
+    ``lin`` holds the constant part: the inverse Gram matrix of the columns ``(u, 1)``
+    (``lin[0:3]`` = entries 00, 01, 11), ``L^T v`` (``lin[3:5]``) and ``v^T P v``
+    (``lin[5]``), ``P`` the projection off ``(u, 1)``. The two transient columns are
+    projected off ``(u, 1)`` by block elimination; a column whose projection is below
+    ``1e-10`` of its norm is dropped (coefficient zero). ``coef`` gets ``(a1, a2, c, y)``.
     """
-    for j in range(4):
-        keep[j] = True
-        w[j] = 0.0
-        for k in range(4):
-            ll[j, k] = 0.0
-    for j in range(4):
-        s = g[j, j]
-        for k in range(j):
-            s -= ll[j, k] * ll[j, k]
-        if not (s > 1e-10 * g[j, j]) or not (g[j, j] > 0.0):
-            keep[j] = False
-            continue
-        d = math.sqrt(s)
-        ll[j, j] = d
-        for i in range(j + 1, 4):
-            s2 = g[i, j]
-            for k in range(j):
-                s2 -= ll[i, k] * ll[j, k]
-            ll[i, j] = s2 / d
-    for i in range(4):
-        if keep[i]:
-            s = h[i]
-            for k in range(i):
-                s -= ll[i, k] * w[k]
-            w[i] = s / ll[i, i]
-    fit = 0.0
-    for i in range(4):
-        fit += w[i] * w[i]
-    for i in range(3, -1, -1):
-        if keep[i]:
-            s = w[i]
-            for k in range(i + 1, 4):
-                s -= ll[k, i] * coef[k]
-            coef[i] = s / ll[i, i]
-        else:
-            coef[i] = 0.0
-    return zz - fit
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4):
-    """Variable projection at one grid point: least squares on (f1, f2, u, 1); return SSR."""
     s11 = 0.0
     s12 = 0.0
     s22 = 0.0
@@ -487,21 +447,45 @@ def _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4):
         s2c += a2
         s1z += a1 * vs[j]
         s2z += a2 * vs[j]
-    g[0, 0] = s11
-    g[0, 1] = s12
-    g[1, 0] = s12
-    g[1, 1] = s22
-    g[0, 2] = s1u
-    g[2, 0] = s1u
-    g[1, 2] = s2u
-    g[2, 1] = s2u
-    g[0, 3] = s1c
-    g[3, 0] = s1c
-    g[1, 3] = s2c
-    g[3, 1] = s2c
-    h[0] = s1z
-    h[1] = s2z
-    return _ls4(g, h, s_zz, coef, ll4, keep4, w4)
+    i00, i01, i11, lu, lc, vpv = lin[0], lin[1], lin[2], lin[3], lin[4], lin[5]
+    # K = G_LL^{-1} L^T F (2 x 2: rows u/1, columns f1/f2)
+    k01 = i00 * s1u + i01 * s1c
+    k11 = i01 * s1u + i11 * s1c
+    k02 = i00 * s2u + i01 * s2c
+    k12 = i01 * s2u + i11 * s2c
+    # F^T P F and F^T P v
+    p11 = s11 - (s1u * k01 + s1c * k11)
+    p12 = s12 - (s1u * k02 + s1c * k12)
+    p22 = s22 - (s2u * k02 + s2c * k12)
+    q1 = s1z - (k01 * lu + k11 * lc)
+    q2 = s2z - (k02 * lu + k12 * lc)
+    use1 = p11 > 1e-10 * s11 and s11 > 0.0
+    use2 = p22 > 1e-10 * s22 and s22 > 0.0
+    a1 = 0.0
+    a2 = 0.0
+    fit = 0.0
+    if use1 and use2:
+        det = p11 * p22 - p12 * p12
+        if det > 1e-10 * p11 * p22:
+            a1 = (p22 * q1 - p12 * q2) / det
+            a2 = (p11 * q2 - p12 * q1) / det
+            fit = a1 * q1 + a2 * q2
+        else:
+            use2 = False
+    if use1 and not use2:
+        a1 = q1 / p11
+        fit = a1 * q1
+    elif use2 and not use1:
+        a2 = q2 / p22
+        fit = a2 * q2
+    # line coefficients: G_LL^{-1} (L^T v - L^T F a)
+    ru = lu - (s1u * a1 + s2u * a2)
+    rc = lc - (s1c * a1 + s2c * a2)
+    coef[0] = a1
+    coef[1] = a2
+    coef[2] = i00 * ru + i01 * rc
+    coef[3] = i01 * ru + i11 * rc
+    return vpv - fit
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -543,22 +527,24 @@ def grid_start(u, v, general, p):
         s_z += vs[j]
         s_uz += us[j] * vs[j]
         s_zz += vs[j] * vs[j]
-    g = np.zeros((4, 4))
-    h = np.zeros(4)
+    det = s_uu * s_1 - s_u * s_u
+    lin = np.empty(6)
+    if det > 1e-12 * s_uu * s_1:
+        lin[0] = s_1 / det
+        lin[1] = -s_u / det
+        lin[2] = s_uu / det
+    else:  # a single distinct time: only the constant column
+        lin[0] = 0.0
+        lin[1] = 0.0
+        lin[2] = 1.0 / s_1
+    lin[3] = s_uz
+    lin[4] = s_z
+    lin[5] = s_zz - (lin[0] * s_uz * s_uz + 2.0 * lin[1] * s_uz * s_z + lin[2] * s_z * s_z)
     coef = np.zeros(4)
-    g[2, 2] = s_uu
-    g[2, 3] = s_u
-    g[3, 2] = s_u
-    g[3, 3] = s_1
-    h[2] = s_uz
-    h[3] = s_z
     f1 = np.empty(m)
     f2 = np.empty(m)
     co = np.empty((nf, m))
     si = np.empty((nf, m))
-    ll4 = np.empty((4, 4))
-    keep4 = np.empty(4, np.bool_)
-    w4 = np.empty(4)
     best = np.inf
     best_f = 0
     # oscillating candidates: all frequencies, coarse rates
@@ -576,7 +562,7 @@ def grid_start(u, v, general, p):
             for j in range(m):
                 f1[j] = ex[ia, j] * co[ib, j]
                 f2[j] = ex[ia, j] * si[ib, j]
-            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            ssr = _grid_point(f1, f2, us, vs, lin, coef)
             if ssr < best:
                 best = ssr
                 best_f = ib
@@ -587,7 +573,7 @@ def grid_start(u, v, general, p):
         for j in range(m):
             f1[j] = ex[ia, j] * co[ib, j]
             f2[j] = ex[ia, j] * si[ib, j]
-        ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+        ssr = _grid_point(f1, f2, us, vs, lin, coef)
         if ssr < best:
             best = ssr
             _grid_store_osc(general, GRID_RATES[ia], GRID_FREQS[ib], coef, p)
@@ -604,7 +590,7 @@ def grid_start(u, v, general, p):
                     f2[j] = ex[ib, j]
             else:
                 continue
-            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            ssr = _grid_point(f1, f2, us, vs, lin, coef)
             if ssr < best:
                 best = ssr
                 p[3] = coef[3]
