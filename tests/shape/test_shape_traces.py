@@ -81,6 +81,9 @@ def test_nan_policy_raise_and_omit():
     np.testing.assert_array_equal(tr.n_points, [2, 3])
     np.testing.assert_array_equal(tr[0][0], [0.0, 3.0])
     assert tr.nan_policy == "omit"
+    # a trace left empty at the end is kept (and reported by the fit)
+    tr = Traces.from_arrays([np.arange(3.0), np.array([np.nan])], [np.zeros(3), np.zeros(1)], nan_policy="omit")
+    np.testing.assert_array_equal(tr.n_points, [3, 0])
     with pytest.raises(ValueError, match="nan_policy"):
         Traces.from_arrays(times, values, nan_policy="ignore")
 

@@ -106,8 +106,8 @@ class Traces:
                     "values, or pass nan_policy='omit' to drop them."
                 )
             keep = ~bad
-            counts = np.add.reduceat(keep.astype(np.int64), offsets[:-1]) if t.size else None
-            counts = np.where(np.diff(offsets) == 0, 0, counts)
+            owner = np.repeat(np.arange(n_traces), np.diff(offsets))
+            counts = np.bincount(owner[keep], minlength=n_traces)
             t, z = t[keep], z[keep]
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         dt = np.diff(t)
