@@ -143,6 +143,8 @@ def test_prior_fit_is_a_stationary_point_of_the_documented_objective():
     assert list(fit.params.index) == ["w1", "w2", "w3"]
     f, g, h = objective_terms(tr, fit.params, prior=(mean, sd), noise_sd=0.05)
     np.testing.assert_allclose(f, fit.cost, rtol=1e-10)
+    f2, _, _ = objective_terms(tr, fit.params[list(reversed(PARAM_NAMES))], prior=(mean, sd), noise_sd=0.05)
+    np.testing.assert_allclose(f2, f)
     np.testing.assert_allclose(h, fit.hessian, rtol=1e-8, atol=1e-8)
     # gradient vanishes at the optimum, relative to its scale
     scale = np.sqrt(np.abs(np.diagonal(h, axis1=1, axis2=2)))

@@ -299,7 +299,8 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
     ----------
     traces : Traces
     params : array-like of shape (n_traces, 6) or DataFrame
-        Signatures ``(gamma, R, omega, y, phi, c)``.
+        Signatures ``(gamma, R, omega, y, phi, c)`` (a DataFrame is read by column name,
+        e.g. ``fit.params``).
     prior : None or tuple (mean, sd), default=None
         As in :func:`fit_traces`.
     noise_sd : float or array-like of shape (n_traces,), default=None
@@ -314,7 +315,13 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
     """
     traces = _check_traces(traces)
     n = len(traces)
-    p = params.to_numpy(dtype=np.float64) if isinstance(params, pd.DataFrame) else params
+    if isinstance(params, pd.DataFrame):
+        missing = [c for c in PARAM_NAMES if c not in params.columns]
+        if missing:
+            raise ValueError(f"params is missing the column(s) {missing}; expected {list(PARAM_NAMES)}.")
+        p = params[list(PARAM_NAMES)].to_numpy(dtype=np.float64)
+    else:
+        p = params
     p = _per_trace(p, n, "params", width=6)
     if prior is None:
         mu, w, sd = np.zeros((n, 6)), np.zeros((n, 6)), None
