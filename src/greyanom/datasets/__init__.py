@@ -1,6 +1,11 @@
-"""Data sets: synthetic wafer images and loaders for real inspection data."""
+"""Data sets: synthetic wafer images, simulated PI-loop traces and loaders for real data.
+
+Real data (MVTec AD, the LAM 9600 etch set) is read from a path the user gives; greyanom never
+ships or downloads it.
+"""
 
 from greyanom.datasets._images import make_wafer_images
 from greyanom.datasets._mvtec import load_mvtec
+from greyanom.datasets._pi_loop import simulate_pi_loop
 
-__all__ = ["load_mvtec", "make_wafer_images"]
+__all__ = ["load_mvtec", "make_wafer_images", "simulate_pi_loop"]
