@@ -92,14 +92,21 @@ def _fit_group(chunk, cfg):
 
 
 def _terms(x, ssr, n_points, jtj, model):
-    """Centred additive decomposition of the anomaly score under the normal model."""
+    """Centred additive decomposition of the anomaly score under the normal model.
+
+    With ``A = J'J / sigma*^2`` and ``H = A + W`` (``W = diag(sigma*_S)^-2``), a signature
+    estimated from a normal trace has ``E[SSR / sigma*^2] = n - p`` with ``p = tr(H^-1 A)``
+    and ``E[z_d^2] = 1 - (H^-1)_dd / sigma*_S,d^2``; these expectations are subtracted term by
+    term. They add up to ``n``, so the centred score is ``anom - E[anom]`` exactly.
+    """
     sigma, mu, sd = model
     z = (x - mu) / sd
-    P = 0.5 * (z**2 - 1.0)
     W = np.diag(1.0 / sd**2)
     A = jtj / sigma**2
-    H = A + W[None]
-    p_eff = np.einsum("mij,mji->m", np.linalg.inv(H), A)
+    Hinv = np.linalg.inv(A + W[None])
+    p_eff = np.einsum("mij,mji->m", Hinv, A)
+    shrink = np.diagonal(Hinv, axis1=1, axis2=2) / sd**2
+    P = 0.5 * (z**2 - (1.0 - shrink))
     fit = ssr / (2.0 * sigma**2) - 0.5 * (n_points - p_eff)
     raw = 0.5 * n_points * np.log(sigma**2) + ssr / (2.0 * sigma**2) + (np.log(sd) + 0.5 * z**2).sum(axis=1)
     return p_eff, fit, P, raw
@@ -126,7 +133,14 @@ def _analyse_chunk(chunk, model, cfg):
         fit = None
         if cfg["lot_fits"] and ok.size >= cfg["min_lot_size"]:
             try:
-                lot = fit_lot(traces, init=model, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"])
+                lot = fit_lot(
+                    traces,
+                    init=model,
+                    update="laplace" if cfg["lot_prior"] == "em" else "mean",
+                    max_iter=cfg["max_em_iter"],
+                    tol=cfg["em_tol"],
+                    n_jobs=cfg["n_jobs"],
+                )
                 fit = lot.fit
                 out.loc[ok, "prior"] = "lot"
             except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
@@ -307,6 +321,7 @@ class ShapeSignatureDetector(BaseDetector):
         "trace_keys": [tuple, list, str],
         "group_keys": [tuple, list, str],
         "lot_key": [str, None],
+        "lot_prior": [StrOptions({"em", "mean", "normal"})],
         "n_initial_lots": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "max_em_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "em_tol": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -324,6 +339,7 @@ class ShapeSignatureDetector(BaseDetector):
         trace_keys=("wafer",),
         group_keys=(),
         lot_key="lot",
+        lot_prior="em",
         n_initial_lots=None,
         max_em_iter=20,
         em_tol=0.02,
@@ -338,6 +354,7 @@ class ShapeSignatureDetector(BaseDetector):
         self.trace_keys = trace_keys
         self.group_keys = group_keys
         self.lot_key = lot_key
+        self.lot_prior = lot_prior
         self.n_initial_lots = n_initial_lots
         self.max_em_iter = max_em_iter
         self.em_tol = em_tol
@@ -371,7 +388,8 @@ class ShapeSignatureDetector(BaseDetector):
             "min_points": self.min_points,
             "min_lot_size": self.min_lot_size,
             "n_jobs": self.n_jobs,
-            "lot_fits": True,
+            "lot_fits": self.lot_prior != "normal",
+            "lot_prior": self.lot_prior,
         }
 
     def _required(self):

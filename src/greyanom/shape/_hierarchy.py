@@ -108,10 +108,12 @@ def fit_lot(
     init : tuple (noise_sd, prior_mean, prior_sd) or None, default=None
         Starting hyperparameters. ``None`` fits every trace without a prior first and starts
         from the median and the scaled MAD of those signatures, and the pooled residual variance.
-    update : {"laplace", "bcd"}, default="laplace"
+    update : {"laplace", "bcd", "mean"}, default="laplace"
         ``"laplace"``: the Laplace-EM update (posterior variance added; converges to the true
         spread). ``"bcd"``: the paper's plain block coordinate descent, which collapses
-        :math:`\\sigma_S` (kept to show it; see paper notes T10).
+        :math:`\\sigma_S` (kept to show it; see paper notes T10). ``"mean"``: only
+        :math:`\\mu_S` is re-estimated; :math:`\\sigma` and :math:`\\sigma_S` stay at ``init``
+        (a lot that may drift in level but shares the normal model's spread).
     max_iter : int, default=20
         Maximum number of hyperparameter updates.
     tol : float, default=1e-3
@@ -134,8 +136,10 @@ def fit_lot(
         If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
     """
     shape = _engine()
-    if update not in ("laplace", "bcd"):
-        raise ValueError(f"update must be 'laplace' or 'bcd', got {update!r}.")
+    if update not in ("laplace", "bcd", "mean"):
+        raise ValueError(f"update must be 'laplace', 'bcd' or 'mean', got {update!r}.")
+    if update == "mean" and init is None:
+        raise ValueError("update='mean' keeps sigma and sigma_S fixed: pass init=(noise_sd, prior_mean, prior_sd).")
     fit_kwargs = dict(fit_kwargs or {})
     n = len(traces)
     if n < 2:
@@ -176,9 +180,11 @@ def fit_lot(
             cov = _posterior_cov(jtj, sigma, sd)
             var = (dev2 + np.diagonal(cov, axis1=1, axis2=2)).mean(axis=0)
             noise_var = (ssr.sum() + np.einsum("mij,mji->", cov, jtj)) / npts.sum()
-        else:
+        elif update == "bcd":
             var = dev2.mean(axis=0)
             noise_var = ssr.sum() / npts.sum()
+        else:
+            var, noise_var = sd**2, sigma**2
         floor = 1e-9 * (1.0 + np.abs(mu_new)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
         sd_new = np.maximum(np.sqrt(var), floor)
         sigma_new = max(float(np.sqrt(noise_var)), 1e-12 * (1.0 + float(np.abs(xs[:, 3]).mean())))
@@ -188,6 +194,7 @@ def fit_lot(
         change = max(
             float(np.max(np.abs(sd_new - sd) / np.sqrt(sd**2 + post_var))),
             abs(float(np.log(sigma_new / sigma))),
+            float(np.max(np.abs(mu_new - mu) / np.sqrt(sd**2 + post_var))),
         )
         mu, sd, sigma = mu_new, sd_new, sigma_new
         xinit = x.copy()
