@@ -1,0 +1,22 @@
+"""Shape signatures: the grey-box oscillator model of PI-controlled sensor traces.
+
+:class:`Traces` holds ragged traces, :func:`fit_traces` fits the paper's damped, linearly
+driven oscillator to every trace (all damping regimes) and returns a :class:`SignatureFit`;
+:mod:`greyanom.shape.control` maps shape signatures to and from PI-loop parameters.
+"""
+
+from greyanom.shape._fit import CRITICAL_TOL, DEGENERATE_TOL, fit_traces, objective_terms
+from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
+from greyanom.shape.traces import Traces
+
+__all__ = [
+    "CRITICAL_TOL",
+    "DEGENERATE_TOL",
+    "GENERAL_NAMES",
+    "PARAM_NAMES",
+    "STATUS_MESSAGES",
+    "SignatureFit",
+    "Traces",
+    "fit_traces",
+    "objective_terms",
+]

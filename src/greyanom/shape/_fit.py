@@ -1,0 +1,430 @@
+"""``fit_traces`` and ``objective_terms``: validation and post-processing around the kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import warnings
+
+import numba
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+
+from greyanom.shape import _kernels
+from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
+from greyanom.shape.traces import Traces
+
+__all__ = ["fit_traces", "objective_terms", "numba_threads", "CRITICAL_TOL", "DEGENERATE_TOL"]
+
+#: A trace is "critical" when |kappa| T^2 <= CRITICAL_TOL (T = time span of the trace), i.e.
+#: when the oscillation (or the split of the two decay rates) turns less than
+#: sqrt(CRITICAL_TOL) ~ 0.03 rad over the whole trace.
+CRITICAL_TOL = 1e-3
+#: A trace is "degenerate" (no transient) when its transient coefficients are below
+#: DEGENERATE_TOL times the standard deviation of its values.
+DEGENERATE_TOL = 1e-8
+
+_MODELS = ("auto", "general", "paper")
+
+
+@contextlib.contextmanager
+def numba_threads(n_jobs):
+    """Run the block with ``n_jobs`` Numba threads; restore the old setting in ``finally``.
+
+    ``None`` keeps the current setting; ``-1`` uses all threads; negative values count back
+    from all threads as in scikit-learn (``-2``: all but one).
+    """
+    old = numba.get_num_threads()
+    if n_jobs is None:
+        yield old
+        return
+    if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be None or a non-zero integer, got {n_jobs!r}.")
+    total = numba.config.NUMBA_NUM_THREADS
+    n = int(n_jobs) if n_jobs > 0 else max(1, total + 1 + int(n_jobs))
+    n = min(n, total)
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old)
+
+
+def _check_traces(traces):
+    if not isinstance(traces, Traces):
+        raise TypeError(
+            f"traces must be a greyanom.shape.Traces (see Traces.from_arrays / from_frame), "
+            f"got {type(traces).__name__}."
+        )
+    return traces
+
+
+def _per_trace(value, n, name, *, width=None, positive=False):
+    arr = np.asarray(value, dtype=np.float64)
+    shape = (n,) if width is None else (n, width)
+    if width is None:
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+    elif arr.ndim == 1 and arr.shape == (width,):
+        arr = np.broadcast_to(arr, shape)
+    if arr.shape != shape:
+        expected = "a scalar or shape (n_traces,)" if width is None else f"shape ({width},) or (n_traces, {width})"
+        raise ValueError(f"{name} must have {expected} with n_traces={n}; got shape {arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    if positive and not (arr > 0).all():
+        raise ValueError(f"{name} must be strictly positive.")
+    return np.ascontiguousarray(arr)
+
+
+def _parse_prior(prior, noise_sd, n):
+    if prior is None:
+        mu = np.zeros((n, 6))
+        w = np.zeros((n, 6))
+        sd = None
+    else:
+        if not isinstance(prior, (tuple, list)) or len(prior) != 2:
+            raise TypeError("prior must be None or a pair (mean, sd).")
+        mu = _per_trace(prior[0], n, "prior mean", width=6)
+        sd = _per_trace(prior[1], n, "prior sd", width=6, positive=True)
+        w = 1.0 / sd**2
+        if noise_sd is None:
+            raise ValueError("noise_sd is required when a prior is given (it weighs data against prior).")
+    s = None if noise_sd is None else _per_trace(noise_sd, n, "noise_sd", positive=True)
+    return mu, w, sd, s
+
+
+def _general_from_paper(p):
+    g = p.copy()
+    g[:, 1] = p[:, 1] * np.cos(p[:, 4])
+    g[:, 2] = p[:, 2] ** 2
+    g[:, 4] = p[:, 2] * p[:, 1] * np.sin(p[:, 4])
+    return g
+
+
+def _paper_from_general(g):
+    """Paper parameters where kappa > 0 (NaN elsewhere), canonical phi in [-pi/2, pi/2]."""
+    p = np.full_like(g, np.nan)
+    p[:, 0] = g[:, 0]
+    p[:, 3] = g[:, 3]
+    p[:, 5] = g[:, 5]
+    under = g[:, 2] > 0
+    omega = np.sqrt(np.where(under, g[:, 2], 1.0))
+    a = g[:, 1]
+    b = g[:, 4] / omega
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(a == 0, np.where(b == 0, 0.0, 0.5 * np.pi), np.arctan(b / a))
+        r = np.where(a == 0, b, a / np.cos(phi))
+    p[:, 1] = np.where(under, r, np.nan)
+    p[:, 2] = np.where(under, omega, np.nan)
+    p[:, 4] = np.where(under, phi, np.nan)
+    return p
+
+
+def _trace_sums(traces, values):
+    """Per-trace sums of a flat array (zero for empty traces)."""
+    n = traces.n_points
+    out = np.zeros(len(traces))
+    nz = n > 0
+    if values.size:
+        out[nz] = np.add.reduceat(values, traces.offsets[:-1][nz])
+    return out
+
+
+def fit_traces(
+    traces,
+    *,
+    prior=None,
+    noise_sd=None,
+    init=None,
+    model="auto",
+    n_jobs=None,
+    max_iter=100,
+    tol=1e-8,
+):
+    """Fit the damped, linearly driven oscillator to every trace.
+
+    Fits ``alpha(t) = R exp(-gamma (t-x)/2) cos(omega (t-x) - phi) + c (t-x) + y`` with
+    ``x = min t`` per trace (the paper's eq. (11)), or its continuation to critically and
+    over-damped loops, by a bounded Levenberg-Marquardt / damped Newton method started
+    from a variable-projection grid.
+
+    Parameters
+    ----------
+    traces : Traces
+        The traces to fit.
+    prior : None or tuple (mean, sd), default=None
+        Gaussian prior on the paper's signature ``(gamma, R, omega, y, phi, c)``; ``mean``
+        and ``sd`` are array-like of shape (6,) or (n_traces, 6). The objective per trace
+        becomes ``n/2 ln sigma^2 + SSR / (2 sigma^2) + sum_d [ln sd_d +
+        (s_d - mean_d)^2 / (2 sd_d^2)]`` (the paper's (15)-(16), corrected; ``x`` stays
+        data). Requires ``noise_sd`` and the paper parametrisation.
+    noise_sd : float or array-like of shape (n_traces,), default=None
+        Measurement noise standard deviation ``sigma``. Without a prior it only scales
+        :attr:`~SignatureFit.cost`, :attr:`~SignatureFit.hessian` and the covariance.
+    init : array-like of shape (n_traces, 6), default=None
+        Starting signatures in paper space (warm start, e.g. the previous solution of a
+        hierarchical fit). Rows with a NaN use the cold start.
+    model : {"auto", "general", "paper"}, default="auto"
+        ``"general"`` fits the all-regime form (under-, critically, over-damped);
+        ``"paper"`` fits (11) itself with ``omega >= 0`` and ``phi`` in ``[-pi/2, pi/2]``
+        (projected when a prior is given, canonicalised by the model's symmetries
+        otherwise), so that every successful trace has finite paper parameters and a
+        finite paper-space Hessian; overdamped loops then get the best (11) can do.
+        ``"auto"`` is ``"paper"`` with a prior and ``"general"`` without.
+    n_jobs : int or None, default=None
+        Numba threads (``None``: the current setting, ``-1``: all).
+    max_iter : int, default=100
+        Maximum Newton / Levenberg-Marquardt iterations per trace.
+    tol : float, default=1e-8
+        Relative tolerance on the objective reduction and on the step.
+
+    Returns
+    -------
+    fit : SignatureFit
+        Parameters, regimes, statuses, costs, Hessians and covariances per trace.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Once, with the count, when some traces were not fitted successfully (status
+        ``<= 0``). Failure is data: see ``fit.status`` and ``fit.message``.
+
+    See Also
+    --------
+    objective_terms : the paper-space objective, gradient and Hessian at given signatures.
+    greyanom.datasets.simulate_pi_loop : closed-loop traces to try it on.
+
+    Notes
+    -----
+    The model is linear in ``(A, B, c, y)`` for fixed ``(gamma, omega)``. The cold start
+    solves that linear problem on a grid of decay rates and frequencies (and pairs of
+    decay rates, for overdamped loops) on at most 48 points of each trace and keeps the
+    best grid point; one fused Numba pass per iteration then gives residuals, ``J^T J``,
+    ``J^T r`` and, in paper space, the exact second-order terms. Traces are normalised
+    (time to ``[0, 1]``, values to unit variance) inside the kernels, and parameters are
+    reported in the units of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom.shape import Traces, fit_traces
+    >>> t = np.linspace(0.0, 20.0, 150)
+    >>> z = 2.0 * np.exp(-0.3 * t / 2) * np.cos(1.2 * t - 0.4) + 0.05 * t + 1.0
+    >>> fit = fit_traces(Traces.from_arrays([t], [z]))
+    >>> fit.regime[0], np.round(fit.params.iloc[0].to_numpy(), 3).tolist()
+    ('underdamped', [0.3, 2.0, 1.2, 1.0, 0.4, 0.05])
+    """
+    traces = _check_traces(traces)
+    n = len(traces)
+    if model not in _MODELS:
+        raise ValueError(f"model must be one of {_MODELS}, got {model!r}.")
+    if model == "auto":
+        model = "general" if prior is None else "paper"
+    if prior is not None and model != "paper":
+        raise ValueError("a prior acts on the paper's parameters: use model='paper' (or 'auto').")
+    if not isinstance(max_iter, numbers.Integral) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}.")
+    if not isinstance(tol, numbers.Real) or not (0 < tol < 1):
+        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}.")
+    mu, w, prior_sd, sigma = _parse_prior(prior, noise_sd, n)
+    paper = model == "paper"
+    if init is None:
+        start = np.zeros((n, 6))
+        has_init = np.zeros(n, dtype=bool)
+    else:
+        start = np.asarray(init, dtype=np.float64)
+        if start.shape != (n, 6):
+            raise ValueError(f"init must have shape (n_traces, 6) = ({n}, 6); got {start.shape}.")
+        has_init = np.isfinite(start).all(axis=1)
+        start = np.where(has_init[:, None], start, 0.0)
+        if not paper:
+            start = _general_from_paper(start)
+        start = np.ascontiguousarray(start)
+    inv_s2 = np.ones(n) if sigma is None else 1.0 / sigma**2
+    min_points = 1 if prior is not None else 6
+
+    out_p = np.empty((n, 6))
+    status = np.empty(n, dtype=np.int64)
+    n_iter = np.empty(n, dtype=np.int64)
+    x = np.empty(n)
+    span = np.empty(n)
+    with numba_threads(n_jobs):
+        _kernels.fit_batch(
+            traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, inv_s2,
+            min_points, int(max_iter), float(tol), out_p, status, n_iter, x, span,
+        )
+        result = _assemble(traces, out_p, status, n_iter, x, span, paper, mu, w, prior_sd, sigma)
+    n_bad = int((~result.success).sum())
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} of {n} trace(s) were not fitted successfully; see fit.status and fit.message.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _assemble(traces, out_p, status, n_iter, x, span, paper, mu, w, prior_sd, sigma):
+    n = len(traces)
+    n_pts = traces.n_points
+    fitted = status > -1
+    out_p[~fitted] = np.nan
+    if paper:
+        pp = out_p
+        gp = _general_from_paper(out_p)
+    else:
+        gp = out_p
+        pp = _paper_from_general(out_p)
+    # SSR from the fitted curves (all regimes)
+    pred = np.empty(traces.t.shape[0])
+    _kernels.predict_batch(traces.t, traces.offsets, x, np.ascontiguousarray(out_p), paper, pred)
+    ssr = _trace_sums(traces, (traces.z - pred) ** 2)
+    ssr[~fitted] = np.nan
+    # scale of each trace, for the regime tolerances
+    mean = _trace_sums(traces, traces.z) / np.maximum(n_pts, 1)
+    zc = traces.z - np.repeat(mean, n_pts)
+    sd = np.sqrt(_trace_sums(traces, zc**2) / np.maximum(n_pts, 1))
+    sd = np.where(sd > 0, sd, 1.0)
+    with np.errstate(invalid="ignore"):
+        if paper:
+            kappa_n = (pp[:, 2] * span) ** 2
+            amp = np.abs(pp[:, 1]) / sd
+        else:
+            kappa_n = gp[:, 2] * span**2
+            amp = (np.abs(gp[:, 1]) + np.abs(gp[:, 4]) * span) / sd
+    regime = np.full(n, "failed", dtype=object)
+    regime[fitted & (kappa_n > CRITICAL_TOL)] = "underdamped"
+    regime[fitted & (np.abs(kappa_n) <= CRITICAL_TOL)] = "critical"
+    regime[fitted & (kappa_n < -CRITICAL_TOL)] = "overdamped"
+    regime[fitted & (amp <= DEGENERATE_TOL)] = "degenerate"
+    if not paper:
+        # (11) has no finite (R, omega, phi) outside the underdamped regime
+        keep = regime == "underdamped"
+        pp[~keep, 1] = np.nan
+        pp[~keep, 2] = np.nan
+        pp[~keep, 4] = np.nan
+        pp[regime == "degenerate", 1] = 0.0
+        pp[regime == "degenerate", 0] = np.nan
+    # noise level used for the Hessian / covariance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if sigma is None:
+            s2 = np.where(n_pts > 6, ssr / np.maximum(n_pts - 6, 1), np.nan)
+        else:
+            s2 = sigma**2
+    cost_prior = np.zeros(n)
+    if prior_sd is not None:
+        cost_prior = np.sum(np.log(prior_sd) + 0.5 * w * (pp - mu) ** 2, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if sigma is None:
+            cost = 0.5 * ssr
+        else:
+            cost = 0.5 * n_pts * np.log(s2) + ssr / (2 * s2) + cost_prior
+    # exact paper-space Hessian and J^T J at the solution
+    pfin = np.ascontiguousarray(np.where(np.isfinite(pp), pp, 0.0))
+    valid = np.isfinite(pp).all(axis=1)
+    f_, g_, h_, jtj, ssr_ = _terms(traces, pfin, mu, w, np.ones(n))
+    # h_ is the Hessian of SSR/2 + prior/ ... recompute with the right scale
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        k_data = h_ - np.einsum("nd,de->nde", w, np.eye(6))  # J^T J - sum r H
+        hessian = k_data / s2[:, None, None] + np.einsum("nd,de->nde", w, np.eye(6))
+        if sigma is None and prior_sd is None:
+            cov = _inverse_pd(k_data) * s2[:, None, None]
+        else:
+            cov = _inverse_pd(hessian)
+    hessian[~valid] = np.nan
+    jtj[~valid] = np.nan
+    cov[~valid] = np.nan
+    cov[~np.isfinite(s2)] = np.nan
+    gen_df = pd.DataFrame(gp, index=traces.keys, columns=list(GENERAL_NAMES))
+    par_df = pd.DataFrame(pp, index=traces.keys, columns=list(PARAM_NAMES))
+    success = status > 0
+    messages = np.array([STATUS_MESSAGES[int(s)] for s in range(-2, 4)], dtype=object)
+    return SignatureFit(
+        params=par_df,
+        general=gen_df,
+        x=x,
+        regime=regime.astype(str),
+        status=status,
+        success=success,
+        message=messages[status + 2],
+        n_iter=n_iter,
+        cost=cost,
+        ssr=ssr,
+        n_points=n_pts,
+        noise_sd=np.sqrt(s2),
+        hessian=hessian,
+        jtj=jtj,
+        covariance=cov,
+        model="paper" if paper else "general",
+        has_prior=prior_sd is not None,
+    )
+
+
+def _inverse_pd(h):
+    """Batched inverse of symmetric matrices; NaN where not (numerically) positive definite."""
+    out = np.full_like(h, np.nan)
+    ok = np.isfinite(h).all(axis=(1, 2))
+    if ok.any():
+        hs = 0.5 * (h[ok] + np.swapaxes(h[ok], 1, 2))
+        lam, vec = np.linalg.eigh(hs)
+        pd_ = lam[:, 0] > 1e-12 * np.abs(lam[:, -1])
+        inv = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.where(pd_[:, None], lam, 1.0), vec)
+        inv[~pd_] = np.nan
+        out[ok] = inv
+    return out
+
+
+def _terms(traces, params, mu, w, s2):
+    n = len(traces)
+    f = np.empty(n)
+    g = np.empty((n, 6))
+    h = np.empty((n, 6, 6))
+    jtj = np.empty((n, 6, 6))
+    ssr = np.empty(n)
+    _kernels.terms_batch(
+        traces.t, traces.z, traces.offsets, np.ascontiguousarray(params, dtype=np.float64),
+        np.ascontiguousarray(mu), np.ascontiguousarray(w), np.ascontiguousarray(s2), f, g, h, jtj, ssr,
+    )
+    return f, g, h, jtj, ssr
+
+
+def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
+    """Objective, gradient and Hessian per trace in paper space at given signatures.
+
+    ``f(s) = n/2 ln sigma^2 + SSR(s) / (2 sigma^2) + sum_d [ln sd_d + (s_d - mean_d)^2 /
+    (2 sd_d^2)]`` with ``tau = t - min t`` (the prior terms only when ``prior`` is given;
+    ``sigma = 1`` when ``noise_sd`` is ``None``, which makes ``f = SSR / 2``).
+
+    Parameters
+    ----------
+    traces : Traces
+    params : array-like of shape (n_traces, 6) or DataFrame
+        Signatures ``(gamma, R, omega, y, phi, c)``.
+    prior : None or tuple (mean, sd), default=None
+        As in :func:`fit_traces`.
+    noise_sd : float or array-like of shape (n_traces,), default=None
+    n_jobs : int or None, default=None
+
+    Returns
+    -------
+    f : ndarray of shape (n_traces,)
+    grad : ndarray of shape (n_traces, 6)
+    hess : ndarray of shape (n_traces, 6, 6)
+        Exact (second-order terms included).
+    """
+    traces = _check_traces(traces)
+    n = len(traces)
+    p = params.to_numpy(dtype=np.float64) if isinstance(params, pd.DataFrame) else params
+    p = _per_trace(p, n, "params", width=6)
+    if prior is None:
+        mu, w, sd = np.zeros((n, 6)), np.zeros((n, 6)), None
+        s = np.ones(n) if noise_sd is None else _per_trace(noise_sd, n, "noise_sd", positive=True)
+    else:
+        mu, w, sd, s = _parse_prior(prior, noise_sd, n)
+    with numba_threads(n_jobs):
+        f, g, h, _, _ = _terms(traces, p, mu, w, s**2)
+    if sd is not None:
+        f = f + np.log(sd).sum(axis=1)
+    return f, g, h
