@@ -61,6 +61,16 @@ def _as_tuple(key, n):
 # --------------------------------------------------------------------------------------------
 # Work units (module-level functions so that dask can ship them to workers)
 # --------------------------------------------------------------------------------------------
+def _threads(n_jobs, n_traces):
+    """Numba threads for a batch: one thread for small batches when ``n_jobs`` is None.
+
+    Starting the parallel region costs more than fitting a lot of a few dozen traces.
+    """
+    if n_jobs is None and n_traces < 256:
+        return 1
+    return n_jobs
+
+
 def _make_traces(chunk, time, value, trace_keys):
     """Traces of one chunk, sorted by trace key then time; returns (keys, traces)."""
     shape = _engine()
@@ -83,7 +93,7 @@ def _fit_group(chunk, cfg):
             "samples; the normal model needs at least 2."
         )
     traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"])
+    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=_threads(cfg["n_jobs"], len(ok)))
     row = {"noise_sd": res.noise_sd}
     row.update({f"mu_{p}": v for p, v in zip(PARAMS, res.prior_mean)})
     row.update({f"sd_{p}": v for p, v in zip(PARAMS, res.prior_sd)})
@@ -139,16 +149,16 @@ def _analyse_chunk(chunk, model, cfg):
                     update="laplace" if cfg["lot_prior"] == "em" else "mean",
                     max_iter=cfg["max_em_iter"],
                     tol=cfg["em_tol"],
-                    n_jobs=cfg["n_jobs"],
+                    n_jobs=_threads(cfg["n_jobs"], ok.size),
                 )
                 fit = lot.fit
                 out.loc[ok, "prior"] = "lot"
             except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
         if fit is None:
-            fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
+            fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], ok.size))
             out.loc[ok, "prior"] = "normal"
-        x = np.asarray(fit.x, dtype=np.float64)
+        x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
         success = np.asarray(fit.success, dtype=bool)
         ssr = np.asarray(fit.ssr, dtype=np.float64)
@@ -163,7 +173,7 @@ def _analyse_chunk(chunk, model, cfg):
             xs = x[good]
             p_eff, fterm, P, raw = _terms(xs, ssr[good], npts[good], jtj[good], model)
             sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
-            _, grad, _ = shape.objective_terms(sub, xs, prior=(mu, sd), noise_sd=sigma)
+            _, grad, _ = shape.objective_terms(sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], g.size))
             out.loc[g, list(PARAMS)] = xs
             out.loc[g, "ssr"] = ssr[good]
             out.loc[g, "p_eff"] = p_eff
@@ -258,7 +268,9 @@ class ShapeSignatureDetector(BaseDetector):
         Lots with fewer fitted traces are scored with the normal-model prior instead of a
         lot prior (column ``prior`` of :meth:`signatures`).
     n_jobs : int or None, default=None
-        Threads of the signature fits (passed to ``fit_traces``).
+        Numba threads of the signature fits (passed to ``fit_traces``). ``None`` uses one
+        thread for batches of fewer than 256 traces (starting the parallel region costs
+        more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the training scores (see :class:`~greyanom.BaseDetector`).
     random_state : int, RandomState instance or None, default=None
@@ -781,7 +793,7 @@ class ShapeSignatureDetector(BaseDetector):
                 m &= (sel[c] == v).to_numpy()
             tr = sel[m].sort_values(self.time)
             traces = shape.Traces.from_arrays([tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)])
-            _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma)
+            _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1)
             delta = sa - sb
             g_mid = grad[0] + hess[0] @ delta / 2.0
             contrib = ((sa + sb) / 2.0 - mu) / sd**2 * delta

@@ -145,8 +145,8 @@ def fit_lot(
     if n < 2:
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
     if init is None:
-        fit0 = shape.fit_traces(traces, n_jobs=n_jobs, **fit_kwargs)
-        x0 = np.asarray(fit0.x, dtype=np.float64)
+        fit0 = shape.fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
+        x0 = fit0.params.to_numpy(dtype=np.float64)
         ok = np.asarray(fit0.success, dtype=bool) & np.isfinite(x0).all(axis=1)
         if ok.sum() < 2:
             raise ValueError(
@@ -166,7 +166,7 @@ def fit_lot(
     used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
         fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
-        x = np.asarray(fit.x, dtype=np.float64)
+        x = fit.params.to_numpy(dtype=np.float64)
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
         if used.sum() < 2:
             raise ValueError(f"only {int(used.sum())} of {n} traces could be fitted; need at least 2.")
