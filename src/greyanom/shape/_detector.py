@@ -423,8 +423,8 @@ class ShapeSignatureDetector(BaseDetector):
     def _prepare(self, X, name="X"):
         """Validate a long frame (or Traces); return a pandas frame with only the needed columns."""
         shape = _engine()
-        if hasattr(shape, "Traces") and isinstance(X, shape.Traces):
-            X = X.to_frame()
+        if isinstance(X, shape.Traces):
+            X = X.to_frame(time=self.time, value=self.value)
         if not isinstance(X, pd.DataFrame):
             raise TypeError(
                 f"{name} must be a long-format pandas DataFrame, a dask DataFrame or a Traces object, "
@@ -452,6 +452,15 @@ class ShapeSignatureDetector(BaseDetector):
             df = df[finite]
         if len(df) == 0:
             raise ValueError(f"{name} has no rows with finite {self.time!r} and {self.value!r}.")
+        tk, gk = self._keys()
+        dup = df.duplicated([*gk, *tk, self.time])
+        if dup.any():
+            first = df[dup].iloc[0]
+            raise ValueError(
+                f"{name} has {int(dup.sum())} duplicated sample time(s) within traces (first: "
+                f"{dict(first[[*gk, *tk, self.time]])}); expected one sample per time and trace. "
+                "Average or drop repeated samples first."
+            )
         self._check_unique_lots(df, name)
         return df
 
