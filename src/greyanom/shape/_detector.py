@@ -752,8 +752,10 @@ class ShapeSignatureDetector(BaseDetector):
         The paper's change-point gradient (section 5) is the midpoint Taylor expansion
         ``g_mid = grad anom(s_bef) + Hess anom(s_bef) (s_aft - s_bef) / 2``; ``taylor`` is
         ``g_mid * delta``. It is exact for the quadratic prior part, so ``contribution`` gives
-        the exact split: ``(s_mid - mu*)/sigma*_S^2 * delta`` per parameter plus the change of
-        the ``fit`` term; the contributions sum exactly to ``score(after) - score(before)``.
+        the exact split: ``(s_mid - mu*)/sigma*_S^2 * delta`` per parameter (plus the change of
+        the term's centring constant, which depends on each trace's posterior variance), and
+        the change of the ``fit`` term; the contributions are the differences of the columns of
+        :meth:`explain` and sum exactly to ``score(after) - score(before)``.
 
         Parameters
         ----------
@@ -805,7 +807,11 @@ class ShapeSignatureDetector(BaseDetector):
             _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1)
             delta = sa - sb
             g_mid = grad[0] + hess[0] @ delta / 2.0
-            contrib = ((sa + sb) / 2.0 - mu) / sd**2 * delta
+            # The quadratic part of P_d changes by exactly (s_mid - mu)/sd^2 * delta (midpoint
+            # rule); the centring constant of each term (posterior variance) changes by the rest.
+            pb = rb[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
+            pa = ra[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
+            contrib = pa - pb
             for j, p in enumerate(PARAMS):
                 rows.append((*g, p, sb[j], sa[j], delta[j], g_mid[j], g_mid[j] * delta[j], contrib[j]))
             rows.append((*g, "fit", rb["fit"], ra["fit"], ra["fit"] - rb["fit"], 0.0, 0.0, ra["fit"] - rb["fit"]))
