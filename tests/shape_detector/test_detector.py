@@ -141,6 +141,11 @@ def test_explain_change_is_exact_for_the_prior_part(fitted, lots):
         assert list(c.index) == [*PARAMS, "fit"]
         np.testing.assert_allclose(c["contribution"].sum(), s[(sensor, after)] - s[(sensor, before)], atol=1e-8)
         np.testing.assert_allclose(c["taylor"], c["gradient"] * c["delta"])
+        nm = fitted.normal_model_.loc[sensor]
+        mu = nm[[f"mu_{p}" for p in PARAMS]].to_numpy(float)
+        sd = nm[[f"sd_{p}" for p in PARAMS]].to_numpy(float)
+        za, zb = (c["after"][PARAMS].to_numpy(float) - mu) / sd, (c["before"][PARAMS].to_numpy(float) - mu) / sd
+        np.testing.assert_allclose(c["prior_midpoint"][PARAMS].to_numpy(float), 0.5 * (za**2 - zb**2), rtol=1e-9)
     assert ch.xs("v", level="sensor")["contribution"].drop("fit").idxmax() == "y"
     with pytest.raises(ValueError, match="before="):
         fitted.explain_change(lots, "nope", after)

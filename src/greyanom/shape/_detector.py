@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
@@ -156,7 +157,9 @@ def _analyse_chunk(chunk, model, cfg):
             except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
         if fit is None:
-            fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], ok.size))
+            with warnings.catch_warnings():  # non-converged fits get the status "not_converged"
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], ok.size))
             out.loc[ok, "prior"] = "normal"
         x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
@@ -537,7 +540,7 @@ class ShapeSignatureDetector(BaseDetector):
             X = X[X[self.lot_key].isin(lots)]
         X = X.dropna(subset=[self.time, self.value])
         self._train_frame = X
-        parts = X.shuffle(on=list(gk)) if gk else X.repartition(npartitions=1)
+        parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
         meta = pd.DataFrame(
             {
                 **{k: pd.Series(dtype=X[k].dtype) for k in gk},
@@ -561,7 +564,7 @@ class ShapeSignatureDetector(BaseDetector):
             self._check_columns(X.columns)
             X = X[self._required()].dropna(subset=[self.time, self.value])
             by = [*gk] + ([self.lot_key] if self.lot_key is not None else [])
-            parts = X.shuffle(on=by) if by else X.repartition(npartitions=1)
+            parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
             meta = _empty_result(cfg)
             for k in [*gk, *tk]:
                 meta[k] = meta[k].astype(X[k].dtype)
@@ -769,8 +772,9 @@ class ShapeSignatureDetector(BaseDetector):
         -------
         change : pandas.DataFrame
             Index ``group_keys + ("parameter",)`` with parameters ``gamma ... c`` and ``fit``;
-            columns ``before``, ``after``, ``delta``, ``gradient`` (midpoint), ``taylor`` and
-            ``contribution``. For the ``fit`` row ``before``/``after`` are the fit terms and
+            columns ``before``, ``after``, ``delta``, ``gradient`` (midpoint), ``taylor``,
+            ``prior_midpoint`` (``(s_mid - mu*)/sigma*_S^2 * delta``, exactly the change of
+            ``z^2/2``) and ``contribution``. For the ``fit`` row ``before``/``after`` are the fit terms and
             ``gradient``/``taylor`` are 0 (the data part is inside the parameter gradients).
         """
         tk, gk = self._keys()
@@ -812,10 +816,12 @@ class ShapeSignatureDetector(BaseDetector):
             pb = rb[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
             pa = ra[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
             contrib = pa - pb
+            mid = ((sa + sb) / 2.0 - mu) / sd**2 * delta
             for j, p in enumerate(PARAMS):
-                rows.append((*g, p, sb[j], sa[j], delta[j], g_mid[j], g_mid[j] * delta[j], contrib[j]))
-            rows.append((*g, "fit", rb["fit"], ra["fit"], ra["fit"] - rb["fit"], 0.0, 0.0, ra["fit"] - rb["fit"]))
+                rows.append((*g, p, sb[j], sa[j], delta[j], g_mid[j], g_mid[j] * delta[j], mid[j], contrib[j]))
+            dfit = ra["fit"] - rb["fit"]
+            rows.append((*g, "fit", rb["fit"], ra["fit"], dfit, 0.0, 0.0, 0.0, dfit))
         if not rows:
             raise ValueError(f"before={before!r} and after={after!r} share no scored group in X.")
-        cols = [*gk, "parameter", "before", "after", "delta", "gradient", "taylor", "contribution"]
+        cols = [*gk, "parameter", "before", "after", "delta", "gradient", "taylor", "prior_midpoint", "contribution"]
         return pd.DataFrame(rows, columns=cols).set_index([*gk, "parameter"])

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
 
 __all__ = ["LotFit", "fit_lot", "PARAMS"]
 
@@ -145,7 +147,9 @@ def fit_lot(
     if n < 2:
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
     if init is None:
-        fit0 = shape.fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
+        with warnings.catch_warnings():  # failed cold starts only leave the robust start
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit0 = shape.fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
         x0 = fit0.params.to_numpy(dtype=np.float64)
         ok = np.asarray(fit0.success, dtype=bool) & np.isfinite(x0).all(axis=1)
         if ok.sum() < 2:
@@ -165,7 +169,9 @@ def fit_lot(
     fit = None
     used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
-        fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        with warnings.catch_warnings():  # failures are in fit.success, reported by the caller
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
         x = fit.params.to_numpy(dtype=np.float64)
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
         if used.sum() < 2:
@@ -207,7 +213,9 @@ def fit_lot(
     if converged:
         final = fit
     else:
-        final = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            final = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
     if not converged:
         _logger.info("fit_lot: %s update did not converge in %d iterations", update, max_iter)
     return LotFit(
