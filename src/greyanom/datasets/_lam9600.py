@@ -56,7 +56,10 @@ def load_lam9600(path, *, drop=True):
 
     Notes
     -----
-    Units are not given in the file. Test wafer ``l3122`` (RF +8) is short (56 samples) but
+    Besides ``l3125``, the loader drops samples whose ``Time`` does not increase: wafers
+    ``l2911``, ``l3301``, ``l3311``, ``l3319`` and ``l3339`` end with a stray copy of their
+    second sample (step 4, ``Time`` about 10.7 s), which would duplicate a sample time. A
+    ``UserWarning`` lists them. Units are not given in the file. Test wafer ``l3122`` (RF +8) is short (56 samples) but
     kept. The fault labels mean that the named controlled variable was offset; see Wise et al.
     (1999) for how the offsets were applied.
 
@@ -95,6 +98,7 @@ def load_lam9600(path, *, drop=True):
     ]
     frames = []
     dropped = []
+    out_of_order = []
     for cells, names, faults in sets:
         for i, (name, fault) in enumerate(zip(names, faults)):
             wafer = name.split(".")[0]
@@ -102,6 +106,12 @@ def load_lam9600(path, *, drop=True):
                 dropped.append(wafer)
                 continue
             a = np.asarray(cells[i, 0], dtype=np.float64)
+            # a few wafers end with a stray copy of an early sample (time not increasing)
+            prev_max = np.maximum.accumulate(np.r_[-np.inf, a[:-1, 0]])
+            keep = a[:, 0] > prev_max
+            if not keep.all():
+                out_of_order.append((wafer, int((~keep).sum())))
+                a = a[keep]
             n = a.shape[0]
             frames.append(
                 pd.DataFrame(
@@ -120,6 +130,14 @@ def load_lam9600(path, *, drop=True):
         msg = "; ".join(f"{w}: {DROPPED_WAFERS[w]}" for w in dropped)
         warnings.warn(f"load_lam9600 dropped wafer(s) {msg}. Pass drop=False to keep them.", UserWarning, stacklevel=2)
         _logger.info("load_lam9600 dropped %s", dropped)
+    if out_of_order:
+        msg = ", ".join(f"{w} ({k})" for w, k in out_of_order)
+        warnings.warn(
+            f"load_lam9600 dropped samples whose Time does not increase (a stray copy of an early "
+            f"sample at the end of the run) from wafer(s) {msg}.",
+            UserWarning,
+            stacklevel=2,
+        )
     df = pd.concat(frames, ignore_index=True)
     df["fault"] = df["fault"].astype(object).where(df["fault"].notna(), None)
     order = {w: k for k, w in enumerate(sorted(df["wafer"].unique()))}
