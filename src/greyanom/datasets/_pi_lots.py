@@ -14,7 +14,7 @@ __all__ = ["make_pi_lots", "PI_FAULTS", "NOMINAL_LOOP"]
 #: r(t) = q1 t + q2, start value v0. Underdamped: tau_I < 4 kbar tau_p / (1 + kbar)^2.
 NOMINAL_LOOP = {"kp": 2.0, "tau_p": 5.0, "kc": 1.5, "tau_I": 1.5, "q1": 0.01, "q2": 1.0, "v0": 0.0}
 
-#: Fault types: what they change, and the signature terms they act on. Loop-gain and time-constant
+#: Fault types at ``fault_scale=1``: what they change, and the signature terms they act on. Loop-gain and time-constant
 #: faults change the transient (gamma, omega, and through the state at the step start R and phi),
 #: set-point faults the steady state (y, c); noise faults only the fit; a truncated step none.
 PI_FAULTS = {
@@ -61,6 +61,7 @@ def make_pi_lots(
     noise_sd=0.01,
     faults=(),
     n_clean_lots=2,
+    fault_scale=1.0,
     random_state=None,
 ):
     """Simulate lots of wafers through a PI control loop, optionally with injected faults.
@@ -96,6 +97,9 @@ def make_pi_lots(
         ``count`` wafers of each.
     n_clean_lots : int, default=2
         Leading lots kept free of faults (for the detector's initial fit).
+    fault_scale : float, default=1.0
+        Size of every fault relative to :data:`PI_FAULTS` (e.g. ``0.25``: ``kc x 1.15``,
+        ``q2 + 0.02``, a step cut at 86 % of its duration).
     random_state : int, RandomState instance or None, default=None
         Seed.
 
@@ -157,17 +161,17 @@ def make_pi_lots(
             p["q2"] += spread / 3.0 * rng.standard_normal()
             p["v0"] += spread / 3.0 * rng.standard_normal()
             if fault == "controller_gain":
-                p["kc"] *= 1.6
+                p["kc"] *= 1.0 + 0.6 * fault_scale
             elif fault == "process_gain":
-                p["kp"] *= 0.6
+                p["kp"] *= 1.0 - 0.4 * fault_scale
             elif fault == "time_constant":
-                p["tau_p"] *= 1.6
+                p["tau_p"] *= 1.0 + 0.6 * fault_scale
             elif fault == "setpoint_offset":
-                p["q2"] += 0.08
+                p["q2"] += 0.08 * fault_scale
             elif fault == "setpoint_slope":
-                p["q1"] += 0.01
+                p["q1"] += 0.01 * fault_scale
             n = int(rng.randint(lo, hi + 1))
-            span = duration * (0.45 if fault == "truncated" else 1.0)
+            span = duration * (1.0 - 0.55 * fault_scale if fault == "truncated" else 1.0)
             times = np.sort(rng.uniform(0.0, span, n))
             times[0] = 0.0
             times = np.unique(times)
@@ -178,10 +182,10 @@ def make_pi_lots(
                 noise = sd * rng.standard_normal(times.size)
                 if fault == "noise_burst":
                     a = rng.uniform(0.1, 0.7) * times[-1]
-                    noise[(times >= a) & (times < a + 0.2 * times[-1])] *= 6.0
+                    noise[(times >= a) & (times < a + 0.2 * times[-1])] *= 1.0 + 5.0 * fault_scale
                 elif fault == "outliers":
                     idx = rng.choice(times.size, size=3, replace=False)
-                    noise[idx] += 12.0 * sd * rng.choice([-1.0, 1.0], size=3)
+                    noise[idx] += 12.0 * fault_scale * sd * rng.choice([-1.0, 1.0], size=3)
                 frames.append(
                     pd.DataFrame(
                         {
