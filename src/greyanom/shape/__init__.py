@@ -5,6 +5,7 @@ driven oscillator to every trace (all damping regimes) and returns a :class:`Sig
 :mod:`greyanom.shape.control` maps shape signatures to and from PI-loop parameters.
 """
 
+from greyanom.shape._hierarchy import LotFit, fit_lot
 from greyanom.shape._fit import CRITICAL_TOL, DEGENERATE_TOL, fit_traces, objective_terms
 from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
 from greyanom.shape.traces import Traces
@@ -13,10 +14,12 @@ __all__ = [
     "CRITICAL_TOL",
     "DEGENERATE_TOL",
     "GENERAL_NAMES",
+    "LotFit",
     "PARAM_NAMES",
     "STATUS_MESSAGES",
     "SignatureFit",
     "Traces",
+    "fit_lot",
     "fit_traces",
     "objective_terms",
 ]
