@@ -163,11 +163,16 @@ def lam9600(path, lot_prior="em"):
 
 def _rst(df, floatfmt=".3f"):
     cols = list(df.columns)
-    body = [[(format(v, floatfmt) if isinstance(v, float) else str(v)) for v in row] for row in df.itertuples(index=False)]
+    def cell(v):
+        if isinstance(v, float):
+            return "n/a" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    body = [[cell(v) for v in row] for row in df.itertuples(index=False)]
     widths = [max(len(str(c)), *(len(r[i]) for r in body)) for i, c in enumerate(cols)]
     line = "  ".join("=" * w for w in widths)
-    out = [line, "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)), line]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
+    out = [line, "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip(), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in body]
     out.append(line)
     return "\n".join(out) + "\n"
 
@@ -197,7 +202,7 @@ def main(argv=None):
         print(lam.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(per_fault.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         tables["shape_detector_lam"] = lam
-        tables["shape_detector_lam_faults"] = per_fault
+        tables["shape_detector_lam_faults"] = per_fault.assign(score=per_fault["score"].map(lambda v: f"{v:.0f}"))
     else:
         print(f"\n(b) skipped: {path} not found")
     if args.rst:
