@@ -5,9 +5,21 @@ driven oscillator to every trace (all damping regimes) and returns a :class:`Sig
 :mod:`greyanom.shape.control` maps shape signatures to and from PI-loop parameters.
 """
 
+from greyanom.shape import control
 from greyanom.shape._hierarchy import LotFit, fit_lot
 from greyanom.shape._fit import CRITICAL_TOL, DEGENERATE_TOL, fit_traces, objective_terms
 from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
+from greyanom.shape.control import (
+    characteristic_polynomial,
+    is_oscillating,
+    is_stable,
+    ode_from_oscillator,
+    ode_from_pi,
+    oscillator_from_ode,
+    oscillator_from_pi,
+    pi_family,
+    pi_from_oscillator,
+)
 from greyanom.shape.traces import Traces
 
 __all__ = [
@@ -18,6 +30,16 @@ __all__ = [
     "PARAM_NAMES",
     "STATUS_MESSAGES",
     "SignatureFit",
+    "characteristic_polynomial",
+    "control",
+    "is_oscillating",
+    "is_stable",
+    "ode_from_oscillator",
+    "ode_from_pi",
+    "oscillator_from_ode",
+    "oscillator_from_pi",
+    "pi_family",
+    "pi_from_oscillator",
     "Traces",
     "fit_lot",
     "fit_traces",

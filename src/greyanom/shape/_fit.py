@@ -26,6 +26,8 @@ CRITICAL_TOL = 1e-3
 DEGENERATE_TOL = 1e-8
 
 _MODELS = ("auto", "general", "paper")
+_REGIMES = np.array(["failed", "underdamped", "critical", "overdamped", "degenerate"])
+_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-2, 4)])
 
 
 @contextlib.contextmanager
@@ -101,35 +103,6 @@ def _general_from_paper(p):
     g[:, 2] = p[:, 2] ** 2
     g[:, 4] = p[:, 2] * p[:, 1] * np.sin(p[:, 4])
     return g
-
-
-def _paper_from_general(g):
-    """Paper parameters where kappa > 0 (NaN elsewhere), canonical phi in [-pi/2, pi/2]."""
-    p = np.full_like(g, np.nan)
-    p[:, 0] = g[:, 0]
-    p[:, 3] = g[:, 3]
-    p[:, 5] = g[:, 5]
-    under = g[:, 2] > 0
-    omega = np.sqrt(np.where(under, g[:, 2], 1.0))
-    a = g[:, 1]
-    b = g[:, 4] / omega
-    with np.errstate(divide="ignore", invalid="ignore"):
-        phi = np.where(a == 0, np.where(b == 0, 0.0, 0.5 * np.pi), np.arctan(b / a))
-        r = np.where(a == 0, b, a / np.cos(phi))
-    p[:, 1] = np.where(under, r, np.nan)
-    p[:, 2] = np.where(under, omega, np.nan)
-    p[:, 4] = np.where(under, phi, np.nan)
-    return p
-
-
-def _trace_sums(traces, values):
-    """Per-trace sums of a flat array (zero for empty traces)."""
-    n = traces.n_points
-    out = np.zeros(len(traces))
-    nz = n > 0
-    if values.size:
-        out[nz] = np.add.reduceat(values, traces.offsets[:-1][nz])
-    return out
 
 
 def fit_traces(
@@ -242,21 +215,56 @@ def fit_traces(
         if not paper:
             start = _general_from_paper(start)
         start = np.ascontiguousarray(start)
-    inv_s2 = np.ones(n) if sigma is None else 1.0 / sigma**2
+    noise_s2 = np.full(n, np.nan) if sigma is None else sigma**2
     min_points = 1 if prior is not None else 6
 
     out_p = np.empty((n, 6))
+    out_pp = np.empty((n, 6))
     status = np.empty(n, dtype=np.int64)
     n_iter = np.empty(n, dtype=np.int64)
     x = np.empty(n)
-    span = np.empty(n)
+    ssr = np.empty(n)
+    regime = np.empty(n, dtype=np.int64)
+    s2 = np.empty(n)
+    hess = np.empty((n, 6, 6))
+    jtj = np.empty((n, 6, 6))
+    cov = np.empty((n, 6, 6))
     with numba_threads(n_jobs):
         _kernels.fit_batch(
-            traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, inv_s2,
-            min_points, int(max_iter), float(tol), out_p, status, n_iter, x, span,
+            traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, noise_s2,
+            min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
+            out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov,
         )
-        result = _assemble(traces, out_p, status, n_iter, x, span, paper, mu, w, prior_sd, sigma)
-    n_bad = int((~result.success).sum())
+    n_pts = traces.n_points
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if sigma is None:
+            cost = 0.5 * ssr
+        else:
+            cost = 0.5 * n_pts * np.log(s2) + ssr / (2 * s2)
+            if prior_sd is not None:
+                cost = cost + np.sum(np.log(prior_sd) + 0.5 * w * (out_pp - mu) ** 2, axis=1)
+    general = out_p if not paper else _general_from_paper(out_p)
+    success = status > 0
+    result = SignatureFit(
+        params=pd.DataFrame(out_pp, index=traces.keys, columns=list(PARAM_NAMES)),
+        general=pd.DataFrame(general, index=traces.keys, columns=list(GENERAL_NAMES)),
+        x=x,
+        regime=_REGIMES[regime],
+        status=status,
+        success=success,
+        message=_MESSAGES[status + 2],
+        n_iter=n_iter,
+        cost=cost,
+        ssr=ssr,
+        n_points=n_pts,
+        noise_sd=np.sqrt(s2),
+        hessian=hess,
+        jtj=jtj,
+        covariance=cov,
+        model=model,
+        has_prior=prior_sd is not None,
+    )
+    n_bad = int((~success).sum())
     if n_bad:
         warnings.warn(
             f"{n_bad} of {n} trace(s) were not fitted successfully; see fit.status and fit.message.",
@@ -264,116 +272,6 @@ def fit_traces(
             stacklevel=2,
         )
     return result
-
-
-def _assemble(traces, out_p, status, n_iter, x, span, paper, mu, w, prior_sd, sigma):
-    n = len(traces)
-    n_pts = traces.n_points
-    fitted = status > -1
-    out_p[~fitted] = np.nan
-    if paper:
-        pp = out_p
-        gp = _general_from_paper(out_p)
-    else:
-        gp = out_p
-        pp = _paper_from_general(out_p)
-    # SSR from the fitted curves (all regimes)
-    pred = np.empty(traces.t.shape[0])
-    _kernels.predict_batch(traces.t, traces.offsets, x, np.ascontiguousarray(out_p), paper, pred)
-    ssr = _trace_sums(traces, (traces.z - pred) ** 2)
-    ssr[~fitted] = np.nan
-    # scale of each trace, for the regime tolerances
-    mean = _trace_sums(traces, traces.z) / np.maximum(n_pts, 1)
-    zc = traces.z - np.repeat(mean, n_pts)
-    sd = np.sqrt(_trace_sums(traces, zc**2) / np.maximum(n_pts, 1))
-    sd = np.where(sd > 0, sd, 1.0)
-    with np.errstate(invalid="ignore"):
-        if paper:
-            kappa_n = (pp[:, 2] * span) ** 2
-            amp = np.abs(pp[:, 1]) / sd
-        else:
-            kappa_n = gp[:, 2] * span**2
-            amp = (np.abs(gp[:, 1]) + np.abs(gp[:, 4]) * span) / sd
-    regime = np.full(n, "failed", dtype=object)
-    regime[fitted & (kappa_n > CRITICAL_TOL)] = "underdamped"
-    regime[fitted & (np.abs(kappa_n) <= CRITICAL_TOL)] = "critical"
-    regime[fitted & (kappa_n < -CRITICAL_TOL)] = "overdamped"
-    regime[fitted & (amp <= DEGENERATE_TOL)] = "degenerate"
-    if not paper:
-        # (11) has no finite (R, omega, phi) outside the underdamped regime
-        keep = regime == "underdamped"
-        pp[~keep, 1] = np.nan
-        pp[~keep, 2] = np.nan
-        pp[~keep, 4] = np.nan
-        pp[regime == "degenerate", 1] = 0.0
-        pp[regime == "degenerate", 0] = np.nan
-    # noise level used for the Hessian / covariance
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if sigma is None:
-            s2 = np.where(n_pts > 6, ssr / np.maximum(n_pts - 6, 1), np.nan)
-        else:
-            s2 = sigma**2
-    cost_prior = np.zeros(n)
-    if prior_sd is not None:
-        cost_prior = np.sum(np.log(prior_sd) + 0.5 * w * (pp - mu) ** 2, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if sigma is None:
-            cost = 0.5 * ssr
-        else:
-            cost = 0.5 * n_pts * np.log(s2) + ssr / (2 * s2) + cost_prior
-    # exact paper-space Hessian and J^T J at the solution
-    pfin = np.ascontiguousarray(np.where(np.isfinite(pp), pp, 0.0))
-    valid = np.isfinite(pp).all(axis=1)
-    f_, g_, h_, jtj, ssr_ = _terms(traces, pfin, mu, w, np.ones(n))
-    # h_ is the Hessian of SSR/2 + prior/ ... recompute with the right scale
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        k_data = h_ - np.einsum("nd,de->nde", w, np.eye(6))  # J^T J - sum r H
-        hessian = k_data / s2[:, None, None] + np.einsum("nd,de->nde", w, np.eye(6))
-        if sigma is None and prior_sd is None:
-            cov = _inverse_pd(k_data) * s2[:, None, None]
-        else:
-            cov = _inverse_pd(hessian)
-    hessian[~valid] = np.nan
-    jtj[~valid] = np.nan
-    cov[~valid] = np.nan
-    cov[~np.isfinite(s2)] = np.nan
-    gen_df = pd.DataFrame(gp, index=traces.keys, columns=list(GENERAL_NAMES))
-    par_df = pd.DataFrame(pp, index=traces.keys, columns=list(PARAM_NAMES))
-    success = status > 0
-    messages = np.array([STATUS_MESSAGES[int(s)] for s in range(-2, 4)], dtype=object)
-    return SignatureFit(
-        params=par_df,
-        general=gen_df,
-        x=x,
-        regime=regime.astype(str),
-        status=status,
-        success=success,
-        message=messages[status + 2],
-        n_iter=n_iter,
-        cost=cost,
-        ssr=ssr,
-        n_points=n_pts,
-        noise_sd=np.sqrt(s2),
-        hessian=hessian,
-        jtj=jtj,
-        covariance=cov,
-        model="paper" if paper else "general",
-        has_prior=prior_sd is not None,
-    )
-
-
-def _inverse_pd(h):
-    """Batched inverse of symmetric matrices; NaN where not (numerically) positive definite."""
-    out = np.full_like(h, np.nan)
-    ok = np.isfinite(h).all(axis=(1, 2))
-    if ok.any():
-        hs = 0.5 * (h[ok] + np.swapaxes(h[ok], 1, 2))
-        lam, vec = np.linalg.eigh(hs)
-        pd_ = lam[:, 0] > 1e-12 * np.abs(lam[:, -1])
-        inv = np.einsum("nij,nj,nkj->nik", vec, 1.0 / np.where(pd_[:, None], lam, 1.0), vec)
-        inv[~pd_] = np.nan
-        out[ok] = inv
-    return out
 
 
 def _terms(traces, params, mu, w, s2):

@@ -45,8 +45,10 @@ ST_NONFINITE = -2
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
 GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0])
-GRID_FREQS = np.array([1.5, 3.5, 7.0, 14.0, 28.0, 56.0])
-GRID_POINTS = 48
+GRID_COARSE = (1, 3)  # indices of the rates 0 and 2.5 in GRID_RATES
+# an arithmetic progression, so that cos/sin of every frequency follow by recurrence
+GRID_FREQS = 1.5 + 3.0 * np.arange(25)
+GRID_POINTS = 40
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -95,32 +97,116 @@ def _general_basis(gamma, kappa, tau):
 @njit(cache=True, fastmath=FASTMATH)
 def pass_general(u, v, p, jtj, jtr):
     """One pass in general space: fill ``J^T J`` and ``J^T r``; return the SSR."""
-    gamma, a, kappa, y, b, c = p[0], p[1], p[2], p[3], p[4], p[5]
-    for i in range(6):
-        jtr[i] = 0.0
-        for k in range(6):
-            jtj[i, k] = 0.0
+    gamma, ca, kappa, y, cb, c = p[0], p[1], p[2], p[3], p[4], p[5]
     ssr = 0.0
-    jr = np.empty(6)
+    b0 = 0.0
+    a00 = 0.0
+    b1 = 0.0
+    a10 = 0.0
+    a11 = 0.0
+    b2 = 0.0
+    a20 = 0.0
+    a21 = 0.0
+    a22 = 0.0
+    b3 = 0.0
+    a30 = 0.0
+    a31 = 0.0
+    a32 = 0.0
+    a33 = 0.0
+    b4 = 0.0
+    a40 = 0.0
+    a41 = 0.0
+    a42 = 0.0
+    a43 = 0.0
+    a44 = 0.0
+    b5 = 0.0
+    a50 = 0.0
+    a51 = 0.0
+    a52 = 0.0
+    a53 = 0.0
+    a54 = 0.0
+    a55 = 0.0
     for i in range(u.shape[0]):
         tau = u[i]
         ec, es, eds = _general_basis(gamma, kappa, tau)
-        g = a * ec + b * es
+        g = ca * ec + cb * es
         r = v[i] - (g + c * tau + y)
         ssr += r * r
-        jr[0] = -0.5 * tau * g
-        jr[1] = ec
-        jr[2] = -0.5 * tau * a * es + b * eds
-        jr[3] = 1.0
-        jr[4] = es
-        jr[5] = tau
-        for k in range(6):
-            jtr[k] += jr[k] * r
-            for m in range(k + 1):
-                jtj[k, m] += jr[k] * jr[m]
-    for k in range(6):
-        for m in range(k):
-            jtj[m, k] = jtj[k, m]
+        j0 = -0.5 * tau * g
+        j1 = ec
+        j2 = -0.5 * tau * ca * es + cb * eds
+        j3 = 1.0
+        j4 = es
+        j5 = tau
+        b0 += j0 * r
+        a00 += j0 * j0
+        b1 += j1 * r
+        a10 += j1 * j0
+        a11 += j1 * j1
+        b2 += j2 * r
+        a20 += j2 * j0
+        a21 += j2 * j1
+        a22 += j2 * j2
+        b3 += j3 * r
+        a30 += j3 * j0
+        a31 += j3 * j1
+        a32 += j3 * j2
+        a33 += j3 * j3
+        b4 += j4 * r
+        a40 += j4 * j0
+        a41 += j4 * j1
+        a42 += j4 * j2
+        a43 += j4 * j3
+        a44 += j4 * j4
+        b5 += j5 * r
+        a50 += j5 * j0
+        a51 += j5 * j1
+        a52 += j5 * j2
+        a53 += j5 * j3
+        a54 += j5 * j4
+        a55 += j5 * j5
+    jtr[0] = b0
+    jtj[0, 0] = a00
+    jtr[1] = b1
+    jtj[1, 0] = a10
+    jtj[0, 1] = a10
+    jtj[1, 1] = a11
+    jtr[2] = b2
+    jtj[2, 0] = a20
+    jtj[0, 2] = a20
+    jtj[2, 1] = a21
+    jtj[1, 2] = a21
+    jtj[2, 2] = a22
+    jtr[3] = b3
+    jtj[3, 0] = a30
+    jtj[0, 3] = a30
+    jtj[3, 1] = a31
+    jtj[1, 3] = a31
+    jtj[3, 2] = a32
+    jtj[2, 3] = a32
+    jtj[3, 3] = a33
+    jtr[4] = b4
+    jtj[4, 0] = a40
+    jtj[0, 4] = a40
+    jtj[4, 1] = a41
+    jtj[1, 4] = a41
+    jtj[4, 2] = a42
+    jtj[2, 4] = a42
+    jtj[4, 3] = a43
+    jtj[3, 4] = a43
+    jtj[4, 4] = a44
+    jtr[5] = b5
+    jtj[5, 0] = a50
+    jtj[0, 5] = a50
+    jtj[5, 1] = a51
+    jtj[1, 5] = a51
+    jtj[5, 2] = a52
+    jtj[2, 5] = a52
+    jtj[5, 3] = a53
+    jtj[3, 5] = a53
+    jtj[5, 4] = a54
+    jtj[4, 5] = a54
+    jtj[5, 5] = a55
     return ssr
 
 
@@ -132,11 +218,6 @@ def pass_paper(u, v, p, jtj, jtr, so):
     reductions of the notes, section 3.3); returns the SSR.
     """
     gamma, rr, omega, y, phi, c = p[0], p[1], p[2], p[3], p[4], p[5]
-    for i in range(6):
-        jtr[i] = 0.0
-        for k in range(6):
-            jtj[i, k] = 0.0
-            so[i, k] = 0.0
     ssr = 0.0
     s_gg = 0.0
     s_gr = 0.0
@@ -144,10 +225,35 @@ def pass_paper(u, v, p, jtj, jtr, so):
     s_gf = 0.0
     s_rw = 0.0
     s_rf = 0.0
-    s_ww = 0.0
     s_wf = 0.0
     s_ff = 0.0
-    jr = np.empty(6)
+    b0 = 0.0
+    a00 = 0.0
+    b1 = 0.0
+    a10 = 0.0
+    a11 = 0.0
+    b2 = 0.0
+    a20 = 0.0
+    a21 = 0.0
+    a22 = 0.0
+    b3 = 0.0
+    a30 = 0.0
+    a31 = 0.0
+    a32 = 0.0
+    a33 = 0.0
+    b4 = 0.0
+    a40 = 0.0
+    a41 = 0.0
+    a42 = 0.0
+    a43 = 0.0
+    a44 = 0.0
+    b5 = 0.0
+    a50 = 0.0
+    a51 = 0.0
+    a52 = 0.0
+    a53 = 0.0
+    a54 = 0.0
+    a55 = 0.0
     for i in range(u.shape[0]):
         tau = u[i]
         e = math.exp(-0.5 * gamma * tau)
@@ -158,33 +264,96 @@ def pass_paper(u, v, p, jtj, jtr, so):
         res = rr * es
         r = v[i] - (rec + c * tau + y)
         ssr += r * r
-        jr[0] = -0.5 * tau * rec
-        jr[1] = ec
-        jr[2] = -tau * res
-        jr[3] = 1.0
-        jr[4] = res
-        jr[5] = tau
-        for k in range(6):
-            jtr[k] += jr[k] * r
-            for m in range(k + 1):
-                jtj[k, m] += jr[k] * jr[m]
+        j0 = -0.5 * tau * rec
+        j1 = ec
+        j2 = -tau * res
+        j3 = 1.0
+        j4 = res
+        j5 = tau
+        b0 += j0 * r
+        a00 += j0 * j0
+        b1 += j1 * r
+        a10 += j1 * j0
+        a11 += j1 * j1
+        b2 += j2 * r
+        a20 += j2 * j0
+        a21 += j2 * j1
+        a22 += j2 * j2
+        b3 += j3 * r
+        a30 += j3 * j0
+        a31 += j3 * j1
+        a32 += j3 * j2
+        a33 += j3 * j3
+        b4 += j4 * r
+        a40 += j4 * j0
+        a41 += j4 * j1
+        a42 += j4 * j2
+        a43 += j4 * j3
+        a44 += j4 * j4
+        b5 += j5 * r
+        a50 += j5 * j0
+        a51 += j5 * j1
+        a52 += j5 * j2
+        a53 += j5 * j3
+        a54 += j5 * j4
+        a55 += j5 * j5
         ra = r * rec
         rb = r * res
-        re = r * ec
-        rq = r * es
         t2 = tau * tau
         s_gg += t2 * ra
-        s_gr += tau * re
+        s_gr += tau * r * ec
         s_gw += t2 * rb
         s_gf += tau * rb
-        s_rw += tau * rq
-        s_rf += rq
+        s_rw += tau * r * es
+        s_rf += r * es
         s_wf += tau * ra
         s_ff += ra
-    s_ww = -s_gg
+    jtr[0] = b0
+    jtj[0, 0] = a00
+    jtr[1] = b1
+    jtj[1, 0] = a10
+    jtj[0, 1] = a10
+    jtj[1, 1] = a11
+    jtr[2] = b2
+    jtj[2, 0] = a20
+    jtj[0, 2] = a20
+    jtj[2, 1] = a21
+    jtj[1, 2] = a21
+    jtj[2, 2] = a22
+    jtr[3] = b3
+    jtj[3, 0] = a30
+    jtj[0, 3] = a30
+    jtj[3, 1] = a31
+    jtj[1, 3] = a31
+    jtj[3, 2] = a32
+    jtj[2, 3] = a32
+    jtj[3, 3] = a33
+    jtr[4] = b4
+    jtj[4, 0] = a40
+    jtj[0, 4] = a40
+    jtj[4, 1] = a41
+    jtj[1, 4] = a41
+    jtj[4, 2] = a42
+    jtj[2, 4] = a42
+    jtj[4, 3] = a43
+    jtj[3, 4] = a43
+    jtj[4, 4] = a44
+    jtr[5] = b5
+    jtj[5, 0] = a50
+    jtj[0, 5] = a50
+    jtj[5, 1] = a51
+    jtj[1, 5] = a51
+    jtj[5, 2] = a52
+    jtj[2, 5] = a52
+    jtj[5, 3] = a53
+    jtj[3, 5] = a53
+    jtj[5, 4] = a54
+    jtj[4, 5] = a54
+    jtj[5, 5] = a55
     for k in range(6):
-        for m in range(k):
-            jtj[m, k] = jtj[k, m]
+        for m in range(6):
+            so[k, m] = 0.0
+    s_ww = -s_gg
     so[0, 0] = 0.25 * s_gg
     so[0, 1] = -0.5 * s_gr
     so[0, 2] = 0.5 * s_gw
@@ -248,15 +417,18 @@ def _cholesky_solve(a, b, out, free):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _ls4(g, h, zz, coef):
+def _ls4(g, h, zz, coef, ll, keep, w):
     """Least squares on a 4-column Gram system with dropped dependent columns.
 
     ``g`` (4, 4) is the Gram matrix, ``h`` (4,) the right-hand side, ``zz`` = sum z^2.
     A column whose pivot is below ``1e-10`` of its norm is dropped (coefficient zero).
     Returns the residual sum of squares.
     """
-    ll = np.zeros((4, 4))
-    keep = np.ones(4, np.bool_)
+    for j in range(4):
+        keep[j] = True
+        w[j] = 0.0
+        for k in range(4):
+            ll[j, k] = 0.0
     for j in range(4):
         s = g[j, j]
         for k in range(j):
@@ -271,7 +443,6 @@ def _ls4(g, h, zz, coef):
             for k in range(j):
                 s2 -= ll[i, k] * ll[j, k]
             ll[i, j] = s2 / d
-    w = np.zeros(4)
     for i in range(4):
         if keep[i]:
             s = h[i]
@@ -293,13 +464,58 @@ def _ls4(g, h, zz, coef):
 
 
 @njit(cache=True, fastmath=FASTMATH)
+def _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4):
+    """Variable projection at one grid point: least squares on (f1, f2, u, 1); return SSR."""
+    s11 = 0.0
+    s12 = 0.0
+    s22 = 0.0
+    s1u = 0.0
+    s2u = 0.0
+    s1c = 0.0
+    s2c = 0.0
+    s1z = 0.0
+    s2z = 0.0
+    for j in range(us.shape[0]):
+        a1 = f1[j]
+        a2 = f2[j]
+        s11 += a1 * a1
+        s12 += a1 * a2
+        s22 += a2 * a2
+        s1u += a1 * us[j]
+        s2u += a2 * us[j]
+        s1c += a1
+        s2c += a2
+        s1z += a1 * vs[j]
+        s2z += a2 * vs[j]
+    g[0, 0] = s11
+    g[0, 1] = s12
+    g[1, 0] = s12
+    g[1, 1] = s22
+    g[0, 2] = s1u
+    g[2, 0] = s1u
+    g[1, 2] = s2u
+    g[2, 1] = s2u
+    g[0, 3] = s1c
+    g[3, 0] = s1c
+    g[1, 3] = s2c
+    g[3, 1] = s2c
+    h[0] = s1z
+    h[1] = s2z
+    return _ls4(g, h, s_zz, coef, ll4, keep4, w4)
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def grid_start(u, v, general, p):
     """Cold start: best point of a (rate, frequency) grid by variable projection.
 
     For fixed decay rates and frequency the model is linear in the two transient
     coefficients, ``c`` and ``y``; each grid point is solved exactly on a strided
-    subsample of at most ``GRID_POINTS`` points. Writes the start into ``p`` (general
-    space when ``general`` else paper space).
+    subsample of at most ``GRID_POINTS`` points. Oscillating candidates are searched on
+    every frequency of ``GRID_FREQS`` with the rates ``GRID_COARSE``, then on every rate at
+    the best frequency; in general space one-exponential-plus-``t e^{-rate t}``
+    (critical) and two-exponential (overdamped) candidates are tried as well; in paper
+    space the single exponentials (``omega = 0``). Writes the start into ``p`` (general
+    space when ``general`` else paper space); returns its SSR on the subsample.
     """
     n = u.shape[0]
     stride = max(1, (n + GRID_POINTS - 1) // GRID_POINTS)
@@ -307,8 +523,6 @@ def grid_start(u, v, general, p):
     nr = GRID_RATES.shape[0]
     nf = GRID_FREQS.shape[0]
     ex = np.empty((nr, m))
-    co = np.empty((nf, m))
-    si = np.empty((nf, m))
     us = np.empty(m)
     vs = np.empty(m)
     for j in range(m):
@@ -317,10 +531,6 @@ def grid_start(u, v, general, p):
         vs[j] = v[j * stride]
         for a in range(nr):
             ex[a, j] = math.exp(-GRID_RATES[a] * tau)
-        for f in range(nf):
-            co[f, j] = math.cos(GRID_FREQS[f] * tau)
-            si[f, j] = math.sin(GRID_FREQS[f] * tau)
-    # sums shared by every grid point: columns (f1, f2, u, 1)
     s_1 = float(m)
     s_u = 0.0
     s_uu = 0.0
@@ -344,92 +554,89 @@ def grid_start(u, v, general, p):
     h[3] = s_z
     f1 = np.empty(m)
     f2 = np.empty(m)
+    co = np.empty((nf, m))
+    si = np.empty((nf, m))
+    ll4 = np.empty((4, 4))
+    keep4 = np.empty(4, np.bool_)
+    w4 = np.empty(4)
     best = np.inf
-    n_kind = 3 if general else 2
-    for kind in range(n_kind):
-        # kind 0: underdamped (rate a, frequency f); 1: one exponential (paper) or
-        # critical (general); 2: overdamped pair (rates a < b)
-        na = nr
-        nb = nf if kind == 0 else (1 if kind == 1 else nr)
-        for ia in range(na):
-            for ib in range(nb):
-                if kind == 2 and ib <= ia:
-                    continue
+    best_f = 0
+    # oscillating candidates: all frequencies, coarse rates
+    dw = GRID_FREQS[1] - GRID_FREQS[0]
+    for j in range(m):
+        c1 = math.cos(dw * us[j])
+        s1 = math.sin(dw * us[j])
+        co[0, j] = math.cos(GRID_FREQS[0] * us[j])
+        si[0, j] = math.sin(GRID_FREQS[0] * us[j])
+        for ib in range(1, nf):
+            co[ib, j] = co[ib - 1, j] * c1 - si[ib - 1, j] * s1
+            si[ib, j] = si[ib - 1, j] * c1 + co[ib - 1, j] * s1
+    for ib in range(nf):
+        for ia in GRID_COARSE:
+            for j in range(m):
+                f1[j] = ex[ia, j] * co[ib, j]
+                f2[j] = ex[ia, j] * si[ib, j]
+            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            if ssr < best:
+                best = ssr
+                best_f = ib
+                _grid_store_osc(general, GRID_RATES[ia], GRID_FREQS[ib], coef, p)
+    # every rate at the best frequency
+    ib = best_f
+    for ia in range(nr):
+        for j in range(m):
+            f1[j] = ex[ia, j] * co[ib, j]
+            f2[j] = ex[ia, j] * si[ib, j]
+        ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+        if ssr < best:
+            best = ssr
+            _grid_store_osc(general, GRID_RATES[ia], GRID_FREQS[ib], coef, p)
+    # non-oscillating candidates
+    for ia in range(nr):
+        for ib in range(ia, nr):
+            if ib == ia:
                 for j in range(m):
-                    if kind == 0:
-                        f1[j] = ex[ia, j] * co[ib, j]
-                        f2[j] = ex[ia, j] * si[ib, j]
-                    elif kind == 1:
-                        f1[j] = ex[ia, j]
-                        f2[j] = us[j] * ex[ia, j] if general else 0.0
-                    else:
-                        f1[j] = ex[ia, j]
-                        f2[j] = ex[ib, j]
-                s11 = 0.0
-                s12 = 0.0
-                s22 = 0.0
-                s1u = 0.0
-                s2u = 0.0
-                s1c = 0.0
-                s2c = 0.0
-                s1z = 0.0
-                s2z = 0.0
+                    f1[j] = ex[ia, j]
+                    f2[j] = us[j] * ex[ia, j] if general else 0.0
+            elif general:
                 for j in range(m):
-                    a1 = f1[j]
-                    a2 = f2[j]
-                    s11 += a1 * a1
-                    s12 += a1 * a2
-                    s22 += a2 * a2
-                    s1u += a1 * us[j]
-                    s2u += a2 * us[j]
-                    s1c += a1
-                    s2c += a2
-                    s1z += a1 * vs[j]
-                    s2z += a2 * vs[j]
-                g[0, 0] = s11
-                g[0, 1] = s12
-                g[1, 0] = s12
-                g[1, 1] = s22
-                g[0, 2] = s1u
-                g[2, 0] = s1u
-                g[1, 2] = s2u
-                g[2, 1] = s2u
-                g[0, 3] = s1c
-                g[3, 0] = s1c
-                g[1, 3] = s2c
-                g[3, 1] = s2c
-                h[0] = s1z
-                h[1] = s2z
-                ssr = _ls4(g, h, s_zz, coef)
-                if ssr < best:
-                    best = ssr
-                    p[3] = coef[3]
-                    p[5] = coef[2]
-                    if kind == 0:
-                        rate = GRID_RATES[ia]
-                        w = GRID_FREQS[ib]
-                        p[0] = 2.0 * rate
-                        if general:
-                            p[1] = coef[0]
-                            p[2] = w * w
-                            p[4] = w * coef[1]
-                        else:
-                            p[2] = w
-                            _to_polar(coef[0], coef[1], p)
-                    elif kind == 1:
-                        p[0] = 2.0 * GRID_RATES[ia]
-                        p[1] = coef[0]
-                        p[2] = 0.0
-                        p[4] = coef[1] if general else 0.0
-                    else:
-                        ra = GRID_RATES[ia]
-                        rb = GRID_RATES[ib]
-                        mu = 0.5 * (rb - ra)
-                        p[0] = ra + rb
-                        p[1] = coef[0] + coef[1]
-                        p[2] = -mu * mu
-                        p[4] = mu * (coef[0] - coef[1])
+                    f1[j] = ex[ia, j]
+                    f2[j] = ex[ib, j]
+            else:
+                continue
+            ssr = _grid_point(f1, f2, us, vs, g, h, s_zz, coef, ll4, keep4, w4)
+            if ssr < best:
+                best = ssr
+                p[3] = coef[3]
+                p[5] = coef[2]
+                if ib == ia:
+                    p[0] = 2.0 * GRID_RATES[ia]
+                    p[1] = coef[0]
+                    p[2] = 0.0
+                    p[4] = coef[1] if general else 0.0
+                else:
+                    ra = GRID_RATES[ia]
+                    rb = GRID_RATES[ib]
+                    mu = 0.5 * (rb - ra)
+                    p[0] = ra + rb
+                    p[1] = coef[0] + coef[1]
+                    p[2] = -mu * mu
+                    p[4] = mu * (coef[0] - coef[1])
     return best
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _grid_store_osc(general, rate, w, coef, p):
+    p[0] = 2.0 * rate
+    p[3] = coef[3]
+    p[5] = coef[2]
+    if general:
+        p[1] = coef[0]
+        p[2] = w * w
+        p[4] = w * coef[1]
+    else:
+        p[2] = w
+        _to_polar(coef[0], coef[1], p)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -670,18 +877,72 @@ def from_normal(paper, p, span, mean, sd, out):
         out[4] = p[4] * sd / span
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def spd_inverse(a, out):
+    """Inverse of a symmetric positive definite 6x6 matrix by Cholesky; False if not SPD.
+
+    A pivot below ``1e-13`` of its diagonal entry counts as singular.
+    """
+    n = a.shape[0]
+    ll = np.zeros((n, n))
+    for j in range(n):
+        s = a[j, j]
+        for k in range(j):
+            s -= ll[j, k] * ll[j, k]
+        if not (s > 1e-13 * abs(a[j, j])) or not math.isfinite(s):
+            return False
+        d = math.sqrt(s)
+        ll[j, j] = d
+        for i in range(j + 1, n):
+            s2 = a[i, j]
+            for k in range(j):
+                s2 -= ll[i, k] * ll[j, k]
+            ll[i, j] = s2 / d
+    # invert L, then out = L^-T L^-1
+    li = np.zeros((n, n))
+    for i in range(n):
+        li[i, i] = 1.0 / ll[i, i]
+        for j in range(i):
+            s = 0.0
+            for k in range(j, i):
+                s -= ll[i, k] * li[k, j]
+            li[i, j] = s / ll[i, i]
+    for i in range(n):
+        for j in range(i + 1):
+            s = 0.0
+            for k in range(i, n):
+                s += li[k, i] * li[k, j]
+            out[i, j] = s
+            out[j, i] = s
+    return True
+
+
+#: Regime codes written by ``fit_batch``.
+RG_FAILED = 0
+RG_UNDER = 1
+RG_CRITICAL = 2
+RG_OVER = 3
+RG_DEGENERATE = 4
+
+
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def fit_batch(
-    t, z, offsets, paper, init, has_init, prior_mu, prior_w, inv_s2, min_points, max_iter, tol,
-    out_p, out_status, out_iter, out_x, out_span,
+    t, z, offsets, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
+    critical_tol, degenerate_tol,
+    out_p, out_pp, out_status, out_iter, out_x, out_ssr, out_regime, out_s2, out_hess, out_jtj,
+    out_cov,
 ):
-    """Fit every trace; parallel over traces.
+    """Fit every trace and post-process it; parallel over traces.
 
-    ``init`` (n, 6) holds starts in original units of the chosen space (used where
-    ``has_init``); ``prior_mu``/``prior_w`` (n, 6) hold the prior mean and weights
-    ``1 / sd^2`` in original units (weights zero without a prior); ``inv_s2`` (n,) is
-    ``1 / noise_sd^2`` (ones without a prior). Results go into the ``out_*`` arrays, the
-    parameters in original units of the chosen space.
+    Inputs: ``init`` (n, 6) starts in original units of the chosen space (used where
+    ``has_init``); ``prior_mu``/``prior_w`` (n, 6) the paper-space prior mean and weights
+    ``1 / sd^2`` in original units (weights zero: no prior); ``noise_s2`` (n,) the noise
+    variance, or NaN to estimate it as ``SSR / (n - 6)``.
+
+    Outputs per trace: fitted-space parameters ``out_p`` and paper parameters ``out_pp``
+    (NaN where (11) has none), status, iterations, ``x``, SSR, regime code, the noise
+    variance used, the exact paper-space Hessian of the objective, ``J^T J`` and the
+    Laplace covariance (NaN where the Hessian is not SPD).
     """
     n_traces = offsets.shape[0] - 1
     u_all = np.empty(t.shape[0])
@@ -690,22 +951,25 @@ def fit_batch(
         lo = offsets[j]
         hi = offsets[j + 1]
         n = hi - lo
+        for k in range(6):
+            out_p[j, k] = np.nan
+            out_pp[j, k] = np.nan
+            for m in range(6):
+                out_hess[j, k, m] = np.nan
+                out_jtj[j, k, m] = np.nan
+                out_cov[j, k, m] = np.nan
+        out_iter[j] = 0
+        out_ssr[j] = np.nan
+        out_s2[j] = np.nan
+        out_regime[j] = RG_FAILED
         if n == 0:
             out_status[j] = ST_FEW
-            out_iter[j] = 0
             out_x[j] = np.nan
-            out_span[j] = np.nan
-            for k in range(6):
-                out_p[j, k] = np.nan
             continue
         x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all)
         out_x[j] = x
-        out_span[j] = span
         if n < min_points:
             out_status[j] = ST_FEW
-            out_iter[j] = 0
-            for k in range(6):
-                out_p[j, k] = np.nan
             continue
         u = u_all[lo:hi]
         v = v_all[lo:hi]
@@ -717,30 +981,105 @@ def fit_batch(
             if prior_w[j, k] > 0.0:
                 bounded = True
         if bounded:
-            to_normal(paper, prior_mu[j], span, mean, sd, mu)
+            to_normal(True, prior_mu[j], span, mean, sd, mu)
             w[0] = prior_w[j, 0] / (span * span)
-            w[3] = prior_w[j, 3] * sd * sd
-            w[5] = prior_w[j, 5] * sd * sd / (span * span)
             w[1] = prior_w[j, 1] * sd * sd
             w[2] = prior_w[j, 2] / (span * span)
+            w[3] = prior_w[j, 3] * sd * sd
             w[4] = prior_w[j, 4]
+            w[5] = prior_w[j, 5] * sd * sd / (span * span)
         if has_init[j]:
             to_normal(paper, init[j], span, mean, sd, p)
             if paper:
                 canonicalise(p)
-                if bounded:
-                    if p[2] < 0.0:
-                        p[2] = 0.0
+                if bounded and p[2] < 0.0:
+                    p[2] = 0.0
         else:
             grid_start(u, v, not paper, p)
-        is2 = inv_s2[j] * sd * sd
+        is2 = 1.0
+        if bounded:
+            is2 = sd * sd / noise_s2[j]
         status, n_it, f, ssr = minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
         out_status[j] = status
         out_iter[j] = n_it
+        if status < 0:
+            continue
+        ssr *= sd * sd
+        out_ssr[j] = ssr
+        # regime, from the normalised parameters
+        if paper:
+            kn = p[2] * p[2]
+            amp = abs(p[1])
+        else:
+            kn = p[2]
+            amp = abs(p[1]) + abs(p[4])
+        if amp <= degenerate_tol:
+            regime = RG_DEGENERATE
+        elif kn > critical_tol:
+            regime = RG_UNDER
+        elif kn < -critical_tol:
+            regime = RG_OVER
+        else:
+            regime = RG_CRITICAL
+        out_regime[j] = regime
         q = np.empty(6)
         from_normal(paper, p, span, mean, sd, q)
+        pp = np.empty(6)
         for k in range(6):
             out_p[j, k] = q[k]
+            pp[k] = q[k]
+        if not paper:
+            pp[1] = np.nan
+            pp[2] = np.nan
+            pp[4] = np.nan
+            if regime == RG_UNDER:
+                omega = math.sqrt(q[2])
+                pp[2] = omega
+                _to_polar(q[1], q[4] / omega, pp)
+            elif regime == RG_DEGENERATE:
+                pp[0] = np.nan
+                pp[1] = 0.0
+        for k in range(6):
+            out_pp[j, k] = pp[k]
+        # noise variance for the Hessian and covariance
+        s2 = noise_s2[j]
+        if not (s2 > 0.0):
+            s2 = ssr / (n - 6) if n > 6 else np.nan
+        out_s2[j] = s2
+        finite = True
+        for k in range(6):
+            if not math.isfinite(pp[k]):
+                finite = False
+        if not finite:
+            continue
+        # exact paper-space terms in original units (u_all is free again: reuse it for tau)
+        for i in range(lo, hi):
+            u_all[i] = t[i] - x
+        hess = np.empty((6, 6))
+        grad = np.empty(6)
+        gnd = np.empty(6)
+        jtj = np.empty((6, 6))
+        jtr = np.empty(6)
+        so = np.empty((6, 6))
+        _evaluate(True, u_all[lo:hi], z[lo:hi], pp, prior_mu[j], prior_w[j], 1.0, hess, grad, gnd, jtj, jtr, so)
+        # hess = K + W with K = J^T J - sum r H; objective Hessian = K / s2 + W
+        for k in range(6):
+            hess[k, k] -= prior_w[j, k]
+            for m in range(6):
+                out_jtj[j, k, m] = jtj[k, m]
+                out_hess[j, k, m] = hess[k, m] / s2
+            out_hess[j, k, k] += prior_w[j, k]
+        cov = np.empty((6, 6))
+        if bounded or not math.isnan(noise_s2[j]):
+            if spd_inverse(out_hess[j], cov):
+                for k in range(6):
+                    for m in range(6):
+                        out_cov[j, k, m] = cov[k, m]
+        elif math.isfinite(s2):
+            if spd_inverse(hess, cov):
+                for k in range(6):
+                    for m in range(6):
+                        out_cov[j, k, m] = cov[k, m] * s2
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
