@@ -56,10 +56,11 @@ def load_lam9600(path, *, drop=True):
 
     Notes
     -----
-    Besides ``l3125``, the loader drops samples whose ``Time`` does not increase: wafers
-    ``l2911``, ``l3301``, ``l3311``, ``l3319`` and ``l3339`` end with a stray copy of their
-    second sample (step 4, ``Time`` about 10.7 s), which would duplicate a sample time. A
-    ``UserWarning`` lists them. Units are not given in the file. Test wafer ``l3122`` (RF +8) is short (56 samples) but
+    Besides ``l3125``, the loader drops every sample whose ``Time`` does not increase. The
+    last row of almost every wafer (127 of 129) is a step-4 sample at about 10 s: it repeats
+    the first row of the next wafer's file (e.g. the last row of ``l2901`` equals the first
+    of ``l2902``), and in five wafers it duplicates a sample time. A ``UserWarning`` gives the
+    count. Units are not given in the file. Test wafer ``l3122`` (RF +8) is short (56 samples) but
     kept. The fault labels mean that the named controlled variable was offset; see Wise et al.
     (1999) for how the offsets were applied.
 
@@ -106,7 +107,7 @@ def load_lam9600(path, *, drop=True):
                 dropped.append(wafer)
                 continue
             a = np.asarray(cells[i, 0], dtype=np.float64)
-            # a few wafers end with a stray copy of an early sample (time not increasing)
+            # most wafers end with the first sample of the next wafer's run (Time goes back)
             prev_max = np.maximum.accumulate(np.r_[-np.inf, a[:-1, 0]])
             keep = a[:, 0] > prev_max
             if not keep.all():
@@ -131,10 +132,10 @@ def load_lam9600(path, *, drop=True):
         warnings.warn(f"load_lam9600 dropped wafer(s) {msg}. Pass drop=False to keep them.", UserWarning, stacklevel=2)
         _logger.info("load_lam9600 dropped %s", dropped)
     if out_of_order:
-        msg = ", ".join(f"{w} ({k})" for w, k in out_of_order)
         warnings.warn(
-            f"load_lam9600 dropped samples whose Time does not increase (a stray copy of an early "
-            f"sample at the end of the run) from wafer(s) {msg}.",
+            f"load_lam9600 dropped {sum(k for _, k in out_of_order)} sample(s) whose Time goes back, "
+            f"from {len(out_of_order)} wafer(s) (first: {out_of_order[0][0]}): the last row of most "
+            "wafers repeats the first sample of the next wafer's run.",
             UserWarning,
             stacklevel=2,
         )

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import check_random_state
 
+from greyanom.datasets._pi_loop import simulate_pi_loop
+
 __all__ = ["make_pi_lots", "PI_FAULTS", "NOMINAL_LOOP"]
 
 #: Nominal loop: process gain/time constant, controller gain/integral time, set point
@@ -30,23 +32,10 @@ PI_FAULTS = {
 
 
 def _simulate(times, p, sensors):
-    """Closed-loop response of process (1) under PI control (2) by solve_ivp (not by eq. 11)."""
-    from scipy.integrate import solve_ivp
-
-    kp, tau_p, kc, tau_I, q1, q2 = (p[k] for k in ("kp", "tau_p", "kc", "tau_I", "q1", "q2"))
-
-    def rhs(t, state):
-        v, integ = state
-        e = q1 * t + q2 - v
-        u = kc * e + kc / tau_I * integ
-        return [(-v + kp * u) / tau_p, e]
-
-    sol = solve_ivp(rhs, (0.0, float(times[-1])), [p["v0"], 0.0], t_eval=times, method="LSODA", rtol=1e-9, atol=1e-11)
-    v, integ = sol.y
-    out = {"v": v}
-    if "u" in sensors:
-        out["u"] = kc * (q1 * times + q2 - v) + kc / tau_I * integ
-    return out
+    """Noise-free closed-loop response of each sensor (``simulate_pi_loop``, i.e. solve_ivp)."""
+    kw = {"tau_p": p["tau_p"], "k_p": p["kp"], "k_c": p["kc"], "tau_I": p["tau_I"],
+          "q1": p["q1"], "q2": p["q2"], "v0": p["v0"], "rtol": 1e-8, "atol": 1e-10}
+    return {s: simulate_pi_loop(times, sensor=s, **kw) for s in sensors}
 
 
 def make_pi_lots(
@@ -67,8 +56,9 @@ def make_pi_lots(
     """Simulate lots of wafers through a PI control loop, optionally with injected faults.
 
     Each wafer runs one recipe step: process (1) under a PI controller (2) with a set point
-    ``r(t) = q1 t + q2`` is integrated with :func:`scipy.integrate.solve_ivp` and sampled at
-    irregular times, then Gaussian noise is added. Wafers differ by a small random spread of
+    ``r(t) = q1 t + q2`` is integrated by :func:`~greyanom.datasets.simulate_pi_loop`
+    (:func:`scipy.integrate.solve_ivp`) and sampled at irregular times, then Gaussian noise is
+    added. Wafers differ by a small random spread of
     the process parameters, the set point and the start value; the controller is fixed.
 
     Parameters
