@@ -505,14 +505,14 @@ class ShapeSignatureDetector(BaseDetector):
         cfg = self._cfg()
         tk, gk = cfg["trace_keys"], cfg["group_keys"]
         if _is_dask(X):
-            table = self._fit_dask(X, cfg)
+            table, train_frame = self._fit_dask(X, cfg)
         else:
             df = self._prepare(X)
             if self.lot_key is not None:
                 lots = self._initial_lots(pd.unique(df[self.lot_key]))
                 if lots is not None:
                     df = df[df[self.lot_key].isin(lots)]
-            self._train_frame = df
+            train_frame = df
             table = _fit_partition(df, cfg)
         if gk:
             table = table.set_index(list(gk))
@@ -520,8 +520,7 @@ class ShapeSignatureDetector(BaseDetector):
             table.index = pd.Index(["all"], name="group")
         self.normal_model_ = table
         self.n_groups_ = len(table)
-        train = self._analyse(self._train_frame)
-        del self._train_frame
+        train = self._analyse(train_frame)
         scores = train["score"]
         ok = scores.notna()
         if not ok.any():
@@ -539,7 +538,6 @@ class ShapeSignatureDetector(BaseDetector):
             lots = self._initial_lots(pd.unique(firsts[self.lot_key]))
             X = X[X[self.lot_key].isin(lots)]
         X = X.dropna(subset=[self.time, self.value])
-        self._train_frame = X
         parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
         meta = pd.DataFrame(
             {
@@ -551,7 +549,8 @@ class ShapeSignatureDetector(BaseDetector):
             }
         )
         table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
-        return table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
+        table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
+        return table, X
 
     # -- analysis ---------------------------------------------------------------------------
     def _analyse(self, X):
