@@ -100,3 +100,15 @@ def test_not_fitted(lots):
 
     with pytest.raises(NotFittedError):
         ShapeSignatureDetector().score(lots)
+
+
+def test_unusable_group_is_skipped_with_a_warning(lots):
+    train = lots[lots["lot"].isin(["L00", "L01"])]
+    # sensor "u" keeps a single wafer: no normal model for it, "v" still works
+    train = train[(train["sensor"] == "v") | (train["wafer"] == "L00W00")]
+    with pytest.warns(UserWarning, match="no normal model"):
+        det = ShapeSignatureDetector(group_keys=("sensor",), n_jobs=1).fit(train)
+    assert list(det.normal_model_.index) == ["v"]
+    with pytest.warns(UserWarning, match="unknown_group"):
+        e = det.explain(_new(lots))
+    assert (e.xs("u", level="sensor")["status"] == "unknown_group").all()

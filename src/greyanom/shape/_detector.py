@@ -227,9 +227,12 @@ def _fit_partition(part, cfg):
         if len(chunk) == 0:
             continue
         row = dict(zip(group_keys, gkey))
-        row.update(_fit_group(chunk, dict(cfg, group=gkey)))
+        try:
+            row.update(_fit_group(chunk, dict(cfg, group=gkey)))
+        except ValueError as exc:  # one unusable group must not stop the others
+            row.update({c: np.nan for c in _NM_COLS}, n_traces=0, em_iter=0, converged=False, error=str(exc))
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*group_keys, *_NM_COLS, "n_traces", "em_iter", "converged"])
+    return pd.DataFrame(rows, columns=[*group_keys, *_NM_COLS, "n_traces", "em_iter", "converged", "error"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +286,8 @@ class ShapeSignatureDetector(BaseDetector):
     ----------
     normal_model_ : pandas.DataFrame
         One row per group: ``noise_sd`` (:math:`\\sigma^*`), ``mu_<p>`` and ``sd_<p>`` for each
-        parameter, ``n_traces``, ``em_iter`` and ``converged``.
+        parameter, ``n_traces``, ``em_iter`` and ``converged``. A group with fewer than two
+        fittable traces gets no row (a warning names it); it scores as ``"unknown_group"``.
     train_scores_ : pandas.Series
         Centred scores of the normal-model traces, scored like new data (lot by lot).
     offset_ : float
@@ -518,6 +522,17 @@ class ShapeSignatureDetector(BaseDetector):
             table = table.set_index(list(gk))
         else:
             table.index = pd.Index(["all"], name="group")
+        failed = table["error"].notna()
+        if failed.all():
+            raise ValueError(f"no normal model could be fitted: {table['error'].iloc[0]}")
+        if failed.any():
+            warnings.warn(
+                f"{int(failed.sum())} group(s) have no normal model and will score as 'unknown_group' "
+                f"(first: {table.index[failed][0]!r}: {table['error'][failed].iloc[0]})",
+                UserWarning,
+                stacklevel=3,
+            )
+        table = table[~failed].drop(columns="error")
         self.normal_model_ = table
         self.n_groups_ = len(table)
         train = self._analyse(train_frame)
@@ -546,6 +561,7 @@ class ShapeSignatureDetector(BaseDetector):
                 "n_traces": pd.Series(dtype=np.int64),
                 "em_iter": pd.Series(dtype=np.int64),
                 "converged": pd.Series(dtype=bool),
+                "error": pd.Series(dtype=object),
             }
         )
         table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
