@@ -176,7 +176,9 @@ def _analyse_chunk(chunk, model, cfg):
             xs = x[good]
             p_eff, fterm, P, raw = _terms(xs, ssr[good], npts[good], jtj[good], model)
             sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
-            _, grad, _ = shape.objective_terms(sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], g.size))
+            _, grad, _ = shape.objective_terms(
+                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], g.size)
+            )
             out.loc[g, list(PARAMS)] = xs
             out.loc[g, "ssr"] = ssr[good]
             out.loc[g, "p_eff"] = p_eff
@@ -822,7 +824,9 @@ class ShapeSignatureDetector(BaseDetector):
             for c, v in zip([*gk, *tk], kb):
                 m &= (sel[c] == v).to_numpy()
             tr = sel[m].sort_values(self.time)
-            traces = shape.Traces.from_arrays([tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)])
+            traces = shape.Traces.from_arrays(
+                [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
+            )
             _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1)
             delta = sa - sb
             g_mid = grad[0] + hess[0] @ delta / 2.0
