@@ -186,7 +186,7 @@ def fit_traces(
     >>> t = np.linspace(0.0, 20.0, 150)
     >>> z = 2.0 * np.exp(-0.3 * t / 2) * np.cos(1.2 * t - 0.4) + 0.05 * t + 1.0
     >>> fit = fit_traces(Traces.from_arrays([t], [z]))
-    >>> fit.regime[0], np.round(fit.params.iloc[0].to_numpy(), 3).tolist()
+    >>> str(fit.regime[0]), np.round(fit.params.iloc[0].to_numpy(), 3).tolist()
     ('underdamped', [0.3, 2.0, 1.2, 1.0, 0.4, 0.05])
     """
     traces = _check_traces(traces)

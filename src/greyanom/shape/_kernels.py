@@ -44,7 +44,7 @@ ST_FEW = -1
 ST_NONFINITE = -2
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
-GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0])
+GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0])
 GRID_COARSE = (1, 3)  # indices of the rates 0 and 2.5 in GRID_RATES
 # an arithmetic progression, so that cos/sin of every frequency follow by recurrence
 GRID_FREQS = 1.5 + 3.0 * np.arange(25)
