@@ -84,6 +84,8 @@ def test_fit_errors(lots):
         ShapeSignatureDetector(group_keys=("sensor",)).fit(one)
     with pytest.raises(ValueError, match="n_initial_lots=9"):
         ShapeSignatureDetector(group_keys=("sensor",), n_initial_lots=9).fit(lots)
+    with pytest.raises(ValueError, match="n_initial_lots needs lot_key"):
+        ShapeSignatureDetector(group_keys=("sensor",), lot_key=None, n_initial_lots=1).fit(lots)
     dup = pd.concat([lots, lots.iloc[:1]])
     with pytest.raises(ValueError, match="duplicated sample time"):
         ShapeSignatureDetector(group_keys=("sensor",)).fit(dup)

@@ -485,7 +485,7 @@ class ShapeSignatureDetector(BaseDetector):
             )
 
     def _initial_lots(self, lots_in_order):
-        if self.n_initial_lots is None or self.lot_key is None:
+        if self.n_initial_lots is None:
             return None
         if len(lots_in_order) < self.n_initial_lots:
             raise ValueError(
@@ -508,6 +508,8 @@ class ShapeSignatureDetector(BaseDetector):
     # -- fitting ----------------------------------------------------------------------------
     def _fit(self, X):
         check_random_state(self.random_state)
+        if self.n_initial_lots is not None and self.lot_key is None:
+            raise ValueError("n_initial_lots needs lot_key: with lot_key=None there are no lots to count.")
         cfg = self._cfg()
         tk, gk = cfg["trace_keys"], cfg["group_keys"]
         if _is_dask(X):
