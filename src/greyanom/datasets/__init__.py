@@ -5,7 +5,16 @@ ships or downloads it.
 """
 
 from greyanom.datasets._images import make_wafer_images
+from greyanom.datasets._lam9600 import load_lam9600
 from greyanom.datasets._mvtec import load_mvtec
 from greyanom.datasets._pi_loop import simulate_pi_loop
+from greyanom.datasets._pi_lots import PI_FAULTS, make_pi_lots
 
-__all__ = ["load_mvtec", "make_wafer_images", "simulate_pi_loop"]
+__all__ = [
+    "PI_FAULTS",
+    "load_lam9600",
+    "load_mvtec",
+    "make_pi_lots",
+    "make_wafer_images",
+    "simulate_pi_loop",
+]

@@ -6,6 +6,7 @@ driven oscillator to every trace (all damping regimes) and returns a :class:`Sig
 """
 
 from greyanom.shape import control
+from greyanom.shape._hierarchy import LotFit, fit_lot
 from greyanom.shape._fit import CRITICAL_TOL, DEGENERATE_TOL, fit_traces, objective_terms
 from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
 from greyanom.shape.control import (
@@ -25,6 +26,7 @@ __all__ = [
     "CRITICAL_TOL",
     "DEGENERATE_TOL",
     "GENERAL_NAMES",
+    "LotFit",
     "PARAM_NAMES",
     "STATUS_MESSAGES",
     "SignatureFit",
@@ -39,6 +41,7 @@ __all__ = [
     "pi_family",
     "pi_from_oscillator",
     "Traces",
+    "fit_lot",
     "fit_traces",
     "objective_terms",
 ]

@@ -1,0 +1,66 @@
+"""asv benchmarks of ShapeSignatureDetector (setup outside the timers)."""
+
+import warnings
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from greyanom import ShapeSignatureDetector
+from greyanom.datasets import PI_FAULTS, make_pi_lots
+
+
+def _lots(fault_scale=1.0):
+    return make_pi_lots(
+        n_lots=8, wafers_per_lot=10, faults={f: 3 for f in PI_FAULTS}, n_clean_lots=3,
+        fault_scale=fault_scale, random_state=0,
+    )
+
+
+class ShapeDetectorTime:
+    """Fit (normal model by Laplace-EM) and score (lot refits) on simulated PI-loop lots."""
+
+    def setup(self):
+        warnings.simplefilter("ignore")
+        self.df = _lots()
+        self.det = ShapeSignatureDetector(n_initial_lots=3).fit(self.df)  # also warms the JIT
+
+    def time_fit(self):
+        ShapeSignatureDetector(n_initial_lots=3).fit(self.df)
+
+    def time_explain(self):
+        self.det.explain(self.df)
+
+    def peakmem_explain(self):
+        self.det.explain(self.df)
+
+
+class ShapeDetectorQuality:
+    """AUROC of held-out normal vs faulty wafers, and how often explain names the fault's parameter."""
+
+    params = [1.0, 0.25]
+    param_names = ["fault_scale"]
+
+    def setup(self, fault_scale):
+        warnings.simplefilter("ignore")
+        df = _lots(fault_scale)
+        det = ShapeSignatureDetector(n_initial_lots=3).fit(df)
+        ex = det.explain(df)
+        fault = df.groupby("wafer", sort=False)["fault"].first().reindex(ex.index)
+        held = ex[fault.isna().to_numpy() & ~ex.index.isin(det.train_scores_.index)]
+        bad = ex[fault.notna().to_numpy() & (fault != "truncated").to_numpy()]
+        y = np.r_[np.zeros(len(held)), np.ones(len(bad))]
+        self.auroc = roc_auc_score(y, np.r_[held["score"], bad["score"]])
+        terms = ["fit", "gamma", "R", "omega", "y", "phi", "c"]
+        top = bad[terms].idxmax(axis=1)
+        targets = fault.reindex(bad.index).map(lambda f: PI_FAULTS[f][1])
+        self.named = float(np.mean([t in tg for t, tg in zip(top, targets)]))
+
+    def track_auroc(self, fault_scale):
+        return self.auroc
+
+    track_auroc.unit = "AUROC"
+
+    def track_top_term_right(self, fault_scale):
+        return self.named
+
+    track_top_term_right.unit = "fraction"

@@ -1,0 +1,38 @@
+"""fit, score and explain on a dask DataFrame over a distributed LocalCluster equal the in-process results."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from greyanom import ShapeSignatureDetector
+from greyanom.datasets import make_pi_lots
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+
+def test_dask_equals_in_process():
+    lots = make_pi_lots(n_lots=3, wafers_per_lot=5, sensors=("v", "u"), faults=["setpoint_slope"],
+                        n_clean_lots=2, random_state=5)
+    kw = dict(group_keys=("sensor",), n_initial_lots=2, n_jobs=1)
+    det = ShapeSignatureDetector(**kw).fit(lots)
+    expected_score = det.score(lots).sort_index()
+    expected_explain = det.explain(lots).sort_index()
+    ddf = dd.from_pandas(lots, npartitions=3)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        with distributed.get_task_stream(client) as stream:
+            ddet = ShapeSignatureDetector(**kw).fit(ddf)
+            score = ddet.score(ddf)
+            explain = ddet.explain(ddf)
+        # the per-group and per-lot work ran as tasks on the cluster
+        keys = [str(t["key"]) for t in stream.data]
+        assert any("_fit_partition" in k for k in keys)
+        assert sum("_analyse_partition" in k for k in keys) >= 2
+    pd.testing.assert_frame_equal(ddet.normal_model_, det.normal_model_, check_exact=False, rtol=1e-9)
+    assert ddet.threshold_ == pytest.approx(det.threshold_, rel=1e-9)
+    pd.testing.assert_series_equal(score.sort_index(), expected_score, check_exact=False, rtol=1e-8)
+    num = expected_explain.columns.drop("status")
+    np.testing.assert_allclose(explain.sort_index()[num].to_numpy(float), expected_explain[num].to_numpy(float),
+                               rtol=1e-7, atol=1e-9)
