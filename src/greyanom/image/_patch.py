@@ -43,6 +43,7 @@ class BasePatchDetector(BaseImageDetector):
         "normalization": [StrOptions(set(_backbone.NORMALIZATIONS))],
         "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_jobs": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "device": "no_validation",  # resolve_device checks it in fit
         "random_state": ["random_state"],
     }
@@ -89,10 +90,11 @@ class BasePatchDetector(BaseImageDetector):
             )
         self.feature_stages_ = _backbone.check_stages(self.feature_stages)
         self.device_ = resolve_device(self.device, type(self).__name__)
-        features = self._features(images)
-        self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
-        self.n_features_in_ = int(h * w)
-        self._fit_features(features, check_random_state(self.random_state))
+        with _backbone.torch_threads(self.n_jobs):
+            features = self._features(images)
+            self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+            self.n_features_in_ = int(h * w)
+            self._fit_features(features, check_random_state(self.random_state))
 
     # -- heatmaps ----------------------------------------------------------------------
     def _heatmaps_from_patch_scores(self, patch_scores):
@@ -104,7 +106,8 @@ class BasePatchDetector(BaseImageDetector):
             patch = self._patch_scores(self._features(batch))
             return {"heatmap": self._heatmaps_from_patch_scores(patch)}
 
-        return self._map_batches(one_batch, images, self.batch_size)
+        with _backbone.torch_threads(self.n_jobs):
+            return self._map_batches(one_batch, images, self.batch_size)
 
     def patch_scores(self, X):
         """Anomaly value of each feature cell, before upsampling and smoothing.
@@ -121,7 +124,8 @@ class BasePatchDetector(BaseImageDetector):
         """
         check_is_fitted(self)
         images = self._validated(X)
-        parts = [self._patch_scores(self._features(images[sl])) for sl in self._batches(len(images), self.batch_size)]
+        with _backbone.torch_threads(self.n_jobs):
+            parts = [self._patch_scores(self._features(images[sl])) for sl in self._batches(len(images), self.batch_size)]
         return np.concatenate(parts)
 
     # -- persistence -------------------------------------------------------------------

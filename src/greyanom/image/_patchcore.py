@@ -130,7 +130,12 @@ class PatchCoreDetector(BasePatchDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
     batch_size : int, default=32
-        Images per forward pass and per scoring batch.
+        Images per scoring batch (bounds memory) and per forward pass on a GPU; on the CPU
+        the network runs one image at a time, which measured fastest.
+    n_jobs : int or None, default=None
+        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards);
+        ``None`` leaves torch's setting. On a busy machine ``n_jobs=1`` avoids
+        oversubscription (measured 10x faster per image under load; see the guide).
     nn_chunk_size : int, default=4096
         Patches per nearest-neighbour block (bounds memory to about
         ``nn_chunk_size * n_bank`` floats).
@@ -212,6 +217,7 @@ class PatchCoreDetector(BasePatchDetector):
         topk_fraction=0.01,
         contamination="auto",
         batch_size=32,
+        n_jobs=None,
         nn_chunk_size=4096,
         device="cpu",
         random_state=None,
@@ -228,6 +234,7 @@ class PatchCoreDetector(BasePatchDetector):
         self.topk_fraction = topk_fraction
         self.contamination = contamination
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.nn_chunk_size = nn_chunk_size
         self.device = device
         self.random_state = random_state
