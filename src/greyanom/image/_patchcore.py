@@ -17,7 +17,7 @@ def _torch():
     return import_optional("torch", "features", "PatchCoreDetector")
 
 
-def greedy_coreset(X, n_select, *, projection_dim=128, random_state=None, device="cpu"):
+def greedy_coreset(X, n_select, *, projection_dim=64, random_state=None, device="cpu"):
     """Greedy k-center coreset: indices of ``n_select`` rows of ``X`` that cover it.
 
     Starting from a random row, repeatedly add the row farthest from the rows chosen so far
@@ -30,7 +30,7 @@ def greedy_coreset(X, n_select, *, projection_dim=128, random_state=None, device
     X : ndarray of shape (n, d)
     n_select : int
         Number of rows to keep (``1 <= n_select <= n``).
-    projection_dim : int or None, default=128
+    projection_dim : int or None, default=64
         Dimension of the random projection; ``None`` or ``>= d`` uses ``X`` itself.
     random_state : int, RandomState instance or None
         Seeds the projection and the first row.
@@ -55,13 +55,15 @@ def greedy_coreset(X, n_select, *, projection_dim=128, random_state=None, device
     first = int(rng.randint(n))
     with torch.inference_mode():
         Zt = torch.as_tensor(np.ascontiguousarray(Z), device=device)
-        min_d = ((Zt - Zt[first]) ** 2).sum(dim=1)
+        sq = (Zt * Zt).sum(dim=1)
+        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2: one matrix-vector product per step
+        min_d = sq - 2.0 * (Zt @ Zt[first]) + sq[first]
         chosen = torch.empty(n_select, dtype=torch.int64)
         chosen[0] = first
         for i in range(1, n_select):
             idx = int(torch.argmax(min_d))
             chosen[i] = idx
-            torch.minimum(min_d, ((Zt - Zt[idx]) ** 2).sum(dim=1), out=min_d)
+            torch.minimum(min_d, sq - 2.0 * (Zt @ Zt[idx]) + sq[idx], out=min_d)
     return chosen.numpy()
 
 
@@ -117,7 +119,7 @@ class PatchCoreDetector(BasePatchDetector):
     coreset_fraction : float in (0, 1], default=0.01
         Fraction of the training patches kept in the memory bank (1.0 keeps all and skips
         the coreset search).
-    projection_dim : int or None, default=128
+    projection_dim : int or None, default=64
         Dimension of the random projection used only while selecting the coreset.
     heatmap_sigma : float, default=4.0
         Gaussian blur (pixels) of the upsampled distance map; 0 = none.
@@ -210,7 +212,7 @@ class PatchCoreDetector(BasePatchDetector):
         patch_size=3,
         normalization="symmetric",
         coreset_fraction=0.01,
-        projection_dim=128,
+        projection_dim=64,
         heatmap_sigma=4.0,
         score_reduction="max",
         smoothing_sigma=0.0,
