@@ -22,9 +22,10 @@ from greyanom.image._padim import ledoit_wolf_batched  # noqa: E402
 from greyanom.image._patchcore import greedy_coreset, nearest_distances  # noqa: E402
 
 SIZE = 64
+# n_jobs=1: one torch thread, the fastest on a busy CI machine (and restored afterwards)
 DETECTORS = {
-    "padim": lambda **kw: PaDiMDetector(**kw),
-    "patchcore": lambda **kw: PatchCoreDetector(coreset_fraction=0.25, **kw),
+    "padim": lambda **kw: PaDiMDetector(n_jobs=1, **kw),
+    "patchcore": lambda **kw: PatchCoreDetector(coreset_fraction=0.25, n_jobs=1, **kw),
 }
 
 
@@ -40,6 +41,15 @@ def _with_defect(images):
     out = images.copy()
     out[:, 24:40, 36:52] = 1.0  # a bright square: an obvious defect
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Backbone calls outside the detectors also run on one thread (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +99,16 @@ def test_logits_are_those_of_the_pretrained_network():
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-4)
     # ImageNet class 985 is "daisy": the flower photo is recognised
     assert int(ours[1].argmax()) == 985
+
+
+def test_n_jobs_is_restored(data):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        PaDiMDetector(n_jobs=1).fit(data[0][:3])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_stage_features_shapes_and_grayscale_replication():
@@ -232,19 +252,19 @@ def test_foreign_file_fails_to_load(tmp_path):
 
 def test_channel_subsampling_bounds_memory(data):
     train, good, _ = data
-    full = PaDiMDetector().fit(train)
-    sub = PaDiMDetector(n_features=30, random_state=0).fit(train)
+    full = PaDiMDetector(n_jobs=1).fit(train)
+    sub = PaDiMDetector(n_features=30, random_state=0, n_jobs=1).fit(train)
     assert sub.precision_.shape == (64, 30, 30)
     assert sub.model_nbytes_ < full.model_nbytes_ / 10
-    again = PaDiMDetector(n_features=30, random_state=0).fit(train)
+    again = PaDiMDetector(n_features=30, random_state=0, n_jobs=1).fit(train)
     np.testing.assert_array_equal(sub.channel_index_, again.channel_index_)
 
 
 def test_coreset_fraction_sets_bank_size(data):
     train, _, _ = data
-    det = PatchCoreDetector(coreset_fraction=0.1, random_state=0).fit(train[:4])
+    det = PatchCoreDetector(coreset_fraction=0.1, random_state=0, n_jobs=1).fit(train[:4])
     assert det.memory_bank_.shape == (round(0.1 * 4 * 64), 152)
-    full = PatchCoreDetector(coreset_fraction=1.0).fit(train[:4])
+    full = PatchCoreDetector(coreset_fraction=1.0, n_jobs=1).fit(train[:4])
     assert full.memory_bank_.shape == (4 * 64, 152)
 
 
@@ -270,4 +290,4 @@ def test_clear_errors_after_fit(fitted, data):
     with pytest.raises(ValueError, match="size"):
         fitted.score(np.zeros((1, 48, 48)))
     with pytest.raises(ValueError, match="n_features=500"):
-        PaDiMDetector(n_features=500).fit(data[0][:4])
+        PaDiMDetector(n_features=500, n_jobs=1).fit(data[0][:4])
