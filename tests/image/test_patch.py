@@ -291,3 +291,10 @@ def test_clear_errors_after_fit(fitted, data):
         fitted.score(np.zeros((1, 48, 48)))
     with pytest.raises(ValueError, match="n_features=500"):
         PaDiMDetector(n_features=500, n_jobs=1).fit(data[0][:4])
+
+
+def test_threshold_comes_from_the_training_scores(fitted, data):
+    from greyanom.base import threshold_from_scores
+
+    train = data[0]
+    assert fitted.threshold_ == pytest.approx(threshold_from_scores(fitted.score(train), "auto"), rel=1e-5)

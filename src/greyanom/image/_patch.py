@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from greyanom._optional import resolve_device
 from greyanom._persist import load_arrays, save_arrays
+from greyanom._validation import check_images
 from greyanom.image import _backbone
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import smooth_maps
@@ -79,7 +80,22 @@ class BasePatchDetector(BaseImageDetector):
             batch_size=self.batch_size,
         )
 
+    def _fit(self, X):
+        # as BaseImageDetector._fit, but the training scores reuse the training features
+        images = check_images(X, name="X")
+        self.image_shape_ = tuple(int(v) for v in images.shape[1:])
+        features = self._fit_images(images)
+        with _backbone.torch_threads(self.n_jobs):
+            heat = np.concatenate(
+                [
+                    self._heatmaps_from_patch_scores(self._patch_scores(features[sl]))
+                    for sl in self._batches(len(features), self.batch_size)
+                ]
+            )
+        return self._reduce(heat)
+
     def _fit_images(self, images):
+        """Learn from validated images; return their features."""
         from sklearn.utils import check_random_state
 
         h, w = images.shape[1:]
@@ -95,6 +111,7 @@ class BasePatchDetector(BaseImageDetector):
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self.n_features_in_ = int(h * w)
             self._fit_features(features, check_random_state(self.random_state))
+        return features
 
     # -- heatmaps ----------------------------------------------------------------------
     def _heatmaps_from_patch_scores(self, patch_scores):
