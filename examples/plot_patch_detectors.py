@@ -36,6 +36,13 @@ for name, det in detectors.items():
 print(format_reports(reports))
 
 # %%
+# On these *aligned* synthetic wafers at 128 x 128 the pixel-exact PCA baseline wins: most
+# defects are a few pixels wide, below the 8-pixel cells of the feature grid, and aligned
+# images are what a pixel subspace models best. On real camera images the order reverses:
+# on MVTec AD transistor PaDiM reaches image AUROC 0.99 where PCA gets 0.81 (see the guide
+# "Choosing an image detector").
+
+# %%
 # The fitted models' sizes: PaDiM keeps a mean and a 152 x 152 precision matrix per
 # feature-grid position, PatchCore a coreset of patch features.
 for name in ("PaDiM", "PatchCore"):
