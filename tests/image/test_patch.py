@@ -298,3 +298,25 @@ def test_threshold_comes_from_the_training_scores(fitted, data):
 
     train = data[0]
     assert fitted.threshold_ == pytest.approx(threshold_from_scores(fitted.score(train), "auto"), rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fall-back when CUDA is absent")
+def test_cuda_model_loads_on_cpu_with_a_warning(fitted, data):
+    state = fitted.__getstate__()
+    state["device_"] = "cuda"
+    clone_ = type(fitted).__new__(type(fitted))
+    with pytest.warns(UserWarning, match="using the CPU"):
+        clone_.__setstate__(state)
+    assert clone_.device_.type == "cpu"
+    np.testing.assert_array_equal(clone_.score(data[1]), fitted.score(data[1]))
+
+
+def test_device_auto_resolves(data):
+    det = PaDiMDetector(device="auto", n_jobs=1).fit(data[0][:3])
+    assert det.device_.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_pickling_does_not_change_the_fitted_detector(fitted):
+    device = fitted.device_
+    pickle.dumps(fitted)
+    assert fitted.device_ == device and isinstance(fitted.device_, torch.device)

@@ -217,7 +217,7 @@ class BasePatchDetector(BaseImageDetector):
 
     # -- pickling ----------------------------------------------------------------------
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ returns the live __dict__
         if "device_" in state:
             state["device_"] = str(state["device_"])
         return state
