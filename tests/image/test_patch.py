@@ -73,6 +73,13 @@ def test_weights_load_strict_with_no_missing_or_unexpected_keys():
     assert result.missing_keys == [] and result.unexpected_keys == []
 
 
+def test_stage_tables_agree_with_the_network():
+    from greyanom.image import _efficientnet
+
+    assert _backbone.STAGE_CHANNELS == _efficientnet.STAGE_CHANNELS
+    assert _backbone.STAGE_STRIDES == _efficientnet.STAGE_STRIDES
+
+
 def test_backbone_is_loaded_once_per_process():
     assert _backbone.load_backbone("cpu") is _backbone.load_backbone("cpu")
     assert not _backbone.load_backbone("cpu").training

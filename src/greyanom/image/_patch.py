@@ -142,7 +142,10 @@ class BasePatchDetector(BaseImageDetector):
         check_is_fitted(self)
         images = self._validated(X)
         with _backbone.torch_threads(self.n_jobs):
-            parts = [self._patch_scores(self._features(images[sl])) for sl in self._batches(len(images), self.batch_size)]
+            parts = [
+                self._patch_scores(self._features(images[sl]))
+                for sl in self._batches(len(images), self.batch_size)
+            ]
         return np.concatenate(parts)
 
     # -- persistence -------------------------------------------------------------------
