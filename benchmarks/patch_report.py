@@ -55,7 +55,8 @@ def _make(name, n_jobs):
     if name in ("PaDiMDetector", "PatchCoreDetector"):
         kw["n_jobs"] = n_jobs
     if name == "PCADetector":
-        kw["n_components"] = 50
+        # the defaults of PCADetector on main (50 components, top 1% after a 4-pixel blur)
+        kw.update(n_components=50, score_reduction="topk", smoothing_sigma=4.0, topk_fraction=0.01)
     return getattr(greyanom, name)(**kw)
 
 

@@ -25,7 +25,9 @@ def _detector(name):
     import greyanom
 
     if name == "PCADetector":
-        return greyanom.PCADetector(n_components=50, random_state=0)
+        return greyanom.PCADetector(
+            n_components=50, score_reduction="topk", smoothing_sigma=4.0, topk_fraction=0.01, random_state=0
+        )
     return getattr(greyanom, name)(random_state=0)
 
 
