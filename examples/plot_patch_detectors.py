@@ -39,7 +39,7 @@ print(format_reports(reports))
 # On these *aligned* synthetic wafers at 128 x 128 the pixel-exact PCA baseline wins: most
 # defects are a few pixels wide, below the 8-pixel cells of the feature grid, and aligned
 # images are what a pixel subspace models best. On real camera images the order reverses:
-# on MVTec AD transistor PaDiM reaches image AUROC 0.99 where PCA gets 0.81 (see the guide
+# on MVTec AD transistor PaDiM reaches image AUROC 0.99 where PCA gets 0.80 (see the guide
 # "Choosing an image detector").
 
 # %%
