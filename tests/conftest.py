@@ -20,3 +20,14 @@ def shared_data(name):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# Property tests are deterministic: hypothesis derives its examples from each test's source
+# rather than from a random seed, so a run on CI explores the same cases as a run here.
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("greyanom", derandomize=True, print_blob=True)
+    _hyp_settings.load_profile("greyanom")
+except ImportError:  # hypothesis is only needed by the property tests
+    pass
