@@ -40,8 +40,8 @@ def _build_parser():
         description=(
             "Generate a synthetic wafer-inspection data set (greyanom.datasets.make_wafer_images), fit "
             "every available image detector on its normal training images, print a metrics table "
-            "(image AUROC, AUPRC, FNR at FPR=5%%, pixel AUROC, AUPRO, per-defect-type detection rates) "
-            "and write plots (ROC curves with the FPR=5%% operating point, score distributions, "
+            "(image AUROC, AUPRC, FNR at FPR=5%, pixel AUROC, AUPRO, per-defect-type detection rates) "
+            "and write plots (ROC curves with the FPR=5% operating point, score distributions, "
             "heatmap overlays) and the metrics (metrics.txt, metrics.json) into an output folder."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -243,15 +243,15 @@ class PaDiMDetector(BasePatchDetector):
         self.mean_ = X.mean(axis=1, dtype=np.float64).astype(np.float32)
         self.precision_ = np.empty((h * w, c, c), dtype=np.float32)
         self.shrinkage_ = np.zeros(h * w)
-        torch = _torch()
         step = max(1, int(2**25 // max(1, n * c + c * c)))  # positions per chunk (~256 MB float64)
+        diag = np.arange(c)
         for start in range(0, h * w, step):
             sl = slice(start, min(h * w, start + step))
             cov, self.shrinkage_[sl] = _covariances(X[sl], self.covariance)
-            with torch.inference_mode():
-                cov_t = torch.from_numpy(cov)
-                cov_t.diagonal(dim1=1, dim2=2).add_(self.reg)
-                self.precision_[sl] = torch.linalg.inv(cov_t).float().numpy()
+            cov[:, diag, diag] += self.reg
+            # NumPy's batched LAPACK inverse: torch.linalg.inv on this batch failed inside MKL
+            # (DLASWP errors, then an exception) when torch ran with 2 threads.
+            self.precision_[sl] = np.linalg.inv(cov).astype(np.float32)
         self.model_nbytes_ = int(self.mean_.nbytes + self.precision_.nbytes + self.channel_index_.nbytes)
 
     def _patch_scores(self, features):
