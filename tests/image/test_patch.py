@@ -118,6 +118,15 @@ def test_n_jobs_is_restored(data):
         torch.set_num_threads(before)
 
 
+def test_two_threads_give_the_one_thread_model(data):
+    # regression: torch.linalg.inv on the covariance batch failed inside MKL with 2 threads
+    train, good, _ = data
+    one = PaDiMDetector(n_jobs=1, random_state=0).fit(train)
+    two = PaDiMDetector(n_jobs=2, random_state=0).fit(train)
+    np.testing.assert_allclose(two.precision_, one.precision_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(two.score(good), one.score(good), rtol=1e-4)
+
+
 def test_stage_features_shapes_and_grayscale_replication():
     img = _normal_images(2, seed=3)
     feats = _backbone.extract_patch_features(img, stages=(3, 5), feature_stride=8, normalization="symmetric")
