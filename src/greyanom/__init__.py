@@ -20,26 +20,24 @@ __all__ = [
     "__version__",
 ]
 
+# Detectors whose modules pull in Numba kernels or torch-facing code are imported on first
+# use, so that ``import greyanom`` stays light. None of them imports torch at module level:
+# a detector that needs an extra raises an ImportError naming it when it is fitted or loaded.
 _LAZY = {
-    # detectors whose modules need optional extras are imported on first use
     "ConvVAEDetector": "greyanom.image._vae",
     "PaDiMDetector": "greyanom.image._padim",
     "PatchCoreDetector": "greyanom.image._patchcore",
     "ShapeSignatureDetector": "greyanom.shape._detector",
 }
 
+__all__ += list(_LAZY)
+
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        try:
-            module = importlib.import_module(_LAZY[name])
-        except ModuleNotFoundError as exc:  # detector not built yet in this version
-            if exc.name == _LAZY[name]:
-                raise AttributeError(f"module 'greyanom' has no attribute {name!r}") from None
-            raise
-        return getattr(module, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'greyanom' has no attribute {name!r}")
 
 
