@@ -2,5 +2,6 @@
 
 from greyanom.image._pca import PCADetector
 from greyanom.image._reduce import reduce_error_maps
+from greyanom.image._vae import ConvVAEDetector, VAEExplanation
 
-__all__ = ["PCADetector", "reduce_error_maps"]
+__all__ = ["ConvVAEDetector", "PCADetector", "VAEExplanation", "reduce_error_maps"]
