@@ -463,10 +463,14 @@ class ConvVAEDetector(BaseImageDetector):
             check_images = np.random.default_rng(0).random((4, *self.image_shape_), dtype=np.float32)
         images = self._validated(check_images)
         cpu_module = _copy_module_to_cpu(self.module_)
-        scripted = torch.jit.script(_scoring_with(self, cpu_module).eval())
         path = Path(path)
-        scripted.save(str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.13 marks TorchScript deprecated in favour of torch.export; serving
+            # stacks (TorchServe, libtorch, Triton) still load TorchScript files.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            scripted = torch.jit.script(_scoring_with(self, cpu_module).eval())
+            scripted.save(str(path))
+            loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.inference_mode():
             recon, score, heat = loaded(torch.from_numpy(images)[:, None])
         expected = self.explain(images)
