@@ -1,0 +1,8 @@
+"""``python -m greyanom demo``: the command line of :mod:`greyanom.cli`."""
+
+import sys
+
+from greyanom.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

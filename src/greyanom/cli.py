@@ -1,0 +1,246 @@
+"""The ``greyanom`` command line (``greyanom demo``, also ``python -m greyanom demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "DEMO_DETECTORS"]
+
+logger = logging.getLogger("greyanom.cli")
+
+#: Detectors of the demo: name -> (class name in :mod:`greyanom`, fast demo parameters).
+#: Parameters a class does not accept are dropped, and a class that is not available
+#: (not built in this version, or its optional extra missing) is skipped with a note.
+DEMO_DETECTORS = {
+    "pca": ("PCADetector", {}),
+    "vae": ("ConvVAEDetector", {"max_epochs": 15, "verbose": False}),
+    "padim": ("PaDiMDetector", {}),
+    "patchcore": ("PatchCoreDetector", {}),
+}
+_QUICK_OVERRIDES = {"vae": {"max_epochs": 3}}
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(
+        prog="greyanom",
+        description="greyanom: anomaly detection for manufacturing.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="fit every available image detector on synthetic wafer images and report metrics",
+        description=(
+            "Generate a synthetic wafer-inspection data set (greyanom.datasets.make_wafer_images), fit "
+            "every available image detector on its normal training images, print a metrics table "
+            "(image AUROC, AUPRC, FNR at FPR=5%%, pixel AUROC, AUPRO, per-defect-type detection rates) "
+            "and write plots (ROC curves with the FPR=5%% operating point, score distributions, "
+            "heatmap overlays) and the metrics (metrics.txt, metrics.json) into an output folder."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--output", "-o", default="greyanom-demo", metavar="DIR", help="output folder")
+    demo.add_argument("--n-train", type=int, default=None, metavar="N", help="normal training images (default 200, --quick 60)")
+    demo.add_argument("--n-test", type=int, default=None, metavar="N", help="test images, 40%% defective (default 100, --quick 40)")
+    demo.add_argument("--image-size", type=int, default=256, metavar="S", help="image side in pixels")
+    demo.add_argument("--random-state", type=int, default=0, metavar="S", help="seed of the data and the detectors")
+    demo.add_argument(
+        "--detectors",
+        default="all",
+        metavar="NAMES",
+        help=f"comma-separated detectors from {{{','.join(DEMO_DETECTORS)}}}, or 'all' (the available ones)",
+    )
+    demo.add_argument("--target-fpr", type=float, default=0.05, metavar="F", help="target false-positive rate")
+    demo.add_argument("--quick", action="store_true", help="smaller data and shorter training (a smoke test)")
+    demo.add_argument("--no-plots", action="store_true", help="write the metrics only")
+    demo.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return parser
+
+
+def _resolve_detectors(spec):
+    names = list(DEMO_DETECTORS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in DEMO_DETECTORS]
+    if unknown or not names:
+        raise SystemExit(
+            f"greyanom demo: error: unknown detector(s) {unknown or spec!r}; choose from {', '.join(DEMO_DETECTORS)} or 'all'."
+        )
+    return names
+
+
+def _make_detector(name, random_state, quick):
+    """The detector instance, or None (with a logged note) when it is not available."""
+    import greyanom
+
+    class_name, params = DEMO_DETECTORS[name]
+    try:
+        cls = getattr(greyanom, class_name)
+    except (AttributeError, ImportError) as exc:
+        logger.info("skipping %s: %s is not available (%s)", name, class_name, exc)
+        return None
+    params = {**params, "random_state": random_state, **(_QUICK_OVERRIDES.get(name, {}) if quick else {})}
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in params.items() if k in accepted})
+
+
+def _select_examples(types, scores, per_type=1):
+    """Indices of example test images: the highest-scoring normal and one per defect type."""
+    chosen = []
+    for t in sorted(set(types.tolist()), key=lambda t: (t != "good", t)):
+        idx = np.flatnonzero(types == t)
+        chosen += idx[np.argsort(-scores[idx])][:per_type].tolist()
+    return chosen
+
+
+def _run_demo(args):
+    from tqdm.auto import tqdm
+
+    from greyanom.datasets import make_wafer_images
+    from greyanom.image import smooth_maps
+    from greyanom.metrics import evaluate, format_reports
+
+    n_train = args.n_train if args.n_train is not None else (60 if args.quick else 200)
+    n_test = args.n_test if args.n_test is not None else (40 if args.quick else 100)
+    names = _resolve_detectors(args.detectors)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    logger.info("generating %d training and %d test wafer images (%dx%d)", n_train, n_test, args.image_size, args.image_size)
+    data = make_wafer_images(
+        n_train=n_train, n_test=n_test, image_size=args.image_size, random_state=args.random_state
+    )
+    detectors = {}
+    for name in names:
+        det = _make_detector(name, args.random_state, args.quick)
+        if det is not None:
+            detectors[name] = det
+    if not detectors:
+        logger.error("none of the requested detectors (%s) is available", ", ".join(names))
+        return 1
+
+    reports, results, timings = {}, {}, {}
+    for name, det in tqdm(detectors.items(), desc="detectors", unit="detector", disable=None):
+        logger.info("fitting %s", det)
+        t0 = time.perf_counter()
+        det.fit(data.X_train)
+        t1 = time.perf_counter()
+        expl = det.explain(data.X_test)
+        t2 = time.perf_counter()
+        timings[name] = {"fit_s": t1 - t0, "explain_s": t2 - t1}
+        # the map the score is reduced from: the heatmap blurred by the detector's smoothing_sigma
+        heatmap = smooth_maps(expl.heatmap, float(getattr(det, "smoothing_sigma", 0.0) or 0.0))
+        results[name] = (expl.score, heatmap)
+        reports[name] = evaluate(
+            data.y_test,
+            expl.score,
+            heatmaps=heatmap,
+            masks=data.masks_test,
+            defect_types=data.defect_types_test,
+            target_fpr=args.target_fpr,
+        )
+        logger.info("%s: fit %.1f s, explain %.1f s", name, t1 - t0, t2 - t1)
+
+    table = format_reports(reports)
+    written = []
+    (out / "metrics.txt").write_text(table + "\n")
+    written.append(out / "metrics.txt")
+    summary = {
+        "data": {"n_train": n_train, "n_test": n_test, "image_size": args.image_size, "random_state": args.random_state},
+        "detectors": {
+            name: {"params": {k: repr(v) for k, v in detectors[name].get_params().items()}, **timings[name], **reports[name].to_dict()}
+            for name in reports
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    written.append(out / "metrics.json")
+    if not args.no_plots:
+        written += _write_plots(out, data, results, reports, args.target_fpr)
+
+    print(f"greyanom demo: {len(data.X_train)} training / {len(data.X_test)} test wafer images "
+          f"({int(data.y_test.sum())} defective), target FPR {args.target_fpr:g}")
+    print(table)
+    print("fit / explain seconds: " + ", ".join(f"{n} {t['fit_s']:.1f} / {t['explain_s']:.1f}" for n, t in timings.items()))
+    print(f"wrote {len(written)} files to {out.resolve()}:")
+    for path in written:
+        print(f"  {path.name}")
+    return 0
+
+
+def _write_plots(out, data, results, reports, target_fpr):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from greyanom.plotting import plot_heatmap_overlays, plot_roc, plot_score_distributions
+
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        logger.warning("no plots written: %s", exc)
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    for name, (scores, _) in results.items():
+        plot_roc(data.y_test, scores, target_fpr=target_fpr, label=name, ax=ax)
+    fig.savefig(out / "roc.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "roc.png")
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False, layout="constrained")
+    for ax, (name, (scores, _)) in zip(axes[0], results.items()):
+        plot_score_distributions(data.y_test, scores, threshold=reports[name].threshold, title=name, ax=ax)
+    fig.savefig(out / "score_distributions.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "score_distributions.png")
+
+    for name, (scores, heatmap) in results.items():
+        idx = _select_examples(data.defect_types_test, scores)
+        titles = [f"{data.defect_types_test[i]}  score {scores[i]:.3g}" for i in idx]
+        fig = plot_heatmap_overlays(data.X_test[idx], heatmap[idx], data.masks_test[idx], titles=titles, n_cols=3)
+        fig.suptitle(f"{name}: heatmaps (cyan: true defect outline)")
+        path = out / f"heatmaps_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    """Run the ``greyanom`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``), e.g. ``["demo", "--quick"]``.
+
+    Returns
+    -------
+    status : int
+        The exit status, 0 on success.
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in ("n_train", "n_test"):
+        value = getattr(args, name)
+        if value is not None and value < 2:
+            parser.error(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
+    if args.image_size < 32:
+        parser.error(f"--image-size must be at least 32, got {args.image_size}.")
+    if not 0 <= args.target_fpr < 1:
+        parser.error(f"--target-fpr must be in [0, 1), got {args.target_fpr}.")
+    if args.command == "demo":
+        return _run_demo(args)
+    return 2  # pragma: no cover (argparse rejects unknown commands)
