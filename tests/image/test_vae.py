@@ -164,6 +164,24 @@ def test_augment_batch_operations():
     assert augment_batch(x, (), rotation_degrees=5, noise_std=0.1, generator=g()) is x
 
 
+def test_n_threads_is_applied_and_restored(images, monkeypatch):
+    import greyanom.image._torch._train as train_mod
+
+    before = torch.get_num_threads()
+    seen = []
+    real = train_mod.train_vae
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_vae", spy)
+    det = ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_threads": 1}).fit(images)
+    assert seen == [1] and torch.get_num_threads() == before
+    det.score(images[:2])
+    assert torch.get_num_threads() == before
+
+
 def test_verbose_shows_progress(images, capsys):
     ConvVAEDetector(**{**TINY, "max_epochs": 1, "verbose": True}).fit(images)
     assert "epoch" in capsys.readouterr().err

@@ -125,6 +125,11 @@ class ConvVAEDetector(BaseImageDetector):
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
+    n_threads : int or None, default=None
+        CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
+        afterwards); None keeps torch's setting. On a CPU shared with other jobs,
+        ``n_threads=1`` avoids thread oversubscription: on the 2-core benchmark machine
+        under load it cut the batch-1 latency from 321 ms to 17 ms per image (user guide).
     verbose : bool, default=False
         Show a tqdm progress bar over epochs.
     random_state : int, RandomState instance or None, default=None
@@ -206,6 +211,7 @@ class ConvVAEDetector(BaseImageDetector):
         "rotation_degrees": [Interval(numbers.Real, 0, 180, closed="both")],
         "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
         "device": "no_validation",
+        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
     }
@@ -235,6 +241,7 @@ class ConvVAEDetector(BaseImageDetector):
         topk_fraction=0.01,
         contamination="auto",
         device="auto",
+        n_threads=None,
         verbose=False,
         random_state=None,
     ):
@@ -259,6 +266,7 @@ class ConvVAEDetector(BaseImageDetector):
         self.topk_fraction = topk_fraction
         self.contamination = contamination
         self.device = device
+        self.n_threads = n_threads
         self.verbose = verbose
         self.random_state = random_state
 
@@ -286,8 +294,18 @@ class ConvVAEDetector(BaseImageDetector):
             "bottleneck_channels": None if self.bottleneck_channels is None else int(self.bottleneck_channels),
         }
 
+    def _threads(self):
+        from greyanom.image._torch._infer import torch_threads
+
+        return torch_threads(getattr(self, "n_threads", None))
+
     # -- fitting ----------------------------------------------------------------------
     def _fit_images(self, images):
+        import_torch(_CLASS)
+        with self._threads():
+            self._fit_torch(images)
+
+    def _fit_torch(self, images):
         torch = import_torch(_CLASS)
         from greyanom.image._torch._infer import infer_batches, n_parameters
         from greyanom.image._torch._train import TrainConfig, train_vae
@@ -365,7 +383,8 @@ class ConvVAEDetector(BaseImageDetector):
     def _explain_images(self, images):
         from greyanom.image._torch._infer import infer_batches
 
-        return infer_batches(self.module_, images, int(self.batch_size), self.device_)
+        with self._threads():
+            return infer_batches(self.module_, images, int(self.batch_size), self.device_)
 
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
