@@ -125,7 +125,9 @@ def detection(name, data, args):
         f"ConvVAE (mean, {args.max_epochs} ep max)": ConvVAEDetector(
             max_epochs=args.max_epochs, random_state=args.seed, verbose=args.verbose
         ),
-        "PCA k=50 (topk, sigma=2)": PCADetector(n_components=50, random_state=args.seed),
+        "PCA k=50 (topk, sigma=2)": PCADetector(
+            n_components=50, score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01, random_state=args.seed
+        ),
         "PCA k=50 (mean)": PCADetector(n_components=50, score_reduction="mean", smoothing_sigma=0.0),
     }
     vae = None
