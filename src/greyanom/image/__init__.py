@@ -4,5 +4,14 @@ from greyanom.image._padim import PaDiMDetector
 from greyanom.image._patchcore import PatchCoreDetector
 from greyanom.image._pca import PCADetector
 from greyanom.image._reduce import reduce_error_maps, smooth_maps
+from greyanom.image._vae import ConvVAEDetector, VAEExplanation
 
-__all__ = ["PCADetector", "PaDiMDetector", "PatchCoreDetector", "reduce_error_maps", "smooth_maps"]
+__all__ = [
+    "ConvVAEDetector",
+    "PCADetector",
+    "PaDiMDetector",
+    "PatchCoreDetector",
+    "VAEExplanation",
+    "reduce_error_maps",
+    "smooth_maps",
+]

@@ -1,0 +1,90 @@
+"""
+ConvVAEDetector: original, reconstruction and heatmap
+=====================================================
+
+Train the convolutional β-VAE on normal images of a periodic die pattern, then look at
+what it reconstructs for defective ones. The heatmap :math:`h(x) = (x - \\hat x)^2` is
+shown on one scale for every image, set by held-out normal training images
+(:meth:`~greyanom.ConvVAEDetector.normalize_heatmap`), so a normal image stays dark.
+
+The settings are CPU-fast (64x64 images, three encoder blocks, 10 epochs); the user guide
+gives the case study's full recipe and its measured results.
+"""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from greyanom import ConvVAEDetector
+
+rng = np.random.default_rng(0)
+size = 64
+
+
+def die_pattern(n):
+    """Normal images: a 4x4 die grid with line blocks, small shift, gain and sensor noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        dy, dx = rng.uniform(-0.25, 0.25, 2)
+        u, v = (xx + dx) % 16, (yy + dy) % 16
+        street = (u < 2) | (v < 2)
+        lines = (np.sin((yy + dy) * np.pi / 2) > 0) & (u > 4) & (u < 14) & (v > 3) & (v < 8)
+        pads = (np.hypot(u - 9, v - 11.5) < 2.2)
+        img = 0.55 + 0.25 * lines + 0.3 * pads - 0.35 * street
+        out[i] = rng.uniform(0.97, 1.03) * img + rng.normal(0, 0.02, img.shape)
+    return np.clip(out, 0, 1)
+
+
+X_train = die_pattern(120)
+X_test = die_pattern(4)
+X_test[1, 20:24, 36:41] = 0.05  # a dark particle
+rr = np.arange(10, 50)
+X_test[2, rr, (0.6 * rr + 8).astype(int)] = 0.95  # a bright scratch
+X_test[3, 34:46, 18:30] = 0.55  # a missing pattern
+titles = ["normal", "particle", "scratch", "missing pattern"]
+
+# %%
+# Train. ``score_reduction="topk"`` scores the mean of the worst 1% of (blurred) pixels
+# instead of the case study's mean over the whole image, which dilutes a defect of a
+# few pixels; both use the same heatmap. ``history_`` holds the reconstruction, KL and total loss per epoch.
+det = ConvVAEDetector(
+    channels=(16, 32, 64),
+    latent_dim=32,
+    bottleneck_channels=16,
+    max_epochs=10,
+    kl_warmup_epochs=3,
+    beta=0.5,
+    batch_size=8,  # more optimiser steps per epoch on this small training set
+    score_reduction="topk",  # mean of the worst 1% of pixels: small defects count
+    smoothing_sigma=1.0,
+    random_state=0,
+).fit(X_train)
+print(f"{det.n_params_:,} parameters, {det.n_epochs_} epochs, kept epoch {det.best_epoch_}")
+det.plot_history()
+plt.tight_layout()
+
+# %%
+# Original, reconstruction and heatmap of each test image, with its score.
+e = det.explain(X_test)
+heat = det.normalize_heatmap(e.heatmap)
+fig, axes = plt.subplots(3, 4, figsize=(9, 7))
+for j in range(4):
+    axes[0, j].imshow(X_test[j], cmap="gray", vmin=0, vmax=1)
+    axes[0, j].set_title(f"{titles[j]}\nscore {e.score[j]:.4f}", fontsize=9)
+    axes[1, j].imshow(e.reconstruction[j], cmap="gray", vmin=0, vmax=1)
+    im = axes[2, j].imshow(heat[j], cmap="inferno", vmin=0, vmax=4)
+for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+for i, label in enumerate(["original", "reconstruction", "heatmap"]):
+    axes[i, 0].set_ylabel(label)
+fig.colorbar(im, ax=axes[2], shrink=0.8, label="error / normal 99.5% level")
+plt.show()
+
+# %%
+# The particle and the scratch are flagged at the default threshold (``contamination=
+# "auto"``: a robust three-sigma limit of the training scores). The missing pattern is
+# localised on the heatmap, but it only removes faint structures and scores below the
+# limit: low-contrast, area-like defects are where a reconstruction detector is weakest.
+flagged = det.predict(X_test) == -1
+print({t: bool(f) for t, f in zip(titles, flagged)})
