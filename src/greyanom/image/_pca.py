@@ -63,8 +63,8 @@ class PCADetector(BaseImageDetector):
     ----------
     mean_ : ndarray of shape (n_features,)
         Mean of the training data (the mean image for images).
-    components_ : ndarray of shape (n_components_, n_features)
-        Principal axes (rows, orthonormal).
+    components_ : ndarray of shape (k, n_features)
+        Principal axes (k = ``n_components_`` orthonormal rows).
     singular_values_, explained_variance_, explained_variance_ratio_ : ndarray
         Of the kept components, as in :class:`sklearn.decomposition.PCA`.
     n_components_ : int
