@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
-__all__ = ["import_optional", "import_torch", "resolve_device"]
+__all__ = ["import_optional", "import_torch", "resolve_device", "torch_threads"]
 
 
 def import_optional(module, extra, purpose):
@@ -61,3 +62,22 @@ def resolve_device(device, purpose="this detector"):
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
     return dev
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads, purpose="this detector"):
+    """Run the block with ``torch.set_num_threads(n_threads)``, restoring the old value after.
+
+    ``None`` leaves torch's setting unchanged. Used by every torch-backed detector for its
+    ``n_jobs`` / ``n_threads`` parameter, so that torch's global setting is never left changed.
+    """
+    if n_threads is None:
+        yield
+        return
+    torch = import_torch(purpose)
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

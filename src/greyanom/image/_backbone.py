@@ -10,7 +10,6 @@ torch is imported inside the functions only, so ``import greyanom`` does not nee
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -189,21 +188,6 @@ def extract_patch_features(
                 maps.append(fmap)
             parts.append(torch.cat(maps, dim=1).float().cpu().numpy())
     return np.concatenate(parts)
-
-
-@contextlib.contextmanager
-def torch_threads(n_jobs):
-    """Set torch's intra-op threads to ``n_jobs`` inside the context (None = leave as is)."""
-    if n_jobs is None:
-        yield
-        return
-    torch = _torch()
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n_jobs))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def upsample_maps(maps, size):

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._optional import resolve_device
+from greyanom._optional import resolve_device, torch_threads
 from greyanom._persist import load_arrays, save_arrays
 from greyanom._validation import check_images
 from greyanom.image import _backbone
@@ -85,7 +85,7 @@ class BasePatchDetector(BaseImageDetector):
         images = check_images(X, name="X")
         self.image_shape_ = tuple(int(v) for v in images.shape[1:])
         features = self._fit_images(images)
-        with _backbone.torch_threads(self.n_jobs):
+        with torch_threads(self.n_jobs):
             heat = np.concatenate(
                 [
                     self._heatmaps_from_patch_scores(self._patch_scores(features[sl]))
@@ -106,7 +106,7 @@ class BasePatchDetector(BaseImageDetector):
             )
         self.feature_stages_ = _backbone.check_stages(self.feature_stages)
         self.device_ = resolve_device(self.device, type(self).__name__)
-        with _backbone.torch_threads(self.n_jobs):
+        with torch_threads(self.n_jobs):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self.n_features_in_ = int(h * w)
@@ -123,7 +123,7 @@ class BasePatchDetector(BaseImageDetector):
             patch = self._patch_scores(self._features(batch))
             return {"heatmap": self._heatmaps_from_patch_scores(patch)}
 
-        with _backbone.torch_threads(self.n_jobs):
+        with torch_threads(self.n_jobs):
             return self._map_batches(one_batch, images, self.batch_size)
 
     def patch_scores(self, X):
@@ -141,7 +141,7 @@ class BasePatchDetector(BaseImageDetector):
         """
         check_is_fitted(self)
         images = self._validated(X)
-        with _backbone.torch_threads(self.n_jobs):
+        with torch_threads(self.n_jobs):
             parts = [
                 self._patch_scores(self._features(images[sl]))
                 for sl in self._batches(len(images), self.batch_size)

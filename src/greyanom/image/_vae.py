@@ -295,7 +295,7 @@ class ConvVAEDetector(BaseImageDetector):
         }
 
     def _threads(self):
-        from greyanom.image._torch._infer import torch_threads
+        from greyanom._optional import torch_threads
 
         return torch_threads(getattr(self, "n_threads", None))
 

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["infer_batches", "ScoringModule", "gaussian_kernel_1d", "n_parameters", "torch_threads"]
+from greyanom._optional import torch_threads
 
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run the block with ``torch.set_num_threads(n)``, restoring the old value after; None = unchanged."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+__all__ = ["infer_batches", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
 
 
 def infer_batches(module, images, batch_size, device):
