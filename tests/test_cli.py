@@ -25,6 +25,26 @@ def test_demo_writes_metrics_and_plots(tmp_path, capsys):
     assert 0.0 <= summary["detectors"]["pca"]["auroc"] <= 1.0
 
 
+def test_trace_part_scores_simulated_lots_and_names_the_parameters(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo"
+    args = ["demo", "--output", str(out), "--detectors", "pca", "--traces", "yes", "--quick", *TINY]
+    assert cli.main(args) == 0
+    assert {"traces.txt", "trace_scores.png"} <= {p.name for p in out.iterdir()}
+    text = (out / "traces.txt").read_text()
+    assert text in capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
+    assert set(cli.DEMO_TRACE_FAULTS) <= set(rows)
+    # full-size faults are separated and the largest explain term is the parameter they act on
+    assert all(float(rows[f][2]) >= 0.9 for f in cli.DEMO_TRACE_FAULTS)
+    assert rows["setpoint_slope"][4] == "c" and rows["noise_burst"][4] == "fit" and rows["outliers"][4] == "fit"
+
+
+def test_traces_auto_runs_only_with_all_detectors(tmp_path):
+    assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "pca", "--no-plots", *TINY]) == 0
+    assert not (tmp_path / "traces.txt").exists()
+
+
 def test_unavailable_detectors_are_skipped(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(cli.DEMO_DETECTORS, "ghost", ("GhostDetector", {}))
     with caplog.at_level(logging.INFO, logger="greyanom.cli"):
