@@ -247,7 +247,8 @@ def _exact_svd(Mc):
 
     For wide matrices (images: d >> n) an economy QR of ``Mc.T`` comes first and the SVD is
     taken of the small ``n x n`` factor; this is exact (no ``d x d`` or Gram matrix is
-    formed) and several times faster than LAPACK's direct SVD of the wide matrix.
+    formed) and faster than LAPACK's direct SVD of the wide matrix (0.6-1.0 s against
+    1.9 s for 213 images of 256 x 256 on a 2-core CPU).
     """
     n, d = Mc.shape
     if d > 2 * n:
