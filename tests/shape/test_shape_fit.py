@@ -213,6 +213,19 @@ def test_n_jobs_sets_and_restores_numba_threads():
     assert numba.get_num_threads() == before
 
 
+def test_small_batches_run_on_one_thread_by_default():
+    from greyanom.shape._fit import SMALL_BATCH, numba_threads
+
+    before = numba.get_num_threads()
+    with numba_threads(None, SMALL_BATCH - 1) as n:
+        assert n == 1 == numba.get_num_threads()
+    with numba_threads(None, SMALL_BATCH) as n:
+        assert n == before == numba.get_num_threads()
+    with numba_threads(-1, 3) as n:  # an explicit n_jobs wins
+        assert n == numba.config.NUMBA_NUM_THREADS
+    assert numba.get_num_threads() == before
+
+
 def test_predict_shapes_and_values():
     t = np.linspace(10, 30, 60)
     z = alpha(TRUE, t - 10)

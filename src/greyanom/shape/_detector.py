@@ -62,16 +62,6 @@ def _as_tuple(key, n):
 # --------------------------------------------------------------------------------------------
 # Work units (module-level functions so that dask can ship them to workers)
 # --------------------------------------------------------------------------------------------
-def _threads(n_jobs, n_traces):
-    """Numba threads for a batch: one thread for small batches when ``n_jobs`` is None.
-
-    Starting the parallel region costs more than fitting a lot of a few dozen traces.
-    """
-    if n_jobs is None and n_traces < 256:
-        return 1
-    return n_jobs
-
-
 def _make_traces(chunk, time, value, trace_keys):
     """Traces of one chunk, sorted by trace key then time; returns (keys, traces)."""
     shape = _engine()
@@ -94,7 +84,7 @@ def _fit_group(chunk, cfg):
             "samples; the normal model needs at least 2."
         )
     traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=_threads(cfg["n_jobs"], len(ok)))
+    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"])
     row = {"noise_sd": res.noise_sd}
     row.update({f"mu_{p}": v for p, v in zip(PARAMS, res.prior_mean)})
     row.update({f"sd_{p}": v for p, v in zip(PARAMS, res.prior_sd)})
@@ -150,7 +140,7 @@ def _analyse_chunk(chunk, model, cfg):
                     update="laplace" if cfg["lot_prior"] == "em" else "mean",
                     max_iter=cfg["max_em_iter"],
                     tol=cfg["em_tol"],
-                    n_jobs=_threads(cfg["n_jobs"], ok.size),
+                    n_jobs=cfg["n_jobs"],
                 )
                 fit = lot.fit
                 out.loc[ok, "prior"] = "lot"
@@ -159,7 +149,7 @@ def _analyse_chunk(chunk, model, cfg):
         if fit is None:
             with warnings.catch_warnings():  # non-converged fits get the status "not_converged"
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], ok.size))
+                fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
             out.loc[ok, "prior"] = "normal"
         x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
@@ -177,7 +167,7 @@ def _analyse_chunk(chunk, model, cfg):
             p_eff, fterm, P, raw = _terms(xs, ssr[good], npts[good], jtj[good], model)
             sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
             _, grad, _ = shape.objective_terms(
-                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=_threads(cfg["n_jobs"], g.size)
+                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"]
             )
             out.loc[g, list(PARAMS)] = xs
             out.loc[g, "ssr"] = ssr[good]

@@ -30,17 +30,25 @@ _REGIMES = np.array(["failed", "underdamped", "critical", "overdamped", "degener
 _MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-2, 4)])
 
 
+#: Below this many traces ``n_jobs=None`` runs on one thread: starting the parallel region
+#: costs more than fitting a lot of a few dozen traces.
+SMALL_BATCH = 256
+
+
 @contextlib.contextmanager
-def numba_threads(n_jobs):
+def numba_threads(n_jobs, n_items=None):
     """Run the block with ``n_jobs`` Numba threads; restore the old setting in ``finally``.
 
-    ``None`` keeps the current setting; ``-1`` uses all threads; negative values count back
-    from all threads as in scikit-learn (``-2``: all but one).
+    ``None`` keeps the current setting, except for batches of fewer than ``SMALL_BATCH``
+    items (``n_items``), which run on one thread; ``-1`` uses all threads; negative values
+    count back from all threads as in scikit-learn (``-2``: all but one).
     """
     old = numba.get_num_threads()
     if n_jobs is None:
-        yield old
-        return
+        if n_items is None or n_items >= SMALL_BATCH:
+            yield old
+            return
+        n_jobs = 1
     if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
         raise ValueError(f"n_jobs must be None or a non-zero integer, got {n_jobs!r}.")
     total = numba.config.NUMBA_NUM_THREADS
@@ -147,7 +155,8 @@ def fit_traces(
         finite paper-space Hessian; overdamped loops then get the best (11) can do.
         ``"auto"`` is ``"paper"`` with a prior and ``"general"`` without.
     n_jobs : int or None, default=None
-        Numba threads (``None``: the current setting, ``-1``: all).
+        Numba threads (``None``: the current setting, or one thread for fewer than 256
+        traces; ``-1``: all).
     max_iter : int, default=100
         Maximum Newton / Levenberg-Marquardt iterations per trace.
     tol : float, default=1e-8
@@ -229,7 +238,7 @@ def fit_traces(
     hess = np.empty((n, 6, 6))
     jtj = np.empty((n, 6, 6))
     cov = np.empty((n, 6, 6))
-    with numba_threads(n_jobs):
+    with numba_threads(n_jobs, n):
         _kernels.fit_batch(
             traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, noise_s2,
             min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
@@ -328,7 +337,7 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
         s = np.ones(n) if noise_sd is None else _per_trace(noise_sd, n, "noise_sd", positive=True)
     else:
         mu, w, sd, s = _parse_prior(prior, noise_sd, n)
-    with numba_threads(n_jobs):
+    with numba_threads(n_jobs, n):
         f, g, h, _, _ = _terms(traces, p, mu, w, s**2)
     if sd is not None:
         f = f + np.log(sd).sum(axis=1)
