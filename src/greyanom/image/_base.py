@@ -80,11 +80,7 @@ class BaseImageDetector(BaseDetector):
         return self._explanation_class(**fields)
 
     @staticmethod
-    def _batches(n, batch_size):
-        for start in range(0, n, batch_size):
-            yield slice(start, min(n, start + batch_size))
-
-    def _map_batches(self, fn, images, batch_size):
+    def _map_batches(fn, images, batch_size):
         """Apply ``fn`` (returning a dict of arrays) to batches and concatenate."""
-        parts = [fn(images[sl]) for sl in self._batches(len(images), batch_size)]
+        parts = [fn(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

@@ -86,12 +86,7 @@ class BasePatchDetector(BaseImageDetector):
         self.image_shape_ = tuple(int(v) for v in images.shape[1:])
         features = self._fit_images(images)
         with torch_threads(self.n_jobs):
-            heat = np.concatenate(
-                [
-                    self._heatmaps_from_patch_scores(self._patch_scores(features[sl]))
-                    for sl in self._batches(len(features), self.batch_size)
-                ]
-            )
+            heat = self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
         return self._reduce(heat)
 
     def _fit_images(self, images):
@@ -118,13 +113,12 @@ class BasePatchDetector(BaseImageDetector):
         maps = _backbone.upsample_maps(patch_scores, self.image_shape_)
         return smooth_maps(maps, self.heatmap_sigma).astype(np.float32, copy=False)
 
-    def _explain_images(self, images):
-        def one_batch(batch):
-            patch = self._patch_scores(self._features(batch))
-            return {"heatmap": self._heatmaps_from_patch_scores(patch)}
+    def _heatmap_batch(self, features):
+        return {"heatmap": self._heatmaps_from_patch_scores(self._patch_scores(features))}
 
+    def _explain_images(self, images):
         with torch_threads(self.n_jobs):
-            return self._map_batches(one_batch, images, self.batch_size)
+            return self._map_batches(lambda b: self._heatmap_batch(self._features(b)), images, self.batch_size)
 
     def patch_scores(self, X):
         """Anomaly value of each feature cell, before upsampling and smoothing.
@@ -142,11 +136,8 @@ class BasePatchDetector(BaseImageDetector):
         check_is_fitted(self)
         images = self._validated(X)
         with torch_threads(self.n_jobs):
-            parts = [
-                self._patch_scores(self._features(images[sl]))
-                for sl in self._batches(len(images), self.batch_size)
-            ]
-        return np.concatenate(parts)
+            out = self._map_batches(lambda b: {"p": self._patch_scores(self._features(b))}, images, self.batch_size)
+        return out["p"]
 
     # -- persistence -------------------------------------------------------------------
     def _json_params(self):
