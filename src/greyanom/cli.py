@@ -204,8 +204,10 @@ def _run_trace_demo(out, args, written):
     t0 = time.perf_counter()
     det = ShapeSignatureDetector(lot_key="lot", n_initial_lots=n_clean).fit(df)
     held_out = df[df["lot"].isin(sorted(df["lot"].unique())[n_clean:])]
-    scores = det.score(held_out)
-    terms = det.explain(held_out)[["fit", "gamma", "R", "omega", "y", "phi", "c"]]
+    explanation = det.explain(held_out)  # one analysis of the traces: terms and their sum, the score
+    scores = explanation["score"]
+    terms = explanation[["fit", "gamma", "R", "omega", "y", "phi", "c"]]
+    flagged = ~(scores.to_numpy() <= det.threshold_)  # predict's rule; an unscored trace is flagged
     elapsed = time.perf_counter() - t0
     fault = held_out.groupby("wafer", sort=False)["fault"].first().reindex(scores.index)
     normal = fault.isna().to_numpy()
@@ -218,49 +220,49 @@ def _run_trace_demo(out, args, written):
         s = np.r_[scores.to_numpy()[normal], scores.to_numpy()[hit]]
         top = terms[hit].idxmax(axis=1).value_counts()
         rows.append({"fault": name, "n": int(hit.sum()), "AUROC": round(float(roc_auc_score(y, s)), 3),
-                     "flagged": f"{int((np.asarray(det.predict(held_out))[hit] == -1).sum())}/{int(hit.sum())}",
+                     "flagged": f"{int(flagged[hit].sum())}/{int(hit.sum())}",
                      "top explain terms": ", ".join(f"{k} {v}" for k, v in top.items())})
-    pred = np.asarray(det.predict(held_out))
     rows.append({"fault": "none (normal)", "n": int(normal.sum()), "AUROC": float("nan"),
-                 "flagged": f"{int((pred[normal] == -1).sum())}/{int(normal.sum())}", "top explain terms": ""})
+                 "flagged": f"{int(flagged[normal].sum())}/{int(normal.sum())}", "top explain terms": ""})
     table = pd.DataFrame(rows).to_string(index=False, na_rep="")
     header = (f"ShapeSignatureDetector on simulated PI-loop lots: {n_clean} clean lots fit the normal model, "
-              f"{int(normal.sum())} held-out normal wafers; fit + score + explain {elapsed:.1f} s")
+              f"{int(normal.sum())} held-out normal wafers; fit + explain {elapsed:.1f} s")
     text = header + "\n" + table
     (out / "traces.txt").write_text(text + "\n")
     written.append(out / "traces.txt")
-    if not args.no_plots:
-        try:
-            import matplotlib
+    plt = None if args.no_plots else _pyplot()
+    if plt is not None:
+        from greyanom.plotting import plot_score_series
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            from greyanom.plotting import plot_score_series
-        except ImportError as exc:
-            logger.warning("no trace plot written: %s", exc)
-        else:
-            ax = plot_score_series(scores, reference=det.train_scores_, labels=fault.notna())
-            ax.set_yscale("symlog")
-            ax.set_title("centred trace scores of the held-out wafers (faults marked)")
-            ax.figure.tight_layout()
-            ax.figure.savefig(out / "trace_scores.png", dpi=110)
-            plt.close(ax.figure)
-            written.append(out / "trace_scores.png")
+        ax = plot_score_series(scores, reference=det.train_scores_, labels=fault.notna())
+        ax.set_yscale("symlog")
+        ax.set_title("centred trace scores of the held-out wafers (faults marked)")
+        ax.figure.tight_layout()
+        ax.figure.savefig(out / "trace_scores.png", dpi=110)
+        plt.close(ax.figure)
+        written.append(out / "trace_scores.png")
     return text
 
 
-def _write_plots(out, data, results, reports, target_fpr):
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a warning) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        from greyanom.plotting import plot_heatmap_overlays, plot_roc, plot_score_distributions
-
         import matplotlib.pyplot as plt
     except ImportError as exc:
         logger.warning("no plots written: %s", exc)
+        return None
+    return plt
+
+
+def _write_plots(out, data, results, reports, target_fpr):
+    plt = _pyplot()
+    if plt is None:
         return []
+    from greyanom.plotting import plot_heatmap_overlays, plot_roc, plot_score_distributions
+
     written = []
     fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     for name, (scores, _) in results.items():
