@@ -11,24 +11,22 @@ Sign convention: ``score(X)`` is the anomaly score (higher = more anomalous);
 __version__ = "0.1.0.dev0"
 
 from greyanom.base import BaseDetector, ImageExplanation
-from greyanom.image._pca import PCADetector
+from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector
 
 __all__ = [
     "BaseDetector",
+    "ConvVAEDetector",
     "ImageExplanation",
     "PCADetector",
+    "PaDiMDetector",
+    "PatchCoreDetector",
     "__version__",
 ]
 
-# Detectors whose modules pull in Numba kernels or torch-facing code are imported on first
-# use, so that ``import greyanom`` stays light. None of them imports torch at module level:
+# The trace detector pulls in Numba and its kernels, so it is imported on first use and
+# ``import greyanom`` stays light. None of the image detectors imports torch at module level:
 # a detector that needs an extra raises an ImportError naming it when it is fitted or loaded.
-_LAZY = {
-    "ConvVAEDetector": "greyanom.image._vae",
-    "PaDiMDetector": "greyanom.image._padim",
-    "PatchCoreDetector": "greyanom.image._patchcore",
-    "ShapeSignatureDetector": "greyanom.shape._detector",
-}
+_LAZY = {"ShapeSignatureDetector": "greyanom.shape._detector"}
 
 __all__ += list(_LAZY)
 
