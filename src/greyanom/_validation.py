@@ -42,6 +42,11 @@ def check_images(X, *, name="X", dtype=np.float32):
     if X.dtype == object or X.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array of images, got dtype {X.dtype}.")
     if X.ndim == 4:
+        if X.shape[1] != 1 and X.shape[3] == 1:
+            raise ValueError(
+                f"{name} has shape {X.shape}, which looks channels-last (n, H, W, 1); greyanom takes "
+                f"(n, H, W) or channels-first (n, 1, H, W) grayscale images: pass {name}[..., 0]."
+            )
         if X.shape[1] != 1:
             raise ValueError(
                 f"{name} must have shape (n, H, W) or (n, 1, H, W) (grayscale); "
@@ -83,6 +88,24 @@ def check_image_shape(images, expected, name="X"):
             f"{name} has images of size {tuple(images.shape[1:])}, but the detector was fitted on "
             f"images of size {tuple(expected)}."
         )
+
+
+def check_real(value, name, *, low=None, high=None, low_closed=True, high_closed=True):
+    """Validate a finite real argument of a function (not an estimator parameter).
+
+    Raises ``TypeError`` for a non-number (``bool`` included) and ``ValueError`` for a
+    non-finite value or one outside the interval; returns the value as ``float``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    value = float(value)
+    too_low = low is not None and (value < low if low_closed else value <= low)
+    too_high = high is not None and (value > high if high_closed else value >= high)
+    if not np.isfinite(value) or too_low or too_high:
+        lo = "(-inf" if low is None else ("[" if low_closed else "(") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + ("]" if high_closed else ")")
+        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}.")
+    return value
 
 
 def check_positive_int(value, name, *, minimum=1):

@@ -13,6 +13,7 @@ at a target false-alarm rate, with the threshold that achieves it) and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 import math
 import numbers
 
@@ -506,6 +507,16 @@ def evaluate(y_true, scores, *, heatmaps=None, masks=None, defect_types=None, ta
         t = np.asarray(defect_types)
         if t.shape != y.shape:
             raise ValueError(f"defect_types must have shape {y.shape}, got {t.shape}.")
+        if t.dtype.kind not in "US" and not (t.dtype == object and all(isinstance(v, str) for v in t)):
+            raise TypeError(f"defect_types must hold strings ('good' for normal samples), got dtype {t.dtype}.")
+        contradict = (t == "good") != (y == 0)
+        if contradict.any():
+            i = int(np.flatnonzero(contradict)[0])
+            raise ValueError(
+                f"defect_types contradicts y_true at {int(contradict.sum())} sample(s) (first: index {i}, "
+                f"y_true={int(y[i])}, defect_types={str(t[i])!r}): normal samples (y_true=0) must have "
+                "defect type 'good' and anomalous ones another type."
+            )
         rates = detection_rates(t, s, threshold)
         per_type = {k: v[2] for k, v in rates.items()}
         counts = {k: (v[0], v[1]) for k, v in rates.items()}
@@ -539,8 +550,21 @@ def format_reports(reports, *, per_type=True):
     -------
     table : str
     """
+    if isinstance(reports, EvaluationReport):
+        raise TypeError("reports must be a dict {name: EvaluationReport}; for one report pass {'name': report} "
+                        "or print(report).")
+    if not isinstance(reports, Mapping):
+        raise TypeError(f"reports must be a dict {{name: EvaluationReport}}, got {type(reports).__name__}.")
     if not reports:
         raise ValueError("reports is empty.")
+    bad = [name for name, r in reports.items() if not isinstance(r, EvaluationReport)]
+    if bad:
+        raise TypeError(
+            f"reports must map names to EvaluationReport (from evaluate), but {bad[0]!r} maps to "
+            f"{type(reports[bad[0]]).__name__}."
+        )
+    if not isinstance(per_type, (bool, np.bool_)):
+        raise TypeError(f"per_type must be True or False, got {per_type!r}.")
     first = next(iter(reports.values()))
     pct = f"{100 * first.target_fpr:g}%"
     cols = ["detector", "AUROC", "AUPRC", f"FNR@FPR{pct}", "thresh", "pixAUROC", "AUPRO"]

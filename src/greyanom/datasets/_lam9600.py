@@ -53,6 +53,8 @@ def load_lam9600(path, *, drop=True):
     ------
     FileNotFoundError
         If ``path`` does not lead to ``MACHINE_Data.mat``.
+    ValueError
+        If the file is not a MATLAB file holding the ``LAMDATA`` struct (the message names it).
 
     Notes
     -----
@@ -88,7 +90,14 @@ def load_lam9600(path, *, drop=True):
             f"LAM 9600 data not found at {path}: expected MACHINE_Data.mat (Eigenvector Research, "
             "'Metal Etch Data for Fault Detection Evaluation')."
         )
-    d = loadmat(str(path), struct_as_record=False)["LAMDATA"][0, 0]
+    try:
+        d = loadmat(str(path), struct_as_record=False)["LAMDATA"][0, 0]
+    except (ValueError, TypeError, KeyError, IndexError, OSError, NotImplementedError) as exc:
+        # scipy's MatReadError is a ValueError; a MAT file without LAMDATA is a KeyError
+        raise ValueError(
+            f"{str(path)!r} is not the LAM 9600 MACHINE_Data.mat (a MATLAB file with a LAMDATA struct): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     variables = [str(v).strip() for v in d.variables]
     if variables[:2] != ["Time", "Step Number"]:
         raise ValueError(f"{path}: unexpected variables {variables[:2]}; expected 'Time', 'Step Number' first.")

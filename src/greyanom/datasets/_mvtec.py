@@ -17,24 +17,31 @@ def _images_in(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _EXTENSIONS)
 
 
+def _read_gray(path, size, resample):
+    """One file as a grayscale ``size x size`` array; a file Pillow cannot read is a ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if im.size != (size, size):
+                im = im.resize((size, size), resample)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow raises OSError for truncated files and SyntaxError for some broken headers
+        raise ValueError(f"cannot read the image file {str(path)!r} (damaged or not an image): {exc}") from exc
+
+
 def _load_image(path, size):
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("L")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.float32) / np.float32(255)
+    return _read_gray(path, size, Image.BILINEAR).astype(np.float32) / np.float32(255)
 
 
 def _load_mask(path, size):
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("L")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.NEAREST)
-        return np.asarray(im) >= 128
+    return _read_gray(path, size, Image.NEAREST) >= 128
 
 
 def load_mvtec(path, *, image_size=256):
@@ -67,7 +74,8 @@ def load_mvtec(path, *, image_size=256):
         If ``path`` or one of ``train/good``, ``test`` is missing, or a defective
         test image has no mask.
     ValueError
-        If a folder holds no images, or a mask is missing for a defect image.
+        If a folder holds no images, or an image or mask file cannot be read (the message
+        names the file).
 
     See Also
     --------

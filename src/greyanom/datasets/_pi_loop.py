@@ -11,6 +11,10 @@ from sklearn.utils import check_random_state
 __all__ = ["simulate_pi_loop"]
 
 
+#: Largest |fastest eigenvalue| x time span that ``simulate_pi_loop`` integrates.
+_MAX_STIFFNESS = 5e4
+
+
 def simulate_pi_loop(
     t,
     *,
@@ -66,6 +70,13 @@ def simulate_pi_loop(
     values : ndarray of shape (n,)
         The sensor at the times ``t``, in the order given.
 
+    Raises
+    ------
+    ValueError
+        For a parameter out of range, and for a loop too stiff for the explicit integrator:
+        when the fastest eigenvalue of the loop times ``max(t)`` exceeds 50,000 (about a
+        second of integration), e.g. ``k_c=1e9``, which would otherwise never return.
+
     See Also
     --------
     greyanom.shape.control.oscillator_from_pi : the signature this loop should produce.
@@ -103,6 +114,19 @@ def simulate_pi_loop(
         raise ValueError(f"sensor must be 'v' or 'u', got {sensor!r}.")
     if not isinstance(noise_sd, numbers.Real) or not noise_sd >= 0:
         raise ValueError(f"noise_sd must be a float >= 0, got {noise_sd!r}.")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a float in (0, 1), got {value!r}.")
+    # The explicit integrator takes about one step per unit of |fastest eigenvalue| x time span;
+    # bounding that product bounds the run time (5e4 took about 1.5 s) instead of hanging.
+    gain = k_p * k_c
+    rate = float(np.abs(np.linalg.eigvals([[-(1.0 + gain) / tau_p, gain / (tau_p * tau_I)], [-1.0, 0.0]])).max())
+    if not rate * float(t.max()) <= _MAX_STIFFNESS:
+        raise ValueError(
+            f"the loop is too stiff to integrate: with k_p*k_c={gain:.3g}, tau_p={tau_p!r}, tau_I={tau_I!r} "
+            f"its fastest mode decays at {rate:.3g} per time unit, {rate * float(t.max()):.3g} over t "
+            f"(at most {_MAX_STIFFNESS:g}); reduce k_c or k_p, increase tau_p, or shorten t."
+        )
     rng = check_random_state(random_state)
 
     def control(time, v, integral):

@@ -68,7 +68,7 @@ def make_pi_lots(
     wafers_per_lot : int, default=8
         Wafers per lot.
     n_points : int or (int, int), default=(60, 100)
-        Samples per trace, or a range drawn uniformly per wafer.
+        Samples per trace (at least 3), or a range drawn uniformly per wafer.
     duration : float, default=20.0
         Length of the step (time units); sample times are irregular and start at a random
         offset of up to 1 (the step start ``x`` is data, not a parameter).
@@ -87,9 +87,10 @@ def make_pi_lots(
         ``count`` wafers of each.
     n_clean_lots : int, default=2
         Leading lots kept free of faults (for the detector's initial fit).
-    fault_scale : float, default=1.0
+    fault_scale : float in [0, 1.8], default=1.0
         Size of every fault relative to :data:`PI_FAULTS` (e.g. ``0.25``: ``kc x 1.15``,
-        ``q2 + 0.02``, a step cut at 86 % of its duration).
+        ``q2 + 0.02``, a step cut at 86 % of its duration; above 1.8 a truncated step would
+        have no length).
     random_state : int, RandomState instance or None, default=None
         Seed.
 
@@ -113,9 +114,34 @@ def make_pi_lots(
     for name, v in (("n_lots", n_lots), ("wafers_per_lot", wafers_per_lot)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if isinstance(sensors, str) or not isinstance(sensors, (tuple, list)):
+        raise TypeError(f"sensors must be a tuple of 'v' and 'u', got {sensors!r}.")
     bad = [s for s in sensors if s not in ("v", "u")]
-    if bad or not sensors:
-        raise ValueError(f"sensors must be a non-empty tuple of 'v' and 'u', got {sensors!r}.")
+    if bad or not sensors or len(set(sensors)) != len(sensors):
+        raise ValueError(f"sensors must be a non-empty tuple of distinct 'v' and 'u', got {sensors!r}.")
+    pts = (n_points, n_points) if isinstance(n_points, numbers.Integral) else n_points
+    try:
+        lo_pts, hi_pts = pts
+    except (TypeError, ValueError):
+        raise TypeError(f"n_points must be an int or a pair (low, high) of ints, got {n_points!r}.") from None
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in (lo_pts, hi_pts)):
+        raise TypeError(f"n_points must be an int or a pair (low, high) of ints, got {n_points!r}.")
+    if not 3 <= lo_pts <= hi_pts:
+        raise ValueError(f"n_points must be at least 3 (and low <= high for a range), got {n_points!r}.")
+    if isinstance(n_clean_lots, bool) or not isinstance(n_clean_lots, numbers.Integral) or not 0 <= n_clean_lots <= n_lots:
+        raise ValueError(f"n_clean_lots must be an integer in [0, n_lots={n_lots}], got {n_clean_lots!r}.")
+    for name, v, lo_v, hi_v in (("duration", duration, 0.0, None), ("spread", spread, 0.0, 1.0),
+                                ("noise_sd", noise_sd, 0.0, None), ("fault_scale", fault_scale, 0.0, 1.8)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < lo_v \
+                or (name == "duration" and v == 0) or (hi_v is not None and v > hi_v):
+            what = "> 0" if name == "duration" else (f"in [{lo_v:g}, {hi_v:g}]" if hi_v is not None else ">= 0")
+            raise ValueError(f"{name} must be a finite number {what}, got {v!r}.")
+    if isinstance(faults, str):
+        raise TypeError(f"faults must be a sequence of fault names or a dict {{fault: count}}, got {faults!r}.")
+    if isinstance(faults, dict) and any(
+        isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0 for c in faults.values()
+    ):
+        raise ValueError(f"faults counts must be integers >= 0, got {faults!r}.")
     p0 = dict(NOMINAL_LOOP)
     if loop:
         unknown = set(loop) - set(p0)

@@ -21,7 +21,7 @@ from greyanom._persist import load_arrays, save_arrays
 from greyanom._validation import check_images
 from greyanom.image import _backbone
 from greyanom.image._base import BaseImageDetector
-from greyanom.image._reduce import smooth_maps
+from greyanom.image._reduce import check_sigma, smooth_maps
 
 __all__ = ["BasePatchDetector"]
 
@@ -98,6 +98,19 @@ class BasePatchDetector(BaseImageDetector):
             raise ValueError(
                 f"X has images of size {(h, w)}; the patch detectors need images of at least "
                 f"{_MIN_SIZE}x{_MIN_SIZE} pixels."
+            )
+        check_sigma(self.smoothing_sigma, (h, w))
+        check_sigma(self.heatmap_sigma, (h, w), name="heatmap_sigma")
+        if self.feature_stride > min(h, w) // 2:
+            raise ValueError(
+                f"feature_stride={self.feature_stride!r} leaves fewer than 2 feature cells across images of "
+                f"size {(h, w)}: expected at most {min(h, w) // 2}."
+            )
+        finest = -(-min(h, w) // _backbone.STAGE_STRIDES[min(_backbone.check_stages(self.feature_stages)) - 1])
+        if self.patch_size > finest:
+            raise ValueError(
+                f"patch_size={self.patch_size!r} is wider than the finest tapped feature map ({finest} cells "
+                f"across images of size {(h, w)}): every patch would average the whole image."
             )
         self.feature_stages_ = _backbone.check_stages(self.feature_stages)
         self.device_ = resolve_device(self.device, type(self).__name__)

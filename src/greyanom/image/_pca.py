@@ -12,6 +12,7 @@ from sklearn.utils.extmath import randomized_svd, svd_flip
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from greyanom.image._base import BaseImageDetector
+from greyanom.image._reduce import check_sigma
 
 __all__ = ["PCADetector"]
 
@@ -143,6 +144,7 @@ class PCADetector(BaseImageDetector):
         return train_scores
 
     def _fit_images(self, images):
+        check_sigma(self.smoothing_sigma, images.shape[1:])
         self._fit_matrix(images.reshape(len(images), -1).astype(np.float64))
 
     def _fit_matrix(self, M):

@@ -13,7 +13,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from sklearn.utils._param_validation import Interval, StrOptions
 
-__all__ = ["reduce_error_maps", "smooth_maps", "REDUCTION_CONSTRAINTS"]
+from greyanom._validation import check_finite
+
+__all__ = ["reduce_error_maps", "smooth_maps", "check_sigma", "REDUCTION_CONSTRAINTS"]
 
 #: ``_parameter_constraints`` entries shared by the image detectors.
 REDUCTION_CONSTRAINTS = {
@@ -23,13 +25,57 @@ REDUCTION_CONSTRAINTS = {
 }
 
 
+def check_sigma(sigma, image_shape, name="smoothing_sigma"):
+    """Raise ``ValueError`` unless ``0 <= sigma <= max(image_shape)``.
+
+    A Gaussian blur wider than the image makes every map (nearly) constant, and its
+    kernel of ``8 sigma + 1`` taps per axis made ``smoothing_sigma=1e6`` run for minutes
+    on 32x32 images, so the blur is bounded by the image side where it enters.
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation of the blur in pixels.
+    image_shape : tuple of int
+        ``(H, W)`` of the maps.
+    name : str, default="smoothing_sigma"
+        Argument name used in the message.
+
+    Returns
+    -------
+    sigma : float
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {sigma!r}.")
+    side = max(int(s) for s in image_shape)
+    if sigma > side:
+        raise ValueError(
+            f"{name}={sigma!r} is wider than the images of size {tuple(int(s) for s in image_shape)}: "
+            f"expected at most {side} pixels (a wider blur makes every map constant)."
+        )
+    return float(sigma)
+
+
 def smooth_maps(maps, sigma):
     """Gaussian-blur each map of a batch ``(n, H, W)`` (no blur across images).
 
-    ``sigma = 0`` returns the maps unchanged. Borders are reflected.
+    ``sigma = 0`` returns the maps unchanged. Borders are reflected. ``sigma`` must not
+    exceed the larger image side (see :func:`check_sigma`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom.image import smooth_maps
+    >>> maps = np.zeros((1, 9, 9)); maps[0, 4, 4] = 1.0
+    >>> blurred = smooth_maps(maps, 1.0)
+    >>> bool(blurred[0, 4, 4] < 1.0), round(float(blurred.sum()), 6)
+    (True, 1.0)
     """
     maps = np.asarray(maps)
-    if sigma <= 0:
+    if maps.ndim != 3:
+        raise ValueError(f"maps must have shape (n, H, W), got shape {maps.shape}.")
+    sigma = check_sigma(sigma, maps.shape[1:], name="sigma")
+    if sigma == 0:
         return maps
     return gaussian_filter(maps, sigma=(0.0, float(sigma), float(sigma)), mode="reflect")
 
@@ -72,12 +118,18 @@ def reduce_error_maps(maps, reduction="mean", *, smoothing_sigma=0.0, topk_fract
         raise ValueError(f"maps must have shape (n, H, W) or (n, d), got shape {maps.shape}.")
     if reduction not in ("mean", "max", "topk"):
         raise ValueError(f"reduction must be one of 'mean', 'max', 'topk', got {reduction!r}.")
-    if not 0 < topk_fraction <= 1:
+    if isinstance(topk_fraction, bool) or not isinstance(topk_fraction, numbers.Real) or not 0 < topk_fraction <= 1:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction!r}.")
-    if smoothing_sigma < 0:
-        raise ValueError(f"smoothing_sigma must be >= 0, got {smoothing_sigma!r}.")
+    if maps.dtype.kind not in "biuf":
+        raise TypeError(f"maps must be a numeric array, got dtype {maps.dtype}.")
+    check_finite(maps, "maps")
     if maps.ndim == 3:
+        smoothing_sigma = check_sigma(smoothing_sigma, maps.shape[1:])
         maps = smooth_maps(maps, smoothing_sigma)
+    elif isinstance(smoothing_sigma, bool) or not isinstance(smoothing_sigma, numbers.Real) or not smoothing_sigma >= 0:
+        raise ValueError(f"smoothing_sigma must be a finite number >= 0, got {smoothing_sigma!r}.")
+    if maps.size == 0:
+        raise ValueError(f"maps is empty (shape {maps.shape}): expected at least one sample and one value.")
     flat = maps.reshape(maps.shape[0], -1)
     if reduction == "mean":
         return flat.mean(axis=1, dtype=np.float64)

@@ -18,8 +18,10 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom._optional import import_optional, import_torch, resolve_device
+from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
 from greyanom.image._base import BaseImageDetector
+from greyanom.image._reduce import check_sigma
 
 __all__ = ["ConvVAEDetector", "VAEExplanation"]
 
@@ -301,6 +303,12 @@ class ConvVAEDetector(BaseImageDetector):
 
     # -- fitting ----------------------------------------------------------------------
     def _fit_images(self, images):
+        check_sigma(self.smoothing_sigma, images.shape[1:])
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate={self.min_learning_rate!r} is above learning_rate={self.learning_rate!r}: "
+                "the cosine schedule decays from learning_rate down to min_learning_rate."
+            )
         import_torch(_CLASS)
         with self._threads():
             self._fit_torch(images)
@@ -419,7 +427,12 @@ class ConvVAEDetector(BaseImageDetector):
             every normal image to full scale.
         """
         check_is_fitted(self)
-        return np.asarray(heatmap, dtype=np.float32) / np.float32(self.heatmap_scale_)
+        heatmap = np.asarray(heatmap)
+        if heatmap.dtype.kind not in "biuf":
+            raise TypeError(f"heatmap must be a numeric array, got dtype {heatmap.dtype}.")
+        heatmap = heatmap.astype(np.float32, copy=False)
+        check_finite(heatmap, "heatmap")
+        return heatmap / np.float32(self.heatmap_scale_)
 
     # -- history ----------------------------------------------------------------------
     def plot_history(self, ax=None):
