@@ -3,6 +3,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from greyanom import cli
@@ -56,12 +57,119 @@ def test_unavailable_detectors_are_skipped(tmp_path, monkeypatch, caplog):
     assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "ghost,pca", "--no-plots", *TINY]) == 1
 
 
-def test_bad_arguments(tmp_path):
+def _error_line(capsys, argv):
+    """The one-line argparse error of ``argv`` (exit status 2, no traceback)."""
     with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--output", str(tmp_path), "--detectors", "nope"])
-    assert "unknown detector" in str(exc.value)
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--detectors", "nope"], "unknown detector(s) nope"),
+        (["--detectors", ","], "unknown detector"),
+        (["--n-train", "1"], "--n-train must be in [2, 100000]"),
+        (["--n-test", "10000000"], "--n-test must be in [2, 100000]"),
+        (["--random-state", "-1"], "--random-state must be in [0, 2**32 - 1]"),
+        (["--random-state", str(2**32)], "--random-state"),
+        (["--image-size", "8"], "--image-size must be in [32, 1024]"),
+        (["--image-size", "100"], "multiple of 16 for the VAE"),
+        (["--target-fpr", "nan"], "--target-fpr must be in [0, 1)"),
+        (["--target-fpr", "1"], "--target-fpr"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys, extra, expected):
+    line = _error_line(capsys, ["demo", "--output", str(tmp_path / "out"), *extra])
+    assert line.startswith("greyanom demo: error:") and expected in line
+
+
+def test_image_size_not_divisible_by_16_is_fine_without_the_vae(tmp_path):
+    assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "pca", "--no-plots", *TINY[:4],
+                     "--image-size", "40"]) == 0
+
+
+def test_output_that_is_a_file_or_unwritable(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert "is a file, not a folder" in _error_line(capsys, ["demo", "-o", str(a_file)])
+    # below a file: mkdir fails with NotADirectoryError, even for root
+    assert "cannot be written to" in _error_line(capsys, ["demo", "-o", str(a_file / "sub")])
+    assert not (a_file / "sub").exists()
+
+
+def test_output_in_a_read_only_folder(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert "cannot be written to" in _error_line(capsys, ["demo", "-o", str(ro / "out")])
+    finally:
+        ro.chmod(0o700)
+
+
+def test_version(capsys):
+    from greyanom import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"greyanom {__version__}"
+
+
+def test_help_states_each_default_once(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["demo", "--n-train", "1"])
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert text.count("default:") == text.count("(default:")
+    assert "(default: 200; 60 with --quick)" in text and "(default: 256)" in text
+    assert "default 200, --quick 60) (default" not in text
+
+
+def test_demo_writes_each_result_as_it_finishes(tmp_path, monkeypatch, caplog):
+    """After the first detector, its metrics and heatmaps are on disk before the second starts."""
+    pytest.importorskip("matplotlib")
+    import greyanom
+
+    seen = []
+
+    class Probe(greyanom.PCADetector):
+        def fit(self, X):
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            return super().fit(X)
+
+    monkeypatch.setattr(greyanom, "ProbeDetector", Probe, raising=False)
+    monkeypatch.setitem(cli.DEMO_DETECTORS, "vae", ("ProbeDetector", {}))
+    with caplog.at_level(logging.INFO, logger="greyanom.cli"):
+        assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "pca,vae", *TINY]) == 0
+    assert {"metrics.txt", "metrics.json", "heatmaps_pca.png", "roc.png"} <= set(seen[0])
+    assert "heatmaps_vae.png" not in seen[0]
+    assert "pca" in (tmp_path / "metrics.txt").read_text() and "vae" in (tmp_path / "metrics.txt").read_text()
+    # one log line per stage, with its time
+    assert "[1/2] pca fitted in" in caplog.text and "[2/2] vae done (explain" in caplog.text
+    assert "generated 8 training and 10 test wafer images" in caplog.text
+
+
+def test_demo_explain_in_chunks_equals_whole(tmp_path):
+    from greyanom import PCADetector
+    from greyanom.datasets import make_wafer_images
+
+    data = make_wafer_images(n_train=8, n_test=11, image_size=32, random_state=0)
+    det = PCADetector(random_state=0).fit(data.X_train)
+    scores, heat = cli._explain_in_chunks(det, data.X_test, "pca", chunk=4)
+    whole = det.explain(data.X_test)
+    np.testing.assert_allclose(scores, whole.score, rtol=1e-6)
+    np.testing.assert_allclose(heat, whole.heatmap, rtol=1e-5, atol=1e-7)
 
 
 def test_help_documents_every_option(capsys):

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ logger = logging.getLogger("greyanom.cli")
 #: (not built in this version, or its optional extra missing) is skipped with a note.
 DEMO_DETECTORS = {
     "pca": ("PCADetector", {}),
-    "vae": ("ConvVAEDetector", {"max_epochs": 15, "verbose": False}),
+    "vae": ("ConvVAEDetector", {"max_epochs": 15, "verbose": False}),  # verbose: True on a terminal
     "padim": ("PaDiMDetector", {}),
     "patchcore": ("PatchCoreDetector", {}),
 }
@@ -29,10 +30,13 @@ _QUICK_OVERRIDES = {"vae": {"max_epochs": 3}}
 
 
 def _build_parser():
+    from greyanom import __version__
+
     parser = argparse.ArgumentParser(
         prog="greyanom",
         description="greyanom: anomaly detection for manufacturing.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
@@ -42,43 +46,95 @@ def _build_parser():
             "every available image detector on its normal training images, print a metrics table "
             "(image AUROC, AUPRC, FNR at FPR=5%, pixel AUROC, AUPRO, per-defect-type detection rates) "
             "and write plots (ROC curves with the FPR=5% operating point, score distributions, "
-            "heatmap overlays) and the metrics (metrics.txt, metrics.json) into an output folder."
+            "heatmap overlays) and the metrics (metrics.txt, metrics.json) into an output folder, "
+            "each detector's results as soon as it finishes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--output", "-o", default="greyanom-demo", metavar="DIR", help="output folder")
-    demo.add_argument("--n-train", type=int, default=None, metavar="N", help="normal training images (default 200, --quick 60)")
-    demo.add_argument("--n-test", type=int, default=None, metavar="N", help="test images, 40%% defective (default 100, --quick 40)")
-    demo.add_argument("--image-size", type=int, default=256, metavar="S", help="image side in pixels")
-    demo.add_argument("--random-state", type=int, default=0, metavar="S", help="seed of the data and the detectors")
+    # Defaults are written into each help text once (no ArgumentDefaultsHelpFormatter, which
+    # appended "(default: None)" to the options whose default depends on --quick).
+    demo.add_argument("--output", "-o", default="greyanom-demo", metavar="DIR",
+                      help="output folder, created if needed (default: %(default)s)")
+    demo.add_argument("--n-train", type=int, default=None, metavar="N",
+                      help="normal training images (default: 200; 60 with --quick)")
+    demo.add_argument("--n-test", type=int, default=None, metavar="N",
+                      help="test images, 40%% of them defective (default: 100; 40 with --quick)")
+    demo.add_argument("--image-size", type=int, default=256, metavar="S",
+                      help="image side in pixels, 32 to 1024 (default: %(default)s)")
+    demo.add_argument("--random-state", type=int, default=0, metavar="S",
+                      help="seed of the data and the detectors, 0 to 2**32 - 1 (default: %(default)s)")
     demo.add_argument(
         "--detectors",
         default="all",
         metavar="NAMES",
-        help=f"comma-separated detectors from {{{','.join(DEMO_DETECTORS)}}}, or 'all' (the available ones)",
+        help=f"comma-separated detectors from {{{','.join(DEMO_DETECTORS)}}}, or 'all', the available "
+        "ones (default: %(default)s)",
     )
-    demo.add_argument("--target-fpr", type=float, default=0.05, metavar="F", help="target false-positive rate")
+    demo.add_argument("--target-fpr", type=float, default=0.05, metavar="F",
+                      help="target false-positive rate in [0, 1) (default: %(default)s)")
     demo.add_argument(
         "--traces",
         default="auto",
         choices=("auto", "yes", "no"),
         help="also run ShapeSignatureDetector on simulated PI-loop lots with injected faults "
-        "('auto': when --detectors is 'all')",
+        "(default: auto, i.e. when --detectors is 'all')",
     )
     demo.add_argument("--quick", action="store_true", help="smaller data and shorter training (a smoke test)")
     demo.add_argument("--no-plots", action="store_true", help="write the metrics only")
     demo.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    demo.set_defaults(subparser=demo)
     return parser
 
 
 def _resolve_detectors(spec):
+    """The detector names of ``--detectors``, or a ValueError that says what is allowed."""
     names = list(DEMO_DETECTORS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in DEMO_DETECTORS]
     if unknown or not names:
-        raise SystemExit(
-            f"greyanom demo: error: unknown detector(s) {unknown or spec!r}; choose from {', '.join(DEMO_DETECTORS)} or 'all'."
+        raise ValueError(
+            f"unknown detector(s) {', '.join(unknown) if unknown else repr(spec)}; "
+            f"choose from {', '.join(DEMO_DETECTORS)} or 'all'."
         )
     return names
+
+
+def _check_output(path):
+    """Create the output folder and check that it is writable; an ``OSError`` message otherwise."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        return f"--output {str(out)!r} is a file, not a folder; pass a folder (it is created if needed)."
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"--output {str(out)!r} cannot be written to: {exc.strerror or exc}."
+    return None
+
+
+def _check_args(parser, args):
+    """Reject bad demo arguments with ``parser.error`` (one line, exit status 2, no traceback)."""
+    for name in ("n_train", "n_test"):
+        value = getattr(args, name)
+        if value is not None and not 2 <= value <= 100_000:
+            parser.error(f"--{name.replace('_', '-')} must be in [2, 100000], got {value}.")
+    if not 32 <= args.image_size <= 1024:
+        parser.error(f"--image-size must be in [32, 1024], got {args.image_size}.")
+    if not 0 <= args.random_state < 2**32:
+        parser.error(f"--random-state must be in [0, 2**32 - 1], got {args.random_state}.")
+    if not 0 <= args.target_fpr < 1:
+        parser.error(f"--target-fpr must be in [0, 1), got {args.target_fpr}.")
+    try:
+        names = _resolve_detectors(args.detectors)
+    except ValueError as exc:
+        parser.error(f"--detectors: {exc}")
+    if "vae" in names and args.image_size % 16:
+        parser.error(
+            f"--image-size must be a multiple of 16 for the VAE (4 stride-2 blocks), got {args.image_size}; "
+            "pass e.g. 256, or leave vae out of --detectors."
+        )
+    problem = _check_output(args.output)
+    if problem:
+        parser.error(problem)
 
 
 def _make_detector(name, random_state, quick):
@@ -92,6 +148,8 @@ def _make_detector(name, random_state, quick):
         logger.info("skipping %s: %s is not available (%s)", name, class_name, exc)
         return None
     params = {**params, "random_state": random_state, **(_QUICK_OVERRIDES.get(name, {}) if quick else {})}
+    if "verbose" in params:
+        params["verbose"] = _show_bars()  # the VAE's epoch bar, on a terminal
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in params.items() if k in accepted})
 
@@ -105,12 +163,50 @@ def _select_examples(types, scores, per_type=1):
     return chosen
 
 
-def _run_demo(args):
+def _show_bars():
+    """Progress bars only where someone watches: on a terminal (stderr a TTY)."""
+    return sys.stderr.isatty()
+
+
+def _explain_in_chunks(det, X, name, chunk=8):
+    """``det.explain(X)`` in chunks behind a progress bar (batch-wise equals whole-array)."""
     from tqdm.auto import tqdm
 
+    scores, heatmaps = [], []
+    with tqdm(total=len(X), desc=f"{name} explain", unit="img", disable=not _show_bars(), leave=False) as bar:
+        for start in range(0, len(X), chunk):
+            expl = det.explain(X[start : start + chunk])
+            scores.append(expl.score)
+            heatmaps.append(expl.heatmap)
+            bar.update(len(expl.score))
+    return np.concatenate(scores), np.concatenate(heatmaps)
+
+
+def _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test, *, plots, new=None):
+    """(Re)write metrics.txt, metrics.json and, with plots, the figures of the finished detectors."""
+    from greyanom.metrics import format_reports
+
+    table = format_reports(reports)
+    (out / "metrics.txt").write_text(table + "\n")
+    summary = {
+        "data": {"n_train": n_train, "n_test": n_test, "image_size": args.image_size, "random_state": args.random_state},
+        "pixel_metrics_on": "heatmap smoothed by the detector's smoothing_sigma (the map the score is reduced from)",
+        "detectors": {
+            name: {"params": {k: repr(v) for k, v in detectors[name].get_params().items()}, **timings[name], **reports[name].to_dict()}
+            for name in reports
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    written = [out / "metrics.txt", out / "metrics.json"]
+    if plots:
+        written += _write_plots(out, data, results, reports, args.target_fpr, new=new)
+    return table, written
+
+
+def _run_demo(args):
     from greyanom.datasets import make_wafer_images
     from greyanom.image import smooth_maps
-    from greyanom.metrics import evaluate, format_reports
+    from greyanom.metrics import evaluate
 
     n_train = args.n_train if args.n_train is not None else (60 if args.quick else 200)
     n_test = args.n_test if args.n_test is not None else (40 if args.quick else 100)
@@ -118,10 +214,12 @@ def _run_demo(args):
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    logger.info("generating %d training and %d test wafer images (%dx%d)", n_train, n_test, args.image_size, args.image_size)
+    t0 = time.perf_counter()
     data = make_wafer_images(
         n_train=n_train, n_test=n_test, image_size=args.image_size, random_state=args.random_state
     )
+    logger.info("generated %d training and %d test wafer images (%dx%d) in %.1f s",
+                n_train, n_test, args.image_size, args.image_size, time.perf_counter() - t0)
     detectors = {}
     for name in names:
         det = _make_detector(name, args.random_state, args.quick)
@@ -131,49 +229,41 @@ def _run_demo(args):
         logger.error("none of the requested detectors (%s) is available", ", ".join(names))
         return 1
 
-    reports, results, timings = {}, {}, {}
-    for name, det in tqdm(detectors.items(), desc="detectors", unit="detector", disable=None):
-        logger.info("fitting %s", det)
+    plots = not args.no_plots and _pyplot() is not None
+    reports, results, timings, written = {}, {}, {}, []
+    for k, (name, det) in enumerate(detectors.items(), 1):
+        logger.info("[%d/%d] fitting %s on %d images", k, len(detectors), name, n_train)
         t0 = time.perf_counter()
         det.fit(data.X_train)
         t1 = time.perf_counter()
-        expl = det.explain(data.X_test)
+        logger.info("[%d/%d] %s fitted in %.1f s; explaining %d test images", k, len(detectors), name, t1 - t0, n_test)
+        scores, heatmap = _explain_in_chunks(det, data.X_test, name)
         t2 = time.perf_counter()
         timings[name] = {"fit_s": t1 - t0, "explain_s": t2 - t1}
-        # the map the score is reduced from: the heatmap blurred by the detector's smoothing_sigma
-        heatmap = smooth_maps(expl.heatmap, float(getattr(det, "smoothing_sigma", 0.0) or 0.0))
-        results[name] = (expl.score, heatmap)
+        # Pixel metrics use the map the score is reduced from: the heatmap blurred by the
+        # detector's smoothing_sigma (as the README snippet does with smooth_maps).
+        heatmap = smooth_maps(heatmap, float(getattr(det, "smoothing_sigma", 0.0) or 0.0))
+        results[name] = (scores, heatmap)
         reports[name] = evaluate(
             data.y_test,
-            expl.score,
+            scores,
             heatmaps=heatmap,
             masks=data.masks_test,
             defect_types=data.defect_types_test,
             target_fpr=args.target_fpr,
         )
-        logger.info("%s: fit %.1f s, explain %.1f s", name, t1 - t0, t2 - t1)
+        table, written = _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test,
+                                        plots=plots, new=name)
+        logger.info("[%d/%d] %s done (explain %.1f s): AUROC %.3f, pixel AUROC %.3f; results so far in %s",
+                    k, len(detectors), name, t2 - t1, reports[name].auroc, reports[name].pixel_auroc, out)
 
-    table = format_reports(reports)
-    written = []
-    (out / "metrics.txt").write_text(table + "\n")
-    written.append(out / "metrics.txt")
-    summary = {
-        "data": {"n_train": n_train, "n_test": n_test, "image_size": args.image_size, "random_state": args.random_state},
-        "detectors": {
-            name: {"params": {k: repr(v) for k, v in detectors[name].get_params().items()}, **timings[name], **reports[name].to_dict()}
-            for name in reports
-        },
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    written.append(out / "metrics.json")
-    if not args.no_plots:
-        written += _write_plots(out, data, results, reports, args.target_fpr)
     run_traces = args.traces == "yes" or (args.traces == "auto" and args.detectors.strip() == "all")
     trace_table = _run_trace_demo(out, args, written) if run_traces else None
 
     print(f"greyanom demo: {len(data.X_train)} training / {len(data.X_test)} test wafer images "
           f"({int(data.y_test.sum())} defective), target FPR {args.target_fpr:g}")
     print(table)
+    print("pixel AUROC and AUPRO on the heatmaps smoothed by each detector's smoothing_sigma")
     print("fit / explain seconds: " + ", ".join(f"{n} {t['fit_s']:.1f} / {t['explain_s']:.1f}" for n, t in timings.items()))
     if trace_table is not None:
         print()
@@ -198,11 +288,15 @@ def _run_trace_demo(out, args, written):
     from greyanom.datasets import make_pi_lots
 
     n_lots, n_clean, per_fault = (6, 3, 2) if args.quick else (10, 4, 4)
-    logger.info("simulating %d lots of 10 wafers through a PI loop (solve_ivp)", n_lots)
+    t0 = time.perf_counter()
     df = make_pi_lots(n_lots=n_lots, wafers_per_lot=10, faults={f: per_fault for f in DEMO_TRACE_FAULTS},
                       n_clean_lots=n_clean, random_state=args.random_state)
+    logger.info("traces: simulated %d lots of 10 wafers through a PI loop (solve_ivp) in %.1f s",
+                n_lots, time.perf_counter() - t0)
     t0 = time.perf_counter()
     det = ShapeSignatureDetector(lot_key="lot", n_initial_lots=n_clean).fit(df)
+    logger.info("traces: ShapeSignatureDetector fitted in %.1f s; explaining the held-out lots",
+                time.perf_counter() - t0)
     held_out = df[df["lot"].isin(sorted(df["lot"].unique())[n_clean:])]
     explanation = det.explain(held_out)  # one analysis of the traces: terms and their sum, the score
     scores = explanation["score"]
@@ -230,6 +324,7 @@ def _run_trace_demo(out, args, written):
     text = header + "\n" + table
     (out / "traces.txt").write_text(text + "\n")
     written.append(out / "traces.txt")
+    logger.info("traces: done in %.1f s (fit + explain), wrote %s", elapsed, out / "traces.txt")
     plt = None if args.no_plots else _pyplot()
     if plt is not None:
         from greyanom.plotting import plot_score_series
@@ -257,7 +352,8 @@ def _pyplot():
     return plt
 
 
-def _write_plots(out, data, results, reports, target_fpr):
+def _write_plots(out, data, results, reports, target_fpr, new=None):
+    """ROC and score plots of every finished detector; heatmaps of ``new`` (default: all)."""
     plt = _pyplot()
     if plt is None:
         return []
@@ -279,11 +375,14 @@ def _write_plots(out, data, results, reports, target_fpr):
     written.append(out / "score_distributions.png")
 
     for name, (scores, heatmap) in results.items():
+        path = out / f"heatmaps_{name}.png"
+        if new is not None and name != new:
+            written.append(path)  # written when that detector finished
+            continue
         idx = _select_examples(data.defect_types_test, scores)
         titles = [f"{data.defect_types_test[i]}  score {scores[i]:.3g}" for i in idx]
         fig = plot_heatmap_overlays(data.X_test[idx], heatmap[idx], data.masks_test[idx], titles=titles, n_cols=3)
         fig.suptitle(f"{name}: heatmaps (cyan: true defect outline)")
-        path = out / f"heatmaps_{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
@@ -313,14 +412,7 @@ def main(argv=None):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for name in ("n_train", "n_test"):
-        value = getattr(args, name)
-        if value is not None and value < 2:
-            parser.error(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
-    if args.image_size < 32:
-        parser.error(f"--image-size must be at least 32, got {args.image_size}.")
-    if not 0 <= args.target_fpr < 1:
-        parser.error(f"--target-fpr must be in [0, 1), got {args.target_fpr}.")
     if args.command == "demo":
+        _check_args(args.subparser, args)
         return _run_demo(args)
     return 2  # pragma: no cover (argparse rejects unknown commands)
