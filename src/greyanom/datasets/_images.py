@@ -277,7 +277,7 @@ def make_wafer_images(
     anomaly_fraction : float in [0, 1], default=0.4
         Fraction of defective test images.
     image_size : int, default=256
-        Side of the square images in pixels (>= 32). All lengths above are for 256 and
+        Side of the square images in pixels, 32 to 4096. All lengths above are for 256 and
         scale with the size.
     defect_types : sequence of str, optional
         Subset of ``("particle", "scratch", "pattern_shift", "missing_pattern",
@@ -311,9 +311,11 @@ def make_wafer_images(
     >>> data.X_train.shape, data.X_test.dtype, int(data.y_test.sum())
     ((4, 64, 64), dtype('float32'), 2)
     """
-    for name, value, lo in (("n_train", n_train, 0), ("n_test", n_test, 0), ("image_size", image_size, 32)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}.")
+    for name, value, lo, hi in (("n_train", n_train, 0, None), ("n_test", n_test, 0, None),
+                                ("image_size", image_size, 32, 4096)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < lo or (hi and value > hi):
+            bound = f"in [{lo}, {hi}]" if hi else f">= {lo}"
+            raise ValueError(f"{name} must be an integer {bound}, got {value!r}.")
     if n_train + n_test == 0:
         raise ValueError("n_train and n_test are both 0: nothing to generate.")
     if not isinstance(anomaly_fraction, numbers.Real) or not 0 <= anomaly_fraction <= 1:

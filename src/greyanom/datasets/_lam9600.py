@@ -81,6 +81,7 @@ def load_lam9600(path, *, drop=True):
     128
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     path = Path(path)
     if path.is_dir():
@@ -92,8 +93,8 @@ def load_lam9600(path, *, drop=True):
         )
     try:
         d = loadmat(str(path), struct_as_record=False)["LAMDATA"][0, 0]
-    except (ValueError, TypeError, KeyError, IndexError, OSError, NotImplementedError) as exc:
-        # scipy's MatReadError is a ValueError; a MAT file without LAMDATA is a KeyError
+    except (MatReadError, ValueError, TypeError, KeyError, IndexError, OSError, NotImplementedError) as exc:
+        # scipy raises MatReadError (an Exception) or ValueError on non-MAT bytes; no LAMDATA is a KeyError
         raise ValueError(
             f"{str(path)!r} is not the LAM 9600 MACHINE_Data.mat (a MATLAB file with a LAMDATA struct): "
             f"{type(exc).__name__}: {exc}"

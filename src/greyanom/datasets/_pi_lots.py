@@ -136,12 +136,16 @@ def make_pi_lots(
                 or (name == "duration" and v == 0) or (hi_v is not None and v > hi_v):
             what = "> 0" if name == "duration" else (f"in [{lo_v:g}, {hi_v:g}]" if hi_v is not None else ">= 0")
             raise ValueError(f"{name} must be a finite number {what}, got {v!r}.")
-    if isinstance(faults, str):
+    if isinstance(faults, str) or not isinstance(faults, (dict, list, tuple, set, frozenset)) or not all(
+        isinstance(f, str) for f in faults
+    ):
         raise TypeError(f"faults must be a sequence of fault names or a dict {{fault: count}}, got {faults!r}.")
     if isinstance(faults, dict) and any(
         isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0 for c in faults.values()
     ):
         raise ValueError(f"faults counts must be integers >= 0, got {faults!r}.")
+    if loop is not None and not isinstance(loop, dict):
+        raise TypeError(f"loop must be a dict of overrides of NOMINAL_LOOP or None, got {loop!r}.")
     p0 = dict(NOMINAL_LOOP)
     if loop:
         unknown = set(loop) - set(p0)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from greyanom._optional import import_optional
-from greyanom.metrics import _check_labels_scores, fnr_at_fpr
+from greyanom._validation import check_finite, check_images, check_positive_int, check_real
+from greyanom.metrics import _check_labels_scores, _check_target_fpr, fnr_at_fpr
 
 __all__ = ["plot_heatmap_overlays", "plot_roc", "plot_score_distributions"]
 
@@ -56,6 +57,7 @@ def plot_roc(y_true, scores, *, target_fpr=0.05, label=None, ax=None):
     from sklearn.metrics import roc_auc_score, roc_curve
 
     y, s = _check_labels_scores(y_true, scores)
+    target_fpr = _check_target_fpr(target_fpr)
     ax = _axes(ax, "plot_roc")
     fpr, tpr, _ = roc_curve(y, s)
     auc = roc_auc_score(y, s)
@@ -101,6 +103,9 @@ def plot_score_distributions(y_true, scores, *, threshold=None, bins=30, log=Fal
     ax : matplotlib.axes.Axes
     """
     y, s = _check_labels_scores(y_true, scores)
+    bins = check_positive_int(bins, "bins")
+    if threshold is not None:
+        threshold = check_real(threshold, "threshold")
     ax = _axes(ax, "plot_score_distributions")
     if log:
         if (s <= 0).any():
@@ -157,8 +162,15 @@ def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4
         masks = None if masks is None else np.asarray(masks)[None]
     if images.ndim != 3:
         raise ValueError(f"images must have shape (n, H, W), got {images.shape}.")
+    images = check_images(images, name="images")
     if heatmaps.shape != images.shape:
         raise ValueError(f"heatmaps must have the shape of images {images.shape}, got {heatmaps.shape}.")
+    if heatmaps.dtype.kind not in "biuf":
+        raise TypeError(f"heatmaps must be numeric, got dtype {heatmaps.dtype}.")
+    heatmaps = heatmaps.astype(np.float64, copy=False)
+    check_finite(heatmaps, "heatmaps")
+    n_cols = check_positive_int(n_cols, "n_cols")
+    alpha = check_real(alpha, "alpha", low=0.0, high=1.0)
     if masks is not None:
         masks = np.asarray(masks, dtype=bool)
         if masks.shape != images.shape:
@@ -167,7 +179,7 @@ def plot_heatmap_overlays(images, heatmaps, masks=None, *, titles=None, n_cols=4
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must hold {n} strings, got {len(titles)}.")
     plt = _pyplot("plot_heatmap_overlays")
-    n_cols = max(1, min(int(n_cols), n))
+    n_cols = min(n_cols, n)
     n_rows = int(np.ceil(n / n_cols))
     fig, axes = plt.subplots(
         n_rows, 2 * n_cols, figsize=(3.2 * n_cols, 1.8 * n_rows + 0.4), squeeze=False, layout="constrained"
