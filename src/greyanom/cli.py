@@ -170,10 +170,10 @@ def _show_bars():
 
 def _explain_in_chunks(det, X, name, chunk=8):
     """``det.explain(X)`` in chunks behind a progress bar (batch-wise equals whole-array)."""
-    from tqdm.auto import tqdm
+    from greyanom._progress import progress_stage
 
     scores, heatmaps = [], []
-    with tqdm(total=len(X), desc=f"{name} explain", unit="img", disable=not _show_bars(), leave=False) as bar:
+    with progress_stage(f"{name} explain", total=len(X), unit="img", verbose=_show_bars(), logger=logger) as bar:
         for start in range(0, len(X), chunk):
             expl = det.explain(X[start : start + chunk])
             scores.append(expl.score)

@@ -88,7 +88,7 @@ def plot_score_distributions(y_true, scores, *, threshold=None, bins=30, log=Fal
         Anomaly scores, higher = more anomalous.
     threshold : float, optional
         Drawn as a vertical line (e.g. the FPR = 5% threshold of
-        :func:`greyanom.metrics.fnr_at_fpr`).
+        :func:`greyanom.metrics.fnr_at_fpr`); ``inf`` (flag nothing) draws none.
     bins : int, default=30
         Number of histogram bins (shared by both classes).
     log : bool, default=False
@@ -105,7 +105,9 @@ def plot_score_distributions(y_true, scores, *, threshold=None, bins=30, log=Fal
     y, s = _check_labels_scores(y_true, scores)
     bins = check_positive_int(bins, "bins")
     if threshold is not None:
-        threshold = check_real(threshold, "threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or np.isnan(threshold):
+            raise ValueError(f"threshold must be a number (inf: flag nothing), got {threshold!r}.")
+        threshold = float(threshold)
     ax = _axes(ax, "plot_score_distributions")
     if log:
         if (s <= 0).any():
@@ -116,7 +118,7 @@ def plot_score_distributions(y_true, scores, *, threshold=None, bins=30, log=Fal
         edges = np.linspace(s.min(), s.max(), bins + 1)
     ax.hist(s[y == 0], bins=edges, alpha=0.6, label=f"normal (n={int((y == 0).sum())})", color="tab:blue")
     ax.hist(s[y == 1], bins=edges, alpha=0.6, label=f"anomalous (n={int(y.sum())})", color="tab:red")
-    if threshold is not None:
+    if threshold is not None and np.isfinite(threshold):  # inf (flag nothing) has no line
         ax.axvline(float(threshold), color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
     ax.set_xlabel("anomaly score")
     ax.set_ylabel("count")
