@@ -326,7 +326,10 @@ def make_wafer_images(
     if defect_types is None:
         types = WAFER_DEFECT_TYPES
     else:
-        types = tuple([defect_types] if isinstance(defect_types, str) else defect_types)
+        try:
+            types = tuple([defect_types] if isinstance(defect_types, str) else defect_types)
+        except TypeError:
+            raise TypeError(f"defect_types must be a sequence of str, got {defect_types!r}.") from None
         unknown = [t for t in types if t not in WAFER_DEFECT_TYPES]
         if unknown or not types:
             raise ValueError(f"defect_types must be a non-empty subset of {WAFER_DEFECT_TYPES}, got {defect_types!r}.")

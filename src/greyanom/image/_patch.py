@@ -106,11 +106,13 @@ class BasePatchDetector(BaseImageDetector):
                 f"feature_stride={self.feature_stride!r} leaves fewer than 2 feature cells across images of "
                 f"size {(h, w)}: expected at most {min(h, w) // 2}."
             )
-        finest = -(-min(h, w) // _backbone.STAGE_STRIDES[min(_backbone.check_stages(self.feature_stages)) - 1])
+        stage = min(_backbone.check_stages(self.feature_stages))
+        finest = -(-min(h, w) // _backbone.STAGE_STRIDES[stage - 1])
         if self.patch_size > finest:
             raise ValueError(
-                f"patch_size={self.patch_size!r} is wider than the finest tapped feature map ({finest} cells "
-                f"across images of size {(h, w)}): every patch would average the whole image."
+                f"patch_size={self.patch_size!r} is wider than the finest tapped feature map (stage {stage} of "
+                f"feature_stages={self.feature_stages!r}: {finest} cells across images of size {(h, w)}): "
+                "every patch would average the whole image."
             )
         self.feature_stages_ = _backbone.check_stages(self.feature_stages)
         self.device_ = resolve_device(self.device, type(self).__name__)
