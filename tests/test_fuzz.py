@@ -8,8 +8,8 @@ Every call on generated input must end in one of three documented ways:
 
 Anything else (``IndexError``, ``KeyError``, ``AttributeError``, a library's own exception
 type, a NaN in a result, a hang) fails the test. The examples are derandomized; their
-number per test is ``GREYANOM_FUZZ_EXAMPLES`` (default 12, the CI profile: the whole file
-runs in about a minute on 2 cores). ``GREYANOM_FUZZ_COUNTS=path.json`` writes the number
+number per test is ``GREYANOM_FUZZ_EXAMPLES`` (default 30, the CI profile: the whole file
+runs in about 30 s on 2 cores). ``GREYANOM_FUZZ_COUNTS=path.json`` writes the number
 of inputs tried per entry point.
 """
 
@@ -47,7 +47,7 @@ from greyanom.metrics import (  # noqa: E402
     pixel_auroc,
 )
 
-N_EXAMPLES = int(os.environ.get("GREYANOM_FUZZ_EXAMPLES", "12"))
+N_EXAMPLES = int(os.environ.get("GREYANOM_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
     max_examples=N_EXAMPLES,
     derandomize=True,
@@ -58,8 +58,9 @@ FUZZ = settings(
 )
 #: How scikit-learn's ``validate_data`` names X for 2-D (tabular) input; kept as the sklearn contract.
 SKLEARN_X = ("Found array with", "Expected 2D array", "Input X", "Input contains", "Complex data not supported")
-#: Inputs tried per entry point (written to GREYANOM_FUZZ_COUNTS at the end of the module).
+#: Inputs tried, and those rejected with a named error, per entry point (GREYANOM_FUZZ_COUNTS).
 TRIED = collections.Counter()
+REJECTED = collections.Counter()
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -74,7 +75,7 @@ def _write_counts():
     path = os.environ.get("GREYANOM_FUZZ_COUNTS")
     if path:
         old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-        old.update(TRIED)
+        old.update({k: {"tried": n, "rejected": REJECTED[k]} for k, n in TRIED.items()})
         Path(path).write_text(json.dumps(dict(sorted(old.items())), indent=1) + "\n")
 
 
@@ -113,6 +114,7 @@ def outcome(entry, fn, *names, errors=(ValueError, TypeError)):
         assert any(n in message for n in names), (
             f"{entry}: {type(exc).__name__} does not name any of {names}: {message}"
         )
+        REJECTED[entry] += 1
         return None
     assert not _has_nan(result), f"{entry} returned NaN or infinity: {result!r}"
     return result
@@ -301,6 +303,7 @@ def test_patch_detector_parameters_that_outgrow_the_image(patch_class, name, val
         det._fit_images(X)  # the checks at its top come before any feature extraction
     except (ValueError, TypeError) as exc:
         assert name in str(exc) or "X has images" in str(exc), str(exc)
+        REJECTED[f"{patch_class.__name__}({name}=...)"] += 1
         return
     except Exception as exc:  # noqa: BLE001 - a valid value went on into the network: not fuzzed here
         raise AssertionError(f"{name}={value!r}: {type(exc).__name__}: {exc}") from exc
@@ -462,6 +465,7 @@ def test_load_mvtec_with_a_damaged_file(where, content):
         root = Path(tmp) / "cat"
         _mvtec_tree(root, **{where: content})
         TRIED["load_mvtec"] += 1
+        REJECTED["load_mvtec"] += 1  # counted before the assertion below
         with pytest.raises(ValueError, match=r"cannot read the image file '.*000(_mask)?\.png'"):
             load_mvtec(root, image_size=8)
 
@@ -480,6 +484,7 @@ def test_load_lam9600_on_files_that_are_not_the_data(content):
         path = Path(tmp) / "MACHINE_Data.mat"
         path.write_bytes(content)
         TRIED["load_lam9600"] += 1
+        REJECTED["load_lam9600"] += 1  # counted before the assertion below
         with pytest.raises(ValueError, match="is not the LAM 9600 MACHINE_Data.mat"):
             load_lam9600(path)
 
@@ -547,6 +552,7 @@ def test_cli_rejects_bad_values_in_one_line(option, value):
         if err is None:  # accepted: it must have been a valid value, and the demo wrote its table
             assert (Path(out) / "metrics.txt").is_file()
             return
+    REJECTED[f"greyanom demo {option}"] += 1
     assert option in err or "invalid" in err or "unknown detector" in err, err
 
 
