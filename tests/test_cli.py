@@ -184,3 +184,8 @@ def test_help_documents_every_option(capsys):
 def test_python_m_greyanom_help():
     out = subprocess.run([sys.executable, "-m", "greyanom", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_metrics_json_is_strict_json():
+    assert cli._json_safe({"t": float("inf"), "n": np.int64(3), "l": [np.float32(0.5), float("nan")]}) == {
+        "t": "inf", "n": 3, "l": [0.5, "nan"]}

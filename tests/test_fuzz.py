@@ -168,8 +168,20 @@ def test_pca_fit_score_on_any_array(X):
     outcome("PCADetector.fit/score(X)", run, "X", "n_components")
 
 
+@st.composite
+def fitted_size_arrays(draw, size=16):
+    """Arrays of the fitted image size (or one off), any dtype, some NaN/inf/out-of-range values."""
+    n = draw(st.integers(0, 3))
+    shape = draw(st.sampled_from([(n, size, size), (n, 1, size, size), (n, size, size, 1), (n, size, size + 1)]))
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64, np.uint8, np.float16])))
+    X = draw(hnp.arrays(dtype, shape, elements=st.floats(0, 1, width=16) if dtype.kind == "f" else None))
+    if X.size and dtype.kind == "f" and draw(st.booleans()):
+        X.flat[draw(st.integers(0, X.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -0.5, 1.5]))
+    return X
+
+
 @FUZZ
-@given(X=image_arrays(max_side=6, min_dims=3, max_dims=4))
+@given(X=st.one_of(image_arrays(max_side=6, min_dims=3, max_dims=4), fitted_size_arrays()))
 def test_pca_score_on_any_array_after_fit(X):
     det = PCADetector(n_components=2, random_state=0).fit(_valid_images(size=16))
 
@@ -329,12 +341,30 @@ scores_st = st.one_of(
 )
 
 
+@st.composite
+def label_score_pairs(draw):
+    """Mostly well-formed (y_true, scores) of equal length with both classes; some NaN/inf, ties."""
+    n = draw(st.integers(2, 12))
+    y = draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n))
+    s = draw(st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0])), min_size=n, max_size=n))
+    if draw(st.integers(0, 3)) == 0:
+        s[draw(st.integers(0, n - 1))] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+    return y, s
+
+
+labels_scores = st.one_of(st.tuples(labels, scores_st), label_score_pairs(), label_score_pairs())
+
+
 @FUZZ
-@given(y=labels, s=scores_st, fpr=st.one_of(st.floats(allow_nan=True), st.sampled_from([0.05, 0, 1, -1, "0.1", None])))
-def test_image_metrics(y, s, fpr):
+@given(ys=labels_scores, fpr=st.one_of(st.floats(allow_nan=True), st.sampled_from([0.05, 0, 1, -1, "0.1", None])))
+def test_image_metrics(ys, fpr):
+    y, s = ys
     outcome("image_auroc", lambda: image_auroc(y, s), "y_true", "scores")
     outcome("image_auprc", lambda: image_auprc(y, s), "y_true", "scores")
-    outcome("fnr_at_fpr", lambda: fnr_at_fpr(y, s, fpr), "y_true", "scores", "target_fpr")
+    # threshold = inf ("only flagging nothing meets the target") is documented; the dict form
+    # lets _has_nan apply that rule
+    outcome("fnr_at_fpr", lambda: dict(zip(("fnr", "threshold"), fnr_at_fpr(y, s, fpr))),
+            "y_true", "scores", "target_fpr")
 
 
 @FUZZ
@@ -521,9 +551,10 @@ def test_plot_heatmap_overlays(pyplot, images, heat, n_cols, alpha):
 
 
 @FUZZ
-@given(y=labels, s=scores_st, bins=st.sampled_from([30, 0, -2, 2.5, "x"]),
+@given(ys=labels_scores, bins=st.sampled_from([30, 0, -2, 2.5, "x"]),
        threshold=st.sampled_from([None, 0.5, float("nan"), "x"]), fpr=st.sampled_from([0.05, 1.5, float("nan")]))
-def test_score_plots(pyplot, y, s, bins, threshold, fpr):
+def test_score_plots(pyplot, ys, bins, threshold, fpr):
+    y, s = ys
     from greyanom.plotting import plot_roc, plot_score_distributions
 
     outcome("plot_roc", lambda: plot_roc(y, s, target_fpr=fpr), "y_true", "scores", "target_fpr")

@@ -182,6 +182,19 @@ def _explain_in_chunks(det, X, name, chunk=8):
     return np.concatenate(scores), np.concatenate(heatmaps)
 
 
+def _json_safe(value):
+    """Strict JSON: numpy scalars as numbers, a non-finite float (threshold = inf) as a string."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else str(float(value))
+    return value
+
+
 def _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test, *, plots, new=None):
     """(Re)write metrics.txt, metrics.json and, with plots, the figures of the finished detectors."""
     from greyanom.metrics import format_reports
@@ -196,7 +209,7 @@ def _write_results(out, data, detectors, reports, results, timings, args, n_trai
             for name in reports
         },
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
     written = [out / "metrics.txt", out / "metrics.json"]
     if plots:
         written += _write_plots(out, data, results, reports, args.target_fpr, new=new)

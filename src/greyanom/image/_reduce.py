@@ -59,8 +59,17 @@ def check_sigma(sigma, image_shape, name="smoothing_sigma"):
 def smooth_maps(maps, sigma):
     """Gaussian-blur each map of a batch ``(n, H, W)`` (no blur across images).
 
-    ``sigma = 0`` returns the maps unchanged. Borders are reflected. ``sigma`` must not
-    exceed the larger image side (see :func:`check_sigma`).
+    Parameters
+    ----------
+    maps : ndarray of shape (n, H, W)
+        Anomaly maps.
+    sigma : float
+        Standard deviation of the blur in pixels, from 0 (the maps unchanged) to the larger
+        image side ``max(H, W)``; a wider blur is a ``ValueError``. Borders are reflected.
+
+    Returns
+    -------
+    blurred : ndarray of shape (n, H, W)
 
     Examples
     --------
@@ -94,7 +103,7 @@ def reduce_error_maps(maps, reduction="mean", *, smoothing_sigma=0.0, topk_fract
         of the largest ``topk_fraction`` of pixels (at least one).
     smoothing_sigma : float, default=0.0
         Standard deviation in pixels of a Gaussian blur applied to each image map
-        before reducing; 0 means no blur. Blurring turns the "max" and "topk"
+        before reducing; 0 means no blur, at most the larger image side. Blurring turns the "max" and "topk"
         reductions from single-pixel noise detectors into small-region detectors.
     topk_fraction : float in (0, 1], default=0.01
         Fraction of pixels averaged by ``"topk"``.
