@@ -268,9 +268,9 @@ def _run_demo(args):
         t3 = time.perf_counter()
         table, written = _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test,
                                         plots=plots, new=name)
-        logger.info("[%d/%d] %s done (explain %.1f s, metrics %.1f s): AUROC %.3f, pixel AUROC %.3f; "
-                    "results so far in %s", k, len(detectors), name, t2 - t1, t3 - t2, reports[name].auroc,
-                    reports[name].pixel_auroc, out)
+        logger.info("[%d/%d] %s done (explain %.1f s, metrics %.1f s, files %.1f s): AUROC %.3f, pixel AUROC %.3f; "
+                    "results so far in %s", k, len(detectors), name, t2 - t1, t3 - t2, time.perf_counter() - t3,
+                    reports[name].auroc, reports[name].pixel_auroc, out)
 
     run_traces = args.traces == "yes" or (args.traces == "auto" and args.detectors.strip() == "all")
     trace_table = _run_trace_demo(out, args, written) if run_traces else None
