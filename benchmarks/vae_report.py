@@ -116,57 +116,108 @@ def sizes(det):
         return {"safetensors_mib": st.stat().st_size / 2**20, "torchscript_mib": ts.stat().st_size / 2**20}
 
 
+def _model_nbytes(det):
+    """Bytes on disk of ``det.save`` (or of its learned arrays where it cannot save)."""
+    if hasattr(det, "save"):
+        with tempfile.TemporaryDirectory() as tmp:
+            return det.save(Path(tmp) / "model.safetensors").stat().st_size
+    return int(sum(v.nbytes for k, v in vars(det).items() if k.endswith("_") and isinstance(v, np.ndarray)))
+
+
+def _latency_ms(det, X, n_single=20, n_batches=2, batch=32):
+    """Mean ms per image of ``det.score`` at batch 1 (``n_single`` calls) and batch 32."""
+    det.score(X[:1])  # warm-up
+    t1 = []
+    for i in range(n_single):
+        t0 = time.perf_counter()
+        det.score(X[i % len(X) : i % len(X) + 1])
+        t1.append(time.perf_counter() - t0)
+    reps = np.resize(np.arange(len(X)), batch * n_batches)
+    t32 = []
+    for j in range(n_batches):
+        xb = X[reps[j * batch : (j + 1) * batch]]
+        t0 = time.perf_counter()
+        det.score(xb)
+        t32.append((time.perf_counter() - t0) / batch)
+    return 1e3 * float(np.mean(t1)), 1e3 * float(np.mean(t32))
+
+
+def _vae(args, **kw):
+    return ConvVAEDetector(max_epochs=args.max_epochs, random_state=args.seed, verbose=args.verbose, n_jobs=1, **kw)
+
+
+# (label, variant parameters) evaluated on one trained network: the residual scaling and
+# the reduction act after the network, so one training serves every row of a group.
+PIXEL_VARIANTS = (
+    ("raw residual, mean (case study a(x))", dict(residual_normalization="none", score_reduction="mean", smoothing_sigma=0.0)),
+    ("raw residual, topk 1% + blur 2", dict(residual_normalization="none", score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01)),
+    ("residual/std, mean", dict(residual_normalization="std", score_reduction="mean", smoothing_sigma=0.0)),
+    ("residual/std, topk 1% + blur 2", dict(residual_normalization="std", score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01)),
+    ("residual/std, max + blur 4", dict(residual_normalization="std", score_reduction="max", smoothing_sigma=4.0)),
+)
+FEATURE_VARIANTS = (
+    ("raw residual, topk 5%", dict(residual_normalization="none", score_reduction="topk", smoothing_sigma=0.0, topk_fraction=0.05)),
+    ("residual/std, mean", dict(residual_normalization="std", score_reduction="mean", smoothing_sigma=0.0)),
+    ("residual/std, topk 5%", dict(residual_normalization="std", score_reduction="topk", smoothing_sigma=0.0, topk_fraction=0.05)),
+    ("residual/std, max", dict(residual_normalization="std", score_reduction="max", smoothing_sigma=0.0)),
+)
+
+
 def detection(name, data, args):
+    """Every detector of the VAE report on one data set, in one run; rows of figures."""
+    from greyanom import PaDiMDetector
     from greyanom.metrics import evaluate
 
     X_train, X_test, y, masks, types = data
     rows, per_type = [], {}
-    models = {
-        f"ConvVAE (mean, {args.max_epochs} ep max)": ConvVAEDetector(
-            max_epochs=args.max_epochs, random_state=args.seed, verbose=args.verbose
-        ),
-        "PCA k=50 (topk, sigma=2)": PCADetector(
-            n_components=50, score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01, random_state=args.seed
-        ),
-        "PCA k=50 (mean)": PCADetector(n_components=50, score_reduction="mean", smoothing_sigma=0.0),
-    }
-    vae = None
-    for label, det in models.items():
+    models = [
+        ("PCA (defaults)", PCADetector(random_state=args.seed), None),
+        ("PaDiM (defaults)", PaDiMDetector(n_jobs=1, random_state=args.seed), None),
+        ("ConvVAE pixels", _vae(args, input_space="pixels"), PIXEL_VARIANTS),
+    ]
+    if name in args.register:
+        models.append(("ConvVAE pixels, registered", _vae(args, input_space="pixels", register=True), PIXEL_VARIANTS[1:]))
+    models.append(("ConvVAE features", _vae(args, input_space="features"), FEATURE_VARIANTS))
+    if name in args.register:
+        models.append(("ConvVAE features, registered", _vae(args, input_space="features", register=True), FEATURE_VARIANTS[1:]))
+    for label, det, variants in models:
         t0 = time.perf_counter()
         det.fit(X_train)
         fit_s = time.perf_counter() - t0
-        if isinstance(det, ConvVAEDetector):
-            vae = det
-        variants = [(label, det)]
-        if isinstance(det, ConvVAEDetector):
-            # same trained network, the shared "topk" reduction of the blurred heatmap
-            variants.append((label.replace("mean", "topk, sigma=2"), _with_reduction(det, "topk", 2.0)))
-        for vlabel, v in variants:
+        lat1, lat32 = _latency_ms(det, X_test)
+        size_mib = _model_nbytes(det) / 2**20
+        for vlabel, params in variants or ((None, {}),):
+            v = _with_params(det, params) if params else det
             e = v.explain(X_test)
             rep = evaluate(y, e.score, heatmaps=e.heatmap, masks=masks, defect_types=types, target_fpr=0.05)
+            full = label if vlabel is None else f"{label}: {vlabel}"
             row = {
                 "data": name,
-                "detector": vlabel,
+                "detector": full,
                 "auroc": rep.auroc,
                 "auprc": rep.auprc,
                 "fnr_at_fpr5": rep.fnr_at_fpr,
                 "pixel_auroc": rep.pixel_auroc,
+                "aupro": rep.aupro,
                 "fit_s": fit_s,
+                "batch1_ms": lat1,
+                "batch32_ms": lat32,
+                "size_mib": size_mib,
+                "n_params": getattr(det, "n_params_", None),
+                "epochs": getattr(det, "n_epochs_", None),
+                "best_epoch": getattr(det, "best_epoch_", None),
             }
-            if isinstance(det, ConvVAEDetector):
-                row["epochs"] = det.n_epochs_
-                row["best_epoch"] = det.best_epoch_
             rows.append(row)
-            per_type[vlabel] = rep.per_type
-            print(f"[{name}] {vlabel}\n{rep}\n", flush=True)
-    return rows, per_type, vae
+            per_type[full] = rep.per_type
+            print(f"[{name}] {full} (fit {fit_s:.0f} s, load {os.getloadavg()[0]:.1f})\n{rep}\n", flush=True)
+    return rows, per_type, None
 
 
-def _with_reduction(det, reduction, sigma):
+def _with_params(det, params):
     import copy
 
     other = copy.copy(det)
-    other.set_params(score_reduction=reduction, smoothing_sigma=sigma)
+    other.set_params(**params)
     return other
 
 
@@ -219,6 +270,9 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=256, help="wafer image size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--register", nargs="*", default=["wafer"], help="data sets that also get the registered VAE rows (aligned images)"
+    )
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--rst", help="directory for .rst tables")
     p.add_argument("--csv", help="directory for .csv tables")
@@ -264,6 +318,8 @@ def _run(args, torch):
         for label, rates in per_type.items():
             per_type_rows.append({"data": name, "detector": label, **{k: v for k, v in (rates or {}).items()}})
         print(table(rows), flush=True)
+        if args.json:  # partial results survive an interrupted run
+            Path(args.json).write_text(json.dumps({**out, "detection": det_rows, "per_type": per_type_rows}, indent=2, default=float))
     if det_rows:
         write(det_rows, "vae_detection", args)
         for name in args.detection:

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom._optional import import_optional, import_torch, resolve_device
@@ -27,6 +27,8 @@ logger = logging.getLogger("greyanom.vae")
 
 _AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "noise")
 _CLASS = "ConvVAEDetector"
+#: Average-pooling neighbourhood of the backbone features (as the patch detectors' default).
+_FEATURE_PATCH_SIZE = 3
 #: Quantile of held-out normal pixel errors that ``normalize_heatmap`` maps to 1.
 _HEATMAP_QUANTILE = 99.5
 
@@ -47,10 +49,14 @@ class VAEExplanation(ImageExplanation):
         Mean :math:`\\mu(x)` of the encoder's Gaussian.
     latent_logvar : ndarray of shape (n, latent_dim)
         Log-variance :math:`\\log \\sigma^2(x)` of the encoder's Gaussian.
+    shift : ndarray of shape (n, 2) or None
+        With ``register=True``, the ``(dy, dx)`` translation in pixels that moved each
+        image onto the training reference; ``None`` otherwise.
     """
 
     latent_mean: np.ndarray | None = None
     latent_logvar: np.ndarray | None = None
+    shift: np.ndarray | None = None
 
 
 class ConvVAEDetector(BaseImageDetector):
@@ -210,8 +216,15 @@ class ConvVAEDetector(BaseImageDetector):
         "augmentation": [tuple, list, None],
         "rotation_degrees": [Interval(numbers.Real, 0, 180, closed="both")],
         "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
+        "input_space": [StrOptions({"pixels", "features"})],
+        "feature_stages": [tuple, list],
+        "feature_stride": [Interval(numbers.Integral, 1, None, closed="left")],
+        "feature_channels": [tuple, list],
+        "residual_normalization": [StrOptions({"none", "std"})],
+        "register": ["boolean"],
         "device": "no_validation",
-        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
+        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"deprecated"}), None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
     }
@@ -236,12 +249,19 @@ class ConvVAEDetector(BaseImageDetector):
         augmentation=None,
         rotation_degrees=5.0,
         noise_std=0.01,
+        input_space="pixels",
+        feature_stages=(3, 5),
+        feature_stride=8,
+        feature_channels=(128, 128, 128),
+        residual_normalization="std",
+        register=False,
         score_reduction="mean",
         smoothing_sigma=0.0,
         topk_fraction=0.01,
         contamination="auto",
         device="auto",
-        n_threads=None,
+        n_jobs=None,
+        n_threads="deprecated",
         verbose=False,
         random_state=None,
     ):
@@ -261,11 +281,18 @@ class ConvVAEDetector(BaseImageDetector):
         self.augmentation = augmentation
         self.rotation_degrees = rotation_degrees
         self.noise_std = noise_std
+        self.input_space = input_space
+        self.feature_stages = feature_stages
+        self.feature_stride = feature_stride
+        self.feature_channels = feature_channels
+        self.residual_normalization = residual_normalization
+        self.register = register
         self.score_reduction = score_reduction
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
         self.device = device
+        self.n_jobs = n_jobs
         self.n_threads = n_threads
         self.verbose = verbose
         self.random_state = random_state
@@ -294,10 +321,23 @@ class ConvVAEDetector(BaseImageDetector):
             "bottleneck_channels": None if self.bottleneck_channels is None else int(self.bottleneck_channels),
         }
 
+    def _effective_n_jobs(self):
+        n_threads = getattr(self, "n_threads", "deprecated")
+        if n_threads != "deprecated":
+            warnings.warn(
+                "n_threads is deprecated and will be removed in a future release; use n_jobs "
+                "(the same meaning as for every image detector: None, -1 or a thread count).",
+                FutureWarning,
+                stacklevel=4,
+            )
+            if getattr(self, "n_jobs", None) is None:
+                return n_threads
+        return getattr(self, "n_jobs", None)
+
     def _threads(self):
         from greyanom._optional import torch_threads
 
-        return torch_threads(getattr(self, "n_threads", None))
+        return torch_threads(self._effective_n_jobs(), _CLASS)
 
     # -- fitting ----------------------------------------------------------------------
     def _fit_images(self, images):
@@ -305,23 +345,77 @@ class ConvVAEDetector(BaseImageDetector):
         with self._threads():
             self._fit_torch(images)
 
+    def _check_sizes(self, channels, augmentation):
+        h, w = self.image_shape_
+        if self.input_space == "pixels":
+            stride = 2 ** len(channels)
+            if h % stride or w % stride:
+                raise ValueError(
+                    f"X has images of size {(h, w)}; with {len(channels)} stride-2 blocks (channels={channels}) "
+                    f"both sides must be divisible by {stride}."
+                )
+            if "rot90" in augmentation and h != w:
+                raise ValueError(f"augmentation 'rot90' needs square images, got size {(h, w)}.")
+            return
+        if augmentation:
+            raise ValueError(
+                f"augmentation={self.augmentation!r} is not supported with input_space='features' "
+                "(the features are extracted once, before training); use augmentation=None."
+            )
+        stride = self.feature_stride * 2 ** (len(self.feature_channels) - 1)
+        if h % stride or w % stride or min(h, w) < 32:
+            raise ValueError(
+                f"X has images of size {(h, w)}; input_space='features' with feature_stride={self.feature_stride} "
+                f"and {len(self.feature_channels) - 1} stride-2 blocks needs both sides divisible by {stride} "
+                "(and at least 32)."
+            )
+
+    def _raw_features(self, images):
+        from greyanom.image import _backbone
+
+        return _backbone.extract_patch_features(
+            images,
+            stages=_backbone.check_stages(self.feature_stages),
+            feature_stride=int(self.feature_stride),
+            patch_size=_FEATURE_PATCH_SIZE,
+            normalization="imagenet",
+            device=self.device_,
+            batch_size=int(self.batch_size),
+        )
+
+    def _standardised(self, feats):
+        return ((feats - self.feature_mean_[None, :, None, None]) / self.feature_std_[None, :, None, None]).astype(
+            np.float32
+        )
+
+    def _model_inputs(self, images):
+        """What the network sees: the images (n, H, W), or standardised backbone features."""
+        if self.input_space == "pixels":
+            return images
+        return self._standardised(self._raw_features(images))
+
+    def _new_module(self, feature_shape=None):
+        if self.input_space == "pixels":
+            from greyanom.image._torch._vae_module import ConvVAE
+
+            return ConvVAE(**self._arch())
+        from greyanom.image._torch._feature_vae import FeatureVAE
+
+        return FeatureVAE(
+            feature_shape=tuple(self.feature_shape_ if feature_shape is None else feature_shape),
+            channels=tuple(int(c) for c in self.feature_channels),
+            latent_dim=int(self.latent_dim),
+            bottleneck_channels=None if self.bottleneck_channels is None else int(self.bottleneck_channels),
+        )
+
     def _fit_torch(self, images):
         torch = import_torch(_CLASS)
-        from greyanom.image._torch._infer import infer_batches, n_parameters
+        from greyanom.image._torch._infer import n_parameters, residual_variance
         from greyanom.image._torch._train import TrainConfig, train_vae
-        from greyanom.image._torch._vae_module import ConvVAE
 
         channels = self._checked_channels()
         augmentation = self._checked_augmentation()
-        stride = 2 ** len(channels)
-        h, w = self.image_shape_
-        if h % stride or w % stride:
-            raise ValueError(
-                f"X has images of size {(h, w)}; with {len(channels)} stride-2 blocks (channels={channels}) "
-                f"both sides must be divisible by {stride}."
-            )
-        if "rot90" in augmentation and h != w:
-            raise ValueError(f"augmentation 'rot90' needs square images, got size {(h, w)}.")
+        self._check_sizes(channels, augmentation)
         n = len(images)
         n_val = max(1, int(round(self.validation_fraction * n)))
         if n - n_val < 1:
@@ -330,10 +424,34 @@ class ConvVAEDetector(BaseImageDetector):
         rs = check_random_state(self.random_state)
         perm = rs.permutation(n)
         train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        self.validation_indices_ = val_idx
         seed = int(rs.randint(0, 2**31 - 1))
+        if self.register:
+            from greyanom.image._align import apply_shifts, estimate_shifts, fit_reference
+
+            # the reference comes from the training part only; the validation images are
+            # registered to it as any new image would be
+            self.reference_, aligned_train = fit_reference(images[train_idx])
+            aligned = np.empty_like(images)
+            aligned[train_idx] = aligned_train
+            aligned[val_idx] = apply_shifts(images[val_idx], estimate_shifts(images[val_idx], self.reference_))
+            images = aligned
+        else:
+            self.reference_ = None
+        if self.input_space == "features":
+            raw = self._raw_features(images)
+            train_raw = raw[train_idx].astype(np.float64)
+            self.feature_mean_ = train_raw.mean(axis=(0, 2, 3)).astype(np.float32)
+            std = train_raw.std(axis=(0, 2, 3))
+            self.feature_std_ = np.maximum(std, 1e-6 * max(float(std.max()), 1e-12)).astype(np.float32)
+            inputs = self._standardised(raw)
+            self.feature_shape_ = tuple(int(v) for v in inputs.shape[1:])
+        else:
+            inputs = images
+            self.feature_shape_ = None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # weight initialisation only, inside a forked RNG
-            module = ConvVAE(**self._arch())
+            module = self._new_module()
         module.to(self.device_)
         generator = torch.Generator(device=self.device_)
         generator.manual_seed(seed)
@@ -351,7 +469,9 @@ class ConvVAEDetector(BaseImageDetector):
             rotation_degrees=float(self.rotation_degrees),
             noise_std=float(self.noise_std),
         )
-        x_all = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+        x_all = torch.from_numpy(np.ascontiguousarray(inputs))
+        if x_all.ndim == 3:
+            x_all = x_all[:, None]
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -375,16 +495,53 @@ class ConvVAEDetector(BaseImageDetector):
         self.best_epoch_ = int(best_epoch)
         self.n_epochs_ = len(history["epoch"])
         self.n_params_ = n_parameters(module)
-        val_heat = infer_batches(module, images[val_idx], self.batch_size, self.device_)["heatmap"]
+        # per-element residual variance on the held-out normal images (the validation split)
+        var = residual_variance(module, inputs[val_idx], int(self.batch_size), self.device_)
+        self.residual_std_ = _floored_std(var, pixels=self.input_space == "pixels").astype(np.float32)
+        val_heat = self._explain_aligned(images[val_idx], inputs[val_idx])["heatmap"]
         self.heatmap_scale_ = float(max(np.percentile(val_heat, _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
 
     # -- scoring ----------------------------------------------------------------------
-    def _explain_images(self, images):
+    def _inv_var(self):
+        if self.residual_normalization == "none":
+            return None
+        return 1.0 / np.square(self.residual_std_, dtype=np.float32)
+
+    def _explain_aligned(self, images, inputs=None):
+        """Explain images already in the reference frame (``inputs``: their network inputs)."""
         from greyanom.image._torch._infer import infer_batches
 
+        if inputs is None:
+            inputs = self._model_inputs(images)
+        out = infer_batches(self.module_, inputs, int(self.batch_size), self.device_, inv_var=self._inv_var())
+        if self.input_space == "features":
+            from greyanom.image import _backbone
+            from greyanom.image._reduce import smooth_maps
+
+            maps = _backbone.upsample_maps(out["heatmap"], self.image_shape_)
+            out["heatmap"] = smooth_maps(maps, self.feature_stride / 2.0).astype(np.float32, copy=False)
+            out["reconstruction"] = None
+        return out
+
+    def _explain_images(self, images):
         with self._threads():
-            return infer_batches(self.module_, images, int(self.batch_size), self.device_)
+            shifts = None
+            if self.reference_ is not None:
+                from greyanom.image._align import apply_shifts, estimate_shifts
+
+                shifts = estimate_shifts(images, self.reference_)
+                images = apply_shifts(images, shifts)
+            out = self._explain_aligned(images)
+            if shifts is not None:
+                from greyanom.image._align import apply_shifts
+
+                # back to each test image's own frame
+                out["heatmap"] = apply_shifts(out["heatmap"], -shifts)
+                if out["reconstruction"] is not None:
+                    out["reconstruction"] = apply_shifts(out["reconstruction"], -shifts)
+            out["shift"] = shifts
+            return out
 
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
@@ -588,9 +745,8 @@ class ConvVAEDetector(BaseImageDetector):
 
     def _restore_module(self, arrays, device, *, explicit=False):
         torch = import_torch(_CLASS)
-        from greyanom.image._torch._vae_module import ConvVAE
 
-        module = ConvVAE(**self._arch())
+        module = self._new_module()
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         try:
             module.load_state_dict(state, strict=True)
@@ -620,6 +776,23 @@ class ConvVAEDetector(BaseImageDetector):
         self.__dict__.update(state)
         if arrays is not None:
             self._restore_module(arrays, state["device_"])
+
+
+def _floored_std(var, *, pixels):
+    """Per-element residual standard deviation, lightly smoothed (pixels) and floored.
+
+    With a few dozen validation images the per-pixel variance is noisy; a Gaussian blur of
+    one pixel steadies it, and a floor of a tenth of the median standard deviation keeps
+    pixels that the network reconstructs almost perfectly from dominating the z-scores.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    var = np.asarray(var, dtype=np.float64)
+    if pixels:
+        var = gaussian_filter(var, sigma=(0.0, 1.0, 1.0), mode="reflect")
+    std = np.sqrt(np.maximum(var, 0.0))
+    floor = max(0.1 * float(np.median(std)), 1e-6)
+    return np.maximum(std, floor)
 
 
 def _copy_module_to_cpu(module):
