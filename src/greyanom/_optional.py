@@ -6,8 +6,16 @@ import contextlib
 import importlib
 import numbers
 import os
+import warnings
 
-__all__ = ["import_optional", "import_torch", "n_threads_from_n_jobs", "resolve_device", "torch_threads"]
+__all__ = [
+    "device_or_cpu",
+    "import_optional",
+    "import_torch",
+    "n_threads_from_n_jobs",
+    "resolve_device",
+    "torch_threads",
+]
 
 
 def import_optional(module, extra, purpose):
@@ -64,6 +72,26 @@ def resolve_device(device, purpose="this detector"):
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
     return dev
+
+
+def device_or_cpu(device, purpose="this detector"):
+    """Resolve a saved or pickled ``device``; a CUDA device that is missing here maps to the CPU.
+
+    The one fall-back for every image detector (loading a file, unpickling): a model
+    fitted on a GPU opens on a machine without one, with a ``UserWarning``. Everything
+    else :func:`resolve_device` rejects is still an error.
+    """
+    try:
+        return resolve_device(device, purpose)
+    except ValueError:
+        if not str(device).startswith("cuda"):
+            raise
+        warnings.warn(
+            f"{purpose} was fitted on {str(device)!r} but CUDA is not available here (or not that device); using the CPU.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return resolve_device("cpu", purpose)
 
 
 def n_threads_from_n_jobs(n_jobs, n_cpus=None):

@@ -321,28 +321,29 @@ class ConvVAEDetector(BaseImageDetector):
             "bottleneck_channels": None if self.bottleneck_channels is None else int(self.bottleneck_channels),
         }
 
-    def _effective_n_jobs(self):
+    def _effective_n_jobs(self, warn=False):
         n_threads = getattr(self, "n_threads", "deprecated")
         if n_threads != "deprecated":
-            warnings.warn(
-                "n_threads is deprecated and will be removed in a future release; use n_jobs "
-                "(the same meaning as for every image detector: None, -1 or a thread count).",
-                FutureWarning,
-                stacklevel=4,
-            )
+            if warn:
+                warnings.warn(
+                    "n_threads is deprecated and will be removed in a future release; use n_jobs "
+                    "(the same meaning as for every image detector: None, -1 or a thread count).",
+                    FutureWarning,
+                    stacklevel=5,
+                )
             if getattr(self, "n_jobs", None) is None:
                 return n_threads
         return getattr(self, "n_jobs", None)
 
-    def _threads(self):
+    def _threads(self, warn=False):
         from greyanom._optional import torch_threads
 
-        return torch_threads(self._effective_n_jobs(), _CLASS)
+        return torch_threads(self._effective_n_jobs(warn), _CLASS)
 
     # -- fitting ----------------------------------------------------------------------
     def _fit_images(self, images):
         import_torch(_CLASS)
-        with self._threads():
+        with self._threads(warn=True):
             self._fit_torch(images)
 
     def _check_sizes(self, channels, augmentation):
@@ -635,6 +636,11 @@ class ConvVAEDetector(BaseImageDetector):
         """
         check_is_fitted(self)
         torch = import_torch(_CLASS)
+        if self.input_space != "pixels" or self.register:
+            raise ValueError(
+                "export_torchscript exports the pixel VAE without registration; this detector has "
+                f"input_space={self.input_space!r}, register={self.register!r}."
+            )
         if check_images is None:
             check_images = np.random.default_rng(0).random((4, *self.image_shape_), dtype=np.float32)
         images = self._validated(check_images)
@@ -660,122 +666,85 @@ class ConvVAEDetector(BaseImageDetector):
                 raise RuntimeError(f"the TorchScript export's {name} differs from the estimator's (max abs diff {err:.3g}).")
         return path
 
-    def _config(self):
-        params = self.get_params()
-        params["channels"] = list(self._checked_channels())
-        if params["augmentation"] is not None:
-            params["augmentation"] = list(params["augmentation"])
-        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
-            params["random_state"] = None  # a RandomState instance is not saved
-        params["device"] = str(params["device"])
+    # -- persistence hooks (save, load and pickling are BaseImageDetector's) ---------------
+    def _state_arrays(self):
+        arrays = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
+        arrays["residual_std_"] = self.residual_std_
+        arrays["validation_indices_"] = np.asarray(self.validation_indices_, dtype=np.int64)
+        if self.reference_ is not None:
+            arrays["reference_"] = self.reference_
+        if self.feature_shape_ is not None:
+            arrays["feature_mean_"] = self.feature_mean_
+            arrays["feature_std_"] = self.feature_std_
+        return arrays
+
+    def _set_state_arrays(self, arrays):
+        arrays = dict(arrays)
+        if not any(k.startswith("module.") for k in arrays):
+            # files written before the image seam hold only the network's weights
+            arrays = {f"module.{k}": v for k, v in arrays.items()}
+        module_arrays = {k[len("module.") :]: v for k, v in arrays.items() if k.startswith("module.")}
+        self.residual_std_ = arrays.get("residual_std_")
+        if self.residual_std_ is None and self.residual_normalization == "std":
+            raise ValueError("the saved ConvVAEDetector has no residual_std_; load it with residual_normalization='none'.")
+        self.validation_indices_ = arrays.get("validation_indices_")
+        self.reference_ = arrays.get("reference_")
+        if self.register and self.reference_ is None:
+            raise ValueError("the saved ConvVAEDetector has register=True but no reference_ image.")
+        if self.feature_shape_ is not None:
+            self.feature_mean_ = arrays["feature_mean_"]
+            self.feature_std_ = arrays["feature_std_"]
+        self.module_ = self._built_module(module_arrays)
+
+    def _json_state(self):
         return {
-            "class": _CLASS,
-            "params": params,
-            "state": {
-                "image_shape_": list(self.image_shape_),
-                "threshold_": self.threshold_,
-                "offset_": self.offset_,
-                "heatmap_scale_": self.heatmap_scale_,
-                "n_params_": self.n_params_,
-                "best_epoch_": self.best_epoch_,
-                "n_epochs_": self.n_epochs_,
-                "device_": str(self.device_),
-                "history_": self.history_,
-            },
+            "heatmap_scale_": self.heatmap_scale_,
+            "n_params_": self.n_params_,
+            "best_epoch_": self.best_epoch_,
+            "n_epochs_": self.n_epochs_,
+            "history_": self.history_,
+            "feature_shape_": None if self.feature_shape_ is None else list(self.feature_shape_),
         }
 
-    def save(self, path):
-        """Save the fitted detector: weights in safetensors, parameters and state in JSON.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Output file (``.safetensors``).
-
-        Returns
-        -------
-        path : pathlib.Path
-
-        See Also
-        --------
-        load : Read the file back; no code is executed on loading.
-        """
-        check_is_fitted(self)
-        from greyanom._persist import save_arrays
-
-        arrays = {k: v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
-        return save_arrays(path, arrays, self._config())
+    def _set_json_state(self, state):
+        for key in ("heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_"):
+            setattr(self, key, state[key])
+        shape = state.get("feature_shape_")
+        self.feature_shape_ = None if shape is None else tuple(int(v) for v in shape)
 
     @classmethod
-    def load(cls, path, *, device=None):
-        """Load a detector written by :meth:`save`.
+    def _params_from_json(cls, params):
+        params = dict(params)
+        if "residual_normalization" not in params:
+            params["residual_normalization"] = "none"  # files from before the option scored raw residuals
+        n_threads = params.pop("n_threads", "deprecated")
+        if n_threads not in (None, "deprecated") and params.get("n_jobs") is None:
+            params["n_jobs"] = n_threads
+        return super()._params_from_json(params)
 
-        Parameters
-        ----------
-        path : str or path-like
-            A file written by :meth:`save`.
-        device : str, optional
-            Device to load onto; by default the one it was trained on, or the CPU with a
-            warning when that was CUDA and CUDA is not available.
-
-        Returns
-        -------
-        detector : ConvVAEDetector
-
-        Raises
-        ------
-        ValueError
-            If the file is not a saved ConvVAEDetector (e.g. a pickle, a foreign
-            safetensors file, or another detector); nothing in it is executed.
-        """
-        from greyanom._persist import load_arrays
-
-        arrays, config = load_arrays(path, _CLASS)
-        params = dict(config["params"])
-        params["channels"] = tuple(params["channels"])
-        if params.get("augmentation") is not None:
-            params["augmentation"] = tuple(params["augmentation"])
-        det = cls(**params)
-        state = config["state"]
-        det.image_shape_ = tuple(state["image_shape_"])
-        for key in ("threshold_", "offset_", "heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_"):
-            setattr(det, key, state[key])
-        det._restore_module(arrays, state["device_"] if device is None else device, explicit=device is not None)
-        return det
-
-    def _restore_module(self, arrays, device, *, explicit=False):
+    def _built_module(self, arrays):
         torch = import_torch(_CLASS)
-
         module = self._new_module()
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"the saved weights do not match the saved architecture: {exc}") from exc
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available() and not explicit:
-            warnings.warn(
-                f"this ConvVAEDetector was trained on {device!r} but CUDA is not available; loading it on the CPU.",
-                UserWarning,
-                stacklevel=3,
-            )
-            device = "cpu"
-        self.device_ = resolve_device(device, _CLASS)
-        self.module_ = module.to(self.device_).eval()
+        return module.to(self.device_).eval()
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
+    def _pickle_torch_state(self, state):
         module = state.pop("module_", None)
         if module is not None:
             state["_module_arrays"] = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-            state["device_"] = str(state["device_"])
-        return state
 
-    def __setstate__(self, state):
-        arrays = state.pop("_module_arrays", None)
-        self.__dict__.update(state)
+    def _restore_torch_state(self, state):
+        arrays = self.__dict__.pop("_module_arrays", None)
+        if isinstance(self.__dict__.get("device_"), str):  # pickled before the image seam
+            from greyanom._optional import device_or_cpu
+
+            self.device_ = device_or_cpu(self.device_, _CLASS)
         if arrays is not None:
-            self._restore_module(arrays, state["device_"])
+            self.module_ = self._built_module(arrays)
 
 
 def _floored_std(var, *, pixels):
@@ -804,4 +773,6 @@ def _copy_module_to_cpu(module):
 def _scoring_with(det, module):
     from greyanom.image._torch._infer import ScoringModule
 
-    return ScoringModule(module, det.score_reduction, float(det.smoothing_sigma), float(det.topk_fraction))
+    return ScoringModule(
+        module, det.score_reduction, float(det.smoothing_sigma), float(det.topk_fraction), inv_var=det._inv_var()
+    )
