@@ -216,7 +216,7 @@ def test_explain_fields(fitted, images):
     assert fitted.residual_normalization == "std" and e.shift is None
     # the default heatmap is the squared residual z-score against the held-out residual std
     assert fitted.residual_std_.shape == (1, 32, 32) and (fitted.residual_std_ > 0).all()
-    z2 = (images[:5] - e.reconstruction) ** 2 / fitted.residual_std_**2
+    z2 = (images[:5] - e.reconstruction - fitted.residual_mean_) ** 2 / fitted.residual_std_**2
     np.testing.assert_allclose(e.heatmap, z2, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(e.score, fitted.score(images[:5]))
     raw = pickle.loads(pickle.dumps(fitted)).set_params(residual_normalization="none").explain(images[:5])

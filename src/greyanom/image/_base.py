@@ -166,15 +166,11 @@ class BaseImageDetector(BaseDetector):
         """``get_params()`` as JSON values (tuples as lists, a RandomState as None)."""
         params = {}
         for name, value in self.get_params(deep=False).items():
-            if isinstance(value, tuple):
-                value = list(value)
-            elif name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
+            if name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
                 value = None  # a RandomState instance is not saved; the learned state holds its draws
             elif name == "device" and not isinstance(value, str):
                 value = str(value)
-            elif isinstance(value, np.generic):
-                value = value.item()
-            params[name] = value
+            params[name] = _to_json(value)
         return params
 
     @classmethod
@@ -330,6 +326,14 @@ class BaseImageDetector(BaseDetector):
                 UserWarning,
                 stacklevel=2,
             )
+
+
+def _to_json(value):
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _ndim(X):

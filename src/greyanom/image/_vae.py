@@ -411,7 +411,7 @@ class ConvVAEDetector(BaseImageDetector):
 
     def _fit_torch(self, images):
         torch = import_torch(_CLASS)
-        from greyanom.image._torch._infer import n_parameters, residual_variance
+        from greyanom.image._torch._infer import n_parameters, residual_moments
         from greyanom.image._torch._train import TrainConfig, train_vae
 
         channels = self._checked_channels()
@@ -496,9 +496,13 @@ class ConvVAEDetector(BaseImageDetector):
         self.best_epoch_ = int(best_epoch)
         self.n_epochs_ = len(history["epoch"])
         self.n_params_ = n_parameters(module)
-        # per-element residual variance on the held-out normal images (the validation split)
-        var = residual_variance(module, inputs[val_idx], int(self.batch_size), self.device_)
-        self.residual_std_ = _floored_std(var, pixels=self.input_space == "pixels").astype(np.float32)
+        # per-element residual mean and standard deviation on the held-out normal images
+        # (the validation split): the mean takes out what the network gets wrong on every
+        # normal image (blur of a fixed pattern), the std what varies from image to image
+        mean, var = residual_moments(module, inputs[val_idx], int(self.batch_size), self.device_)
+        pixels = self.input_space == "pixels"
+        self.residual_mean_ = np.asarray(mean, dtype=np.float32)
+        self.residual_std_ = _floored_std(var, pixels=pixels).astype(np.float32)
         val_heat = self._explain_aligned(images[val_idx], inputs[val_idx])["heatmap"]
         self.heatmap_scale_ = float(max(np.percentile(val_heat, _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
@@ -509,13 +513,23 @@ class ConvVAEDetector(BaseImageDetector):
             return None
         return 1.0 / np.square(self.residual_std_, dtype=np.float32)
 
+    def _residual_mean(self):
+        return None if self.residual_normalization == "none" else self.residual_mean_
+
     def _explain_aligned(self, images, inputs=None):
         """Explain images already in the reference frame (``inputs``: their network inputs)."""
         from greyanom.image._torch._infer import infer_batches
 
         if inputs is None:
             inputs = self._model_inputs(images)
-        out = infer_batches(self.module_, inputs, int(self.batch_size), self.device_, inv_var=self._inv_var())
+        out = infer_batches(
+            self.module_,
+            inputs,
+            int(self.batch_size),
+            self.device_,
+            residual_mean=self._residual_mean(),
+            inv_var=self._inv_var(),
+        )
         if self.input_space == "features":
             from greyanom.image import _backbone
             from greyanom.image._reduce import smooth_maps
@@ -669,6 +683,7 @@ class ConvVAEDetector(BaseImageDetector):
     # -- persistence hooks (save, load and pickling are BaseImageDetector's) ---------------
     def _state_arrays(self):
         arrays = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
+        arrays["residual_mean_"] = self.residual_mean_
         arrays["residual_std_"] = self.residual_std_
         arrays["validation_indices_"] = np.asarray(self.validation_indices_, dtype=np.int64)
         if self.reference_ is not None:
@@ -685,8 +700,12 @@ class ConvVAEDetector(BaseImageDetector):
             arrays = {f"module.{k}": v for k, v in arrays.items()}
         module_arrays = {k[len("module.") :]: v for k, v in arrays.items() if k.startswith("module.")}
         self.residual_std_ = arrays.get("residual_std_")
-        if self.residual_std_ is None and self.residual_normalization == "std":
-            raise ValueError("the saved ConvVAEDetector has no residual_std_; load it with residual_normalization='none'.")
+        self.residual_mean_ = arrays.get("residual_mean_")
+        if (self.residual_std_ is None or self.residual_mean_ is None) and self.residual_normalization == "std":
+            raise ValueError(
+                "the saved ConvVAEDetector has no residual_mean_ / residual_std_; "
+                "it was saved before residual_normalization existed and scores raw residuals."
+            )
         self.validation_indices_ = arrays.get("validation_indices_")
         self.reference_ = arrays.get("reference_")
         if self.register and self.reference_ is None:
@@ -747,6 +766,14 @@ class ConvVAEDetector(BaseImageDetector):
             self.module_ = self._built_module(arrays)
 
 
+def _smoothed(values, *, pixels):
+    """A per-pixel map lightly blurred (one pixel) against the noise of few validation images."""
+    from scipy.ndimage import gaussian_filter
+
+    values = np.asarray(values, dtype=np.float64)
+    return gaussian_filter(values, sigma=(0.0, 1.0, 1.0), mode="reflect") if pixels else values
+
+
 def _floored_std(var, *, pixels):
     """Per-element residual standard deviation, lightly smoothed (pixels) and floored.
 
@@ -754,12 +781,7 @@ def _floored_std(var, *, pixels):
     one pixel steadies it, and a floor of a tenth of the median standard deviation keeps
     pixels that the network reconstructs almost perfectly from dominating the z-scores.
     """
-    from scipy.ndimage import gaussian_filter
-
-    var = np.asarray(var, dtype=np.float64)
-    if pixels:
-        var = gaussian_filter(var, sigma=(0.0, 1.0, 1.0), mode="reflect")
-    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.sqrt(np.maximum(_smoothed(var, pixels=pixels), 0.0))
     floor = max(0.1 * float(np.median(std)), 1e-6)
     return np.maximum(std, floor)
 
@@ -774,5 +796,10 @@ def _scoring_with(det, module):
     from greyanom.image._torch._infer import ScoringModule
 
     return ScoringModule(
-        module, det.score_reduction, float(det.smoothing_sigma), float(det.topk_fraction), inv_var=det._inv_var()
+        module,
+        det.score_reduction,
+        float(det.smoothing_sigma),
+        float(det.topk_fraction),
+        residual_mean=det._residual_mean(),
+        inv_var=det._inv_var(),
     )

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from greyanom._optional import torch_threads
 
-__all__ = ["infer_batches", "residual_variance", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
+__all__ = ["infer_batches", "residual_moments", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
 
 
 def _as_batch(array, device):
@@ -24,7 +24,7 @@ def _output(module, logits):
     return torch.sigmoid(logits.float())
 
 
-def infer_batches(module, inputs, batch_size, device, *, inv_var=None):
+def infer_batches(module, inputs, batch_size, device, *, residual_mean=None, inv_var=None):
     """Run ``module`` (eval mode, z = mu) batch by batch on images or feature maps.
 
     Parameters
@@ -33,10 +33,10 @@ def infer_batches(module, inputs, batch_size, device, *, inv_var=None):
     inputs : ndarray of shape (n, H, W) (images) or (n, C, h, w) (features), float32
     batch_size : int
     device : torch.device
-    inv_var : ndarray broadcastable to one input ``(C, h, w)``, optional
-        Inverse residual variances: the heatmap becomes the mean over channels of
-        ``(x - x_hat)^2 * inv_var`` (the squared residual z-score) instead of the mean
-        squared residual.
+    residual_mean, inv_var : ndarray of one input's shape ``(C, h, w)``, optional
+        Mean and inverse variance of the residual on held-out normal inputs: the heatmap
+        becomes the mean over channels of ``(x - x_hat - residual_mean)^2 * inv_var`` (the
+        squared residual z-score) instead of the mean squared residual.
 
     Returns
     -------
@@ -50,11 +50,15 @@ def infer_batches(module, inputs, batch_size, device, *, inv_var=None):
     out = {key: [] for key in keys}
     with torch.inference_mode():
         weight = None if inv_var is None else torch.as_tensor(np.asarray(inv_var, dtype=np.float32), device=device)
+        offset = None if residual_mean is None else torch.as_tensor(np.asarray(residual_mean, dtype=np.float32), device=device)
         for start in range(0, len(inputs), batch_size):
             x = _as_batch(inputs[start : start + batch_size], device)
             logits, mu, logvar = module(x)
             recon = _output(module, logits)
-            sq = (x - recon) ** 2
+            resid = x - recon
+            if offset is not None:
+                resid = resid - offset
+            sq = resid**2
             if weight is not None:
                 sq = sq * weight
             if pixels:
@@ -65,22 +69,25 @@ def infer_batches(module, inputs, batch_size, device, *, inv_var=None):
     return {key: np.concatenate(parts).astype(np.float32, copy=False) for key, parts in out.items()}
 
 
-def residual_variance(module, inputs, batch_size, device):
-    """Mean squared residual ``E[(x - x_hat)^2]`` per input element over ``inputs`` (z = mu).
+def residual_moments(module, inputs, batch_size, device):
+    """Mean and variance of the residual ``x - x_hat`` per input element over ``inputs`` (z = mu).
 
-    Returns an array of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)`` for
-    features, float64.
+    Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
+    for features.
     """
     module.eval()
-    total, n = None, 0
+    s1, s2, n = None, None, 0
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
             x = _as_batch(inputs[start : start + batch_size], device)
             logits, _, _ = module(x)
-            sq = ((x - _output(module, logits)) ** 2).double().sum(dim=0)
-            total = sq if total is None else total + sq
+            r = (x - _output(module, logits)).double()
+            s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
+            s2 = (r * r).sum(dim=0) if s2 is None else s2 + (r * r).sum(dim=0)
             n += x.shape[0]
-    return (total / n).cpu().numpy()
+    mean = s1 / n
+    var = torch.clamp(s2 / n - mean * mean, min=0.0)
+    return mean.cpu().numpy(), var.cpu().numpy()
 
 
 def gaussian_kernel_1d(sigma, truncate=4.0):
@@ -95,12 +102,15 @@ class ScoringModule(nn.Module):
     """Image batch ``(n, 1, H, W)`` → ``(reconstruction, score, heatmap)``, TorchScript-able.
 
     Reproduces ``ConvVAEDetector.explain``: eval mode, z = mu, heatmap = squared error
-    (times the inverse per-pixel residual variance ``inv_var`` when given),
+    (of the residual less ``residual_mean``, times the inverse per-pixel residual
+    variance ``inv_var``, when given),
     score = the detector's reduction of the (optionally Gaussian-blurred, border
     ``reflect`` as in SciPy) heatmap.
     """
 
-    def __init__(self, vae, reduction: str, smoothing_sigma: float, topk_fraction: float, inv_var=None):
+    def __init__(
+        self, vae, reduction: str, smoothing_sigma: float, topk_fraction: float, residual_mean=None, inv_var=None
+    ):
         super().__init__()
         self.vae = vae
         self.reduction = reduction
@@ -117,6 +127,8 @@ class ScoringModule(nn.Module):
         self.register_buffer("kernel", torch.from_numpy(kernel))
         weight = np.ones((1, h, w), np.float32) if inv_var is None else np.asarray(inv_var, np.float32).reshape(1, h, w)
         self.register_buffer("inv_var", torch.from_numpy(np.ascontiguousarray(weight))[None])
+        offset = np.zeros((1, h, w), np.float32) if residual_mean is None else np.asarray(residual_mean, np.float32)
+        self.register_buffer("residual_mean", torch.from_numpy(np.ascontiguousarray(offset.reshape(1, h, w)))[None])
 
     def _blur(self, maps: torch.Tensor) -> torch.Tensor:
         r = self.radius
@@ -130,7 +142,7 @@ class ScoringModule(nn.Module):
     def forward(self, x: torch.Tensor):
         logits, _, _ = self.vae(x)
         recon = torch.sigmoid(logits)
-        heat = (x - recon) ** 2 * self.inv_var
+        heat = (x - recon - self.residual_mean) ** 2 * self.inv_var
         maps = self._blur(heat) if self.smooth else heat
         flat = maps.flatten(1)
         if self.reduction == "mean":
