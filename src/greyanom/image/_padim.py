@@ -61,8 +61,9 @@ class PaDiMDetector(BasePatchDetector):
         Images per scoring batch (bounds memory) and per forward pass on a GPU; on the CPU
         the network runs one image at a time, which measured fastest.
     n_jobs : int or None, default=None
-        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards);
-        ``None`` leaves torch's setting. On a busy machine ``n_jobs=1`` avoids
+        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards),
+        with the meaning every image detector gives it: ``None`` leaves torch's setting,
+        ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one. On a busy machine ``n_jobs=1`` avoids
         oversubscription (measured 10x faster per image under load; see the guide).
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``.

@@ -25,6 +25,8 @@ class PCADetector(BaseImageDetector):
     distances to the eigenvectors instead; this is not that.) The principal
     components come from an exact SVD of the centred ``(n, d)`` data matrix, or a
     randomized SVD for large images; a ``d x d`` covariance matrix is never formed.
+    A fitted detector saves to one safetensors file (:meth:`save`, no pickle) and loads
+    back with :meth:`load`, as every image detector does.
 
     Parameters
     ----------
@@ -96,6 +98,10 @@ class PCADetector(BaseImageDetector):
     >>> X_new = X[:3].copy(); X_new[0, 0] += 10.0
     >>> det.predict(X_new)
     array([-1,  1,  1])
+    >>> import tempfile, pathlib
+    >>> path = det.save(pathlib.Path(tempfile.mkdtemp()) / "pca.safetensors")
+    >>> bool((PCADetector.load(path).score(X_new) == det.score(X_new)).all())
+    True
     """
 
     _parameter_constraints: dict = {

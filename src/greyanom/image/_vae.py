@@ -40,11 +40,13 @@ class VAEExplanation(ImageExplanation):
     Attributes
     ----------
     heatmap : ndarray of shape (n, H, W)
-        Squared reconstruction error per pixel, :math:`h(x) = (x - \\hat x)^2`.
+        Squared reconstruction error per pixel, :math:`h(x) = (x - \\hat x)^2`, or with
+        ``residual_normalization="std"`` its z-score form
+        :math:`((x - \\hat x - m) / s)^2` (see :class:`ConvVAEDetector`).
     score : ndarray of shape (n,)
         Anomaly scores, equal to ``detector.score(X)``.
-    reconstruction : ndarray of shape (n, H, W)
-        The decoder's output for ``z = mu``.
+    reconstruction : ndarray of shape (n, H, W) or None
+        The decoder's output for ``z = mu``; ``None`` for ``input_space="features"``.
     latent_mean : ndarray of shape (n, latent_dim)
         Mean :math:`\\mu(x)` of the encoder's Gaussian.
     latent_logvar : ndarray of shape (n, latent_dim)
@@ -119,6 +121,39 @@ class ConvVAEDetector(BaseImageDetector):
         Range of the ``"rotate"`` augmentation.
     noise_std : float, default=0.01
         Standard deviation of the ``"noise"`` augmentation (pixel values in [0, 1]).
+    input_space : {"pixels", "features"}, default="pixels"
+        What the VAE reconstructs. ``"pixels"``: the images (the case study's model).
+        ``"features"``: frozen EfficientNet-Lite0 patch features (the taps the patch
+        detectors use, ``feature_stages`` on a grid of ``feature_stride`` pixels, 3x3
+        locally averaged, standardised per channel), reconstructed by a small
+        convolutional VAE (``FeatureVAE`` in ``greyanom.image._torch``,
+        Gaussian likelihood, ``feature_channels``) within the 15M parameter budget; the
+        per-cell map is upsampled to the image and blurred by ``feature_stride / 2``
+        pixels. Needs the ``features`` extra. See the user guide for the measured
+        comparison.
+    feature_stages : tuple of int, default=(3, 5)
+        EfficientNet-Lite0 stages tapped for ``input_space="features"``.
+    feature_stride : int, default=8
+        Pixels per feature cell for ``input_space="features"``.
+    feature_channels : tuple of int, default=(128, 128, 128)
+        Channels of the feature VAE's 1x1 input projection and of each of its stride-2
+        blocks; the grid side must be divisible by ``2 ** (len(feature_channels) - 1)``.
+    residual_normalization : {"none", "std"}, default="std"
+        ``"none"``: the heatmap is the squared residual :math:`(x - \\hat x)^2` (the case
+        study's). ``"std"``: the squared residual z-score
+        :math:`((x - \\hat x - m) / s)^2` per pixel (per feature for
+        ``input_space="features"``, averaged over channels), with the mean :math:`m` and
+        standard deviation :math:`s` of the residual on the held-out validation images
+        (``residual_mean_``, ``residual_std_``): what the network misses on every normal
+        image and how much each pixel varies no longer count as anomalies. Acts at
+        scoring time only (it can be changed with ``set_params`` after ``fit``).
+    register : bool, default=False
+        Register every image to a reference by FFT phase correlation (sub-pixel
+        translation, :func:`skimage.registration.phase_cross_correlation`) before the
+        network; the reference is the mean of the registered training images. Heatmaps
+        are returned in each test image's own frame. For images aligned by construction
+        up to a small shift (wafers, dies); not for parts that move (MVTec objects).
+        Needs scikit-image.
     score_reduction : {"mean", "max", "topk"}, default="mean"
         How the heatmap becomes one score; ``"mean"`` is the case study's a(x), the mean
         squared error. See :func:`greyanom.image.reduce_error_maps`.
@@ -131,11 +166,16 @@ class ConvVAEDetector(BaseImageDetector):
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
-    n_threads : int or None, default=None
+    n_jobs : int or None, default=None
         CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
-        afterwards); None keeps torch's setting. On a CPU shared with other jobs,
-        ``n_threads=1`` avoids thread oversubscription: on the 2-core benchmark machine
-        under load it cut the batch-1 latency from 321 ms to 17 ms per image (user guide).
+        afterwards), with the meaning every image detector gives it: ``None`` keeps
+        torch's setting, ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one.
+        On a CPU shared with other jobs, ``n_jobs=1`` avoids thread oversubscription: on
+        the 2-core benchmark machine under load it cut the batch-1 latency from 321 ms
+        to 17 ms per image (user guide).
+    n_threads : int or None, default="deprecated"
+        Deprecated alias of ``n_jobs`` (a ``FutureWarning`` in ``fit``); used when
+        ``n_jobs`` is None.
     verbose : bool, default=False
         Show a tqdm progress bar over epochs.
     random_state : int, RandomState instance or None, default=None
@@ -159,6 +199,18 @@ class ConvVAEDetector(BaseImageDetector):
         The epoch whose weights were kept.
     n_epochs_ : int
         Epochs trained (fewer than ``max_epochs`` after early stopping).
+    residual_mean_, residual_std_ : ndarray of shape (1, H, W), or (C, h, w) for features
+        Mean and (smoothed, floored) standard deviation of the residual
+        :math:`x - \\hat x` on the held-out validation images.
+    validation_indices_ : ndarray of int
+        Rows of the training ``X`` held out for early stopping and the residual
+        statistics (models did not train on them).
+    reference_ : ndarray of shape (H, W) or None
+        The registration reference (``register=True``).
+    feature_shape_ : tuple of int or None
+        ``(C, h, w)`` of the backbone features (``input_space="features"``).
+    feature_mean_, feature_std_ : ndarray of shape (C,)
+        Per-channel standardisation of the backbone features (``input_space="features"``).
     heatmap_scale_ : float
         The 99.5th percentile of held-out normal pixel errors, used by
         :meth:`normalize_heatmap` to display heatmaps on one scale for all images.

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from greyanom._optional import torch_threads
 
 __all__ = ["infer_batches", "residual_moments", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
 
