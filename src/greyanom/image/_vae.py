@@ -461,29 +461,16 @@ class ConvVAEDetector(BaseImageDetector):
             bottleneck_channels=None if self.bottleneck_channels is None else int(self.bottleneck_channels),
         )
 
-    def _fit_torch(self, images):
-        torch = import_torch(_CLASS)
-        from greyanom.image._torch._infer import n_parameters, residual_moments
-        from greyanom.image._torch._train import TrainConfig, train_vae
+    def _prepared(self, images, train_idx, val_idx):
+        """Register (``register``) and turn into network inputs (``input_space``); learn how.
 
-        channels = self._checked_channels()
-        augmentation = self._checked_augmentation()
-        self._check_sizes(channels, augmentation)
-        n = len(images)
-        n_val = max(1, int(round(self.validation_fraction * n)))
-        if n - n_val < 1:
-            raise ValueError(f"X has {n} image(s); at least 2 are needed (validation_fraction={self.validation_fraction}).")
-        self.device_ = resolve_device(self.device, _CLASS)
-        rs = check_random_state(self.random_state)
-        perm = rs.permutation(n)
-        train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-        self.validation_indices_ = val_idx
-        seed = int(rs.randint(0, 2**31 - 1))
+        Returns the (registered) images and the network inputs. The reference and the
+        feature standardisation come from the training part only; the validation images
+        are treated as any new image would be.
+        """
         if self.register:
             from greyanom.image._align import apply_shifts, estimate_shifts, fit_reference
 
-            # the reference comes from the training part only; the validation images are
-            # registered to it as any new image would be
             self.reference_, aligned_train = fit_reference(images[train_idx])
             aligned = np.empty_like(images)
             aligned[train_idx] = aligned_train
@@ -502,6 +489,27 @@ class ConvVAEDetector(BaseImageDetector):
         else:
             inputs = images
             self.feature_shape_ = None
+        return images, inputs
+
+    def _fit_torch(self, images):
+        torch = import_torch(_CLASS)
+        from greyanom.image._torch._infer import n_parameters, residual_moments
+        from greyanom.image._torch._train import TrainConfig, train_vae
+
+        channels = self._checked_channels()
+        augmentation = self._checked_augmentation()
+        self._check_sizes(channels, augmentation)
+        n = len(images)
+        n_val = max(1, int(round(self.validation_fraction * n)))
+        if n - n_val < 1:
+            raise ValueError(f"X has {n} image(s); at least 2 are needed (validation_fraction={self.validation_fraction}).")
+        self.device_ = resolve_device(self.device, _CLASS)
+        rs = check_random_state(self.random_state)
+        perm = rs.permutation(n)
+        train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        self.validation_indices_ = val_idx
+        seed = int(rs.randint(0, 2**31 - 1))
+        images, inputs = self._prepared(images, train_idx, val_idx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # weight initialisation only, inside a forked RNG
             module = self._new_module()
