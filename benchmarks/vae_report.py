@@ -274,6 +274,32 @@ def write(rows, stem, args):
         (Path(args.rst) / f"{stem}.rst").write_text(rst_table(rows))
 
 
+DOCS_COLUMNS = (
+    ("detector", "detector"),
+    ("auroc", "AUROC"),
+    ("auprc", "AUPRC"),
+    ("fnr_at_fpr5", "FNR@5%"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+    ("fit_s", "fit s"),
+    ("batch1_ms", "ms batch 1"),
+    ("batch32_ms", "ms/img batch 32"),
+    ("size_mib", "MiB"),
+)
+
+
+def docs_tables(json_files):
+    """One compact rst table per data set from the JSON files of earlier runs."""
+    rows = []
+    for f in json_files:
+        rows += json.loads(Path(f).read_text()).get("detection", [])
+    out = []
+    for name in dict.fromkeys(r["data"] for r in rows):
+        sub = [{label: r[key] for key, label in DOCS_COLUMNS} for r in rows if r["data"] == name]
+        out.append(f".. rubric:: {name}\n\n" + rst_table(sub))
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latency", action="store_true", help="CPU latency, throughput, size, memory")
@@ -299,7 +325,11 @@ def main(argv=None):
     p.add_argument("--rst", help="directory for .rst tables")
     p.add_argument("--csv", help="directory for .csv tables")
     p.add_argument("--json", help="file for all figures as JSON")
+    p.add_argument("--docs-table", nargs="+", metavar=("OUT", "JSON"), help="write OUT from the JSON files; no run")
     args = p.parse_args(argv)
+    if args.docs_table:
+        Path(args.docs_table[0]).write_text(docs_tables(args.docs_table[1:]))
+        return 0
     if not args.latency and not args.detection:
         args.latency = True
     import torch
