@@ -352,7 +352,7 @@ def _run(args, torch):
     if args.latency:
         rng = np.random.default_rng(args.seed)
         X = rng.random((16, 256, 256), dtype=np.float32)
-        det = ConvVAEDetector(max_epochs=1, random_state=args.seed).fit(X)  # weights do not affect timing
+        det = ConvVAEDetector(input_space="pixels", max_epochs=1, random_state=args.seed).fit(X)  # weights do not affect timing
         rows = latency(det)
         info = {"n_params": det.n_params_, **sizes(det)}
         print(table(rows), "\n", info, flush=True)

@@ -51,6 +51,7 @@ titles = ["normal", "particle", "scratch", "missing pattern"]
 # instead of the case study's mean over the whole image, which dilutes a defect of a
 # few pixels; both use the same heatmap. ``history_`` holds the reconstruction, KL and total loss per epoch.
 det = ConvVAEDetector(
+    input_space="pixels",  # the case study's pixel VAE (the default reconstructs backbone features)
     channels=(16, 32, 64),
     latent_dim=32,
     bottleneck_channels=16,
@@ -59,6 +60,7 @@ det = ConvVAEDetector(
     beta=0.5,
     batch_size=8,  # more optimiser steps per epoch on this small training set
     score_reduction="topk",  # mean of the worst 1% of pixels: small defects count
+    topk_fraction=0.01,
     smoothing_sigma=1.0,
     random_state=0,
 ).fit(X_train)

@@ -16,7 +16,7 @@ from greyanom.image._base import BaseImageDetector
 
 pytest.importorskip("safetensors")
 
-TINY_VAE = dict(channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, n_jobs=1, random_state=0)
+TINY_VAE = dict(input_space="pixels", channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, n_jobs=1, random_state=0)
 
 
 def _images(n=20, size=32, seed=0):
@@ -129,7 +129,8 @@ def test_vae_file_of_the_previous_format_still_loads(tmp_path):
     from greyanom._persist import save_arrays
 
     X = _images()
-    det = ConvVAEDetector(**TINY_VAE, residual_normalization="none").fit(X)
+    old_defaults = dict(score_reduction="mean", smoothing_sigma=0.0, topk_fraction=0.01)
+    det = ConvVAEDetector(**TINY_VAE, **old_defaults, residual_normalization="none").fit(X)
     params = det._json_params()
     del params["residual_normalization"], params["n_jobs"], params["input_space"], params["register"]
     del params["feature_stages"], params["feature_stride"], params["feature_channels"]

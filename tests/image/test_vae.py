@@ -21,7 +21,11 @@ from greyanom.image._torch._infer import ScoringModule, n_parameters  # noqa: E4
 from greyanom.image._torch._train import kl_weight  # noqa: E402
 from greyanom.image._torch._vae_module import ConvVAE, vae_loss  # noqa: E402
 
-TINY = dict(channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, random_state=0)
+# the pixel VAE of the case study, scored by its a(x) (the class defaults are the feature VAE's)
+TINY = dict(
+    input_space="pixels", score_reduction="mean", smoothing_sigma=0.0, topk_fraction=0.01,
+    channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, random_state=0,
+)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

@@ -10,7 +10,7 @@ from greyanom import ConvVAEDetector
 
 torch = pytest.importorskip("torch")
 
-TINY = dict(channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, n_jobs=1, random_state=0)
+TINY = dict(input_space="pixels", channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, n_jobs=1, random_state=0)
 TINY_FEATURES = dict(
     input_space="features", feature_channels=(8, 8, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2,
     batch_size=8, n_jobs=1, random_state=0,

@@ -71,8 +71,13 @@ class ConvVAEDetector(BaseImageDetector):
     β-VAE ELBO (Bernoulli/BCE reconstruction, closed-form KL, reparameterisation). The
     case study's own layout has 26.0M parameters at 256x256, over its 15M budget (the
     two heads read a 65,536-wide feature map); a 1x1 convolution to
-    ``bottleneck_channels`` before the heads (mirrored in the decoder) brings the
-    default to 3.95M. Scoring is deterministic: eval mode and ``z = mu``.
+    ``bottleneck_channels`` before the heads (mirrored in the decoder) brings it to
+    3.95M. That pixel VAE is ``input_space="pixels"``. By default (``"features"``) the
+    same β-VAE recipe reconstructs frozen EfficientNet-Lite0 patch features instead (a
+    1.4M-parameter convolutional VAE), which measured far better on real images, and
+    by default every heatmap is the residual's z-score against held-out normal images
+    (``residual_normalization="std"``). Scoring is deterministic: eval mode and
+    ``z = mu``.
 
     Parameters
     ----------
@@ -121,7 +126,7 @@ class ConvVAEDetector(BaseImageDetector):
         Range of the ``"rotate"`` augmentation.
     noise_std : float, default=0.01
         Standard deviation of the ``"noise"`` augmentation (pixel values in [0, 1]).
-    input_space : {"pixels", "features"}, default="pixels"
+    input_space : {"pixels", "features"}, default="features"
         What the VAE reconstructs. ``"pixels"``: the images (the case study's model).
         ``"features"``: frozen EfficientNet-Lite0 patch features (the taps the patch
         detectors use, ``feature_stages`` on a grid of ``feature_stride`` pixels, 3x3
@@ -129,8 +134,9 @@ class ConvVAEDetector(BaseImageDetector):
         convolutional VAE (``FeatureVAE`` in ``greyanom.image._torch``,
         Gaussian likelihood, ``feature_channels``) within the 15M parameter budget; the
         per-cell map is upsampled to the image and blurred by ``feature_stride / 2``
-        pixels. Needs the ``features`` extra. See the user guide for the measured
-        comparison.
+        pixels. Needs the ``features`` extra. The default because it measured far
+        better on MVTec transistor (image AUROC 0.993 against 0.892 for the best pixel
+        VAE, full recipe, same run; user guide); ``"pixels"`` keeps the case study's model.
     feature_stages : tuple of int, default=(3, 5)
         EfficientNet-Lite0 stages tapped for ``input_space="features"``.
     feature_stride : int, default=8
@@ -154,12 +160,15 @@ class ConvVAEDetector(BaseImageDetector):
         are returned in each test image's own frame. For images aligned by construction
         up to a small shift (wafers, dies); not for parts that move (MVTec objects).
         Needs scikit-image.
-    score_reduction : {"mean", "max", "topk"}, default="mean"
-        How the heatmap becomes one score; ``"mean"`` is the case study's a(x), the mean
-        squared error. See :func:`greyanom.image.reduce_error_maps`.
+    score_reduction : {"mean", "max", "topk"}, default="topk"
+        How the heatmap becomes one score (see :func:`greyanom.image.reduce_error_maps`):
+        by default the mean of the top ``topk_fraction`` of pixels. ``"mean"`` is the
+        case study's a(x), the mean squared error, which dilutes small defects; for the
+        pixel VAE ``"topk"`` of 1% after a 2-pixel blur measured best (user guide).
     smoothing_sigma : float, default=0.0
-        Gaussian blur (pixels) of the heatmap before reducing; 0 = none.
-    topk_fraction : float, default=0.01
+        Gaussian blur (pixels) of the heatmap before reducing; 0 = none (the feature
+        VAE's heatmap is already blurred by ``feature_stride / 2`` pixels).
+    topk_fraction : float, default=0.05
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
@@ -244,8 +253,8 @@ class ConvVAEDetector(BaseImageDetector):
     >>> from greyanom import ConvVAEDetector
     >>> rng = np.random.default_rng(0)
     >>> X = np.clip(0.5 + 0.05 * rng.normal(size=(40, 32, 32)), 0, 1).astype(np.float32)
-    >>> det = ConvVAEDetector(channels=(8, 16), latent_dim=8, bottleneck_channels=4,
-    ...                       max_epochs=2, random_state=0).fit(X)
+    >>> det = ConvVAEDetector(input_space="pixels", channels=(8, 16), latent_dim=8,
+    ...                       bottleneck_channels=4, max_epochs=2, random_state=0).fit(X)
     >>> det.score(X[:3]).shape
     (3,)
     """
@@ -301,15 +310,15 @@ class ConvVAEDetector(BaseImageDetector):
         augmentation=None,
         rotation_degrees=5.0,
         noise_std=0.01,
-        input_space="pixels",
+        input_space="features",
         feature_stages=(3, 5),
         feature_stride=8,
         feature_channels=(128, 128, 128),
         residual_normalization="std",
         register=False,
-        score_reduction="mean",
+        score_reduction="topk",
         smoothing_sigma=0.0,
-        topk_fraction=0.01,
+        topk_fraction=0.05,
         contamination="auto",
         device="auto",
         n_jobs=None,
@@ -794,8 +803,9 @@ class ConvVAEDetector(BaseImageDetector):
     @classmethod
     def _params_from_json(cls, params):
         params = dict(params)
-        if "residual_normalization" not in params:
-            params["residual_normalization"] = "none"  # files from before the option scored raw residuals
+        # files from before these options: raw residuals of the pixel VAE
+        params.setdefault("residual_normalization", "none")
+        params.setdefault("input_space", "pixels")
         n_threads = params.pop("n_threads", "deprecated")
         if n_threads not in (None, "deprecated") and params.get("n_jobs") is None:
             params["n_jobs"] = n_threads
