@@ -8,13 +8,19 @@ tables for the docs. Detection is measured beside PCADetector in the same run:
   ``../shared/data/mvtec_ad_transistor_256gray`` (``--mvtec-path``).
 * ``wafer``: synthetic wafer images from :func:`greyanom.datasets.make_wafer_images`.
 
-The case study's recipe (50 epochs, batch 32, early stopping) is the default; pass
-``--max-epochs`` to train for fewer epochs on a slow CPU (the table says how many ran).
+Every VAE route is trained with the case study's recipe (50 epochs, batch 32, early
+stopping; ``--max-epochs`` trains fewer on a slow CPU, the table says how many ran):
+the pixel VAE, the pixel VAE on registered images (``--register`` data sets, aligned
+images only), the feature-space VAE, and the feature VAE on registered images
+(``--routes`` picks and orders them). Each trained network is scored several ways
+(raw residual or residual z-score, several reductions): those act after the network, so
+one training serves all rows of a group. PCA and PaDiM with their defaults run in the
+same process, on the same data.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/vae_report.py --latency
-    PYTHONPATH=src python benchmarks/vae_report.py --detection mvtec wafer --rst docs/guide/_vae
+    PYTHONPATH=src python benchmarks/vae_report.py --threads 1 --detection mvtec wafer --json vae.json
 """
 
 from __future__ import annotations
@@ -116,57 +122,117 @@ def sizes(det):
         return {"safetensors_mib": st.stat().st_size / 2**20, "torchscript_mib": ts.stat().st_size / 2**20}
 
 
+def _model_nbytes(det):
+    """Bytes on disk of ``det.save`` (or of its learned arrays where it cannot save)."""
+    if hasattr(det, "save"):
+        with tempfile.TemporaryDirectory() as tmp:
+            return det.save(Path(tmp) / "model.safetensors").stat().st_size
+    return int(sum(v.nbytes for k, v in vars(det).items() if k.endswith("_") and isinstance(v, np.ndarray)))
+
+
+def _latency_ms(det, X, n_single=20, n_batches=2, batch=32):
+    """Mean ms per image of ``det.score`` at batch 1 (``n_single`` calls) and batch 32."""
+    det.score(X[:1])  # warm-up
+    t1 = []
+    for i in range(n_single):
+        t0 = time.perf_counter()
+        det.score(X[i % len(X) : i % len(X) + 1])
+        t1.append(time.perf_counter() - t0)
+    reps = np.resize(np.arange(len(X)), batch * n_batches)
+    t32 = []
+    for j in range(n_batches):
+        xb = X[reps[j * batch : (j + 1) * batch]]
+        t0 = time.perf_counter()
+        det.score(xb)
+        t32.append((time.perf_counter() - t0) / batch)
+    return 1e3 * float(np.mean(t1)), 1e3 * float(np.mean(t32))
+
+
+def _vae(args, **kw):
+    return ConvVAEDetector(max_epochs=args.max_epochs, random_state=args.seed, verbose=args.verbose, n_jobs=1, **kw)
+
+
+# (label, variant parameters) evaluated on one trained network: the residual scaling and
+# the reduction act after the network, so one training serves every row of a group.
+PIXEL_VARIANTS = (
+    ("raw residual, mean (case study a(x))", dict(residual_normalization="none", score_reduction="mean", smoothing_sigma=0.0)),
+    ("raw residual, topk 1% + blur 2", dict(residual_normalization="none", score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01)),
+    ("residual/std, mean", dict(residual_normalization="std", score_reduction="mean", smoothing_sigma=0.0)),
+    ("residual/std, topk 1% + blur 2", dict(residual_normalization="std", score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01)),
+    ("residual/std, max + blur 4", dict(residual_normalization="std", score_reduction="max", smoothing_sigma=4.0)),
+)
+FEATURE_VARIANTS = (
+    ("raw residual, topk 5%", dict(residual_normalization="none", score_reduction="topk", smoothing_sigma=0.0, topk_fraction=0.05)),
+    ("residual/std, mean", dict(residual_normalization="std", score_reduction="mean", smoothing_sigma=0.0)),
+    ("residual/std, topk 5%", dict(residual_normalization="std", score_reduction="topk", smoothing_sigma=0.0, topk_fraction=0.05)),
+    ("residual/std, max", dict(residual_normalization="std", score_reduction="max", smoothing_sigma=0.0)),
+)
+
+
 def detection(name, data, args):
+    """Every detector of the VAE report on one data set, in one run; rows of figures."""
+    from greyanom import PaDiMDetector
     from greyanom.metrics import evaluate
 
     X_train, X_test, y, masks, types = data
     rows, per_type = [], {}
-    models = {
-        f"ConvVAE (mean, {args.max_epochs} ep max)": ConvVAEDetector(
-            max_epochs=args.max_epochs, random_state=args.seed, verbose=args.verbose
+    routes = {
+        "pixels": ("ConvVAE pixels", dict(input_space="pixels"), PIXEL_VARIANTS),
+        "pixels-registered": ("ConvVAE pixels, registered", dict(input_space="pixels", register=True), PIXEL_VARIANTS[1:]),
+        "features": ("ConvVAE features", dict(input_space="features"), FEATURE_VARIANTS),
+        "features-registered": (
+            "ConvVAE features, registered",
+            dict(input_space="features", register=True),
+            FEATURE_VARIANTS[1:],
         ),
-        "PCA k=50 (topk, sigma=2)": PCADetector(
-            n_components=50, score_reduction="topk", smoothing_sigma=2.0, topk_fraction=0.01, random_state=args.seed
-        ),
-        "PCA k=50 (mean)": PCADetector(n_components=50, score_reduction="mean", smoothing_sigma=0.0),
     }
-    vae = None
-    for label, det in models.items():
+    models = [
+        ("PCA (defaults)", PCADetector(random_state=args.seed), None),
+        ("PaDiM (defaults)", PaDiMDetector(n_jobs=1, random_state=args.seed), None),
+    ]
+    for route in args.routes:
+        if route.endswith("-registered") and name not in args.register:
+            continue
+        label, params, variants = routes[route]
+        models.append((label, _vae(args, **params), variants))
+    for label, det, variants in models:
         t0 = time.perf_counter()
         det.fit(X_train)
         fit_s = time.perf_counter() - t0
-        if isinstance(det, ConvVAEDetector):
-            vae = det
-        variants = [(label, det)]
-        if isinstance(det, ConvVAEDetector):
-            # same trained network, the shared "topk" reduction of the blurred heatmap
-            variants.append((label.replace("mean", "topk, sigma=2"), _with_reduction(det, "topk", 2.0)))
-        for vlabel, v in variants:
+        lat1, lat32 = _latency_ms(det, X_test)
+        size_mib = _model_nbytes(det) / 2**20
+        for vlabel, params in variants or ((None, {}),):
+            v = _with_params(det, params) if params else det
             e = v.explain(X_test)
             rep = evaluate(y, e.score, heatmaps=e.heatmap, masks=masks, defect_types=types, target_fpr=0.05)
+            full = label if vlabel is None else f"{label}: {vlabel}"
             row = {
                 "data": name,
-                "detector": vlabel,
+                "detector": full,
                 "auroc": rep.auroc,
                 "auprc": rep.auprc,
                 "fnr_at_fpr5": rep.fnr_at_fpr,
                 "pixel_auroc": rep.pixel_auroc,
+                "aupro": rep.aupro,
                 "fit_s": fit_s,
+                "batch1_ms": lat1,
+                "batch32_ms": lat32,
+                "size_mib": size_mib,
+                "n_params": getattr(det, "n_params_", None),
+                "epochs": getattr(det, "n_epochs_", None),
+                "best_epoch": getattr(det, "best_epoch_", None),
             }
-            if isinstance(det, ConvVAEDetector):
-                row["epochs"] = det.n_epochs_
-                row["best_epoch"] = det.best_epoch_
             rows.append(row)
-            per_type[vlabel] = rep.per_type
-            print(f"[{name}] {vlabel}\n{rep}\n", flush=True)
-    return rows, per_type, vae
+            per_type[full] = rep.per_type
+            print(f"[{name}] {full} (fit {fit_s:.0f} s, load {os.getloadavg()[0]:.1f})\n{rep}\n", flush=True)
+    return rows, per_type, None
 
 
-def _with_reduction(det, reduction, sigma):
+def _with_params(det, params):
     import copy
 
     other = copy.copy(det)
-    other.set_params(score_reduction=reduction, smoothing_sigma=sigma)
+    other.set_params(**params)
     return other
 
 
@@ -208,6 +274,32 @@ def write(rows, stem, args):
         (Path(args.rst) / f"{stem}.rst").write_text(rst_table(rows))
 
 
+DOCS_COLUMNS = (
+    ("detector", "detector"),
+    ("auroc", "AUROC"),
+    ("auprc", "AUPRC"),
+    ("fnr_at_fpr5", "FNR@5%"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+    ("fit_s", "fit s"),
+    ("batch1_ms", "ms batch 1"),
+    ("batch32_ms", "ms/img batch 32"),
+    ("size_mib", "MiB"),
+)
+
+
+def docs_tables(json_files):
+    """One compact rst table per data set from the JSON files of earlier runs."""
+    rows = []
+    for f in json_files:
+        rows += json.loads(Path(f).read_text()).get("detection", [])
+    out = []
+    for name in dict.fromkeys(r["data"] for r in rows):
+        sub = [{label: r[key] for key, label in DOCS_COLUMNS} for r in rows if r["data"] == name]
+        out.append(f".. rubric:: {name}\n\n" + rst_table(sub))
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latency", action="store_true", help="CPU latency, throughput, size, memory")
@@ -219,11 +311,25 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=256, help="wafer image size")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--routes",
+        nargs="*",
+        default=["pixels", "pixels-registered", "features", "features-registered"],
+        choices=["pixels", "pixels-registered", "features", "features-registered"],
+        help="VAE routes to train, in this order (registered ones only on --register data sets)",
+    )
+    p.add_argument(
+        "--register", nargs="*", default=["wafer"], help="data sets that also get the registered VAE rows (aligned images)"
+    )
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--rst", help="directory for .rst tables")
     p.add_argument("--csv", help="directory for .csv tables")
     p.add_argument("--json", help="file for all figures as JSON")
+    p.add_argument("--docs-table", nargs="+", metavar=("OUT", "JSON"), help="write OUT from the JSON files; no run")
     args = p.parse_args(argv)
+    if args.docs_table:
+        Path(args.docs_table[0]).write_text(docs_tables(args.docs_table[1:]))
+        return 0
     if not args.latency and not args.detection:
         args.latency = True
     import torch
@@ -246,7 +352,7 @@ def _run(args, torch):
     if args.latency:
         rng = np.random.default_rng(args.seed)
         X = rng.random((16, 256, 256), dtype=np.float32)
-        det = ConvVAEDetector(max_epochs=1, random_state=args.seed).fit(X)  # weights do not affect timing
+        det = ConvVAEDetector(input_space="pixels", max_epochs=1, random_state=args.seed).fit(X)  # weights do not affect timing
         rows = latency(det)
         info = {"n_params": det.n_params_, **sizes(det)}
         print(table(rows), "\n", info, flush=True)
@@ -264,6 +370,8 @@ def _run(args, torch):
         for label, rates in per_type.items():
             per_type_rows.append({"data": name, "detector": label, **{k: v for k, v in (rates or {}).items()}})
         print(table(rows), flush=True)
+        if args.json:  # partial results survive an interrupted run
+            Path(args.json).write_text(json.dumps({**out, "detection": det_rows, "per_type": per_type_rows}, indent=2, default=float))
     if det_rows:
         write(det_rows, "vae_detection", args)
         for name in args.detection:

@@ -24,7 +24,7 @@ def _fitted(size=256, **params):
         raise NotImplementedError("torch is not installed")
     rng = np.random.default_rng(0)
     X = rng.random((16, size, size), dtype=np.float32)
-    return ConvVAEDetector(max_epochs=1, random_state=0, **params).fit(X)
+    return ConvVAEDetector(input_space="pixels", max_epochs=1, random_state=0, **params).fit(X)
 
 
 class VAEInference:
@@ -84,7 +84,7 @@ class VAETraining:
         self.X = np.random.default_rng(0).random((40, 256, 256), dtype=np.float32)
 
     def time_one_epoch(self):
-        ConvVAEDetector(max_epochs=1, random_state=0).fit(self.X)
+        ConvVAEDetector(input_space="pixels", max_epochs=1, random_state=0).fit(self.X)
 
 
 class VAEDetectionWafer:
@@ -102,7 +102,9 @@ class VAEDetectionWafer:
             raise NotImplementedError(str(exc)) from exc
         d = make_wafer_images(n_train=200, n_test=100, image_size=64, random_state=0)
         out = {}
-        vae = ConvVAEDetector(channels=(32, 64, 128), max_epochs=15, kl_warmup_epochs=5, random_state=0)
+        vae = ConvVAEDetector(
+            input_space="pixels", channels=(32, 64, 128), max_epochs=15, kl_warmup_epochs=5, random_state=0
+        )
         for name, det in (("vae", vae), ("pca", PCADetector(n_components=50))):
             e = det.fit(d.X_train).explain(d.X_test)
             out[name] = evaluate(d.y_test, e.score, heatmaps=e.heatmap, masks=d.masks_test).to_dict()

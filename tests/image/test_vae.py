@@ -1,6 +1,7 @@
 """ConvVAEDetector: contract, determinism, training recipe, export and persistence (tiny models)."""
 
 import dataclasses
+import os
 import pickle
 import subprocess
 import sys
@@ -20,7 +21,11 @@ from greyanom.image._torch._infer import ScoringModule, n_parameters  # noqa: E4
 from greyanom.image._torch._train import kl_weight  # noqa: E402
 from greyanom.image._torch._vae_module import ConvVAE, vae_loss  # noqa: E402
 
-TINY = dict(channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, random_state=0)
+# the pixel VAE of the case study, scored by its a(x) (the class defaults are the feature VAE's)
+TINY = dict(
+    input_space="pixels", score_reduction="mean", smoothing_sigma=0.0, topk_fraction=0.01,
+    channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, random_state=0,
+)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -176,10 +181,17 @@ def test_n_threads_is_applied_and_restored(images, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "train_vae", spy)
-    det = ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_threads": 1}).fit(images)
+    det = ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_jobs": 1}).fit(images)
     assert seen == [1] and torch.get_num_threads() == before
     det.score(images[:2])
     assert torch.get_num_threads() == before
+    # the old name still works, once, with a FutureWarning
+    with pytest.warns(FutureWarning, match="n_threads is deprecated"):
+        ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_threads": 1}).fit(images)
+    assert seen[-1] == 1
+    # -1 means every CPU this process may use, as for the patch detectors
+    ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_jobs": -1}).fit(images)
+    assert seen[-1] == len(os.sched_getaffinity(0)) and torch.get_num_threads() == before
 
 
 def test_verbose_shows_progress(images, capsys):
@@ -205,9 +217,15 @@ def test_explain_fields(fitted, images):
         e.score = None
     assert e.reconstruction.shape == e.heatmap.shape == (5, 32, 32)
     assert e.latent_mean.shape == e.latent_logvar.shape == (5, 4)
-    np.testing.assert_allclose(e.heatmap, (images[:5] - e.reconstruction) ** 2, rtol=1e-5, atol=1e-7)
+    assert fitted.residual_normalization == "std" and e.shift is None
+    # the default heatmap is the squared residual z-score against the held-out residual std
+    assert fitted.residual_std_.shape == (1, 32, 32) and (fitted.residual_std_ > 0).all()
+    z2 = (images[:5] - e.reconstruction - fitted.residual_mean_) ** 2 / fitted.residual_std_**2
+    np.testing.assert_allclose(e.heatmap, z2, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(e.score, fitted.score(images[:5]))
-    np.testing.assert_allclose(e.score, e.heatmap.reshape(5, -1).mean(axis=1), rtol=1e-5)  # "mean" = a(x)
+    raw = pickle.loads(pickle.dumps(fitted)).set_params(residual_normalization="none").explain(images[:5])
+    np.testing.assert_allclose(raw.heatmap, (images[:5] - raw.reconstruction) ** 2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(raw.score, raw.heatmap.reshape(5, -1).mean(axis=1), rtol=1e-5)  # "mean" = a(x)
     with torch.no_grad():
         mu, logvar = fitted.module_.encode(torch.from_numpy(images[:5])[:, None])
     np.testing.assert_allclose(e.latent_mean, mu.numpy(), rtol=1e-5, atol=1e-6)

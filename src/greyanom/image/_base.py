@@ -1,11 +1,22 @@
-"""Shared machinery of the image detectors: input checks, batching, score and explain."""
+"""Shared machinery of the image detectors: input checks, batching, score, explain, persistence.
+
+Every image detector fits, scores, saves, loads and pickles through this class; a subclass
+supplies the model through a handful of hooks (see :class:`BaseImageDetector`). Saving writes
+one safetensors file (arrays) with a JSON document (parameters and scalar state); loading
+builds the detector from its parameters and hands the state back to the hooks, so nothing
+is unpickled. Pickles go through the same conversion of torch objects (devices, modules)
+and carry the greyanom version.
+"""
 
 from __future__ import annotations
 
+import inspect
+import numbers
+import warnings
 from abc import abstractmethod
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from greyanom._validation import check_image_shape, check_images
 from greyanom.base import BaseDetector, ImageExplanation
@@ -13,36 +24,94 @@ from greyanom.image._reduce import REDUCTION_CONSTRAINTS, reduce_error_maps
 
 __all__ = ["BaseImageDetector"]
 
+#: Key of the greyanom version in a pickled detector's state.
+_VERSION_KEY = "_greyanom_version"
+#: Key listing the attributes that were torch devices when pickled.
+_DEVICES_KEY = "_greyanom_devices"
+
+
+def _greyanom_version():
+    from greyanom import __version__
+
+    return __version__
+
 
 class BaseImageDetector(BaseDetector):
     """Base class of detectors that turn each image into a per-pixel anomaly map.
 
-    Subclasses implement ``_fit_images(images)`` (learn from a validated
-    ``(n, H, W)`` float32 batch) and ``_explain_images(images)``, which returns a dict
-    with at least ``"heatmap"`` (the per-pixel map that is reduced to the score) and
-    optionally ``"reconstruction"`` and other named fields. Scores are reduced from the
-    heatmap by :func:`~greyanom.image.reduce_error_maps` with the detector's
-    ``score_reduction``, ``smoothing_sigma`` and ``topk_fraction``.
+    Subclasses implement:
+
+    * ``_fit_images(images)``: learn from a validated ``(n, H, W)`` float32 batch; return
+      the training heatmaps ``(n, H, W)`` when fitting already computed them (the patch
+      detectors reuse the training features), or ``None`` to have them computed by
+      ``_explain_images``. No subclass overrides ``fit`` or ``_fit``.
+    * ``_explain_images(images)``: a dict with at least ``"heatmap"`` (the per-pixel map
+      that is reduced to the score) and optionally ``"reconstruction"`` and other fields.
+    * Persistence hooks, used by :meth:`save`, :meth:`load` and pickling:
+      ``_state_arrays()`` (name -> ndarray of the learned arrays),
+      ``_set_state_arrays(arrays)``, ``_json_state()`` (learned scalars as JSON values) and
+      ``_set_json_state(state)``. ``image_shape_``, ``n_features_in_``, ``offset_``,
+      ``threshold_`` and ``device_`` are handled here.
+
+    Detectors that also take tables (``PCADetector``) set ``_accepts_rows = True`` and
+    implement ``_fit_rows(X)`` and ``_explain_rows(X)`` for 2-D input.
+
+    Scores are reduced from the heatmap by :func:`~greyanom.image.reduce_error_maps` with
+    the detector's ``score_reduction``, ``smoothing_sigma`` and ``topk_fraction``.
     """
 
     _parameter_constraints: dict = {**BaseDetector._parameter_constraints, **REDUCTION_CONSTRAINTS}
     _explanation_class = ImageExplanation
+    #: whether 2-D input is a table of rows (``_fit_rows`` / ``_explain_rows``)
+    _accepts_rows = False
 
+    # -- to implement -------------------------------------------------------------------
     @abstractmethod
     def _fit_images(self, images):
-        """Learn from validated images of shape (n, H, W) in [0, 1]."""
+        """Learn from validated images of shape (n, H, W) in [0, 1]; return heatmaps or None."""
 
     @abstractmethod
     def _explain_images(self, images):
         """Return a dict of per-image arrays with at least ``"heatmap"``."""
 
+    def _state_arrays(self):
+        """Learned arrays to save (name -> ndarray)."""
+        return {}
+
+    def _set_state_arrays(self, arrays):
+        """Restore the learned arrays written by ``_state_arrays``."""
+
+    def _json_state(self):
+        """Learned scalars, lists and dicts to save (JSON values)."""
+        return {}
+
+    def _set_json_state(self, state):
+        """Restore the learned scalars written by ``_json_state``."""
+
+    # -- fitting ------------------------------------------------------------------------
     def _fit(self, X):
+        if self._accepts_rows and _ndim(X) == 2:
+            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=True)
+            self.image_shape_ = None
+            self._fit_rows(X)
+            return self._reduce(self._explain_rows(X)["heatmap"])
         images = check_images(X, name="X")
         self.image_shape_ = tuple(int(v) for v in images.shape[1:])
-        self._fit_images(images)
-        return self._reduce(self._explain_images(images)["heatmap"])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        heatmaps = self._fit_images(images)
+        if heatmaps is None:
+            heatmaps = self._explain_images(images)["heatmap"]
+        return self._reduce(heatmaps)
+
+    def _fit_rows(self, X):
+        raise NotImplementedError
+
+    def _explain_rows(self, X):
+        raise NotImplementedError
 
     def _validated(self, X):
+        if self.image_shape_ is None:
+            return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         images = check_images(X, name="X")
         check_image_shape(images, self.image_shape_)
         return images
@@ -55,8 +124,13 @@ class BaseImageDetector(BaseDetector):
             topk_fraction=self.topk_fraction,
         )
 
+    def _explain_validated(self, X):
+        if self.image_shape_ is None:
+            return self._explain_rows(X)
+        return self._explain_images(X)
+
     def _score(self, X):
-        return self._reduce(self._explain_images(self._validated(X))["heatmap"])
+        return self._reduce(self._explain_validated(self._validated(X))["heatmap"])
 
     def explain(self, X):
         """Explain the anomaly scores of images.
@@ -75,7 +149,7 @@ class BaseImageDetector(BaseDetector):
             ``latent_logvar``).
         """
         check_is_fitted(self)
-        fields = self._explain_images(self._validated(X))
+        fields = self._explain_validated(self._validated(X))
         fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
 
@@ -83,4 +157,184 @@ class BaseImageDetector(BaseDetector):
     def _map_batches(fn, images, batch_size):
         """Apply ``fn`` (returning a dict of arrays) to batches and concatenate."""
         parts = [fn(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return {
+            key: None if parts[0][key] is None else np.concatenate([p[key] for p in parts]) for key in parts[0]
+        }
+
+    # -- persistence --------------------------------------------------------------------
+    def _json_params(self):
+        """``get_params()`` as JSON values (tuples as lists, a RandomState as None)."""
+        params = {}
+        for name, value in self.get_params(deep=False).items():
+            if name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
+                value = None  # a RandomState instance is not saved; the learned state holds its draws
+            elif name == "device" and not isinstance(value, str):
+                value = str(value)
+            params[name] = _to_json(value)
+        return params
+
+    @classmethod
+    def _params_from_json(cls, params):
+        """Constructor keyword arguments from saved ``params`` (lists back to tuples).
+
+        Parameters this version does not know are a ``ValueError`` (the file comes from
+        another greyanom); parameters the file lacks keep their defaults.
+        """
+        known = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(
+                f"the saved {cls.__name__} has parameters {unknown} that this greyanom "
+                f"({_greyanom_version()}) does not know; load it with the greyanom that saved it."
+            )
+        return {name: tuple(v) if isinstance(v, list) else v for name, v in params.items()}
+
+    def _base_json_state(self):
+        state = {
+            "image_shape_": None if self.image_shape_ is None else [int(v) for v in self.image_shape_],
+            "offset_": float(self.offset_),
+            "threshold_": float(self.threshold_),
+        }
+        if hasattr(self, "n_features_in_"):
+            state["n_features_in_"] = int(self.n_features_in_)
+        if getattr(self, "device_", None) is not None:
+            state["device_"] = str(self.device_)
+        return state
+
+    def _set_base_json_state(self, state, device=None):
+        shape = state.get("image_shape_")
+        self.image_shape_ = None if shape is None else tuple(int(v) for v in shape)
+        self.offset_ = float(state["offset_"])
+        self.threshold_ = float(state["threshold_"])
+        if "n_features_in_" in state:
+            self.n_features_in_ = int(state["n_features_in_"])
+        elif self.image_shape_ is not None:
+            self.n_features_in_ = int(np.prod(self.image_shape_))
+        if device is not None:
+            from greyanom._optional import resolve_device
+
+            self.device_ = resolve_device(device, type(self).__name__)
+        elif "device_" in state:
+            from greyanom._optional import device_or_cpu
+
+            self.device_ = device_or_cpu(state["device_"], type(self).__name__)
+
+    def save(self, path):
+        """Save the fitted detector: arrays in safetensors, parameters and state in JSON (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``*.safetensors``).
+
+        Returns
+        -------
+        path : pathlib.Path
+
+        See Also
+        --------
+        load : Read the file back; nothing in it is executed.
+        """
+        check_is_fitted(self)
+        from greyanom._persist import save_arrays
+
+        config = {
+            "class": type(self).__name__,
+            "params": self._json_params(),
+            "state": {**self._base_json_state(), **self._json_state()},
+        }
+        return save_arrays(path, self._state_arrays(), config)
+
+    @classmethod
+    def load(cls, path, *, device=None):
+        """Load a detector written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+        device : str, optional
+            Device to load onto (e.g. ``"cpu"`` for a model fitted on a GPU). By default
+            the device it was fitted on, or the CPU with a warning when that was CUDA and
+            CUDA is not available here.
+
+        Returns
+        -------
+        detector : instance of this class
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved detector of this class (a pickle, a foreign
+            safetensors file, another detector); nothing in it is executed.
+        """
+        from greyanom._persist import load_arrays
+
+        arrays, config = load_arrays(path, cls.__name__)
+        params = cls._params_from_json(dict(config["params"]))
+        if device is not None and "device" in params:
+            params["device"] = str(device)
+        det = cls(**params)
+        state = dict(config["state"])
+        det._set_base_json_state(state, device=device)
+        det._set_json_state(state)
+        det._set_state_arrays(arrays)
+        return det
+
+    # -- pickling -----------------------------------------------------------------------
+    def _pickle_torch_state(self, state):
+        """Replace torch objects other than devices (e.g. a module) in ``state``; in place."""
+
+    def _restore_torch_state(self, state):
+        """Rebuild what ``_pickle_torch_state`` replaced; ``self`` already holds ``state``."""
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
+        devices = [name for name, value in state.items() if type(value).__module__ == "torch" and type(value).__name__ == "device"]
+        for name in devices:
+            state[name] = str(state[name])
+        self._pickle_torch_state(state)
+        state[_DEVICES_KEY] = devices
+        state[_VERSION_KEY] = _greyanom_version()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        version = state.pop(_VERSION_KEY, None)
+        devices = state.pop(_DEVICES_KEY, [])
+        here = _greyanom_version()
+        name = type(self).__name__
+        super().__setstate__(state)
+        try:
+            if devices:
+                from greyanom._optional import device_or_cpu
+
+                for attr in devices:
+                    setattr(self, attr, device_or_cpu(getattr(self, attr), name))
+            self._restore_torch_state(state)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            made_by = "an unknown greyanom version" if version is None else f"greyanom {version}"
+            raise ValueError(
+                f"this {name} was pickled by {made_by} and cannot be restored by greyanom {here}: {exc}. "
+                "Refit it, or save models with .save(), whose file format is checked on load."
+            ) from exc
+        if version != here:
+            warnings.warn(
+                f"this {name} was pickled by "
+                f"{'an unknown greyanom version' if version is None else 'greyanom ' + str(version)}"
+                f" and is loaded by greyanom {here}; its results may differ. Prefer .save() / .load().",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+def _to_json(value):
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _ndim(X):
+    return X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim

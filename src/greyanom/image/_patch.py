@@ -3,22 +3,19 @@
 :class:`BasePatchDetector` turns images into EfficientNet-Lite0 patch features, asks the subclass
 for one anomaly value per feature cell, upsamples that map to the input size and smooths it
 (the heatmap), and reduces it to a score with the shared image reductions. It also holds the
-save/load plumbing (safetensors + JSON, no pickle of code) and the device handling.
+device handling; saving, loading and pickling are :class:`BaseImageDetector`'s.
 """
 
 from __future__ import annotations
 
 import numbers
-import warnings
 from abc import abstractmethod
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._optional import resolve_device, torch_threads
-from greyanom._persist import load_arrays, save_arrays
-from greyanom._validation import check_images
+from greyanom._optional import device_or_cpu, resolve_device, torch_threads
 from greyanom.image import _backbone
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import check_sigma, smooth_maps
@@ -33,7 +30,8 @@ class BasePatchDetector(BaseImageDetector):
 
     Subclasses implement ``_fit_features(features, random_state)`` (learn from the
     ``(n, C, h, w)`` training features), ``_patch_scores(features)`` (return ``(n, h, w)``
-    anomaly values), and ``_state_arrays()`` / ``_set_state_arrays(arrays)`` for persistence.
+    anomaly values), and ``_state_arrays()`` / ``_set_state_arrays(arrays)`` for persistence
+    (saving, loading and pickling are :class:`BaseImageDetector`'s).
     """
 
     _parameter_constraints: dict = {
@@ -44,13 +42,10 @@ class BasePatchDetector(BaseImageDetector):
         "normalization": [StrOptions(set(_backbone.NORMALIZATIONS))],
         "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "n_jobs": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
         "device": "no_validation",  # resolve_device checks it in fit
         "random_state": ["random_state"],
     }
-    #: learned scalars saved in the JSON config besides the arrays
-    _scalar_state = ("threshold_", "offset_")
-
     # -- to implement -----------------------------------------------------------------
     @abstractmethod
     def _fit_features(self, features, random_state):
@@ -80,17 +75,8 @@ class BasePatchDetector(BaseImageDetector):
             batch_size=self.batch_size,
         )
 
-    def _fit(self, X):
-        # as BaseImageDetector._fit, but the training scores reuse the training features
-        images = check_images(X, name="X")
-        self.image_shape_ = tuple(int(v) for v in images.shape[1:])
-        features = self._fit_images(images)
-        with torch_threads(self.n_jobs):
-            heat = self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
-        return self._reduce(heat)
-
     def _fit_images(self, images):
-        """Learn from validated images; return their features."""
+        """Learn from validated images; return their heatmaps (reusing the training features)."""
         from sklearn.utils import check_random_state
 
         h, w = images.shape[1:]
@@ -119,9 +105,8 @@ class BasePatchDetector(BaseImageDetector):
         with torch_threads(self.n_jobs):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
-            self.n_features_in_ = int(h * w)
             self._fit_features(features, check_random_state(self.random_state))
-        return features
+            return self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
 
     # -- heatmaps ----------------------------------------------------------------------
     def _heatmaps_from_patch_scores(self, patch_scores):
@@ -154,99 +139,12 @@ class BasePatchDetector(BaseImageDetector):
             out = self._map_batches(lambda b: {"p": self._patch_scores(self._features(b))}, images, self.batch_size)
         return out["p"]
 
-    # -- persistence -------------------------------------------------------------------
-    def _json_params(self):
-        params = self.get_params()
-        params["feature_stages"] = [int(s) for s in self.feature_stages]
-        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
-            params["random_state"] = None  # the learned state already holds the randomness
-        params["device"] = str(params["device"])
-        return params
+    # -- persistence hooks -------------------------------------------------------------
+    def _json_state(self):
+        return {"feature_shape_": [int(v) for v in self.feature_shape_]}
 
-    def save(self, path):
-        """Save the fitted detector: arrays in safetensors, parameters in JSON (no pickle).
-
-        Parameters
-        ----------
-        path : str or path-like
-            File to write (conventionally ``*.safetensors``).
-
-        Returns
-        -------
-        path : pathlib.Path
-        """
-        check_is_fitted(self)
-        config = {
-            "class": type(self).__name__,
-            "params": self._json_params(),
-            "state": {
-                "image_shape_": list(self.image_shape_),
-                "feature_shape_": list(self.feature_shape_),
-                **{name: float(getattr(self, name)) for name in self._scalar_state},
-            },
-        }
-        return save_arrays(path, self._state_arrays(), config)
-
-    @classmethod
-    def load(cls, path, *, device=None):
-        """Load a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or path-like
-        device : str, optional
-            Overrides the saved ``device`` parameter (e.g. ``"cpu"`` for a model fitted
-            on a GPU).
-
-        Returns
-        -------
-        detector : instance of this class
-
-        Raises
-        ------
-        ValueError
-            If the file is not a saved detector of this class.
-        """
-        arrays, config = load_arrays(path, cls.__name__)
-        params = dict(config["params"])
-        params["feature_stages"] = tuple(params["feature_stages"])
-        if device is not None:
-            params["device"] = device
-        det = cls(**params)
-        state = config["state"]
-        det.image_shape_ = tuple(state["image_shape_"])
-        det.feature_shape_ = tuple(state["feature_shape_"])
-        det.n_features_in_ = int(np.prod(det.image_shape_))
-        det.feature_stages_ = _backbone.check_stages(det.feature_stages)
-        for name in cls._scalar_state:
-            setattr(det, name, float(state[name]))
-        det._set_state_arrays(arrays)
-        det.device_ = _device_or_cpu(det.device, cls.__name__)
-        return det
-
-    # -- pickling ----------------------------------------------------------------------
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # object.__getstate__ returns the live __dict__
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
-        return state
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = _device_or_cpu(self.device_, type(self).__name__)
-
-
-def _device_or_cpu(device, purpose):
-    """Resolve ``device``; a CUDA device that is not available maps to the CPU with a warning."""
-    try:
-        return resolve_device(device, purpose)
-    except ValueError:
-        if not str(device).startswith("cuda"):
-            raise
-        warnings.warn(
-            f"{purpose} was fitted on {device!r}, which is not available here; using the CPU.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return resolve_device("cpu", purpose)
+    def _set_json_state(self, state):
+        self.feature_shape_ = tuple(int(v) for v in state["feature_shape_"])
+        self.feature_stages_ = _backbone.check_stages(self.feature_stages)
+        if not hasattr(self, "device_"):
+            self.device_ = device_or_cpu(self.device, type(self).__name__)

@@ -7,91 +7,9 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
-from greyanom._optional import import_optional
 from greyanom.image._patch import BasePatchDetector
 
-__all__ = ["PatchCoreDetector", "greedy_coreset", "nearest_distances"]
-
-
-def _torch():
-    return import_optional("torch", "features", "PatchCoreDetector")
-
-
-def greedy_coreset(X, n_select, *, projection_dim=64, random_state=None, device="cpu"):
-    """Greedy k-center coreset: indices of ``n_select`` rows of ``X`` that cover it.
-
-    Starting from a random row, repeatedly add the row farthest from the rows chosen so far
-    (Sener & Savarese, 2018; PatchCore's "greedy coreset"). Distances are computed on a
-    random Gaussian projection to ``projection_dim`` dimensions (Johnson-Lindenstrauss) to
-    save time, as in PatchCore.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, d)
-    n_select : int
-        Number of rows to keep (``1 <= n_select <= n``).
-    projection_dim : int or None, default=64
-        Dimension of the random projection; ``None`` or ``>= d`` uses ``X`` itself.
-    random_state : int, RandomState instance or None
-        Seeds the projection and the first row.
-    device : str or torch.device, default="cpu"
-
-    Returns
-    -------
-    indices : ndarray of shape (n_select,), int64
-        In the order they were chosen.
-    """
-    from sklearn.utils import check_random_state
-
-    torch = _torch()
-    rng = check_random_state(random_state)
-    n, d = X.shape
-    if not 1 <= n_select <= n:
-        raise ValueError(f"n_select must be in [1, {n}], got {n_select}.")
-    Z = np.asarray(X, dtype=np.float32)
-    if projection_dim is not None and projection_dim < d:
-        proj = rng.standard_normal((d, projection_dim)).astype(np.float32) / np.sqrt(projection_dim)
-        Z = Z @ proj
-    first = int(rng.randint(n))
-    with torch.inference_mode():
-        Zt = torch.as_tensor(np.ascontiguousarray(Z), device=device)
-        sq = (Zt * Zt).sum(dim=1)
-        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2: one matrix-vector product per step
-        min_d = sq - 2.0 * (Zt @ Zt[first]) + sq[first]
-        chosen = torch.empty(n_select, dtype=torch.int64)
-        chosen[0] = first
-        for i in range(1, n_select):
-            idx = int(torch.argmax(min_d))
-            chosen[i] = idx
-            torch.minimum(min_d, sq - 2.0 * (Zt @ Zt[idx]) + sq[idx], out=min_d)
-    return chosen.numpy()
-
-
-def nearest_distances(queries, bank, *, chunk_size=4096, device="cpu"):
-    """Exact Euclidean distance of each query row to its nearest row of ``bank``.
-
-    Parameters
-    ----------
-    queries : ndarray of shape (m, d)
-    bank : ndarray or torch.Tensor of shape (k, d)
-    chunk_size : int, default=4096
-        Queries per block; memory is about ``chunk_size * k`` floats.
-    device : str or torch.device, default="cpu"
-
-    Returns
-    -------
-    distances : ndarray of shape (m,), float32
-    """
-    torch = _torch()
-    with torch.inference_mode():
-        B = torch.as_tensor(bank, device=device, dtype=torch.float32)
-        b2 = (B * B).sum(dim=1)
-        out = []
-        for start in range(0, len(queries), chunk_size):
-            Q = torch.as_tensor(np.ascontiguousarray(queries[start : start + chunk_size]), device=device)
-            d2 = (Q * Q).sum(dim=1, keepdim=True) - 2.0 * (Q @ B.T) + b2
-            out.append(torch.sqrt(torch.clamp(d2.min(dim=1).values, min=0.0)).cpu().numpy())
-    return np.concatenate(out).astype(np.float32, copy=False)
+__all__ = ["PatchCoreDetector"]
 
 
 class PatchCoreDetector(BasePatchDetector):
@@ -138,8 +56,9 @@ class PatchCoreDetector(BasePatchDetector):
         Images per scoring batch (bounds memory) and per forward pass on a GPU; on the CPU
         the network runs one image at a time, which measured fastest.
     n_jobs : int or None, default=None
-        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards);
-        ``None`` leaves torch's setting. On a busy machine ``n_jobs=1`` avoids
+        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards),
+        with the meaning every image detector gives it: ``None`` leaves torch's setting,
+        ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one. On a busy machine ``n_jobs=1`` avoids
         oversubscription (measured 10x faster per image under load; see the guide).
     nn_chunk_size : int, default=4096
         Patches per nearest-neighbour block (bounds memory to about
@@ -245,6 +164,8 @@ class PatchCoreDetector(BasePatchDetector):
         self.random_state = random_state
 
     def _fit_features(self, features, random_state):
+        from greyanom.image._torch._patch_ops import greedy_coreset
+
         n, c, h, w = features.shape
         bank = np.ascontiguousarray(features.transpose(0, 2, 3, 1).reshape(-1, c))
         n_select = max(1, int(round(self.coreset_fraction * len(bank))))
@@ -258,6 +179,8 @@ class PatchCoreDetector(BasePatchDetector):
         self.model_nbytes_ = int(self.memory_bank_.nbytes + self.coreset_indices_.nbytes)
 
     def _patch_scores(self, features):
+        from greyanom.image._torch._patch_ops import nearest_distances
+
         n, c, h, w = features.shape
         queries = features.transpose(0, 2, 3, 1).reshape(-1, c)
         d = nearest_distances(queries, self.memory_bank_, chunk_size=self.nn_chunk_size, device=self.device_)

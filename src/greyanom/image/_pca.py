@@ -9,7 +9,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import randomized_svd, svd_flip
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+from sklearn.utils.validation import check_random_state
 
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import check_sigma
@@ -26,6 +26,8 @@ class PCADetector(BaseImageDetector):
     distances to the eigenvectors instead; this is not that.) The principal
     components come from an exact SVD of the centred ``(n, d)`` data matrix, or a
     randomized SVD for large images; a ``d x d`` covariance matrix is never formed.
+    A fitted detector saves to one safetensors file (:meth:`save`, no pickle) and loads
+    back with :meth:`load`, as every image detector does.
 
     Parameters
     ----------
@@ -97,6 +99,10 @@ class PCADetector(BaseImageDetector):
     >>> X_new = X[:3].copy(); X_new[0, 0] += 10.0
     >>> det.predict(X_new)
     array([-1,  1,  1])
+    >>> import tempfile, pathlib
+    >>> path = det.save(pathlib.Path(tempfile.mkdtemp()) / "pca.safetensors")
+    >>> bool((PCADetector.load(path).score(X_new) == det.score(X_new)).all())
+    True
     """
 
     _parameter_constraints: dict = {
@@ -131,21 +137,18 @@ class PCADetector(BaseImageDetector):
         self.batch_size = batch_size
         self.random_state = random_state
 
+    _accepts_rows = True
+    #: learned arrays saved by ``save`` (and restored by ``load``)
+    _arrays = ("mean_", "components_", "singular_values_", "explained_variance_", "explained_variance_ratio_")
+
     # -- fitting --------------------------------------------------------------------
-    def _fit(self, X):
-        ndim = X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim
-        if ndim == 2:
-            X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=True)
-            self.image_shape_ = None
-            self._fit_matrix(X)
-            return self._reduce(self._explain_rows(X)["heatmap"])
-        train_scores = super()._fit(X)
-        self.n_features_in_ = int(np.prod(self.image_shape_))
-        return train_scores
+    def _fit_rows(self, X):
+        self._fit_matrix(X)
 
     def _fit_images(self, images):
         check_sigma(self.smoothing_sigma, images.shape[1:])
         self._fit_matrix(images.reshape(len(images), -1).astype(np.float64))
+        return None
 
     def _fit_matrix(self, M):
         n, d = M.shape
@@ -211,17 +214,6 @@ class PCADetector(BaseImageDetector):
 
         return self._map_batches(one_batch, images, self.batch_size)
 
-    def _validated(self, X):
-        if self.image_shape_ is None:
-            return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return super()._validated(X)
-
-    def _score(self, X):
-        M = self._validated(X)
-        if self.image_shape_ is None:
-            return self._reduce(self._explain_rows(M)["heatmap"])
-        return self._reduce(self._explain_images(M)["heatmap"])
-
     def explain(self, X):
         """Reconstruction, squared-error heatmap and score of each sample.
 
@@ -236,12 +228,30 @@ class PCADetector(BaseImageDetector):
             ``reconstruction`` and ``heatmap`` (squared error per pixel or per feature,
             same shape as the validated ``X``) and ``score`` (equal to ``score(X)``).
         """
-        check_is_fitted(self)
-        if self.image_shape_ is not None:
-            return super().explain(X)
-        fields = self._explain_rows(self._validated(X))
-        fields["score"] = self._reduce(fields["heatmap"])
-        return self._explanation_class(**fields)
+        return super().explain(X)
+
+    # -- persistence hooks ------------------------------------------------------------
+    def _state_arrays(self):
+        return {name: np.ascontiguousarray(getattr(self, name)) for name in self._arrays}
+
+    def _set_state_arrays(self, arrays):
+        missing = [name for name in self._arrays if name not in arrays]
+        if missing:
+            raise ValueError(f"the saved PCADetector lacks the arrays {missing}.")
+        for name in self._arrays:
+            setattr(self, name, np.asarray(arrays[name]))
+        d = self.mean_.shape[0]
+        if self.components_.shape != (self.n_components_, d):
+            raise ValueError(
+                f"the saved PCADetector's components_ have shape {self.components_.shape}, "
+                f"expected {(self.n_components_, d)}."
+            )
+
+    def _json_state(self):
+        return {"n_components_": int(self.n_components_)}
+
+    def _set_json_state(self, state):
+        self.n_components_ = int(state["n_components_"])
 
 
 def _exact_svd(Mc):

@@ -8,31 +8,85 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from greyanom._optional import torch_threads
 
-__all__ = ["infer_batches", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
+__all__ = ["infer_batches", "residual_moments", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
 
 
-def infer_batches(module, images, batch_size, device):
-    """Run ``module`` (eval mode, z = mu) on ``(n, H, W)`` float32 images, batch by batch.
+def _as_batch(array, device):
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return (x[:, None] if x.ndim == 3 else x).to(device)
 
-    Returns a dict of float32 NumPy arrays on the CPU: ``reconstruction`` and ``heatmap``
-    ``(n, H, W)`` (heatmap = squared error), ``latent_mean`` and ``latent_logvar``
-    ``(n, latent_dim)``.
+
+def _output(module, logits):
+    if getattr(module, "likelihood", "bernoulli") == "gaussian":
+        return logits.float()
+    return torch.sigmoid(logits.float())
+
+
+def infer_batches(module, inputs, batch_size, device, *, residual_mean=None, inv_var=None):
+    """Run ``module`` (eval mode, z = mu) batch by batch on images or feature maps.
+
+    Parameters
+    ----------
+    module : ConvVAE or FeatureVAE
+    inputs : ndarray of shape (n, H, W) (images) or (n, C, h, w) (features), float32
+    batch_size : int
+    device : torch.device
+    residual_mean, inv_var : ndarray of one input's shape ``(C, h, w)``, optional
+        Mean and inverse variance of the residual on held-out normal inputs: the heatmap
+        becomes the mean over channels of ``(x - x_hat - residual_mean)^2 * inv_var`` (the
+        squared residual z-score) instead of the mean squared residual.
+
+    Returns
+    -------
+    out : dict of float32 ndarray
+        ``heatmap`` ``(n, h, w)``, ``latent_mean`` and ``latent_logvar``
+        ``(n, latent_dim)``, and for images ``reconstruction`` ``(n, H, W)``.
     """
     module.eval()
-    out = {"reconstruction": [], "heatmap": [], "latent_mean": [], "latent_logvar": []}
+    pixels = getattr(module, "likelihood", "bernoulli") == "bernoulli"
+    keys = ("reconstruction", "heatmap", "latent_mean", "latent_logvar") if pixels else ("heatmap", "latent_mean", "latent_logvar")
+    out = {key: [] for key in keys}
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))[:, None].to(device)
+        weight = None if inv_var is None else torch.as_tensor(np.asarray(inv_var, dtype=np.float32), device=device)
+        offset = None if residual_mean is None else torch.as_tensor(np.asarray(residual_mean, dtype=np.float32), device=device)
+        for start in range(0, len(inputs), batch_size):
+            x = _as_batch(inputs[start : start + batch_size], device)
             logits, mu, logvar = module(x)
-            recon = torch.sigmoid(logits.float())
-            heat = (x - recon) ** 2
-            out["reconstruction"].append(recon[:, 0].cpu().numpy())
-            out["heatmap"].append(heat[:, 0].cpu().numpy())
+            recon = _output(module, logits)
+            resid = x - recon
+            if offset is not None:
+                resid = resid - offset
+            sq = resid**2
+            if weight is not None:
+                sq = sq * weight
+            if pixels:
+                out["reconstruction"].append(recon[:, 0].cpu().numpy())
+            out["heatmap"].append(sq.mean(dim=1).cpu().numpy())
             out["latent_mean"].append(mu.float().cpu().numpy())
             out["latent_logvar"].append(logvar.float().cpu().numpy())
     return {key: np.concatenate(parts).astype(np.float32, copy=False) for key, parts in out.items()}
+
+
+def residual_moments(module, inputs, batch_size, device):
+    """Mean and variance of the residual ``x - x_hat`` per input element over ``inputs`` (z = mu).
+
+    Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
+    for features.
+    """
+    module.eval()
+    s1, s2, n = None, None, 0
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            x = _as_batch(inputs[start : start + batch_size], device)
+            logits, _, _ = module(x)
+            r = (x - _output(module, logits)).double()
+            s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
+            s2 = (r * r).sum(dim=0) if s2 is None else s2 + (r * r).sum(dim=0)
+            n += x.shape[0]
+    mean = s1 / n
+    var = torch.clamp(s2 / n - mean * mean, min=0.0)
+    return mean.cpu().numpy(), var.cpu().numpy()
 
 
 def gaussian_kernel_1d(sigma, truncate=4.0):
@@ -46,12 +100,16 @@ def gaussian_kernel_1d(sigma, truncate=4.0):
 class ScoringModule(nn.Module):
     """Image batch ``(n, 1, H, W)`` → ``(reconstruction, score, heatmap)``, TorchScript-able.
 
-    Reproduces ``ConvVAEDetector.explain``: eval mode, z = mu, heatmap = squared error,
+    Reproduces ``ConvVAEDetector.explain``: eval mode, z = mu, heatmap = squared error
+    (of the residual less ``residual_mean``, times the inverse per-pixel residual
+    variance ``inv_var``, when given),
     score = the detector's reduction of the (optionally Gaussian-blurred, border
     ``reflect`` as in SciPy) heatmap.
     """
 
-    def __init__(self, vae, reduction: str, smoothing_sigma: float, topk_fraction: float):
+    def __init__(
+        self, vae, reduction: str, smoothing_sigma: float, topk_fraction: float, residual_mean=None, inv_var=None
+    ):
         super().__init__()
         self.vae = vae
         self.reduction = reduction
@@ -66,6 +124,10 @@ class ScoringModule(nn.Module):
                 f"for {h}x{w} images to export."
             )
         self.register_buffer("kernel", torch.from_numpy(kernel))
+        weight = np.ones((1, h, w), np.float32) if inv_var is None else np.asarray(inv_var, np.float32).reshape(1, h, w)
+        self.register_buffer("inv_var", torch.from_numpy(np.ascontiguousarray(weight))[None])
+        offset = np.zeros((1, h, w), np.float32) if residual_mean is None else np.asarray(residual_mean, np.float32)
+        self.register_buffer("residual_mean", torch.from_numpy(np.ascontiguousarray(offset.reshape(1, h, w)))[None])
 
     def _blur(self, maps: torch.Tensor) -> torch.Tensor:
         r = self.radius
@@ -79,7 +141,7 @@ class ScoringModule(nn.Module):
     def forward(self, x: torch.Tensor):
         logits, _, _ = self.vae(x)
         recon = torch.sigmoid(logits)
-        heat = (x - recon) ** 2
+        heat = (x - recon - self.residual_mean) ** 2 * self.inv_var
         maps = self._blur(heat) if self.smooth else heat
         flat = maps.flatten(1)
         if self.reduction == "mean":

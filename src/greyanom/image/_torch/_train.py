@@ -54,6 +54,10 @@ def kl_weight(epoch, beta, warmup_epochs):
     return float(beta) * min(1.0, epoch / warmup_epochs)
 
 
+def _likelihood(module):
+    return getattr(module, "likelihood", "bernoulli")
+
+
 def _evaluate(module, x, batch_size, beta, device):
     """Validation losses with z = mu (eval mode), per image, summed over batches."""
     module.eval()
@@ -62,7 +66,7 @@ def _evaluate(module, x, batch_size, beta, device):
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device, non_blocking=True)
             logits, mu, logvar = module(xb)
-            recon, kl, _ = vae_loss(logits, xb, mu, logvar, beta)
+            recon, kl, _ = vae_loss(logits, xb, mu, logvar, beta, _likelihood(module))
             totals[0] += float(recon) * xb.shape[0]
             totals[1] += float(kl) * xb.shape[0]
     n = x.shape[0]
@@ -127,7 +131,7 @@ def train_vae(module, x_train, x_val, config, *, generator, device, progress=Non
                 noise = torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype)
                 z = mu + torch.exp(0.5 * logvar) * noise
                 logits = module.decode_logits(z)
-            recon, kl, loss = vae_loss(logits, xb, mu, logvar, beta)
+            recon, kl, loss = vae_loss(logits, xb, mu, logvar, beta, _likelihood(module))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the VAE loss became {float(loss)} at epoch {epoch}; lower learning_rate or beta."

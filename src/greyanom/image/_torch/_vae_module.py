@@ -45,8 +45,11 @@ class ConvVAE(nn.Module):
     Notes
     -----
     ``forward(x)`` returns ``(logits, mu, logvar)`` where the reconstruction is
-    ``sigmoid(logits)``; training uses the logits with a numerically stable BCE.
+    ``sigmoid(logits)``; training uses the logits with a numerically stable BCE
+    (``likelihood = "bernoulli"``).
     """
+
+    likelihood = "bernoulli"
 
     def __init__(self, image_shape, channels, latent_dim, bottleneck_channels):
         super().__init__()
@@ -102,14 +105,18 @@ class ConvVAE(nn.Module):
         return self.decode_logits(z), mu, logvar
 
 
-def vae_loss(logits, x, mu, logvar, beta):
+def vae_loss(logits, x, mu, logvar, beta, likelihood="bernoulli"):
     """Per-image β-VAE loss terms, averaged over the batch.
 
-    Returns ``(recon, kl, total)``: the Bernoulli negative log-likelihood (BCE summed over
-    pixels), the closed-form KL to N(0, I) summed over latent units, and
-    ``recon + beta * kl``.
+    Returns ``(recon, kl, total)``: the negative log-likelihood summed over pixels (BCE on
+    the logits for ``likelihood="bernoulli"``; half the squared error, a unit-variance
+    Gaussian up to a constant, for ``"gaussian"``), the closed-form KL to N(0, I) summed
+    over latent units, and ``recon + beta * kl``.
     """
     n = x.shape[0]
-    recon = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") / n
+    if likelihood == "gaussian":
+        recon = 0.5 * torch.sum((logits.float() - x) ** 2) / n
+    else:
+        recon = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum") / n
     kl = -0.5 * torch.sum(1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / n
     return recon, kl, recon + beta * kl
