@@ -233,7 +233,7 @@ def test_smooth_maps(maps, sigma):
 
 
 # -- the other image detectors: parameters that enter at fit --------------------------------
-VAE_SMALL = {"channels": (4, 8), "latent_dim": 2, "bottleneck_channels": 2, "max_epochs": 1, "batch_size": 4,
+VAE_SMALL = {"input_space": "pixels", "channels": (4, 8), "latent_dim": 2, "bottleneck_channels": 2, "max_epochs": 1, "batch_size": 4,
              "random_state": 0}
 #: Parameters whose large valid values only cost time; they are fuzzed up to these bounds.
 _COSTLY = {"max_epochs": 2, "latent_dim": 8, "bottleneck_channels": 8, "kl_warmup_epochs": 3, "batch_size": 64,
@@ -312,6 +312,7 @@ def test_patch_detector_parameters_that_outgrow_the_image(patch_class, name, val
     TRIED[f"{patch_class.__name__}({name}=...)"] += 1
     try:
         det._validate_params()
+        det.image_shape_ = tuple(X.shape[1:])  # what BaseImageDetector._fit sets before _fit_images
         det._fit_images(X)  # the checks at its top come before any feature extraction
     except (ValueError, TypeError) as exc:
         assert name in str(exc) or "X has images" in str(exc), str(exc)
