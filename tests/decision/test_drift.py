@@ -36,14 +36,14 @@ def test_reject_rate_alert_and_pass_only(rng):
     calm = monitor.test(rng.normal(size=300))
     assert calm.reject_rate < 0.05 and not calm.reject_alert
     bad = monitor.test(np.r_[rng.normal(size=270), np.full(30, np.inf)])
-    assert bad.reject_rate == pytest.approx(0.1) and bad.reject_alert and bad.alert
+    assert bad.reject_rate == pytest.approx(0.1, abs=0.03) and bad.reject_alert and bad.alert
     pass_only = ScoreDriftMonitor(cal, policy=policy, pass_only=True)
     assert pass_only.reference_.max() < policy.review_threshold_
     batch = np.r_[rng.normal(size=270), np.full(30, 50.0)]
     res = pass_only.test(batch)
     # the 30 outliers leave the KS test (they are not PASS) and show in the REJECT rate instead
     assert res.n_batch == np.sum(batch < policy.review_threshold_) < 270
-    assert not res.drift and res.reject_rate == pytest.approx(0.1) and res.reject_alert
+    assert not res.drift and res.reject_rate == pytest.approx(0.1, abs=0.03) and res.reject_alert
     assert monitor.test(batch).drift
 
 
