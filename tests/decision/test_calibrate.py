@@ -63,3 +63,19 @@ def test_calibrate_wafer_folds():
     np.testing.assert_allclose(scores.loc[expected.index], expected.to_numpy())
     policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.06).fit(scores.dropna())
     assert policy.n_calibration_ == scores.notna().sum()
+
+
+def test_trace_detector_threshold_from_wafer_folds():
+    from greyanom import ShapeSignatureDetector
+    from greyanom.base import threshold_from_scores
+    from greyanom.datasets import make_pi_lots
+    from greyanom.decision import _calibrate_wafers
+
+    df = make_pi_lots(n_lots=3, wafers_per_lot=6, n_points=60, random_state=4)
+    det = ShapeSignatureDetector(lot_key="lot", n_initial_lots=2, n_jobs=1).fit(df)
+    # only the wafers of the two initial lots (those fit learned from) are folded; seed 0 by default
+    fit_rows = df[df["lot"].isin(sorted(df["lot"].unique())[:2])]
+    held = _calibrate_wafers(det, fit_rows, cv=5, random_state=0, wafer_scores=False)
+    np.testing.assert_allclose(det.heldout_scores_, held[~np.isnan(held)])
+    assert det.threshold_ == pytest.approx(threshold_from_scores(det.heldout_scores_, "auto"))
+    assert len(det.decision_scores_) == len(det.train_scores_)

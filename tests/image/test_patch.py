@@ -344,3 +344,10 @@ def test_pickling_does_not_change_the_fitted_detector(fitted):
     device = fitted.device_
     pickle.dumps(fitted)
     assert fitted.device_ == device and isinstance(fitted.device_, torch.device)
+
+
+def test_embed_is_the_pooled_backbone_features(fitted, data):
+    good = data[1]
+    feats = fitted._features(fitted._validated(good))
+    np.testing.assert_allclose(fitted.embed(good), feats.mean(axis=(2, 3)), rtol=1e-5)
+    assert fitted.embed(good).shape == (len(good), feats.shape[1])

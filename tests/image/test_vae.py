@@ -422,3 +422,8 @@ def test_threshold_comes_from_the_validation_images(fitted, images):
     np.testing.assert_allclose(fitted.decision_scores_, fitted.score(images), rtol=1e-5)
     expected = threshold_from_scores(fitted.decision_scores_[val], fitted.contamination)
     assert fitted.threshold_ == pytest.approx(expected)
+
+
+def test_embed_is_the_latent_mean(fitted, images):
+    np.testing.assert_allclose(fitted.embed(images[:4]), fitted.explain(images[:4]).latent_mean)
+    assert fitted.embed(images[:4]).shape == (4, fitted.latent_dim)
