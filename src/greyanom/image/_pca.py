@@ -251,8 +251,8 @@ class PCADetector(BaseImageDetector):
 
         Returns
         -------
-        Z : ndarray of shape (n, n_components_)
-            ``(x - mean_) @ components_.T``; feed them to
+        Z : ndarray of shape (n, n_components)
+            ``(x - mean_) @ components_.T`` with ``n_components = n_components_``; feed them to
             :class:`~greyanom.drift.FeatureDriftMonitor`.
         """
         check_is_fitted(self)
