@@ -7,24 +7,32 @@ Sign conventions (the same for every detector):
 * ``decision_function(X) = score_samples(X) - offset_``: negative for outliers.
 * ``predict(X)`` returns ``+1`` for inliers and ``-1`` for outliers.
 
-``offset_`` is set in ``fit`` from ``contamination``: a float gives the
-``contamination`` percentile of the training ``score_samples`` (so that this fraction of
-the training data is flagged), ``"auto"`` gives a robust three-sigma control limit,
-``median + 3 * 1.4826 * MAD`` of the training anomaly scores.
+``offset_`` is set in ``fit`` from ``contamination`` applied to **held-out** anomaly
+scores of the training data, scores from models that did not fit on the items they score
+(:meth:`BaseDetector._heldout_scores`): a float gives the ``1 - contamination`` quantile, so
+that about this fraction of *fresh* normal data is flagged, ``"auto"`` gives a robust
+three-sigma control limit, ``median + 3 * 1.4826 * MAD``. In-sample training scores are
+optimistic (a model fits its own training data better than new data), so a threshold set on
+them flags far more than ``contamination`` of new normal data; they stay available as
+``decision_scores_``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import numbers
+import warnings
 from abc import abstractmethod
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["BaseDetector", "ImageExplanation", "threshold_from_scores"]
+__all__ = ["BaseDetector", "ImageExplanation", "cross_fit_scores", "threshold_from_scores"]
+
+logger = logging.getLogger(__name__)
 
 
 def threshold_from_scores(train_scores, contamination):
@@ -63,6 +71,87 @@ def threshold_from_scores(train_scores, contamination):
     return np.percentile(s, 100.0 * (1.0 - contamination))
 
 
+def _splitter(cv, random_state, n, what="items"):
+    """A shuffled KFold for an int ``cv``, or ``cv`` itself when it is a splitter."""
+    from sklearn.model_selection import KFold
+
+    if hasattr(cv, "split"):
+        return cv
+    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
+        raise ValueError(f"cv must be an integer >= 2 or a splitter with split(), got {cv!r}.")
+    if n < cv:
+        raise ValueError(f"cv={cv} folds need at least {cv} {what}, got {n}.")
+    return KFold(n_splits=int(cv), shuffle=True, random_state=random_state)
+
+
+def _fit_clone(detector, X):
+    """An unfitted clone of ``detector`` fitted on ``X``.
+
+    A greyanom detector is fitted through ``_fit`` only: the clone needs its model, not its
+    own held-out threshold, and calling ``fit`` would nest cross-fitting inside cross-fitting.
+    """
+    model = clone(detector)
+    if isinstance(model, BaseDetector):
+        model._validate_params()
+        model._fit(X)
+    else:
+        model.fit(X)
+    return model
+
+
+def _score_clone(model, X):
+    if isinstance(model, BaseDetector):
+        return np.asarray(model._score(X), dtype=np.float64)
+    return np.asarray(model.score(X), dtype=np.float64)
+
+
+def cross_fit_scores(detector, X, *, cv=5, random_state=None):
+    """Anomaly scores of every item of ``X`` from clones that did not fit on it.
+
+    ``X`` is split into ``cv`` shuffled folds over its first axis (rows, or images); a clone of
+    ``detector`` is fitted on all folds but one and scores the one left out.
+
+    Parameters
+    ----------
+    detector : BaseDetector
+        Its parameters are used; it is not fitted.
+    X : array-like of shape (n, ...)
+        Normal data, indexable along the first axis (ndarray, list, pandas DataFrame).
+    cv : int >= 2 or a scikit-learn splitter, default=5
+        Number of folds, or a splitter with ``split``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the fold assignment.
+
+    Returns
+    -------
+    scores : ndarray of shape (n,)
+        Held-out anomaly scores (higher = more anomalous), in the order of ``X``.
+
+    See Also
+    --------
+    greyanom.decision.calibrate : The public entry point, also for wafer scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom import PCADetector
+    >>> from greyanom.base import cross_fit_scores
+    >>> X = np.random.default_rng(0).normal(size=(50, 4))
+    >>> cross_fit_scores(PCADetector(n_components=2), X, cv=5, random_state=0).shape
+    (50,)
+    """
+    from sklearn.utils import _safe_indexing
+    from sklearn.utils.validation import _num_samples
+
+    n = _num_samples(X)
+    splitter = _splitter(cv, random_state, n)
+    out = np.full(n, np.nan)
+    for train, test in splitter.split(np.zeros(n)):
+        model = _fit_clone(detector, _safe_indexing(X, train))
+        out[test] = _score_clone(model, _safe_indexing(X, test))
+    return out
+
+
 class BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of every greyanom detector.
 
@@ -78,6 +167,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         anomaly-score threshold above which ``predict`` returns ``-1``.
     threshold_ : float
         The anomaly-score threshold, ``-offset_``.
+    decision_scores_ : ndarray of shape (n_samples,)
+        In-sample anomaly scores of the training data (from the model fitted on them). They
+        are optimistic; ``offset_`` is set on held-out scores instead (``_heldout_scores``).
+    heldout_scores_ : ndarray
+        The held-out anomaly scores of normal training items that set ``offset_``; they are
+        calibration scores for :class:`greyanom.decision.DecisionPolicy` at no extra cost
+        (cross-fitted folds, or the VAE's validation images).
     """
 
     _parameter_constraints: dict = {
@@ -95,7 +191,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     # -- the contract -------------------------------------------------------------
     def fit(self, X, y=None):
-        """Fit the detector on normal data.
+        """Fit the detector on normal data and set its threshold on held-out scores.
+
+        ``offset_`` comes from ``contamination`` applied to scores of training items by
+        models that did not fit on them (see ``_heldout_scores``), so that ``predict`` flags
+        about ``contamination`` of fresh normal data; ``decision_scores_`` keeps the
+        in-sample scores.
 
         Parameters
         ----------
@@ -111,8 +212,79 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._validate_params()
         train_scores = self._fit(X)
-        self._set_offset(train_scores)
+        self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
+        self.heldout_scores_ = np.asarray(self._heldout_scores(X, train_scores), dtype=np.float64)
+        self._set_offset(self.heldout_scores_)
         return self
+
+    #: folds of the default cross-fitting in :meth:`_heldout_scores`
+    _heldout_cv = 5
+
+    def _heldout_scores(self, X, train_scores):
+        """Anomaly scores of normal training items from models that did not fit on them.
+
+        The default cross-fits: ``X`` is split into ``_heldout_cv`` shuffled folds (seeded
+        from ``random_state``; with ``random_state=None`` from a fixed seed, so that the
+        threshold does not change from fit to fit), a clone is fitted on all folds but one and scores the one left
+        out. That costs ``_heldout_cv`` extra fits on 80 % of the data; subclasses where that is
+        costly override this (the VAE reuses its validation split, the patch detectors
+        cross-fit on the features already extracted). With a pandas DataFrame and a detector
+        with ``trace_keys`` (the trace detectors) the folds are whole wafers. With fewer than
+        ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3 items the
+        in-sample ``train_scores`` are used with a warning ("too few"), as for trace detectors given a ``Traces`` object. A dask DataFrame of
+        traces is computed into pandas for the held-out fits, which run in-process; with
+        ``n_initial_lots`` only the wafers of those lots (the ones ``fit`` learned from) are
+        folded.
+        """
+        from sklearn.utils.validation import _num_samples
+
+        cv = self._heldout_cv
+        # fold assignment is deterministic by default, so that fitting twice gives one threshold
+        random_state = getattr(self, "random_state", None)
+        random_state = 0 if random_state is None else random_state
+        keys = getattr(self, "trace_keys", None)
+        if keys is not None and type(X).__module__.split(".")[0] == "dask":
+            # the folds need row indexing: the held-out fits run in-process on the computed frame
+            logger.info("%s: computing the dask DataFrame for the held-out wafer folds", type(self).__name__)
+            X = X.compute()
+        wafers = keys is not None and hasattr(X, "columns") and hasattr(X, "iloc")
+        if keys is not None and not wafers:
+            return self._insample_fallback(train_scores, f"{type(X).__name__} input (not a DataFrame of wafers)")
+        if wafers:
+            lot_key = getattr(self, "lot_key", None)
+            if hasattr(self, "_initial_lots") and lot_key is not None and lot_key in X.columns:
+                import pandas as pd
+
+                lots = self._initial_lots(pd.unique(X[lot_key]))  # fit used only these lots
+                if lots is not None:
+                    X = X[X[lot_key].isin(lots)]
+            n = len(X[[keys] if isinstance(keys, str) else list(keys)].drop_duplicates())
+        else:
+            if not hasattr(X, "iloc"):
+                X = np.asarray(X)  # lists and array-likes without row indexing
+            n = _num_samples(X)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} {'wafer' if wafers else 'item'}(s)")
+        # the clones repeat the warnings the fit just gave (e.g. n_components capped): silence them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if wafers:
+                from greyanom.decision import _calibrate_wafers
+
+                scores = _calibrate_wafers(self, X, cv=min(cv, n), random_state=random_state, wafer_scores=False)
+            else:
+                scores = cross_fit_scores(self, X, cv=min(cv, n), random_state=random_state)
+        scores = np.asarray(scores, dtype=np.float64)
+        return scores[~np.isnan(scores)]
+
+    def _insample_fallback(self, train_scores, why):
+        warnings.warn(
+            f"{type(self).__name__}: {why}: too few for held-out scores; the threshold is set on the "
+            "in-sample training scores, which flag more than `contamination` of new normal data.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return train_scores
 
     def _set_offset(self, train_scores):
         self.threshold_ = float(threshold_from_scores(train_scores, self.contamination))

@@ -211,9 +211,18 @@ def _write_results(out, data, detectors, reports, results, timings, args, n_trai
     }
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
     written = [out / "metrics.txt", out / "metrics.json"]
+    from greyanom.decision import format_decision_tables  # PASS/REVIEW/REJECT per true class (issue 10)
+
+    decisions = format_decision_tables(
+        {name: (detectors[name].heldout_scores_, results[name][0]) for name in results},
+        data.defect_types_test,
+        review_fpr=args.target_fpr,
+    )
+    (out / "decisions.txt").write_text(decisions + "\n")
+    written.append(out / "decisions.txt")
     if plots:
         written += _write_plots(out, data, results, reports, args.target_fpr, new=new)
-    return table, written
+    return table, decisions, written
 
 
 def _run_demo(args):
@@ -266,8 +275,8 @@ def _run_demo(args):
             target_fpr=args.target_fpr,
         )
         t3 = time.perf_counter()
-        table, written = _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test,
-                                        plots=plots, new=name)
+        table, decisions, written = _write_results(out, data, detectors, reports, results, timings, args, n_train, n_test,
+                                                   plots=plots, new=name)
         logger.info("[%d/%d] %s done (explain %.1f s, metrics %.1f s, files %.1f s): AUROC %.3f, pixel AUROC %.3f; "
                     "results so far in %s", k, len(detectors), name, t2 - t1, t3 - t2, time.perf_counter() - t3,
                     reports[name].auroc, reports[name].pixel_auroc, out)
@@ -279,6 +288,8 @@ def _run_demo(args):
           f"({int(data.y_test.sum())} defective), target FPR {args.target_fpr:g}")
     print(table)
     print("pixel AUROC and AUPRO on the heatmaps smoothed by each detector's smoothing_sigma")
+    print()
+    print(decisions)
     print("fit / explain seconds: " + ", ".join(f"{n} {t['fit_s']:.1f} / {t['explain_s']:.1f}" for n, t in timings.items()))
     if trace_table is not None:
         print()

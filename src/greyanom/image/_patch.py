@@ -75,6 +75,39 @@ class BasePatchDetector(BaseImageDetector):
             batch_size=self.batch_size,
         )
 
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted scores on the features extracted in ``_fit``: no second feature extraction.
+
+        The training features are split into ``_heldout_cv`` shuffled folds (seeded from
+        ``random_state``); for each fold the patch model (PaDiM's Gaussians, PatchCore's
+        coreset bank) is refitted on the other folds' features and scores the fold. The
+        backbone is frozen, so this equals cross-fitting the whole detector. Cost: PaDiM
+        ``_heldout_cv`` extra covariance fits (small next to the feature extraction),
+        PatchCore ``_heldout_cv`` extra greedy coresets on 80 % of the bank (about as long as
+        the fit's own coreset each). Fewer than 3 images: in-sample scores with a warning.
+        """
+        from sklearn.base import clone
+        from sklearn.model_selection import KFold
+        from sklearn.utils import check_random_state
+
+        features = self.__dict__.pop("_heldout_features")
+        n = len(features)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} image(s)")
+        cv = min(self._heldout_cv, n)
+        out = np.empty(n)
+        seed = 0 if self.random_state is None else self.random_state  # deterministic folds, as in the base
+        folds = KFold(cv, shuffle=True, random_state=seed).split(np.zeros(n))
+        for train, test in folds:
+            model = clone(self)
+            for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
+                setattr(model, name, getattr(self, name))
+            with torch_threads(self.n_jobs):
+                model._fit_features(features[train], check_random_state(self.random_state))
+                heat = model._map_batches(model._heatmap_batch, features[test], self.batch_size)["heatmap"]
+            out[test] = model._reduce(heat)
+        return out
+
     def _fit_images(self, images):
         """Learn from validated images; return their heatmaps (reusing the training features)."""
         from sklearn.utils import check_random_state
@@ -106,6 +139,7 @@ class BasePatchDetector(BaseImageDetector):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self._fit_features(features, check_random_state(self.random_state))
+            self._heldout_features = features  # taken (and dropped) by _heldout_scores
             return self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
 
     # -- heatmaps ----------------------------------------------------------------------
@@ -138,6 +172,27 @@ class BasePatchDetector(BaseImageDetector):
         with torch_threads(self.n_jobs):
             out = self._map_batches(lambda b: {"p": self._patch_scores(self._features(b))}, images, self.batch_size)
         return out["p"]
+
+    def embed(self, X):
+        """Pooled patch features of images, for drift monitoring.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8).
+
+        Returns
+        -------
+        features : ndarray of shape (n, C)
+            The backbone's patch features (all ``feature_stages`` channels) averaged over the
+            feature grid: one backbone pass per image, no patch model. Feed them to
+            :class:`~greyanom.drift.FeatureDriftMonitor`.
+        """
+        check_is_fitted(self)
+        images = self._validated(X)
+        with torch_threads(self.n_jobs):
+            out = self._map_batches(lambda b: {"f": self._features(b).mean(axis=(2, 3))}, images, self.batch_size)
+        return out["f"]
 
     # -- persistence hooks -------------------------------------------------------------
     def _json_state(self):

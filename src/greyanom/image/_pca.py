@@ -253,6 +253,24 @@ class PCADetector(BaseImageDetector):
     def _set_json_state(self, state):
         self.n_components_ = int(state["n_components_"])
 
+    def embed(self, X):
+        """Principal-component coordinates, for drift monitoring.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, 1, H, W) or (n, d)
+            Images (as in ``fit``) or tabular rows.
+
+        Returns
+        -------
+        Z : ndarray of shape (n, n_components)
+            ``(x - mean_) @ components_.T`` with ``n_components = n_components_``; feed them to
+            :class:`~greyanom.drift.FeatureDriftMonitor`.
+        """
+        check_is_fitted(self)
+        M = self._validated(X)
+        return (M.reshape(len(M), -1).astype(np.float64) - self.mean_) @ self.components_.T
+
 
 def _exact_svd(Mc):
     """Exact thin SVD of the centred data matrix; returns singular values and Vt.
