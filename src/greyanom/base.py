@@ -7,24 +7,32 @@ Sign conventions (the same for every detector):
 * ``decision_function(X) = score_samples(X) - offset_``: negative for outliers.
 * ``predict(X)`` returns ``+1`` for inliers and ``-1`` for outliers.
 
-``offset_`` is set in ``fit`` from ``contamination``: a float gives the
-``contamination`` percentile of the training ``score_samples`` (so that this fraction of
-the training data is flagged), ``"auto"`` gives a robust three-sigma control limit,
-``median + 3 * 1.4826 * MAD`` of the training anomaly scores.
+``offset_`` is set in ``fit`` from ``contamination`` applied to **held-out** anomaly
+scores of the training data, scores from models that did not fit on the items they score
+(:meth:`BaseDetector._heldout_scores`): a float gives the ``1 - contamination`` quantile, so
+that about this fraction of *fresh* normal data is flagged, ``"auto"`` gives a robust
+three-sigma control limit, ``median + 3 * 1.4826 * MAD``. In-sample training scores are
+optimistic (a model fits its own training data better than new data), so a threshold set on
+them flags far more than ``contamination`` of new normal data; they stay available as
+``decision_scores_``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import numbers
+import warnings
 from abc import abstractmethod
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["BaseDetector", "ImageExplanation", "threshold_from_scores"]
+__all__ = ["BaseDetector", "ImageExplanation", "cross_fit_scores", "threshold_from_scores"]
+
+logger = logging.getLogger(__name__)
 
 
 def threshold_from_scores(train_scores, contamination):
@@ -61,6 +69,87 @@ def threshold_from_scores(train_scores, contamination):
         mad = 1.4826 * np.median(np.abs(s - med))
         return med + 3.0 * mad
     return np.percentile(s, 100.0 * (1.0 - contamination))
+
+
+def _splitter(cv, random_state, n, what="items"):
+    """A shuffled KFold for an int ``cv``, or ``cv`` itself when it is a splitter."""
+    from sklearn.model_selection import KFold
+
+    if hasattr(cv, "split"):
+        return cv
+    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
+        raise ValueError(f"cv must be an integer >= 2 or a splitter with split(), got {cv!r}.")
+    if n < cv:
+        raise ValueError(f"cv={cv} folds need at least {cv} {what}, got {n}.")
+    return KFold(n_splits=int(cv), shuffle=True, random_state=random_state)
+
+
+def _fit_clone(detector, X):
+    """An unfitted clone of ``detector`` fitted on ``X``.
+
+    A greyanom detector is fitted through ``_fit`` only: the clone needs its model, not its
+    own held-out threshold, and calling ``fit`` would nest cross-fitting inside cross-fitting.
+    """
+    model = clone(detector)
+    if isinstance(model, BaseDetector):
+        model._validate_params()
+        model._fit(X)
+    else:
+        model.fit(X)
+    return model
+
+
+def _score_clone(model, X):
+    if isinstance(model, BaseDetector):
+        return np.asarray(model._score(X), dtype=np.float64)
+    return np.asarray(model.score(X), dtype=np.float64)
+
+
+def cross_fit_scores(detector, X, *, cv=5, random_state=None):
+    """Anomaly scores of every item of ``X`` from clones that did not fit on it.
+
+    ``X`` is split into ``cv`` shuffled folds over its first axis (rows, or images); a clone of
+    ``detector`` is fitted on all folds but one and scores the one left out.
+
+    Parameters
+    ----------
+    detector : BaseDetector
+        Its parameters are used; it is not fitted.
+    X : array-like of shape (n, ...)
+        Normal data, indexable along the first axis (ndarray, list, pandas DataFrame).
+    cv : int >= 2 or a scikit-learn splitter, default=5
+        Number of folds, or a splitter with ``split``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the fold assignment.
+
+    Returns
+    -------
+    scores : ndarray of shape (n,)
+        Held-out anomaly scores (higher = more anomalous), in the order of ``X``.
+
+    See Also
+    --------
+    greyanom.decision.calibrate : The public entry point, also for wafer scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom import PCADetector
+    >>> from greyanom.base import cross_fit_scores
+    >>> X = np.random.default_rng(0).normal(size=(50, 4))
+    >>> cross_fit_scores(PCADetector(n_components=2), X, cv=5, random_state=0).shape
+    (50,)
+    """
+    from sklearn.utils import _safe_indexing
+    from sklearn.utils.validation import _num_samples
+
+    n = _num_samples(X)
+    splitter = _splitter(cv, random_state, n)
+    out = np.full(n, np.nan)
+    for train, test in splitter.split(np.zeros(n)):
+        model = _fit_clone(detector, _safe_indexing(X, train))
+        out[test] = _score_clone(model, _safe_indexing(X, test))
+    return out
 
 
 class BaseDetector(OutlierMixin, BaseEstimator):

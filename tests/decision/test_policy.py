@@ -1,0 +1,180 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from greyanom.decision import DecisionPolicy, decision_table, min_calibration_size
+
+
+def _naive_p(cal, s):
+    cal = np.asarray(cal)
+    return np.array([(1 + np.sum(cal >= x)) / (cal.size + 1) for x in np.atleast_1d(s)])
+
+
+def test_p_values_match_the_definition(rng):
+    cal = rng.normal(size=300)
+    cal[:20] = cal[20:40]  # ties
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.01).fit(cal)
+    s = np.concatenate([rng.normal(size=200) * 2, cal[:30], [np.inf, -np.inf]])
+    np.testing.assert_allclose(policy.p_values(s), _naive_p(cal, s))
+    np.testing.assert_allclose(policy.confidence(s), 1 - _naive_p(cal, s))
+    assert policy.p_values([np.inf])[0] == pytest.approx(1 / 301)
+
+
+def test_thresholds_are_the_smallest_scores_with_p_at_most_the_rate(rng):
+    cal = rng.normal(size=500)
+    policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(cal)
+    for rate, thr in ((0.05, policy.review_threshold_), (0.005, policy.reject_threshold_)):
+        assert _naive_p(cal, thr)[0] <= rate
+        assert _naive_p(cal, np.nextafter(thr, -np.inf))[0] > rate
+    assert policy.reject_threshold_ > policy.review_threshold_
+    d = policy.decide([policy.review_threshold_, np.nextafter(policy.review_threshold_, -np.inf),
+                       policy.reject_threshold_, np.inf])
+    assert d.tolist() == ["REVIEW", "PASS", "REJECT", "REJECT"]
+    assert policy.false_review_rate_ <= 0.05
+    assert policy.fnr_ is None
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_decide_agrees_with_p_values(rng, ties):
+    cal = rng.exponential(size=400)
+    if ties:
+        cal = np.round(cal, 1)
+        cal[-50:] = cal.max()  # heavy ties at the top: no calibration score has p <= 0.02
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(cal)
+    s = np.concatenate([rng.exponential(size=1000) * 1.5, cal, np.nextafter(cal, np.inf)])
+    p = policy.p_values(s)
+    d = policy.decide(s)
+    np.testing.assert_array_equal(d == "REJECT", p <= 0.02)
+    np.testing.assert_array_equal(d != "PASS", p <= 0.1)
+
+
+def test_rejection_rate_on_fresh_normals_is_within_target():
+    # marginal guarantee: average over many calibration draws of P(REJECT | fresh normal)
+    rng = np.random.default_rng(7)
+    rates_rej, rates_rev = [], []
+    for _ in range(200):
+        policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.01).fit(rng.gamma(2.0, size=199))
+        d = policy.decide(rng.gamma(2.0, size=500))
+        rates_rej.append(np.mean(d == "REJECT"))
+        rates_rev.append(np.mean(d != "PASS"))
+    # exact expectation with n=199: floor(0.01*200)/200 = 0.01 and floor(0.05*200)/200 = 0.05
+    n_total = 200 * 500
+    for got, target in ((np.mean(rates_rej), 0.01), (np.mean(rates_rev), 0.05)):
+        upper = stats.binom.ppf(0.999, n_total, target) / n_total
+        assert got <= upper + 0.003  # calibration draws add variance beyond the binomial
+        assert got > target / 2
+
+
+def test_series_in_series_out(rng):
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.05).fit(rng.normal(size=100))
+    s = pd.Series([0.0, 5.0, -1.0], index=pd.Index(["w1", "w2", "w3"], name="wafer"))
+    d = policy.decide(s)
+    assert isinstance(d, pd.Series) and d.index.equals(s.index)
+    assert d["w2"] == "REJECT"
+    assert isinstance(policy.p_values(s), pd.Series)
+    assert isinstance(policy.confidence(s), pd.Series)
+    assert isinstance(policy.decide(s.to_numpy()), np.ndarray)
+
+
+def test_labelled_tuning_moves_review_threshold_down(rng):
+    normal = rng.normal(size=400)
+    anomalous = rng.normal(loc=2.0, size=200)
+    scores = np.concatenate([normal, anomalous])
+    y = np.r_[np.zeros(400, int), np.ones(200, int)]
+    plain = DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(scores, y=y)
+    assert plain.n_calibration_ == 400
+    assert plain.fnr_ == pytest.approx(np.mean(anomalous < plain.review_threshold_))
+    tuned = DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(scores, y=y, max_fnr=0.01)
+    assert tuned.review_threshold_ < plain.review_threshold_
+    assert tuned.fnr_ <= 0.01
+    assert tuned.reject_threshold_ == plain.reject_threshold_
+    assert tuned.false_review_rate_ == pytest.approx(_naive_p(normal, tuned.review_threshold_)[0])
+    assert tuned.false_review_rate_ > 0.05
+    # a loose max_fnr never raises the threshold above the conformal one
+    loose = DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(scores, y=y, max_fnr=0.9)
+    assert loose.review_threshold_ == plain.review_threshold_
+
+
+def test_min_calibration_size():
+    assert min_calibration_size(0.001) == 999
+    assert min_calibration_size(0.005) == 199
+    assert min_calibration_size(0.05) == 19
+    for rate in (0.001, 0.005, 0.01, 0.05, 0.1, 0.3):
+        n = min_calibration_size(rate)
+        assert 1 / (n + 1) <= rate + 1e-15 and 1 / n > rate
+
+
+@pytest.mark.parametrize(
+    "kwargs, scores, match",
+    [
+        ({}, [], "empty"),
+        ({}, np.r_[np.zeros(300), np.nan], "NaN"),
+        ({}, np.r_[np.zeros(300), np.inf], "infinite"),
+        ({"review_fpr": 0.01, "reject_fpr": 0.05}, np.zeros(300), "smaller than review_fpr"),
+        ({"review_fpr": 0.01, "reject_fpr": 0.01}, np.zeros(300), "smaller than review_fpr"),
+        ({"reject_fpr": 0.001}, np.arange(500.0), "at least 999"),
+        ({"review_fpr": 1.5}, np.zeros(300), "review_fpr must be in"),
+        ({}, np.zeros((20, 20)), "1-D"),
+    ],
+)
+def test_bad_input(kwargs, scores, match):
+    with pytest.raises(ValueError, match=match):
+        DecisionPolicy(**kwargs).fit(scores)
+
+
+def test_bad_use(rng):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DecisionPolicy().decide([1.0])
+    policy = DecisionPolicy().fit(rng.normal(size=300))
+    with pytest.raises(ValueError, match="NaN"):
+        policy.decide([0.0, np.nan])
+    with pytest.raises(TypeError, match="reject_fpr"):
+        DecisionPolicy(reject_fpr="small").fit(rng.normal(size=300))
+    with pytest.raises(ValueError, match="needs labels"):
+        DecisionPolicy().fit(rng.normal(size=300), max_fnr=0.01)
+    with pytest.raises(ValueError, match="0 \\(normal\\) and 1"):
+        DecisionPolicy().fit(rng.normal(size=300), y=np.full(300, 2))
+    with pytest.raises(ValueError, match="labelled 1"):
+        DecisionPolicy().fit(rng.normal(size=300), y=np.zeros(300, int), max_fnr=0.01)
+
+
+def test_save_load_roundtrip_and_refusals(tmp_path, rng):
+    scores = np.concatenate([rng.normal(size=300), rng.normal(2, size=50)])
+    y = np.r_[np.zeros(300, int), np.ones(50, int)]
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.01).fit(scores, y=y, max_fnr=0.05)
+    path = policy.save(tmp_path / "policy.json")
+    back = DecisionPolicy.load(path)
+    s = rng.normal(size=100) * 2
+    np.testing.assert_array_equal(back.decide(s), policy.decide(s))
+    np.testing.assert_allclose(back.p_values(s), policy.p_values(s))
+    assert back.review_threshold_ == policy.review_threshold_ and back.fnr_ == policy.fnr_
+    assert back.review_fpr == 0.1 and back.reject_fpr == 0.01
+
+    doc = json.loads(path.read_text())
+    newer = dict(doc, format_version=doc["format_version"] + 1)
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="format version"):
+        DecisionPolicy.load(tmp_path / "newer.json")
+    (tmp_path / "foreign.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a greyanom decision policy"):
+        DecisionPolicy.load(tmp_path / "foreign.json")
+    (tmp_path / "garbage.json").write_bytes(b"\x00\x01binary")
+    with pytest.raises(ValueError, match="not a greyanom decision policy"):
+        DecisionPolicy.load(tmp_path / "garbage.json")
+    broken = dict(doc, state={k: v for k, v in doc["state"].items() if k != "reject_threshold"})
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="damaged"):
+        DecisionPolicy.load(tmp_path / "broken.json")
+    with pytest.raises(FileNotFoundError):
+        DecisionPolicy.load(tmp_path / "absent.json")
+
+
+def test_decision_table():
+    t = decision_table(["PASS", "PASS", "REVIEW", "REJECT", "PASS"], [0, 0, 1, 1, 1], labels={0: "normal", 1: "bad"})
+    assert t.loc["normal"].tolist() == [2, 0, 0, 2]
+    assert t.loc["bad"].tolist() == [1, 1, 1, 3]
+    with pytest.raises(ValueError, match="PASS/REVIEW/REJECT"):
+        decision_table(["OK"], [0])
