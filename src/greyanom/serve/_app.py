@@ -5,7 +5,8 @@
 database and the metrics). ``greyanom serve`` on the command line calls ``serve``.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the endpoint annotations, whose
+# classes (Request) are imported inside create_app
 
 import collections
 import contextlib
@@ -134,7 +135,7 @@ class InspectionService:
             model_version=self.model_version,
         )
         self._lut = colormap_lut()
-        self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha)
+        self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha, policy=self.policy)
         self._window = collections.deque(maxlen=int(drift_window))
         self._drift_every = int(drift_every)
         self._since_drift = 0
@@ -231,6 +232,7 @@ class InspectionService:
         self.metrics.drift_p_value.set(float(result.p_value))
         self.metrics.drift_statistic.set(float(result.statistic))
         self.metrics.drift_window.set(len(scores))
+        self.metrics.reject_rate.set(float(result.reject_rate))
 
     def describe(self):
         """What ``GET /api/v1/model`` answers."""

@@ -106,6 +106,12 @@ class ServiceMetrics:
         self.drift_window = Gauge(
             "greyanom_score_drift_window_size", "Scores in the drift window of this worker.", **gauge_mode, **reg
         )
+        self.reject_rate = Gauge(
+            "greyanom_reject_rate",
+            "Fraction of REJECT decisions in the drift window (the case study alerts above 5 %).",
+            **gauge_mode,
+            **reg,
+        )
         self.drift_p_value.set(1.0)
         self.model_info = Gauge(
             "greyanom_model_info", "The served model (value 1).", ["model_class", "model_version"], **gauge_mode, **reg
