@@ -54,7 +54,8 @@ class InspectionService:
     resize : bool, default=False
         Resize images of another size to the model's (otherwise they are answered 422).
     heatmap_vmax : float, default=2.0
-        Normalised heatmap value drawn in the brightest colour (see :func:`heatmap_png`).
+        Value on the normal range (0 = its bottom, 1 = its top; see :meth:`normalize`)
+        drawn in the brightest colour.
     drift_window : int, default=500
         Recent scores the drift test compares with the policy's calibration scores.
     drift_every : int, default=50
@@ -135,6 +136,7 @@ class InspectionService:
             model_version=self.model_version,
         )
         self._lut = colormap_lut()
+        self._heat_range = self._display_range()
         self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha, policy=self.policy)
         self._window = collections.deque(maxlen=int(drift_window))
         self._drift_every = int(drift_every)
@@ -154,18 +156,34 @@ class InspectionService:
         self.detector.set_params(**{k: None for k in ("n_jobs", "n_threads") if k in params})
 
     # -- heatmaps ------------------------------------------------------------------------
-    def normalize(self, heatmap):
-        """The heatmap on the training scale: 1 = the top of the normal range.
-
-        The detector's own ``normalize_heatmap`` where it has one (the VAE: the 99.5th
-        percentile of held-out normal pixel errors); otherwise the heatmap divided by the
-        detector's ``threshold_``, the training control limit of the score that the
-        heatmap is reduced to.
-        """
+    def _display_range(self):
+        """``(low, top)`` of the normal range in heatmap units, from training statistics."""
         if hasattr(self.detector, "normalize_heatmap"):
-            return self.detector.normalize_heatmap(heatmap)
-        scale = float(self.detector.threshold_)
-        return np.asarray(heatmap, dtype=np.float32) / np.float32(scale if scale > 0 else 1.0)
+            # the detector's own scale (the VAE: the 99.5th percentile of held-out normal
+            # pixel errors); errors start at 0
+            top = float(np.asarray(self.detector.normalize_heatmap(np.ones((1, 1), np.float32))).ravel()[0])
+            return 0.0, 1.0 / top if top > 0 else 1.0
+        # patch and PCA maps have a baseline above 0 (a Mahalanobis or nearest-patch distance):
+        # the range of the held-out normal scores the heatmaps are reduced to, from the lowest
+        # calibration score to the REVIEW threshold
+        low = float(np.min(self.policy.calibration_scores_))
+        top = float(self.policy.review_threshold_)
+        if not top > low:
+            top = low + max(abs(low), 1.0)
+        return low, top
+
+    def normalize(self, heatmap):
+        """The heatmap on the model's normal range: 0 = its bottom, 1 = its top.
+
+        The bottom and top come from training statistics: the detector's own
+        ``normalize_heatmap`` where it has one (the VAE: 0 and the 99.5th percentile of the
+        pixel errors of held-out normal images); otherwise the lowest calibration score and
+        the REVIEW threshold of the policy (held-out normal scores, on the heatmap's scale
+        for the ``topk`` and ``max`` reductions). One scale for every image, so the same
+        colour means the same anomaly value.
+        """
+        low, top = self._heat_range
+        return (np.asarray(heatmap, dtype=np.float32) - np.float32(low)) / np.float32(top - low)
 
     # -- the inspection --------------------------------------------------------------------
     def inspect(self, body, wafer_id, inspection_point):
