@@ -64,7 +64,7 @@ def _payload_sha256(config_text, arrays):
     for name in sorted(arrays):
         value = np.ascontiguousarray(arrays[name])
         digest.update(f"\0{name}\0{value.dtype.str}\0{value.shape}\0".encode())
-        digest.update(value.tobytes())
+        digest.update(memoryview(value.reshape(-1).view(np.uint8)))  # no copy of large arrays
     return digest.hexdigest()
 
 
