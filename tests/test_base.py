@@ -32,12 +32,46 @@ def test_sign_conventions(rng):
     assert det.threshold_ == -det.offset_
 
 
-def test_contamination_fraction_is_flagged_on_training_data(rng):
+def test_contamination_fraction_is_flagged_on_fresh_data(rng):
     X = rng.normal(size=(1000, 2))
+    X_fresh = rng.normal(size=(20000, 2))
     for c in (0.01, 0.05, 0.2, 0.5):
         det = _MeanDetector(contamination=c).fit(X)
-        frac = np.mean(det.predict(X) == -1)
-        assert abs(frac - c) <= 0.002
+        frac = np.mean(det.predict(X_fresh) == -1)
+        # binomial noise of the 1000 held-out scores that set the threshold, and of the fresh draw
+        assert abs(frac - c) <= 4 * np.sqrt(c * (1 - c) / 1000) + 0.002
+        np.testing.assert_allclose(det.decision_scores_, det.score(X))
+
+
+def test_threshold_uses_held_out_scores(rng, monkeypatch):
+    from greyanom.base import cross_fit_scores
+
+    X = rng.normal(size=(200, 3))
+    det = _MeanDetector(contamination=0.1).fit(X)
+    held = cross_fit_scores(_MeanDetector(contamination=0.1), X, cv=5, random_state=0)
+    assert np.median(held) > np.median(det.decision_scores_)
+    seen = {}
+
+    def spy(self, X, train_scores):
+        seen["called"] = True
+        return np.arange(10.0)
+
+    monkeypatch.setattr(_MeanDetector, "_heldout_scores", spy)
+    det = _MeanDetector(contamination=0.1).fit(X)
+    assert seen["called"] and det.threshold_ == pytest.approx(np.percentile(np.arange(10.0), 90))
+
+
+def test_too_few_items_fall_back_to_in_sample_scores_with_a_warning(rng):
+    X = rng.normal(size=(2, 3))
+    with pytest.warns(UserWarning, match="too few for held-out scores"):
+        det = _MeanDetector(contamination=0.1).fit(X)
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 90))
+    # 3 items: leave-one-out folds, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _MeanDetector(contamination=0.1).fit(rng.normal(size=(3, 3)))
 
 
 def test_auto_threshold_is_robust_three_sigma():

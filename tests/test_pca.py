@@ -12,7 +12,21 @@ from greyanom import PCADetector
 from greyanom.image import reduce_error_maps
 
 
-@parametrize_with_checks([PCADetector(n_components=1), PCADetector(n_components=0.9, score_reduction="mean")])
+# offset_ is set on cross-fitted (held-out) scores so that predict flags about `contamination`
+# of *new* normal data; sklearn's check wants exactly `contamination` of the *training* data
+# flagged by fit_predict, which is the optimistic in-sample rule greyanom replaced (issue 10).
+_EXPECTED_FAILED = {
+    "check_outliers_fit_predict": "threshold set on held-out scores, not on the training data's own scores",
+    "check_outliers_train": "threshold set on held-out scores, not on the training data's own scores",
+}
+
+
+@parametrize_with_checks(
+    [PCADetector(n_components=1), PCADetector(n_components=0.9, score_reduction="mean")],
+    # with n_components=0.9 on sklearn's small check data the held-out threshold happens to flag
+    # the expected count as well; the exemption is needed for n_components=1 only
+    expected_failed_checks=lambda est: _EXPECTED_FAILED if est.n_components == 1 else {},
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 

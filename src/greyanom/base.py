@@ -167,6 +167,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         anomaly-score threshold above which ``predict`` returns ``-1``.
     threshold_ : float
         The anomaly-score threshold, ``-offset_``.
+    decision_scores_ : ndarray of shape (n_samples,)
+        In-sample anomaly scores of the training data (from the model fitted on them). They
+        are optimistic; ``offset_`` is set on held-out scores instead (``_heldout_scores``).
     """
 
     _parameter_constraints: dict = {
@@ -184,7 +187,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     # -- the contract -------------------------------------------------------------
     def fit(self, X, y=None):
-        """Fit the detector on normal data.
+        """Fit the detector on normal data and set its threshold on held-out scores.
+
+        ``offset_`` comes from ``contamination`` applied to scores of training items by
+        models that did not fit on them (see ``_heldout_scores``), so that ``predict`` flags
+        about ``contamination`` of fresh normal data; ``decision_scores_`` keeps the
+        in-sample scores.
 
         Parameters
         ----------
@@ -200,8 +208,62 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._validate_params()
         train_scores = self._fit(X)
-        self._set_offset(train_scores)
+        self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
+        self._set_offset(self._heldout_scores(X, train_scores))
         return self
+
+    #: folds of the default cross-fitting in :meth:`_heldout_scores`
+    _heldout_cv = 5
+
+    def _heldout_scores(self, X, train_scores):
+        """Anomaly scores of normal training items from models that did not fit on them.
+
+        The default cross-fits: ``X`` is split into ``_heldout_cv`` shuffled folds (seeded
+        from ``random_state``), a clone is fitted on all folds but one and scores the one left
+        out. That costs ``_heldout_cv`` extra fits on 80 % of the data; subclasses where that is
+        costly override this (the VAE reuses its validation split, the patch detectors
+        cross-fit on the features already extracted). With a pandas DataFrame and a detector
+        with ``trace_keys`` (the trace detectors) the folds are whole wafers. With fewer than
+        ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3 items, or data
+        that cannot be indexed (a dask DataFrame), the in-sample ``train_scores`` are used
+        with a warning ("too few").
+        """
+        from sklearn.utils.validation import _num_samples
+
+        cv = self._heldout_cv
+        random_state = getattr(self, "random_state", None)
+        keys = getattr(self, "trace_keys", None)
+        if type(X).__module__.split(".")[0] == "dask":
+            return self._insample_fallback(train_scores, "dask collections (not split into folds)")
+        wafers = keys is not None and hasattr(X, "columns") and hasattr(X, "iloc")
+        if wafers:
+            n = len(X[[keys] if isinstance(keys, str) else list(keys)].drop_duplicates())
+        else:
+            if not hasattr(X, "iloc"):
+                X = np.asarray(X)  # lists and array-likes without row indexing
+            n = _num_samples(X)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} {'wafer' if wafers else 'item'}(s)")
+        # the clones repeat the warnings the fit just gave (e.g. n_components capped): silence them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if wafers:
+                from greyanom.decision import _calibrate_wafers
+
+                scores = _calibrate_wafers(self, X, cv=min(cv, n), random_state=random_state, wafer_scores=False)
+            else:
+                scores = cross_fit_scores(self, X, cv=min(cv, n), random_state=random_state)
+        scores = np.asarray(scores, dtype=np.float64)
+        return scores[~np.isnan(scores)]
+
+    def _insample_fallback(self, train_scores, why):
+        warnings.warn(
+            f"{type(self).__name__}: {why}: too few for held-out scores; the threshold is set on the "
+            "in-sample training scores, which flag more than `contamination` of new normal data.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return train_scores
 
     def _set_offset(self, train_scores):
         self.threshold_ = float(threshold_from_scores(train_scores, self.contamination))

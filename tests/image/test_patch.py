@@ -309,11 +309,19 @@ def test_clear_errors_after_fit(fitted, data):
         PaDiMDetector(n_features=500, n_jobs=1).fit(data[0][:4])
 
 
-def test_threshold_comes_from_the_training_scores(fitted, data):
+def test_threshold_comes_from_cross_fitted_training_scores(fitted, data):
     from greyanom.base import threshold_from_scores
+    from greyanom.decision import calibrate
 
     train = data[0]
-    assert fitted.threshold_ == pytest.approx(threshold_from_scores(fitted.score(train), "auto"), rel=1e-5)
+    np.testing.assert_allclose(fitted.decision_scores_, fitted.score(train), rtol=1e-5)
+    assert not hasattr(fitted, "_heldout_features")  # the training features are not kept
+    # the override cross-fits on the features of fit; full clones (a feature extraction per
+    # fold) with the same folds give the same held-out scores
+    held = calibrate(type(fitted)(**fitted.get_params()), train, cv=5, random_state=fitted.random_state)
+    assert fitted.threshold_ == pytest.approx(threshold_from_scores(held, "auto"), rel=1e-4)
+    # in-sample scores are optimistic: the held-out threshold lies above the in-sample one
+    assert fitted.threshold_ > threshold_from_scores(fitted.decision_scores_, "auto")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fall-back when CUDA is absent")

@@ -412,3 +412,13 @@ def test_cuda_explicit_device(images):
     det = ConvVAEDetector(**{**TINY, "device": "cuda"}).fit(images)
     assert det.device_ == torch.device("cuda", torch.cuda.current_device()) or det.device_.type == "cuda"
     assert next(det.module_.parameters()).is_cuda
+
+
+def test_threshold_comes_from_the_validation_images(fitted, images):
+    from greyanom.base import threshold_from_scores
+
+    val = fitted.validation_indices_
+    assert 0 < len(val) < len(images) and len(np.unique(val)) == len(val)
+    np.testing.assert_allclose(fitted.decision_scores_, fitted.score(images), rtol=1e-5)
+    expected = threshold_from_scores(fitted.decision_scores_[val], fitted.contamination)
+    assert fitted.threshold_ == pytest.approx(expected)

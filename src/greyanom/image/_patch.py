@@ -85,9 +85,42 @@ class BasePatchDetector(BaseImageDetector):
         images = check_images(X, name="X")
         self.image_shape_ = tuple(int(v) for v in images.shape[1:])
         features = self._fit_images(images)
+        self._heldout_features = features  # taken (and dropped) by _heldout_scores
         with torch_threads(self.n_jobs):
             heat = self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
         return self._reduce(heat)
+
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted scores on the features extracted in ``_fit``: no second feature extraction.
+
+        The training features are split into ``_heldout_cv`` shuffled folds (seeded from
+        ``random_state``); for each fold the patch model (PaDiM's Gaussians, PatchCore's
+        coreset bank) is refitted on the other folds' features and scores the fold. The
+        backbone is frozen, so this equals cross-fitting the whole detector. Cost: PaDiM
+        ``_heldout_cv`` extra covariance fits (small next to the feature extraction),
+        PatchCore ``_heldout_cv`` extra greedy coresets on 80 % of the bank (about as long as
+        the fit's own coreset each). Fewer than 3 images: in-sample scores with a warning.
+        """
+        from sklearn.base import clone
+        from sklearn.model_selection import KFold
+        from sklearn.utils import check_random_state
+
+        features = self.__dict__.pop("_heldout_features")
+        n = len(features)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} image(s)")
+        cv = min(self._heldout_cv, n)
+        out = np.empty(n)
+        folds = KFold(cv, shuffle=True, random_state=self.random_state).split(np.zeros(n))
+        for train, test in folds:
+            model = clone(self)
+            for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
+                setattr(model, name, getattr(self, name))
+            with torch_threads(self.n_jobs):
+                model._fit_features(features[train], check_random_state(self.random_state))
+                heat = model._map_batches(model._heatmap_batch, features[test], self.batch_size)["heatmap"]
+            out[test] = model._reduce(heat)
+        return out
 
     def _fit_images(self, images):
         """Learn from validated images; return their features."""

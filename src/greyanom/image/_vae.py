@@ -158,8 +158,13 @@ class ConvVAEDetector(BaseImageDetector):
         :meth:`normalize_heatmap` to display heatmaps on one scale for all images.
     image_shape_ : tuple of int
         ``(H, W)`` of the training images.
+    validation_indices_ : ndarray of int
+        Training images held out for early stopping; their scores set ``offset_``.
     offset_, threshold_ : float
-        See :class:`~greyanom.base.BaseDetector`.
+        See :class:`~greyanom.base.BaseDetector`; set on the scores of the validation images
+        (held out from training), so ``predict`` flags about ``contamination`` of new normals.
+    decision_scores_ : ndarray
+        In-sample scores of all training images.
 
     See Also
     --------
@@ -330,6 +335,7 @@ class ConvVAEDetector(BaseImageDetector):
         rs = check_random_state(self.random_state)
         perm = rs.permutation(n)
         train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+        self.validation_indices_ = val_idx
         seed = int(rs.randint(0, 2**31 - 1))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # weight initialisation only, inside a forked RNG
@@ -378,6 +384,25 @@ class ConvVAEDetector(BaseImageDetector):
         val_heat = infer_batches(module, images[val_idx], self.batch_size, self.device_)["heatmap"]
         self.heatmap_scale_ = float(max(np.percentile(val_heat, _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
+
+    def _heldout_scores(self, X, train_scores):
+        """Scores of the validation images (``validation_indices_``), which the weights never trained on.
+
+        Free: ``fit`` already scores every training image. The validation split chose the
+        early-stopping epoch, so these scores are held out from the gradient steps but not
+        from model selection (a slight optimism, far smaller than in-sample scores). With
+        fewer than 10 validation images the threshold is noisy (a warning says so); raise
+        ``validation_fraction`` or use :func:`greyanom.decision.calibrate`.
+        """
+        held = np.asarray(train_scores, dtype=np.float64)[self.validation_indices_]
+        if held.size < 10:
+            warnings.warn(
+                f"ConvVAEDetector: the threshold is set on {held.size} validation image(s); it is noisy "
+                "(raise validation_fraction, or calibrate on more held-out normals).",
+                UserWarning,
+                stacklevel=4,
+            )
+        return held
 
     # -- scoring ----------------------------------------------------------------------
     def _explain_images(self, images):
