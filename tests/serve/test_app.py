@@ -273,3 +273,21 @@ def test_import_greyanom_does_not_import_the_serve_stack():
     code = ("import sys, greyanom; bad = [m for m in ('fastapi', 'uvicorn', 'sqlalchemy', 'prometheus_client') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_database_failure_is_500_without_an_answer(models, tmp_path, normal_png, monkeypatch):
+    """No answer without a committed record: a failing commit is an error, not a decision."""
+    from sqlalchemy.exc import OperationalError
+
+    with _client(models, "padim", tmp_path) as client:
+        records = client.app.state.service.records
+
+        def down(**fields):
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+        monkeypatch.setattr(records, "add", down)
+        r = _inspect(client, normal_png)
+        assert r.status_code == 500 and "decision" not in r.json()
+        metrics = client.get("/metrics").text
+        assert 'greyanom_rejected_requests_total{reason="internal_error"} 1.0' in metrics
+        assert 'greyanom_decisions_total{decision="PASS"} 0.0' in metrics

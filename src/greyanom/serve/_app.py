@@ -405,6 +405,10 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **servic
         except ImageError as exc:
             metrics.rejected.labels(reason=exc.code).inc()
             return _error(exc.status, exc.code, str(exc))
+        except Exception as exc:  # the model or the database failed: answer, log, keep serving
+            logger.exception("inspection of wafer %r point %d failed", wafer_id, inspection_point)
+            metrics.rejected.labels(reason="internal_error").inc()
+            return _error(500, "internal_error", f"the inspection failed ({type(exc).__name__}); see the service log.")
 
     @app.get("/api/v1/heatmaps/{inspection_id}.png", summary="The coloured heatmap of an inspection")
     def heatmap(inspection_id: int):
