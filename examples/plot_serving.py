@@ -1,6 +1,6 @@
 """
 Serving a detector: train, calibrate, save, inspect over HTTP, look at the heatmap
-=================================================================================
+==================================================================================
 
 The inspection service (:mod:`greyanom.serve`, the ``serve`` extra) puts a saved image
 detector and a :class:`~greyanom.decision.DecisionPolicy` behind the case study's REST
