@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import SIZE, normal_images, png_bytes, to_uint8
+from serve_support import SIZE, defect_png, models, normal_images, normal_png, png_bytes, to_uint8  # noqa: F401
 
 from fastapi.testclient import TestClient  # noqa: E402
 

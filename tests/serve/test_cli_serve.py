@@ -2,6 +2,8 @@
 
 import pytest
 
+from serve_support import models  # noqa: F401 (fixture)
+
 from greyanom.cli import main
 
 

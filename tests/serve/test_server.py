@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import normal_images, png_bytes, to_uint8
+from serve_support import models, normal_images, png_bytes, to_uint8  # noqa: F401
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")

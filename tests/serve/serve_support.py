@@ -1,6 +1,16 @@
-"""Tiny saved models and a fitted policy for the inspection-service tests."""
+"""Tiny saved models and a fitted policy for the inspection-service tests.
 
+Not a ``conftest.py``: a second conftest module would shadow ``tests/conftest.py`` for the
+test modules that import ``shared_data`` from it. The models are trained once per session
+(``_trained``) however many test modules import the fixture.
+"""
+
+import atexit
+import functools
 import io
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,13 +42,13 @@ def png_bytes(array, fmt="PNG", **kwargs):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """Saved tiny VAE and PaDiM models and a policy per model: name -> (model path, policy path)."""
+@functools.lru_cache(maxsize=1)
+def _trained():
     from greyanom import ConvVAEDetector, PaDiMDetector
     from greyanom.decision import DecisionPolicy
 
-    folder = tmp_path_factory.mktemp("models")
+    folder = Path(tempfile.mkdtemp(prefix="greyanom-serve-tests-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     train, calib = normal_images(24, 0), normal_images(40, 1)
     detectors = {
         "vae": ConvVAEDetector(channels=(8, 16), latent_dim=6, bottleneck_channels=4, max_epochs=3, n_threads=1,
@@ -53,6 +63,12 @@ def models(tmp_path_factory):
         policy_path = DecisionPolicy(review_fpr=0.2, reject_fpr=0.05).fit(scores).save(folder / f"{name}-policy.json")
         out[name] = (model_path, policy_path)
     return out
+
+
+@pytest.fixture(scope="session")
+def models():
+    """Saved tiny VAE and PaDiM models and a policy per model: name -> (model path, policy path)."""
+    return _trained()
 
 
 @pytest.fixture
