@@ -17,7 +17,7 @@ def test_demo_writes_metrics_and_plots(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--output", str(out), "--detectors", "pca", *TINY]) == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"metrics.txt", "metrics.json", "roc.png", "score_distributions.png", "heatmaps_pca.png"}
+    assert names == {"metrics.txt", "metrics.json", "decisions.txt", "roc.png", "score_distributions.png", "heatmaps_pca.png"}
     stdout = capsys.readouterr().out
     assert "AUROC" in stdout and "pca" in stdout and str(out.resolve()) in stdout
     summary = json.loads((out / "metrics.json").read_text())

@@ -170,6 +170,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     decision_scores_ : ndarray of shape (n_samples,)
         In-sample anomaly scores of the training data (from the model fitted on them). They
         are optimistic; ``offset_`` is set on held-out scores instead (``_heldout_scores``).
+    heldout_scores_ : ndarray
+        The held-out anomaly scores of normal training items that set ``offset_``; they are
+        calibration scores for :class:`greyanom.decision.DecisionPolicy` at no extra cost
+        (cross-fitted folds, or the VAE's validation images).
     """
 
     _parameter_constraints: dict = {
@@ -209,7 +213,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._validate_params()
         train_scores = self._fit(X)
         self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
-        self._set_offset(self._heldout_scores(X, train_scores))
+        self.heldout_scores_ = np.asarray(self._heldout_scores(X, train_scores), dtype=np.float64)
+        self._set_offset(self.heldout_scores_)
         return self
 
     #: folds of the default cross-fitting in :meth:`_heldout_scores`
@@ -219,24 +224,40 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Anomaly scores of normal training items from models that did not fit on them.
 
         The default cross-fits: ``X`` is split into ``_heldout_cv`` shuffled folds (seeded
-        from ``random_state``), a clone is fitted on all folds but one and scores the one left
+        from ``random_state``; with ``random_state=None`` from a fixed seed, so that the
+        threshold does not change from fit to fit), a clone is fitted on all folds but one and scores the one left
         out. That costs ``_heldout_cv`` extra fits on 80 % of the data; subclasses where that is
         costly override this (the VAE reuses its validation split, the patch detectors
         cross-fit on the features already extracted). With a pandas DataFrame and a detector
         with ``trace_keys`` (the trace detectors) the folds are whole wafers. With fewer than
-        ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3 items, or data
-        that cannot be indexed (a dask DataFrame), the in-sample ``train_scores`` are used
-        with a warning ("too few").
+        ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3 items the
+        in-sample ``train_scores`` are used with a warning ("too few"), as for trace detectors given a ``Traces`` object. A dask DataFrame of
+        traces is computed into pandas for the held-out fits, which run in-process; with
+        ``n_initial_lots`` only the wafers of those lots (the ones ``fit`` learned from) are
+        folded.
         """
         from sklearn.utils.validation import _num_samples
 
         cv = self._heldout_cv
+        # fold assignment is deterministic by default, so that fitting twice gives one threshold
         random_state = getattr(self, "random_state", None)
+        random_state = 0 if random_state is None else random_state
         keys = getattr(self, "trace_keys", None)
-        if type(X).__module__.split(".")[0] == "dask":
-            return self._insample_fallback(train_scores, "dask collections (not split into folds)")
+        if keys is not None and type(X).__module__.split(".")[0] == "dask":
+            # the folds need row indexing: the held-out fits run in-process on the computed frame
+            logger.info("%s: computing the dask DataFrame for the held-out wafer folds", type(self).__name__)
+            X = X.compute()
         wafers = keys is not None and hasattr(X, "columns") and hasattr(X, "iloc")
+        if keys is not None and not wafers:
+            return self._insample_fallback(train_scores, f"{type(X).__name__} input (not a DataFrame of wafers)")
         if wafers:
+            lot_key = getattr(self, "lot_key", None)
+            if hasattr(self, "_initial_lots") and lot_key is not None and lot_key in X.columns:
+                import pandas as pd
+
+                lots = self._initial_lots(pd.unique(X[lot_key]))  # fit used only these lots
+                if lots is not None:
+                    X = X[X[lot_key].isin(lots)]
             n = len(X[[keys] if isinstance(keys, str) else list(keys)].drop_duplicates())
         else:
             if not hasattr(X, "iloc"):

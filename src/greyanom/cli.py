@@ -204,7 +204,15 @@ def _run_demo(args):
         logger.info("%s: fit %.1f s, explain %.1f s", name, t1 - t0, t2 - t1)
 
     table = format_reports(reports)
-    written = []
+    from greyanom.decision import format_decision_tables  # PASS/REVIEW/REJECT per true class (issue 10)
+
+    decisions = format_decision_tables(
+        {name: (detectors[name].heldout_scores_, results[name][0]) for name in results},
+        data.defect_types_test,
+        review_fpr=args.target_fpr,
+    )
+    (out / "decisions.txt").write_text(decisions + "\n")
+    written = [out / "decisions.txt"]
     (out / "metrics.txt").write_text(table + "\n")
     written.append(out / "metrics.txt")
     summary = {
@@ -224,6 +232,8 @@ def _run_demo(args):
     print(f"greyanom demo: {len(data.X_train)} training / {len(data.X_test)} test wafer images "
           f"({int(data.y_test.sum())} defective), target FPR {args.target_fpr:g}")
     print(table)
+    print()
+    print(decisions)
     print("fit / explain seconds: " + ", ".join(f"{n} {t['fit_s']:.1f} / {t['explain_s']:.1f}" for n, t in timings.items()))
     if trace_table is not None:
         print()

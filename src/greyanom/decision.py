@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DecisionPolicy", "calibrate", "decision_table", "min_calibration_size"]
+__all__ = ["DecisionPolicy", "calibrate", "decision_table", "format_decision_tables", "min_calibration_size"]
 
 _FORMAT = "greyanom-decision-policy"
 _FORMAT_VERSION = 1
@@ -454,6 +454,56 @@ def decision_table(decisions, y_true, *, labels=None):
     table.index.name = None
     table.columns.name = None
     return table
+
+
+def format_decision_tables(runs, y_true, *, review_fpr=0.05, reject_fpr=0.005):
+    """Text of PASS / REVIEW / REJECT counts per true class, one table per detector.
+
+    Each detector gets a :class:`DecisionPolicy` fitted on its calibration scores. When there
+    are too few of them for ``reject_fpr``, the REJECT band is widened to the smallest rate
+    they support, ``1 / (n + 1)`` (said in the table's header); a detector with too few for
+    ``review_fpr`` gets a line saying so instead of a table.
+
+    Parameters
+    ----------
+    runs : dict
+        Detector name -> ``(calibration_scores, test_scores)``; e.g. the fitted detector's
+        ``heldout_scores_`` and ``score(X_test)``.
+    y_true : array-like
+        True class of each test item (0/1 or names such as defect types).
+    review_fpr, reject_fpr : float
+        Bands of the policies.
+
+    Returns
+    -------
+    text : str
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from greyanom.decision import format_decision_tables
+    >>> rng = np.random.default_rng(0)
+    >>> cal, test = rng.normal(size=300), np.r_[rng.normal(size=50), rng.normal(4, size=10)]
+    >>> print(format_decision_tables({"toy": (cal, test)}, np.r_[np.zeros(50), np.ones(10)].astype(int)))
+    toy (review_fpr=0.05, reject_fpr=0.005, n_calibration=300):
+       PASS  REVIEW  REJECT  total
+    0    49       1       0     50
+    1     0       1       9     10
+    """
+    blocks = []
+    for name, (cal, test) in runs.items():
+        n = int(np.size(cal))
+        if 1.0 / (n + 1) >= review_fpr:
+            blocks.append(f"{name}: {n} calibration scores are too few for review_fpr={review_fpr:g} "
+                          f"(needs more than {min_calibration_size(review_fpr)}); no decision table.")
+            continue
+        reject = reject_fpr if n >= min_calibration_size(reject_fpr) else 1.0 / (n + 1)
+        note = "" if reject == reject_fpr else " (widened: too few calibration scores)"
+        policy = DecisionPolicy(review_fpr=review_fpr, reject_fpr=reject).fit(cal)
+        table = decision_table(policy.decide(test), y_true)
+        blocks.append(f"{name} (review_fpr={review_fpr:g}, reject_fpr={reject:.3g}{note}, n_calibration={n}):\n"
+                      + table.to_string())
+    return "\n".join(blocks)
 
 
 def calibrate(detector, X, *, cv=5, random_state=None, method="score"):

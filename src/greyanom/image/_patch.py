@@ -111,7 +111,8 @@ class BasePatchDetector(BaseImageDetector):
             return self._insample_fallback(train_scores, f"{n} image(s)")
         cv = min(self._heldout_cv, n)
         out = np.empty(n)
-        folds = KFold(cv, shuffle=True, random_state=self.random_state).split(np.zeros(n))
+        seed = 0 if self.random_state is None else self.random_state  # deterministic folds, as in the base
+        folds = KFold(cv, shuffle=True, random_state=seed).split(np.zeros(n))
         for train, test in folds:
             model = clone(self)
             for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
@@ -171,6 +172,27 @@ class BasePatchDetector(BaseImageDetector):
         with torch_threads(self.n_jobs):
             out = self._map_batches(lambda b: {"p": self._patch_scores(self._features(b))}, images, self.batch_size)
         return out["p"]
+
+    def embed(self, X):
+        """Pooled patch features of images, for drift monitoring.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8).
+
+        Returns
+        -------
+        features : ndarray of shape (n, C)
+            The backbone's patch features (all ``feature_stages`` channels) averaged over the
+            feature grid: one backbone pass per image, no patch model. Feed them to
+            :class:`~greyanom.drift.FeatureDriftMonitor`.
+        """
+        check_is_fitted(self)
+        images = self._validated(X)
+        with torch_threads(self.n_jobs):
+            out = self._map_batches(lambda b: {"f": self._features(b).mean(axis=(2, 3))}, images, self.batch_size)
+        return out["f"]
 
     # -- persistence -------------------------------------------------------------------
     def _json_params(self):

@@ -241,6 +241,24 @@ class PCADetector(BaseImageDetector):
         fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
 
+    def embed(self, X):
+        """Principal-component coordinates, for drift monitoring.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, 1, H, W) or (n, d)
+            Images (as in ``fit``) or tabular rows.
+
+        Returns
+        -------
+        Z : ndarray of shape (n, n_components_)
+            ``(x - mean_) @ components_.T``; feed them to
+            :class:`~greyanom.drift.FeatureDriftMonitor`.
+        """
+        check_is_fitted(self)
+        M = self._validated(X)
+        return (M.reshape(len(M), -1).astype(np.float64) - self.mean_) @ self.components_.T
+
 
 def _exact_svd(Mc):
     """Exact thin SVD of the centred data matrix; returns singular values and Vt.

@@ -385,6 +385,23 @@ class ConvVAEDetector(BaseImageDetector):
         self.heatmap_scale_ = float(max(np.percentile(val_heat, _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
 
+    def embed(self, X):
+        """Latent means of images, for drift monitoring (:class:`~greyanom.drift.FeatureDriftMonitor`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8).
+
+        Returns
+        -------
+        latent_mean : ndarray of shape (n, latent_dim)
+            The encoder's ``mu`` (eval mode), the same as ``explain(X).latent_mean``; one
+            decoder pass per image is spent as well.
+        """
+        check_is_fitted(self)
+        return self._explain_images(self._validated(X))["latent_mean"]
+
     def _heldout_scores(self, X, train_scores):
         """Scores of the validation images (``validation_indices_``), which the weights never trained on.
 
