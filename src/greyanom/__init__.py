@@ -10,6 +10,7 @@ Sign convention: ``score(X)`` is the anomaly score (higher = more anomalous);
 
 __version__ = "0.1.0.dev0"
 
+from greyanom._persist import load
 from greyanom.base import BaseDetector, ImageExplanation
 from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector
 
@@ -21,6 +22,7 @@ __all__ = [
     "PaDiMDetector",
     "PatchCoreDetector",
     "__version__",
+    "load",
 ]
 
 # The trace detector pulls in Numba and its kernels, so it is imported on first use and

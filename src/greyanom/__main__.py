@@ -1,4 +1,4 @@
-"""``python -m greyanom demo``: the command line of :mod:`greyanom.cli`."""
+"""``python -m greyanom demo`` and ``python -m greyanom serve``: the command line of :mod:`greyanom.cli`."""
 
 import sys
 

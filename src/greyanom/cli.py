@@ -1,4 +1,4 @@
-"""The ``greyanom`` command line (``greyanom demo``, also ``python -m greyanom demo``)."""
+"""The ``greyanom`` command line (``greyanom demo``, ``greyanom serve``; also ``python -m greyanom``)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,57 @@ def _build_parser():
     demo.add_argument("--no-plots", action="store_true", help="write the metrics only")
     demo.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     demo.set_defaults(subparser=demo)
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub):
+    serve = sub.add_parser(
+        "serve",
+        help="serve a saved image detector and decision policy over HTTP (the 'serve' extra)",
+        description=(
+            "Run the inspection service (greyanom.serve): POST /api/v1/inspect with the raw PNG or TIFF "
+            "bytes of one grayscale image answers its anomaly score, PASS/REVIEW/REJECT decision, "
+            "confidence and heatmap link; every answer is first committed to the records database. "
+            "Also GET /api/v1/heatmaps/{id}.png, /api/v1/inspections, /api/v1/model, /healthz, /metrics."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model", required=True, metavar="PATH", help="model file written by a detector's save()")
+    serve.add_argument("--policy", required=True, metavar="PATH", help="decision policy written by DecisionPolicy.save()")
+    serve.add_argument("--db", default="sqlite:///greyanom-inspections.db", metavar="URL", help="SQLAlchemy database URL")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="uvicorn worker processes")
+    serve.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per inference")
+    serve.add_argument("--resize", action="store_true", help="resize images of another size (default: answer 422)")
+    serve.add_argument("--max-body-mb", type=float, default=4.0, metavar="MB", help="larger bodies are answered 413")
+    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _run_serve(args, parser):
+    """``greyanom serve``: check the arguments, then run the service until interrupted."""
+    for name in ("model", "policy"):
+        if not Path(getattr(args, name)).is_file():
+            parser.error(f"--{name} {getattr(args, name)!r} is not a file.")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}.")
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be at least 1.")
+    if not args.max_body_mb > 0:
+        parser.error(f"--max-body-mb must be positive, got {args.max_body_mb}.")
+    try:
+        from greyanom.serve import serve
+    except ImportError as exc:
+        parser.error(str(exc))
+    try:
+        serve(args.model, args.policy, db_url=args.db, host=args.host, port=args.port, workers=args.workers,
+              threads=args.threads, resize=args.resize, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+              access_log=args.access_log, log_level="debug" if args.verbose else "info")
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0
 
 
 def _resolve_detectors(spec):
@@ -438,6 +488,8 @@ def main(argv=None):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "serve":
+        return _run_serve(args, parser)
     if args.command == "demo":
         _check_args(args.subparser, args)
         return _run_demo(args)

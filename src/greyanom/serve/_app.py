@@ -1,0 +1,518 @@
+"""The inspection service: the case study's REST contract on FastAPI.
+
+``create_app`` builds the ASGI app around a saved detector and a decision policy;
+``serve`` runs it under uvicorn (one process, or several workers sharing the records
+database and the metrics). ``greyanom serve`` on the command line calls ``serve``.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoint annotations, whose
+# classes (Request) are imported inside create_app
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from greyanom.serve._images import ImageError, colormap_lut, decode_image, heatmap_png
+
+__all__ = ["InspectionService", "create_app", "serve", "app_from_env", "DEFAULT_MAX_BODY_BYTES"]
+
+logger = logging.getLogger("greyanom.serve")
+
+#: Request bodies above this many bytes are answered 413 (a 256x256 16-bit TIFF is 128 KiB).
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Environment variable through which ``serve`` hands its settings to uvicorn workers.
+CONFIG_ENV = "GREYANOM_SERVE_CONFIG"
+
+
+def _version_of(path, prefix=""):
+    from greyanom import __version__
+    from greyanom._persist import file_sha256
+
+    return f"{prefix}sha256:{file_sha256(path)[:16]}+greyanom-{__version__}"
+
+
+class InspectionService:
+    """Score, decide, record: the work behind ``POST /api/v1/inspect``, without HTTP.
+
+    Parameters
+    ----------
+    model : str, path-like or fitted image detector
+        A model file written by a detector's ``save`` (loaded with :func:`greyanom.load`),
+        or a fitted detector (then ``model_version`` names it).
+    policy : str, path-like or fitted DecisionPolicy
+        A policy file written by :meth:`greyanom.decision.DecisionPolicy.save`, or a
+        fitted policy.
+    db_url : str, default="sqlite:///greyanom-inspections.db"
+        SQLAlchemy URL of the records database.
+    resize : bool, default=False
+        Resize images of another size to the model's (otherwise they are answered 422).
+    heatmap_vmax : float, default=2.0
+        Value on the normal range (0 = its bottom, 1 = its top; see :meth:`normalize`)
+        drawn in the brightest colour.
+    drift_window : int, default=500
+        Recent scores the drift test compares with the policy's calibration scores.
+    drift_every : int, default=50
+        Run the drift test after every this many inspections (once the window holds at
+        least ``drift_every`` scores).
+    drift_alpha : float, default=0.01
+        Significance level of :class:`greyanom.drift.ScoreDriftMonitor` (the case study's
+        alert: KS p-value < 0.01).
+    threads : int or None, default=1
+        Torch threads per inference; requests run concurrently in uvicorn's thread pool,
+        so one thread each uses the cores without oversubscription. None leaves torch's
+        setting.
+    model_version : str, optional
+        Overrides the version (by default a content hash of the model file plus the
+        greyanom version).
+
+    Attributes
+    ----------
+    detector : BaseImageDetector
+    policy : DecisionPolicy
+    model_version, policy_version : str
+    records : Records
+    metrics : ServiceMetrics
+    """
+
+    def __init__(
+        self,
+        model,
+        policy,
+        *,
+        db_url="sqlite:///greyanom-inspections.db",
+        resize=False,
+        heatmap_vmax=2.0,
+        drift_window=500,
+        drift_every=50,
+        drift_alpha=0.01,
+        threads=1,
+        model_version=None,
+    ):
+        import greyanom
+        from greyanom.decision import DecisionPolicy
+        from greyanom.drift import ScoreDriftMonitor
+        from greyanom.serve._metrics import ServiceMetrics, score_buckets
+        from greyanom.serve._records import Records
+
+        if isinstance(model, (str, os.PathLike)):
+            self.detector = greyanom.load(model)
+            self.model_version = model_version or _version_of(model)
+        else:
+            self.detector = model
+            self.model_version = model_version or f"unsaved+greyanom-{greyanom.__version__}"
+        if not hasattr(self.detector, "image_shape_"):
+            raise TypeError(f"model must be a fitted image detector, got {type(self.detector).__name__}.")
+        if isinstance(policy, (str, os.PathLike)):
+            self.policy = DecisionPolicy.load(policy)
+            self.policy_version = _version_of(policy)
+        else:
+            self.policy = policy
+            self.policy_version = f"unsaved+greyanom-{greyanom.__version__}"
+        if not hasattr(self.policy, "review_threshold_"):
+            raise TypeError("policy must be a fitted DecisionPolicy.")
+        if heatmap_vmax <= 0:
+            raise ValueError(f"heatmap_vmax must be positive, got {heatmap_vmax!r}.")
+        if drift_window < 2 or drift_every < 1 or drift_every > drift_window:
+            raise ValueError(
+                f"need drift_window >= 2 and 1 <= drift_every <= drift_window, got {drift_window}, {drift_every}."
+            )
+        self.image_shape = tuple(int(v) for v in self.detector.image_shape_)
+        self.resize = bool(resize)
+        self.heatmap_vmax = float(heatmap_vmax)
+        self._set_threads(threads)
+        self.records = Records(db_url)
+        self.metrics = ServiceMetrics(
+            score_buckets(
+                getattr(self.policy, "calibration_scores_", ()), self.policy.review_threshold_, self.policy.reject_threshold_
+            ),
+            model_class=type(self.detector).__name__,
+            model_version=self.model_version,
+        )
+        self._lut = colormap_lut()
+        self._heat_range = self._display_range()
+        self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha, policy=self.policy)
+        self._window = collections.deque(maxlen=int(drift_window))
+        self._drift_every = int(drift_every)
+        self._since_drift = 0
+        self._lock = threading.Lock()
+        self.last_drift = None
+
+    def _set_threads(self, threads):
+        if threads is None:
+            return
+        from greyanom._optional import import_torch
+
+        import_torch("the inspection service").set_num_threads(int(threads))
+        # the service owns the process's torch threads; a detector's own thread context
+        # would set and restore them from many request threads at once
+        params = self.detector.get_params()
+        self.detector.set_params(**{k: None for k in ("n_jobs", "n_threads") if k in params})
+
+    # -- heatmaps ------------------------------------------------------------------------
+    def _display_range(self):
+        """``(low, top)`` of the normal range in heatmap units, from training statistics."""
+        if hasattr(self.detector, "normalize_heatmap"):
+            # the detector's own scale (the VAE: the 99.5th percentile of held-out normal
+            # pixel errors); errors start at 0
+            top = float(np.asarray(self.detector.normalize_heatmap(np.ones((1, 1), np.float32))).ravel()[0])
+            return 0.0, 1.0 / top if top > 0 else 1.0
+        # patch and PCA maps have a baseline above 0 (a Mahalanobis or nearest-patch distance):
+        # the range of the held-out normal scores the heatmaps are reduced to, from the lowest
+        # calibration score to the REVIEW threshold
+        low = float(np.min(self.policy.calibration_scores_))
+        top = float(self.policy.review_threshold_)
+        if not top > low:
+            top = low + max(abs(low), 1.0)
+        return low, top
+
+    def normalize(self, heatmap):
+        """The heatmap on the model's normal range: 0 = its bottom, 1 = its top.
+
+        The bottom and top come from training statistics: the detector's own
+        ``normalize_heatmap`` where it has one (the VAE: 0 and the 99.5th percentile of the
+        pixel errors of held-out normal images); otherwise the lowest calibration score and
+        the REVIEW threshold of the policy (held-out normal scores, on the heatmap's scale
+        for the ``topk`` and ``max`` reductions). One scale for every image, so the same
+        colour means the same anomaly value.
+        """
+        low, top = self._heat_range
+        return (np.asarray(heatmap, dtype=np.float32) - np.float32(low)) / np.float32(top - low)
+
+    # -- the inspection --------------------------------------------------------------------
+    def inspect(self, body, wafer_id, inspection_point):
+        """Decode, score, decide, render the heatmap, commit the record; return the answer.
+
+        Raises
+        ------
+        ImageError
+            If the body is not a usable image (the caller answers with its status).
+        """
+        t0 = time.perf_counter()
+        image = decode_image(body, self.image_shape, resize=self.resize)
+        explanation = self.detector.explain(image[None])
+        score = float(explanation.score[0])
+        if np.isnan(score):
+            raise RuntimeError("the model returned a NaN anomaly score.")
+        decision = str(self.policy.decide(np.array([score]))[0])
+        confidence = float(self.policy.confidence(np.array([score]))[0])
+        png = heatmap_png(self.normalize(explanation.heatmap[0]), self._lut, vmax=self.heatmap_vmax)
+        latent = getattr(explanation, "latent_mean", None)
+        elapsed_ms = 1000.0 * (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        record = self.records.add(
+            wafer_id=wafer_id,
+            inspection_point=int(inspection_point),
+            anomaly_score=score,
+            decision=decision,
+            confidence=confidence,
+            model_version=self.model_version,
+            policy_version=self.policy_version,
+            inference_time_ms=elapsed_ms,
+            heatmap_png=png,
+        )
+        self.metrics.database.observe(time.perf_counter() - t1)
+        self.metrics.inference.observe(elapsed_ms / 1000.0)
+        self.metrics.scores.observe(score)
+        self.metrics.decisions.labels(decision=decision).inc()
+        self._observe_drift(score)
+        answer = {
+            "id": record["id"],
+            "wafer_id": wafer_id,
+            "inspection_point": int(inspection_point),
+            "anomaly_score": score,
+            "decision": decision,
+            "confidence": confidence,
+            "heatmap_url": record["heatmap_url"],
+            "model_version": self.model_version,
+            "inference_time_ms": round(elapsed_ms, 3),
+        }
+        if latent is not None:
+            answer["latent_vector"] = [float(v) for v in latent[0]]
+        return answer
+
+    def _observe_drift(self, score):
+        with self._lock:
+            self._window.append(score)
+            self._since_drift += 1
+            if self._since_drift < self._drift_every or len(self._window) < self._drift_every:
+                return
+            self._since_drift = 0
+            scores = np.fromiter(self._window, dtype=np.float64)
+        result = self._drift.test(scores)
+        self.last_drift = result
+        self.metrics.drift_p_value.set(float(result.p_value))
+        self.metrics.drift_statistic.set(float(result.statistic))
+        self.metrics.drift_window.set(len(scores))
+        self.metrics.reject_rate.set(float(result.reject_rate))
+
+    def describe(self):
+        """What ``GET /api/v1/model`` answers."""
+        import greyanom
+
+        det, pol = self.detector, self.policy
+        out = {
+            "class": type(det).__name__,
+            "model_version": self.model_version,
+            "policy_version": self.policy_version,
+            "greyanom_version": greyanom.__version__,
+            "image_shape": list(self.image_shape),
+            "resize": self.resize,
+            "thresholds": {
+                "review": float(pol.review_threshold_),
+                "reject": float(pol.reject_threshold_),
+                "detector": float(det.threshold_),
+            },
+            "review_fpr": float(pol.review_fpr),
+            "reject_fpr": float(pol.reject_fpr),
+            "n_calibration": int(getattr(pol, "n_calibration_", len(pol.calibration_scores_))),
+            "heatmap_vmax": self.heatmap_vmax,
+        }
+        if getattr(det, "latent_dim", None) is not None:
+            out["latent_dim"] = int(det.latent_dim)
+        return out
+
+
+def _error(status, code, message):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": code, "message": message, "status": status}, status_code=status)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request, limit):
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge(int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **service_kwargs):
+    """The inspection service as a FastAPI app.
+
+    Endpoints: ``POST /api/v1/inspect?wafer_id=...&inspection_point=...`` (raw PNG or TIFF
+    bytes; the case study's contract), ``GET /api/v1/heatmaps/{id}.png``,
+    ``GET /api/v1/inspections?wafer_id=...``, ``GET /api/v1/model``, ``GET /healthz`` and
+    ``GET /metrics`` (Prometheus text). Every error is a JSON object
+    ``{"error": code, "message": ..., "status": ...}``.
+
+    Parameters
+    ----------
+    model : str, path-like or fitted image detector
+        See :class:`InspectionService`.
+    policy : str, path-like or fitted DecisionPolicy
+        See :class:`InspectionService`.
+    max_body_bytes : int, default=4 MiB
+        Larger request bodies are answered 413 without being read whole.
+    **service_kwargs
+        ``db_url``, ``resize``, ``heatmap_vmax``, ``drift_window``, ``drift_every``,
+        ``drift_alpha``, ``threads``, ``model_version``: see :class:`InspectionService`.
+
+    Returns
+    -------
+    app : fastapi.FastAPI
+        With the service as ``app.state.service``.
+
+    Examples
+    --------
+    >>> from greyanom.serve import create_app  # doctest: +SKIP
+    >>> app = create_app("model.safetensors", "policy.json", db_url="sqlite://")  # doctest: +SKIP
+    """
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    if int(max_body_bytes) < 1:
+        raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}.")
+    service = InspectionService(model, policy, **service_kwargs)
+    metrics = service.metrics
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.records.close()
+
+    app = FastAPI(
+        title="greyanom inspection service",
+        version=service.model_version,
+        description="Anomaly scores, PASS/REVIEW/REJECT decisions and heatmaps for inspection images.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request, exc):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such route; see /docs for the API."
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        metrics.rejected.labels(reason="bad_parameters").inc()
+        return _error(422, "bad_parameters", "; ".join(parts) or "invalid request parameters")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_request, exc):  # never a traceback to the client
+        logger.exception("internal error while answering a request")
+        return _error(500, "internal_error", f"the service failed to answer ({type(exc).__name__}); see its log.")
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(
+            method=request.method, route=getattr(route, "path", "unmatched"), status=str(response.status_code)
+        ).observe(time.perf_counter() - t0)
+        return response
+
+    @app.post("/api/v1/inspect", summary="Score one image, decide, record it")
+    async def inspect(
+        request: Request,
+        wafer_id: str = Query(..., min_length=1, max_length=128, description="wafer identifier"),
+        inspection_point: int = Query(..., ge=0, le=2**31 - 1, description="inspection point on the wafer"),
+    ):
+        try:
+            body = await _read_body(request, int(max_body_bytes))
+        except _BodyTooLarge as exc:
+            metrics.rejected.labels(reason="too_large").inc()
+            return _error(413, "too_large", f"the body has {exc.args[0]} bytes or more; the limit is {int(max_body_bytes)}.")
+        try:
+            return await run_in_threadpool(service.inspect, body, wafer_id, inspection_point)
+        except ImageError as exc:
+            metrics.rejected.labels(reason=exc.code).inc()
+            return _error(exc.status, exc.code, str(exc))
+        except Exception as exc:  # the model or the database failed: answer, log, keep serving
+            logger.exception("inspection of wafer %r point %d failed", wafer_id, inspection_point)
+            metrics.rejected.labels(reason="internal_error").inc()
+            return _error(500, "internal_error", f"the inspection failed ({type(exc).__name__}); see the service log.")
+
+    @app.get("/api/v1/heatmaps/{inspection_id}.png", summary="The coloured heatmap of an inspection")
+    def heatmap(inspection_id: int):
+        png = service.records.heatmap(inspection_id)
+        if png is None:
+            return _error(404, "not_found", f"no heatmap for inspection {inspection_id}.")
+        return Response(content=png, media_type="image/png")
+
+    @app.get("/api/v1/inspections", summary="Stored inspection records, newest first")
+    def inspections(
+        wafer_id: str | None = Query(None, max_length=128),
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ):
+        return {"inspections": service.records.query(wafer_id=wafer_id, limit=limit, offset=offset)}
+
+    @app.get("/api/v1/model", summary="The served model: class, version, thresholds")
+    def model_info():
+        return service.describe()
+
+    @app.get("/healthz", summary="Liveness and database check")
+    def healthz():
+        try:
+            service.records.ping()
+        except Exception as exc:  # the database is down: the service cannot record, so not healthy
+            return _error(503, "database_unavailable", f"the records database does not answer: {type(exc).__name__}")
+        return {"status": "ok", "model_version": service.model_version}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus():
+        content, content_type = metrics.render()
+        return Response(content=content, media_type=content_type)
+
+    return app
+
+
+def app_from_env():
+    """App factory for uvicorn workers: the settings come from ``GREYANOM_SERVE_CONFIG`` (JSON)."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the service with `greyanom serve`.")
+    return create_app(**json.loads(raw))
+
+
+def serve(
+    model,
+    policy,
+    *,
+    db_url="sqlite:///greyanom-inspections.db",
+    host="127.0.0.1",
+    port=8080,
+    workers=1,
+    access_log=False,
+    log_level="info",
+    **app_kwargs,
+):
+    """Run the inspection service under uvicorn until interrupted.
+
+    Parameters
+    ----------
+    model, policy : str or path-like
+        The model file and the decision-policy file.
+    db_url : str, default="sqlite:///greyanom-inspections.db"
+        SQLAlchemy URL of the records database, shared by all workers.
+    host : str, default="127.0.0.1"
+        Interface to listen on; ``0.0.0.0`` exposes the service to the network.
+    port : int, default=8080
+    workers : int, default=1
+        uvicorn worker processes. Each loads the model; uvicorn restarts a worker that
+        dies, so one worker's failure does not take the service down. With more than one,
+        the Prometheus metrics of all workers are aggregated through a shared folder
+        (``PROMETHEUS_MULTIPROC_DIR``, a temporary one unless set).
+    access_log : bool, default=False
+        uvicorn's per-request access log.
+    log_level : str, default="info"
+    **app_kwargs
+        Passed to :func:`create_app` (``resize``, ``max_body_bytes``, ``threads``, ...).
+    """
+    import shutil
+    import tempfile
+
+    from greyanom._optional import import_optional
+
+    uvicorn = import_optional("uvicorn", "serve", "greyanom serve")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers!r}.")
+    config = {"model": str(Path(model)), "policy": str(Path(policy)), "db_url": db_url, **app_kwargs}
+    options = {"host": host, "port": int(port), "access_log": bool(access_log), "log_level": log_level}
+    if int(workers) == 1:
+        uvicorn.run(create_app(**config), **options)
+        return
+    from greyanom._persist import read_config
+    from greyanom.serve._records import Records
+
+    read_config(model)  # fail here, once, rather than in every worker
+    Records(db_url).close()  # create the tables before the workers race to
+    made_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made_dir = tempfile.mkdtemp(prefix="greyanom-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
+    os.environ[CONFIG_ENV] = json.dumps(config)
+    try:
+        uvicorn.run("greyanom.serve._app:app_from_env", factory=True, workers=int(workers), **options)
+    finally:
+        if made_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(made_dir, ignore_errors=True)
