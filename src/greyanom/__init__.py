@@ -11,7 +11,7 @@ Sign convention: ``score(X)`` is the anomaly score (higher = more anomalous);
 __version__ = "0.1.0.dev0"
 
 from greyanom.base import BaseDetector, ImageExplanation
-from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector
+from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector, RegisteredPixelDetector
 
 __all__ = [
     "BaseDetector",
@@ -20,6 +20,7 @@ __all__ = [
     "PCADetector",
     "PaDiMDetector",
     "PatchCoreDetector",
+    "RegisteredPixelDetector",
     "__version__",
 ]
 
