@@ -78,9 +78,11 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     Parameters
     ----------
-    n_components : int, default=0
+    n_components : int, default=20
         Number of global principal modes of the aligned training images removed before the
-        per-pixel statistics; 0 = none. Capped at ``n_samples - 2``.
+        per-pixel statistics; 0 = none. Capped at ``n_samples - 2``. The modes absorb
+        die-to-die reflectance changes: 20 modes lifted image AUROC on ``make_wafer_images``
+        (seed 0) from 0.795 to 0.891.
     upsample_factor : int, default=10
         Sub-pixel precision of the registration (``1 / upsample_factor`` pixels).
     max_shift : float or None, default=None
@@ -95,13 +97,16 @@ class RegisteredPixelDetector(BaseImageDetector):
     heatmap_sigma : float, default=1.0
         Gaussian blur (pixels) of the ``|z|`` map before normalisation (the fine scale);
         0 = none.
-    coarse_sigma : float, default=4.0
+    coarse_sigma : float, default=0.0
         Gaussian blur (pixels) of the signed ``z`` map for the coarse scale, which finds
         large, faint defects (stains, films) whose pixels are each within the noise; the
-        heatmap is the larger of the two normalised scales. 0 = fine scale only.
+        heatmap is the larger of the two normalised scales. 0 = fine scale only. On
+        ``make_wafer_images`` ``coarse_sigma=4`` found more stains (0.88 against 0.50 at
+        FPR 5%) and raised pixel AUROC (0.872 against 0.809) but lowered image AUROC
+        (0.867 against 0.891), so it is off by default.
     score_reduction : {"mean", "max", "topk"}, default="max"
         How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`).
-    smoothing_sigma : float, default=1.0
+    smoothing_sigma : float, default=0.0
         Extra blur before reducing (on top of ``heatmap_sigma``).
     topk_fraction : float, default=0.001
         Fraction of pixels averaged by ``score_reduction="topk"``.
@@ -186,15 +191,15 @@ class RegisteredPixelDetector(BaseImageDetector):
     def __init__(
         self,
         *,
-        n_components=0,
+        n_components=20,
         upsample_factor=10,
         max_shift=None,
         n_iter=2,
         std_floor=0.05,
         heatmap_sigma=1.0,
-        coarse_sigma=4.0,
+        coarse_sigma=0.0,
         score_reduction="max",
-        smoothing_sigma=1.0,
+        smoothing_sigma=0.0,
         topk_fraction=0.001,
         contamination="auto",
         batch_size=64,
@@ -219,11 +224,9 @@ class RegisteredPixelDetector(BaseImageDetector):
     def _normalise(images):
         """Remove a least-squares plane and divide by the residual's standard deviation."""
         n, h, w = images.shape
-        yy, xx = np.mgrid[0:h, 0:w]
-        A = np.stack([np.ones(h * w), (xx.ravel() - w / 2) / w, (yy.ravel() - h / 2) / h], axis=1)
+        A, pinv = _plane_basis((h, w))
         flat = images.reshape(n, -1).astype(np.float64)
-        coef = np.linalg.lstsq(A, flat.T, rcond=None)[0]  # (3, n)
-        resid = flat - (A @ coef).T
+        resid = flat - (flat @ pinv.T) @ A.T  # least-squares plane per image
         scale = resid.std(axis=1, keepdims=True)
         scale[scale < 1e-12] = 1.0  # a constant image stays zero
         return (resid / scale).reshape(n, h, w)
@@ -232,7 +235,11 @@ class RegisteredPixelDetector(BaseImageDetector):
         reg = _registration()
         window = _window(images.shape[1:])
         shifts = np.empty((len(images), 2))
+        flat_reference = not np.any(reference_fft[1:, :]) and not np.any(reference_fft[0, 1:])
         for i, img in enumerate(images):
+            if flat_reference or not np.any(img):  # nothing to register (constant images)
+                shifts[i] = 0.0
+                continue
             shifts[i] = reg.phase_cross_correlation(
                 reference_fft,
                 np.fft.fft2(img * window),
@@ -287,7 +294,8 @@ class RegisteredPixelDetector(BaseImageDetector):
         resid = self._residuals(aligned)
         median = np.median(resid, axis=0)
         std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
-        std = np.maximum(std, self.std_floor * max(float(np.median(std)), 1e-12))
+        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
+        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
         self.median_ = median.astype(np.float32)
         self.std_ = std.astype(np.float32)
         fine, coarse = self._scale_maps((resid - median) / std)
@@ -438,6 +446,15 @@ class RegisteredPixelDetector(BaseImageDetector):
 
 
 @functools.lru_cache(maxsize=8)
+def _plane_basis(shape):
+    """Design matrix ``(H * W, 3)`` of a plane and its pseudo-inverse (cached per shape)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    A = np.stack([np.ones(h * w), (xx.ravel() - w / 2) / w, (yy.ravel() - h / 2) / h], axis=1)
+    return A, np.linalg.pinv(A)
+
+
+@functools.lru_cache(maxsize=8)
 def _window(shape):
     """Hann window of ``shape``: without it, a periodic die pattern correlates as well one
     die pitch away as in place, and phase correlation jumps by whole dies."""
@@ -449,16 +466,14 @@ def _window(shape):
 def _floored_mean(maps):
     """Per-pixel mean of training maps, floored at a quarter of its median (float32)."""
     mean = maps.mean(axis=0)
-    return np.maximum(mean, 0.25 * float(np.median(mean))).astype(np.float32)
+    return np.maximum(mean, max(0.25 * float(np.median(mean)), 1e-3)).astype(np.float32)
 
 
 def _to_grey_levels(model, images):
     """Map normalised model images back to each image's grey levels (plane and gain)."""
     n, h, w = images.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    A = np.stack([np.ones(h * w), (xx.ravel() - w / 2) / w, (yy.ravel() - h / 2) / h], axis=1)
+    A, pinv = _plane_basis((h, w))
     flat = images.reshape(n, -1).astype(np.float64)
-    coef = np.linalg.lstsq(A, flat.T, rcond=None)[0]
-    plane = (A @ coef).T
+    plane = (flat @ pinv.T) @ A.T
     scale = (flat - plane).std(axis=1, keepdims=True)
     return np.clip(model.reshape(n, -1) * scale + plane, 0.0, 1.0).reshape(n, h, w)
