@@ -21,6 +21,7 @@ Usage::
 
     python benchmarks/image_report.py --data wafer [--json out.json] [--vae-recipe short]
                                       [--detectors PCADetector,RegisteredPixelDetector]
+    python benchmarks/image_report.py --rst table.rst wafer.json die.json ...   # tables of runs
 """
 
 from __future__ import annotations
@@ -156,6 +157,34 @@ def fmt_row(row):
     return f"{row['data']:<17} {row['detector']:<29} {vals}\n    detection rate at FPR 5%: {types}"
 
 
+def write_rst(json_files, path):
+    """One RST list-table (and a per-type table) from the JSON files of several runs."""
+    rows = [r for f in json_files for r in json.loads(Path(f).read_text())]
+    header = ["data", "detector", "image AUROC", "AUPRC", "FNR @ FPR 5%", "pixel AUROC", "AUPRO", "fit (s)",
+              "ms/img batch 1", "ms/img batch 32", "model (MB)"]
+
+    def f(v, fmt):
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    def table(head, body):
+        out = [".. list-table::", "   :header-rows: 1", "   :widths: auto", "", "   * - " + "\n     - ".join(head)]
+        out += ["   * - " + "\n     - ".join(cells) for cells in body]
+        return out + [""]
+
+    body = [[r["data"], f"``{r['detector']}``", f(r["AUROC"], ".3f"), f(r["AUPRC"], ".3f"), f(r["FNR@5%"], ".3f"),
+             f(r["pixAUROC"], ".3f"), f(r["AUPRO"], ".3f"), f(r["fit_s"], ".0f"), f(r["ms_b1"], ".0f"),
+             f(r["ms_b32"], ".0f"), f(r["model_MB"], ".1f")] for r in rows]
+    lines = table(header, body)
+    lines += ["Detection rate per defect type at the FPR = 5% threshold:", ""]
+    for data_name in dict.fromkeys(r["data"] for r in rows):
+        sub = [r for r in rows if r["data"] == data_name]
+        types = list(dict.fromkeys(k for r in sub for k in r["per_type"] if k != "good"))
+        lines += table(["data", "detector"] + types,
+                       [[data_name, f"``{r['detector']}``"] + [f(r["per_type"].get(t), ".2f") for t in types]
+                        for r in sub])
+    Path(path).write_text("\n".join(lines))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, choices=DATASETS)
@@ -163,6 +192,9 @@ def main(argv=None):
     parser.add_argument("--vae-recipe", choices=("full", "short"), default="full")
     parser.add_argument("--json", help="write the rows as JSON")
     parser.add_argument("--one", metavar="DETECTOR", help=argparse.SUPPRESS)
+    if argv is None and sys.argv[1:2] == ["--rst"]:
+        write_rst(sys.argv[3:], sys.argv[2])
+        return 0
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.data, args.one, args.vae_recipe)))

@@ -113,7 +113,7 @@ def load_image_folder(
     ...     for i in range(n):
     ...         Image.fromarray(np.full((40, 50), 100, np.uint8)).save(root / cls / f"{i}.png")
     >>> data = load_image_folder(root, image_size=32, random_state=0)
-    >>> data.X_train.shape, list(data.defect_types_test)
+    >>> data.X_train.shape, data.defect_types_test.tolist()
     ((2, 32, 32), ['good', 'good', 'scratch', 'scratch'])
     """
     from PIL import Image
