@@ -12,7 +12,7 @@ __version__ = "0.1.0.dev0"
 
 from greyanom._persist import load
 from greyanom.base import BaseDetector, ImageExplanation
-from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector
+from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector, RegisteredPixelDetector
 
 __all__ = [
     "BaseDetector",
@@ -21,6 +21,7 @@ __all__ = [
     "PCADetector",
     "PaDiMDetector",
     "PatchCoreDetector",
+    "RegisteredPixelDetector",
     "__version__",
     "load",
 ]

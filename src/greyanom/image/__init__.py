@@ -3,6 +3,7 @@
 from greyanom.image._padim import PaDiMDetector
 from greyanom.image._patchcore import PatchCoreDetector
 from greyanom.image._pca import PCADetector
+from greyanom.image._registered import RegisteredExplanation, RegisteredPixelDetector
 from greyanom.image._reduce import reduce_error_maps, smooth_maps
 from greyanom.image._vae import ConvVAEDetector, VAEExplanation
 
@@ -11,6 +12,8 @@ __all__ = [
     "PCADetector",
     "PaDiMDetector",
     "PatchCoreDetector",
+    "RegisteredExplanation",
+    "RegisteredPixelDetector",
     "VAEExplanation",
     "reduce_error_maps",
     "smooth_maps",

@@ -1,0 +1,479 @@
+"""RegisteredPixelDetector: golden-template inspection of aligned images, per pixel."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+
+import numpy as np
+from scipy import ndimage
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import randomized_svd
+from sklearn.utils.validation import check_is_fitted, check_random_state
+
+from greyanom._optional import import_optional
+from greyanom._persist import load_arrays, save_arrays
+from greyanom.base import ImageExplanation
+from greyanom.image._base import BaseImageDetector
+from greyanom.image._reduce import smooth_maps
+
+__all__ = ["RegisteredPixelDetector", "RegisteredExplanation"]
+
+_MAD_TO_STD = 1.4826
+
+
+def _registration():
+    return import_optional("skimage.registration", "image", "RegisteredPixelDetector")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredExplanation(ImageExplanation):
+    """Explanation of :class:`RegisteredPixelDetector`: the image fields plus the shifts.
+
+    Attributes
+    ----------
+    heatmap : ndarray of shape (n, H, W)
+        Normalised ``|z|`` per pixel, in each test image's own frame.
+    score : ndarray of shape (n,)
+        Anomaly scores, equal to ``detector.score(X)``.
+    reconstruction : ndarray of shape (n, H, W)
+        The per-pixel model (robust mean, plus the PCA modes when ``n_components > 0``)
+        moved into each test image's frame, in the grey levels of the input.
+    shift : ndarray of shape (n, 2)
+        The estimated ``(row, column)`` translation, in pixels, that registers each image
+        to the reference (as :func:`skimage.registration.phase_cross_correlation` returns
+        it: shifting the image by ``shift`` aligns it).
+    """
+
+    shift: np.ndarray | None = None
+
+
+class RegisteredPixelDetector(BaseImageDetector):
+    """Per-pixel robust statistics of registered images (golden-template inspection).
+
+    Wafer and die images are aligned by construction up to a small stage shift. This
+    detector does what die-to-die and golden-template inspection tools do: it brings every
+    image onto a common reference by a sub-pixel translation and compares each pixel with
+    the same pixel on normal parts. Per image (in ``fit`` and when scoring):
+
+    1. remove a least-squares plane (illumination offset and gradient) and divide by the
+       residual's standard deviation (illumination gain);
+    2. register to the reference by FFT phase correlation with sub-pixel refinement
+       (:func:`skimage.registration.phase_cross_correlation`) and shift the image onto it
+       (cubic spline, :func:`scipy.ndimage.shift`);
+    3. optionally remove the image's projection on ``n_components`` global principal modes
+       of the aligned normal images (die-to-die reflectance, film thickness);
+    4. ``z = (x - median) / std`` per pixel, with the robust per-pixel median and standard
+       deviation (1.4826 MAD) of the aligned training images, the deviation floored;
+    5. ``|z|``, blurred by ``heatmap_sigma``, divided by the per-pixel mean of the training
+       images' blurred ``|z|`` maps (so fixed artefacts, at the border after shifting or on
+       structure edges, cancel); the same at a coarse scale (``|z|`` of the signed map
+       blurred by ``coarse_sigma``), the larger of the two kept; then shifted back into the
+       test image's own frame.
+
+    The reference starts as the median of the preprocessed training images and is
+    re-estimated as the median of the aligned ones ``n_iter`` times. The heatmap is
+    reduced to a score by the shared reductions (the maximum by default).
+
+    Parameters
+    ----------
+    n_components : int, default=20
+        Number of global principal modes of the aligned training images removed before the
+        per-pixel statistics; 0 = none. Capped at ``n_samples - 2``. The modes absorb
+        die-to-die reflectance changes: 20 modes lifted image AUROC on ``make_wafer_images``
+        (seed 0) from 0.808 to 0.891.
+    upsample_factor : int, default=10
+        Sub-pixel precision of the registration (``1 / upsample_factor`` pixels).
+    max_shift : float or None, default=None
+        Largest plausible shift in pixels; an estimated shift beyond it is replaced by no
+        shift (periodic patterns can make phase correlation jump a period). ``None``: no
+        limit.
+    n_iter : int, default=2
+        Re-estimations of the reference from the aligned training images.
+    std_floor : float, default=0.05
+        Floor of the per-pixel standard deviation, as a fraction of its median over the
+        image, so that pixels that never varied in training cannot give infinite ``z``.
+    heatmap_sigma : float, default=1.0
+        Gaussian blur (pixels) of the ``|z|`` map before normalisation (the fine scale);
+        0 = none.
+    coarse_sigma : float, default=0.0
+        Gaussian blur (pixels) of the signed ``z`` map for the coarse scale, which finds
+        large, faint defects (stains, films) whose pixels are each within the noise; the
+        heatmap is the larger of the two normalised scales. 0 = fine scale only. On
+        ``make_wafer_images`` ``coarse_sigma=4`` found more stains (0.88 against 0.50 at
+        FPR 5%) and raised pixel AUROC (0.872 against 0.809) but lowered image AUROC
+        (0.867 against 0.891), so it is off by default.
+    score_reduction : {"mean", "max", "topk"}, default="max"
+        How the heatmap becomes a score (see :func:`greyanom.image.reduce_error_maps`).
+    smoothing_sigma : float, default=0.0
+        Extra blur before reducing (on top of ``heatmap_sigma``).
+    topk_fraction : float, default=0.001
+        Fraction of pixels averaged by ``score_reduction="topk"``.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    batch_size : int, default=64
+        Images processed per batch (bounds memory).
+    random_state : int, RandomState instance or None, default=None
+        Seed of the randomized SVD of the PCA modes (``n_components > 0``).
+
+    Attributes
+    ----------
+    reference_ : ndarray of shape (H, W)
+        The registration reference (median of the aligned, preprocessed training images).
+    median_ : ndarray of shape (H, W)
+        Per-pixel median of the aligned training images (of their PCA residuals when
+        ``n_components > 0``).
+    std_ : ndarray of shape (H, W)
+        Per-pixel robust standard deviation, floored.
+    norm_ : ndarray of shape (H, W)
+        Per-pixel mean of the blurred training ``|z|`` maps (floored at its median / 4).
+    coarse_norm_ : ndarray of shape (H, W)
+        The same for the coarse scale (ones when ``coarse_sigma=0``).
+    mean_ : ndarray of shape (H, W)
+        Mean aligned training image (the PCA centre).
+    components_ : ndarray of shape (k, H * W)
+        Principal modes removed before the statistics (``k = n_components_``).
+    n_components_ : int
+        Number of modes used.
+    train_shifts_ : ndarray of shape (n_samples, 2)
+        Estimated shifts of the training images.
+    model_nbytes_ : int
+        Memory of the fitted model's arrays in bytes.
+    image_shape_ : tuple of int
+    n_features_in_ : int
+        Pixels per image.
+    offset_, threshold_ : float
+        See :class:`~greyanom.base.BaseDetector`.
+
+    See Also
+    --------
+    PaDiMDetector : Patch features for images that are not aligned (objects that move).
+    PCADetector : The reconstruction baseline.
+
+    Notes
+    -----
+    Registration is a translation only: rotations of a few tenths of a degree leave a
+    sub-pixel residual at the image corners that the per-pixel standard deviation absorbs.
+    The detector needs no torch; it needs scikit-image (``pip install "greyanom[image]"``).
+
+    References
+    ----------
+    .. [1] M. Guizar-Sicairos, S. T. Thurman, J. R. Fienup, "Efficient subpixel image
+       registration algorithms", Optics Letters 33, 156-158, 2008.
+
+    Examples
+    --------
+    >>> from greyanom import RegisteredPixelDetector
+    >>> from greyanom.datasets import make_wafer_images
+    >>> data = make_wafer_images(n_train=30, n_test=10, image_size=64, random_state=0)
+    >>> det = RegisteredPixelDetector(random_state=0).fit(data.X_train)
+    >>> e = det.explain(data.X_test[:2])
+    >>> e.heatmap.shape, e.shift.shape
+    ((2, 64, 64), (2, 2))
+    """
+
+    _parameter_constraints: dict = {
+        **BaseImageDetector._parameter_constraints,
+        "n_components": [Interval(numbers.Integral, 0, None, closed="left")],
+        "upsample_factor": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_shift": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "n_iter": [Interval(numbers.Integral, 0, None, closed="left")],
+        "std_floor": [Interval(numbers.Real, 0, None, closed="neither")],
+        "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "coarse_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+    _explanation_class = RegisteredExplanation
+    _array_names = ("reference_", "median_", "std_", "norm_", "coarse_norm_", "mean_", "components_", "train_shifts_")
+
+    def __init__(
+        self,
+        *,
+        n_components=20,
+        upsample_factor=10,
+        max_shift=None,
+        n_iter=2,
+        std_floor=0.05,
+        heatmap_sigma=1.0,
+        coarse_sigma=0.0,
+        score_reduction="max",
+        smoothing_sigma=0.0,
+        topk_fraction=0.001,
+        contamination="auto",
+        batch_size=64,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.upsample_factor = upsample_factor
+        self.max_shift = max_shift
+        self.n_iter = n_iter
+        self.std_floor = std_floor
+        self.heatmap_sigma = heatmap_sigma
+        self.coarse_sigma = coarse_sigma
+        self.score_reduction = score_reduction
+        self.smoothing_sigma = smoothing_sigma
+        self.topk_fraction = topk_fraction
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    # -- preprocessing and registration ---------------------------------------------
+    @staticmethod
+    def _normalise(images):
+        """Remove a least-squares plane and divide by the residual's standard deviation."""
+        n, h, w = images.shape
+        A, pinv = _plane_basis((h, w))
+        flat = images.reshape(n, -1).astype(np.float64)
+        resid = flat - (flat @ pinv.T) @ A.T  # least-squares plane per image
+        scale = resid.std(axis=1, keepdims=True)
+        scale[scale < 1e-12] = 1.0  # a constant image stays zero
+        return (resid / scale).reshape(n, h, w)
+
+    def _estimate_shifts(self, images, reference_fft):
+        reg = _registration()
+        window = _window(images.shape[1:])
+        shifts = np.empty((len(images), 2))
+        flat_reference = not np.any(reference_fft[1:, :]) and not np.any(reference_fft[0, 1:])
+        for i, img in enumerate(images):
+            if flat_reference or not np.any(img):  # nothing to register (constant images)
+                shifts[i] = 0.0
+                continue
+            shifts[i] = reg.phase_cross_correlation(
+                reference_fft,
+                np.fft.fft2(img * window),
+                space="fourier",
+                upsample_factor=self.upsample_factor,
+                normalization=None,
+            )[0]
+        if self.max_shift is not None:
+            shifts[np.hypot(shifts[:, 0], shifts[:, 1]) > self.max_shift] = 0.0
+        return shifts
+
+    @staticmethod
+    def _shift(images, shifts, order):
+        out = np.empty_like(images)
+        for i, (img, s) in enumerate(zip(images, shifts)):
+            out[i] = ndimage.shift(img, s, order=order, mode="nearest") if np.any(s) else img
+        return out
+
+    def _reference_fft(self, reference):
+        return np.fft.fft2(reference * _window(reference.shape))
+
+    def _register(self, images, reference):
+        norm = self._normalise(images)
+        shifts = self._estimate_shifts(norm, self._reference_fft(reference))
+        return self._shift(norm, shifts, order=3), shifts
+
+    # -- fitting -------------------------------------------------------------------
+    def _fit_images(self, images):
+        n, h, w = images.shape
+        if n < 3:
+            raise ValueError(f"X must have at least 3 images to fit RegisteredPixelDetector, got {n}.")
+        self.n_features_in_ = int(h * w)
+        norm = self._normalise(images)
+        reference = np.median(norm, axis=0)
+        shifts = np.zeros((n, 2))
+        aligned = norm
+        for _ in range(self.n_iter + 1):
+            shifts = self._estimate_shifts(norm, self._reference_fft(reference))
+            aligned = self._shift(norm, shifts, order=3)
+            reference = np.median(aligned, axis=0)
+        self.reference_ = reference.astype(np.float32)
+        self.train_shifts_ = shifts
+        flat = aligned.reshape(n, -1)
+        self.mean_ = flat.mean(axis=0).reshape(h, w).astype(np.float32)
+        k = min(int(self.n_components), n - 2)
+        if k > 0:
+            _, _, Vt = randomized_svd(flat - self.mean_.ravel(), k, random_state=check_random_state(self.random_state))
+            self.components_ = Vt.astype(np.float32)
+        else:
+            self.components_ = np.zeros((0, h * w), np.float32)
+        self.n_components_ = int(k)
+        resid = self._residuals(aligned)
+        median = np.median(resid, axis=0)
+        std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
+        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
+        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
+        self.median_ = median.astype(np.float32)
+        self.std_ = std.astype(np.float32)
+        fine, coarse = self._scale_maps((resid - median) / std)
+        self.norm_ = _floored_mean(fine)
+        self.coarse_norm_ = _floored_mean(coarse) if coarse is not None else np.ones((h, w), np.float32)
+        self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
+
+    def _scale_maps(self, z):
+        """The fine map (blurred ``|z|``) and the coarse one (``|blurred z|``, or None)."""
+        fine = smooth_maps(np.abs(z), self.heatmap_sigma)
+        coarse = np.abs(smooth_maps(z, self.coarse_sigma)) if self.coarse_sigma > 0 else None
+        return fine, coarse
+
+    def _residuals(self, aligned):
+        """Aligned images minus their projection on the PCA modes (all of them if k = 0)."""
+        if self.components_.shape[0] == 0:
+            return aligned
+        n = len(aligned)
+        flat = aligned.reshape(n, -1) - self.mean_.ravel()
+        V = self.components_.astype(np.float64)
+        return (flat - (flat @ V.T) @ V).reshape(aligned.shape) + self.mean_
+
+    # -- scoring -------------------------------------------------------------------
+    def _heatmap_batch(self, images):
+        aligned, shifts = self._register(images, self.reference_.astype(np.float64))
+        resid = self._residuals(aligned)
+        fine, coarse = self._scale_maps((resid - self.median_) / self.std_)
+        heat = fine / self.norm_
+        if coarse is not None:
+            heat = np.maximum(heat, coarse / self.coarse_norm_)
+        heat = self._shift(heat, -shifts, order=1)
+        return heat, aligned, resid, shifts
+
+    def _explain_batch(self, images):
+        heat, aligned, resid, shifts = self._heatmap_batch(images)
+        # the model in the test image's frame and grey levels: undo shift, gain and plane
+        model = self._shift(aligned - resid + self.median_, -shifts, order=3)
+        recon = _to_grey_levels(model, images)
+        return {
+            "heatmap": heat.astype(np.float32),
+            "reconstruction": recon.astype(np.float32),
+            "shift": shifts,
+        }
+
+    def _explain_images(self, images):
+        return self._map_batches(self._explain_batch, images, self.batch_size)
+
+    def _score(self, X):
+        images = self._validated(X)
+        maps = self._map_batches(lambda b: {"heatmap": self._heatmap_batch(b)[0]}, images, self.batch_size)
+        return self._reduce(maps["heatmap"])
+
+    def explain(self, X):
+        """Heatmap, score, model in the image's frame and estimated shift of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8), of the training size.
+
+        Returns
+        -------
+        explanation : RegisteredExplanation
+            ``heatmap`` (n, H, W), ``score`` (n,) equal to ``score(X)``,
+            ``reconstruction`` (n, H, W) and ``shift`` (n, 2).
+        """
+        return super().explain(X)
+
+    # -- persistence hooks (interface of BaseImageDetector.save / load) ----------------
+    def _state_arrays(self):
+        return {name: np.asarray(getattr(self, name)) for name in self._array_names}
+
+    def _set_state_arrays(self, arrays):
+        for name in self._array_names:
+            if name not in arrays:
+                raise ValueError(f"the saved RegisteredPixelDetector lacks the array {name!r}.")
+            setattr(self, name, np.asarray(arrays[name]))
+        self.n_components_ = int(self.components_.shape[0])
+        self.n_features_in_ = int(self.reference_.size)
+        self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
+
+    def _json_state(self):
+        return {"n_components_": int(self.n_components_)}
+
+    def _set_json_state(self, state):
+        self.n_components_ = int(state["n_components_"])
+
+    def _json_params(self):
+        params = self.get_params()
+        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
+            params["random_state"] = None  # the learned state already holds the randomness
+        return params
+
+    @classmethod
+    def _params_from_json(cls, params):
+        return dict(params)
+
+    def save(self, path):
+        """Save the fitted detector: arrays in safetensors, parameters in JSON (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``*.safetensors``).
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        check_is_fitted(self)
+        state = {
+            "image_shape_": list(self.image_shape_),
+            "offset_": float(self.offset_),
+            "threshold_": float(self.threshold_),
+            **self._json_state(),
+        }
+        config = {"class": type(self).__name__, "params": self._json_params(), "state": state}
+        return save_arrays(path, self._state_arrays(), config)
+
+    @classmethod
+    def load(cls, path, *, device=None):
+        """Load a detector written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+        device : None
+            Ignored (the detector runs on the CPU); accepted like the other image detectors.
+
+        Returns
+        -------
+        detector : RegisteredPixelDetector
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved detector of this class.
+        """
+        arrays, config = load_arrays(path, cls.__name__)
+        det = cls(**cls._params_from_json(config["params"]))
+        state = config["state"]
+        det.image_shape_ = tuple(int(v) for v in state["image_shape_"])
+        det.offset_ = float(state["offset_"])
+        det.threshold_ = float(state["threshold_"])
+        det._set_json_state(state)
+        det._set_state_arrays(arrays)
+        return det
+
+
+@functools.lru_cache(maxsize=8)
+def _plane_basis(shape):
+    """Design matrix ``(H * W, 3)`` of a plane and its pseudo-inverse (cached per shape)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    A = np.stack([np.ones(h * w), (xx.ravel() - w / 2) / w, (yy.ravel() - h / 2) / h], axis=1)
+    return A, np.linalg.pinv(A)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(shape):
+    """Hann window of ``shape``: without it, a periodic die pattern correlates as well one
+    die pitch away as in place, and phase correlation jumps by whole dies."""
+    from scipy.signal.windows import hann
+
+    return np.outer(hann(shape[0], sym=False), hann(shape[1], sym=False))
+
+
+def _floored_mean(maps):
+    """Per-pixel mean of training maps, floored at a quarter of its median (float32)."""
+    mean = maps.mean(axis=0)
+    return np.maximum(mean, max(0.25 * float(np.median(mean)), 1e-3)).astype(np.float32)
+
+
+def _to_grey_levels(model, images):
+    """Map normalised model images back to each image's grey levels (plane and gain)."""
+    n, h, w = images.shape
+    A, pinv = _plane_basis((h, w))
+    flat = images.reshape(n, -1).astype(np.float64)
+    plane = (flat @ pinv.T) @ A.T
+    scale = (flat - plane).std(axis=1, keepdims=True)
+    return np.clip(model.reshape(n, -1) * scale + plane, 0.0, 1.0).reshape(n, h, w)
