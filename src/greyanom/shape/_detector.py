@@ -8,12 +8,13 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._wafer_frames import WaferScoringMixin
 from greyanom.base import BaseDetector
 from greyanom.shape._hierarchy import PARAMS, fit_lot
+from greyanom.shape._wafer import TraceAnalysis, wafer_features
 
 __all__ = ["ShapeSignatureDetector"]
 
@@ -38,7 +39,15 @@ _RESULT_FLOAT = [
     "score",
     "score_raw",
     *[f"d_{p}" for p in PARAMS],
+    "log_sd",
+    "feat_y",
+    "feat_c",
+    "duration",
 ]
+#: Points of normalised step time at which the fitted curve is sampled (wafer features).
+N_CURVE = 8
+_CURVE_COLS = [f"curve_{j}" for j in range(N_CURVE)]
+_RESULT_FLOAT += _CURVE_COLS
 
 
 def _engine():
@@ -120,6 +129,7 @@ def _analyse_chunk(chunk, model, cfg):
     n = len(keys)
     out = pd.DataFrame(np.nan, index=range(n), columns=_RESULT_FLOAT)
     out["n_points"] = [t.size for t in times]
+    out["duration"] = [float(t[-1] - t[0]) if t.size else 0.0 for t in times]
     out["status"] = "ok"
     out["prior"] = "none"
     if model is None:
@@ -147,9 +157,8 @@ def _analyse_chunk(chunk, model, cfg):
             except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
         if fit is None:
-            with warnings.catch_warnings():  # non-converged fits get the status "not_converged"
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
+            # the private fit does not warn: non-converged fits get the status "not_converged"
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
             out.loc[ok, "prior"] = "normal"
         x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
@@ -177,7 +186,44 @@ def _analyse_chunk(chunk, model, cfg):
             out.loc[g, "score"] = fterm + P.sum(axis=1)
             out.loc[g, "score_raw"] = raw
             out.loc[g, [f"d_{p}" for p in PARAMS]] = np.asarray(grad, dtype=np.float64)
+        # wafer features come from the normal-model-prior fit, so that a wafer's features do
+        # not depend on which other wafers share its lot in the batch
+        if out.loc[ok[0], "prior"] != "normal":
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
+        _features(out, ok, fit)
     return keys, out
+
+
+def _features(out, ok, fit):
+    """Wafer features of the fitted rows ``ok`` of ``out``: curve at N_CURVE points, log sd, y, c."""
+    x = fit.params.to_numpy(dtype=np.float64)
+    ssr = np.asarray(fit.ssr, dtype=np.float64)
+    good = np.isfinite(x).all(axis=1) & np.isfinite(ssr)
+    g = ok[good]
+    if not g.size:
+        return
+    grid = np.linspace(0.0, 1.0, N_CURVE)
+    dur = out.loc[g, "duration"].to_numpy(dtype=np.float64)
+    x0 = np.asarray(fit.x, dtype=np.float64)[good]
+    out.loc[g, _CURVE_COLS] = _curve(fit, good, [x0[j] + grid * dur[j] for j in range(g.size)])
+    npts = np.asarray(fit.n_points, dtype=np.float64)[good]
+    out.loc[g, "log_sd"] = 0.5 * np.log(np.maximum(ssr[good] / npts, 1e-300))
+    out.loc[g, "feat_y"] = x[good, PARAMS.index("y")]
+    out.loc[g, "feat_c"] = x[good, PARAMS.index("c")]
+
+
+def _curve(fit, rows, times):
+    """Fitted curves of the ``rows`` (boolean mask) of ``fit`` at per-trace ``times``."""
+    from greyanom.shape import _kernels
+
+    paper = fit.model == "paper"
+    table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
+    x = np.asarray(fit.x, dtype=np.float64)[rows]
+    t = np.concatenate(times) if times else np.zeros(0)
+    offsets = np.arange(len(times) + 1, dtype=np.int64) * N_CURVE
+    out = np.empty(t.shape[0])
+    _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
+    return out.reshape(len(times), N_CURVE)
 
 
 def _analyse_partition(part, models, cfg):
@@ -228,7 +274,7 @@ def _fit_partition(part, cfg):
 
 
 # --------------------------------------------------------------------------------------------
-class ShapeSignatureDetector(BaseDetector):
+class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     """Grey-box anomaly detector for process traces run by PI control loops.
 
     Every trace (one (tool, sensor, step) group, one wafer) is summarised by its *shape
@@ -339,6 +385,12 @@ class ShapeSignatureDetector(BaseDetector):
         "min_points": [Interval(numbers.Integral, 1, None, closed="left")],
         "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_jobs": [numbers.Integral, None],
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "statistic": [StrOptions({"q", "t2", "combined"})],
+        "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
+        "clip": [Interval(numbers.Real, 0, None, closed="neither")],
+        "new_lots": [StrOptions({"pooled", "self"})],
+        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
         "random_state": ["random_state"],
     }
 
@@ -357,6 +409,12 @@ class ShapeSignatureDetector(BaseDetector):
         min_points=7,
         min_lot_size=3,
         n_jobs=None,
+        n_components=4,
+        statistic="q",
+        scale_floor=1.0,
+        clip=8.0,
+        new_lots="pooled",
+        cv=5,
         contamination="auto",
         random_state=None,
     ):
@@ -372,6 +430,12 @@ class ShapeSignatureDetector(BaseDetector):
         self.min_points = min_points
         self.min_lot_size = min_lot_size
         self.n_jobs = n_jobs
+        self.n_components = n_components
+        self.statistic = statistic
+        self.scale_floor = scale_floor
+        self.clip = clip
+        self.new_lots = new_lots
+        self.cv = cv
         self.contamination = contamination
         self.random_state = random_state
 
@@ -419,8 +483,12 @@ class ShapeSignatureDetector(BaseDetector):
                 f"Got columns {list(columns)}."
             )
 
-    def _prepare(self, X, name="X"):
-        """Validate a long frame (or Traces); return a pandas frame with only the needed columns."""
+    def _prepare(self, X, name="X", return_keys=False):
+        """Validate a long frame (or Traces); return a pandas frame with only the needed columns.
+
+        With ``return_keys``, also the key columns of every row before non-finite samples are
+        dropped (so traces without a finite sample are not lost).
+        """
         shape = _engine()
         if isinstance(X, shape.Traces):
             X = X.to_frame(time=self.time, value=self.value)
@@ -438,6 +506,7 @@ class ShapeSignatureDetector(BaseDetector):
         if key_cols and df[key_cols].isna().any().any():
             bad = [c for c in key_cols if df[c].isna().any()]
             raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
+        keys = df[key_cols]
         vals = df[[self.time, self.value]].to_numpy(dtype=np.float64)
         finite = np.isfinite(vals).all(axis=1)
         if not finite.all():
@@ -461,7 +530,7 @@ class ShapeSignatureDetector(BaseDetector):
                 "Average or drop repeated samples first."
             )
         self._check_unique_lots(df, name)
-        return df
+        return (df, keys) if return_keys else df
 
     def _check_unique_lots(self, df, name):
         if self.lot_key is None:
@@ -536,6 +605,7 @@ class ShapeSignatureDetector(BaseDetector):
             raise ValueError("no training trace could be scored; check min_points and the data.")
         self.train_scores_ = scores[ok]
         self.train_status_ = train["status"]
+        self._fit_wafer_model(self._wafer_table(train, train_frame))
         return self.train_scores_.to_numpy()
 
     def _fit_dask(self, X, cfg):
@@ -564,7 +634,11 @@ class ShapeSignatureDetector(BaseDetector):
 
     # -- analysis ---------------------------------------------------------------------------
     def _analyse(self, X):
-        """One row per trace: signature, terms, score, gradient, status (index = keys)."""
+        """One row per trace: signature, terms, score, gradient, features, status (index = keys).
+
+        Every trace of ``X`` has a row, also one whose samples are all non-finite (status
+        ``"too_short"``, ``n_points`` 0).
+        """
         check_is_fitted(self, "normal_model_")
         cfg = self._cfg()
         tk, gk = cfg["trace_keys"], cfg["group_keys"]
@@ -580,13 +654,74 @@ class ShapeSignatureDetector(BaseDetector):
             res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
             res = res.sort_values([*gk, *tk], kind="mergesort")
         else:
-            df = self._prepare(X)
-            res = _analyse_partition(df, models, cfg)
-            order = df[[*gk, *tk]].drop_duplicates()
+            df, keys = self._prepare(X, return_keys=True)
+            res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
+            order = keys[[*gk, *tk]].drop_duplicates()
             res = order.merge(res, on=[*gk, *tk], how="left")
+            lost = res["status"].isna().to_numpy()
+            if lost.any():  # traces with no finite sample at all
+                res.loc[lost, "status"] = "too_short"
+                res.loc[lost, "n_points"] = 0
+                res.loc[lost, "duration"] = 0.0
+                res.loc[lost, "prior"] = "none"
+                if self.lot_key is not None:
+                    res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[self.lot_key].to_numpy()[lost]
+            res["n_points"] = res["n_points"].astype(np.int64)
         res = res.set_index([*gk, *tk])
         self._warn_statuses(res["status"])
         return res
+
+    def _wafer_table(self, res, X):
+        """Wafer features of an analysis frame (wafers in order of first appearance in X)."""
+        tk, gk = self._keys()
+        flat = res.reset_index()
+        wafers = flat[list(tk)].drop_duplicates()
+        if X is not None and not _is_dask(X) and isinstance(X, pd.DataFrame):
+            wafers = X[list(tk)].drop_duplicates()
+        order = pd.MultiIndex.from_frame(wafers) if len(tk) > 1 else pd.Index(wafers[tk[0]])
+        if self.lot_key is not None and isinstance(X, pd.DataFrame):
+            lots = X.groupby(list(tk), sort=False)[self.lot_key].first().reindex(order)
+        else:
+            lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order)
+        return wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
+
+    def analyse(self, X):
+        """Fit and score every trace of ``X`` once.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
+            Long-format traces.
+
+        Returns
+        -------
+        analysis : TraceAnalysis
+            Pass it instead of ``X`` to :meth:`score`, :meth:`explain`, :meth:`signatures`,
+            :meth:`signature_table`, :meth:`score_wafers`, :meth:`predict_wafers` and
+            :meth:`explain_wafers`: they read it and do not fit again.
+
+        Examples
+        --------
+        >>> from greyanom import ShapeSignatureDetector
+        >>> from greyanom.datasets import make_pi_lots
+        >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, random_state=0)
+        >>> det = ShapeSignatureDetector(n_initial_lots=3, random_state=0).fit(df)
+        >>> a = det.analyse(df)
+        >>> bool((det.score(a) == det.score(df)).all())
+        True
+        """
+        check_is_fitted(self, "normal_model_")
+        if isinstance(X, TraceAnalysis):
+            return X
+        res = self._analyse(X)
+        frame = X if isinstance(X, pd.DataFrame) else None
+        return TraceAnalysis(res, self._wafer_table(res, frame))
+
+    def _traces(self, X):
+        return X.traces if isinstance(X, TraceAnalysis) else self._analyse(X)
+
+    def _wafer_features(self, X):
+        return self.analyse(X).wafers
 
     @staticmethod
     def _warn_statuses(status):
@@ -614,7 +749,7 @@ class ShapeSignatureDetector(BaseDetector):
             traces that could not be scored, with a warning that gives their status.
         """
         check_is_fitted(self, "normal_model_")
-        return self._analyse(X)["score"].rename("score")
+        return self._traces(X)["score"].rename("score")
 
     def _score(self, X):
         return self.score(X).to_numpy()
@@ -633,7 +768,7 @@ class ShapeSignatureDetector(BaseDetector):
             ``n/2 ln sigma*^2 + SSR/(2 sigma*^2) + sum_d [ln sigma*_S,d + z_d^2/2]``; its
             baseline depends on the trace length and the sensor's units (notes T11).
         """
-        return self._analyse(X)["score_raw"].rename("score_raw")
+        return self._traces(X)["score_raw"].rename("score_raw")
 
     def predict(self, X):
         """Inliers (+1) and outliers (-1); traces without a score are outliers.
@@ -649,26 +784,6 @@ class ShapeSignatureDetector(BaseDetector):
         """
         d = self.decision_function(X)
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
-
-    def score_wafers(self, X):
-        """Score of each ``trace_keys`` value (a wafer) summed over its groups.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-
-        Returns
-        -------
-        scores : pandas.Series
-            Indexed by ``trace_keys``, in order of first appearance; the sum of the centred
-            scores of the wafer's traces (all sensors and steps). Unscored traces count as
-            NaN, so a wafer with one unscored trace has a NaN score (with a warning).
-        """
-        tk, _ = self._keys()
-        s = self.score(X)
-        wafer = s.groupby(level=list(tk), sort=False).agg(lambda v: v.sum() if v.notna().all() else np.nan)
-        return wafer.rename("score")
 
     def explain(self, X):
         """Additive decomposition of the centred score, and its gradient.
@@ -692,7 +807,7 @@ class ShapeSignatureDetector(BaseDetector):
             * ``dz_gamma`` ... ``dz_c``: the unit-free gradient, ``d_<p> * sigma*_S,<p>``.
             * ``status``.
         """
-        res = self._analyse(X)
+        res = self._traces(X)
         out = res[["fit"]].copy()
         for p in PARAMS:
             out[p] = res[f"P_{p}"]
@@ -729,7 +844,7 @@ class ShapeSignatureDetector(BaseDetector):
             ``n_points``, ``lot``, ``prior`` (``"lot"`` or ``"normal"``: the prior the signature
             was fitted with), ``score`` and ``status``.
         """
-        res = self._analyse(X)
+        res = self._traces(X)
         return res[[*PARAMS, "ssr", "n_points", "lot", "prior", "score", "status"]]
 
     def signature_table(self, X, *, columns=(*PARAMS, "ssr", "score")):
