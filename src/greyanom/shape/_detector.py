@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
@@ -315,8 +316,24 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         Numba threads of the signature fits (passed to ``fit_traces``). ``None`` uses one
         thread for batches of fewer than 256 traces (starting the parallel region costs
         more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
+    n_components : int, default=8
+        Principal components of the wafer model (see :meth:`score_wafers`).
+    statistic : {"q", "t2", "combined"}, default="q"
+        Wafer score: Q (squared prediction error) of the scaled wafer features, T^2, or both.
+    scale_floor : float, default=0.5
+        The robust (per-lot MAD) scale of a wafer feature is at least this fraction of its
+        standard deviation in the lot.
+    clip : float, default=8.0
+        Scaled wafer features are clipped to ``[-clip, clip]``; a feature that cannot be
+        computed (unfittable trace, missing group) is set to ``clip``.
+    new_lots : {"pooled", "self"}, default="pooled"
+        Lots not seen in training: their wafers are centred on the pooled training median
+        (``"pooled"``) or on their own median if they have at least 3 wafers (``"self"``).
+    cv : int, default=5
+        Wafer folds of the cross-fitting that sets the wafer control limit.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` from the training scores (see :class:`~greyanom.BaseDetector`).
+        Sets ``offset_`` from the training trace scores (see :class:`~greyanom.BaseDetector`)
+        and ``wafer_threshold_`` from the cross-fitted training wafer scores.
     random_state : int, RandomState instance or None, default=None
         Accepted for the common contract; the fits are deterministic and do not use it.
 
@@ -334,6 +351,17 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         Anomaly-score control limit, ``-offset_``.
     n_groups_ : int
         Number of groups with a normal model.
+    wafer_model_ : greyanom._wafer_model.WaferModel
+        The frozen wafer model (robust per-lot scaler, PCA) on the wafer features.
+    wafer_columns_ : pandas.MultiIndex
+        The wafer features, ``group_keys + ("feature",)``: the fitted curve at 8 points of
+        normalised step time (``curve_0`` ... ``curve_7``), ``log_sd`` (log residual sd),
+        ``feat_y`` and ``feat_c`` (level and slope), ``duration``, ``n_points`` and
+        ``unfitted`` (1 for a trace that could not be fitted), per group.
+    wafer_heldout_scores_ : pandas.Series
+        Cross-fitted wafer scores of the training wafers.
+    wafer_threshold_ : float
+        Wafer control limit (from ``wafer_heldout_scores_`` at ``contamination``).
 
     See Also
     --------
@@ -409,9 +437,9 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         min_points=7,
         min_lot_size=3,
         n_jobs=None,
-        n_components=4,
+        n_components=8,
         statistic="q",
-        scale_floor=1.0,
+        scale_floor=0.5,
         clip=8.0,
         new_lots="pooled",
         cv=5,
@@ -608,6 +636,48 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         self._fit_wafer_model(self._wafer_table(train, train_frame))
         return self.train_scores_.to_numpy()
 
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted per-trace scores of the training traces (for a held-out ``offset_``).
+
+        The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
+        and seed as the wafer model's cross-fitting); each fold is scored by normal models
+        fitted on the other folds only. This refits the normal models ``cv`` times, so it
+        costs about ``cv`` fits. Dask input falls back on the in-sample ``train_scores``.
+        """
+        from greyanom._wafer_model import make_folds
+
+        check_is_fitted(self, "normal_model_")
+        if _is_dask(X):
+            return np.asarray(train_scores, dtype=np.float64)
+        cfg = self._cfg()
+        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        df = self._prepare(X)
+        if self.lot_key is not None:
+            lots = self._initial_lots(pd.unique(df[self.lot_key]))
+            if lots is not None:
+                df = df[df[self.lot_key].isin(lots)]
+        wafer = pd.MultiIndex.from_frame(df[list(tk)])
+        uniq = wafer.unique()
+        lot_of = (
+            df.groupby(list(tk), sort=False)[self.lot_key].first().reindex(uniq).astype(str).to_numpy()
+            if self.lot_key is not None else np.zeros(len(uniq), dtype=str)
+        )
+        folds = make_folds(lot_of, self.cv, self.random_state)
+        fold_of_row = pd.Series(folds, index=uniq).reindex(wafer).to_numpy()
+        scores = []
+        for k in np.unique(folds):
+            sub = clone(self)
+            table = _fit_partition(df[fold_of_row != k], cfg)
+            if gk:
+                table = table.set_index(list(gk))
+            else:
+                table.index = pd.Index(["all"], name="group")
+            sub.normal_model_ = table[table["error"].isna()].drop(columns="error")
+            res = sub._analyse(df[fold_of_row == k], warn=False)  # fit reports the statuses
+            scores.append(res["score"])
+        out = pd.concat(scores)
+        return out[out.notna()].to_numpy(dtype=np.float64)
+
     def _fit_dask(self, X, cfg):
         self._check_columns(X.columns)
         tk, gk = cfg["trace_keys"], cfg["group_keys"]
@@ -633,7 +703,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         return table, X
 
     # -- analysis ---------------------------------------------------------------------------
-    def _analyse(self, X):
+    def _analyse(self, X, warn=True):
         """One row per trace: signature, terms, score, gradient, features, status (index = keys).
 
         Every trace of ``X`` has a row, also one whose samples are all non-finite (status
@@ -668,7 +738,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
                     res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[self.lot_key].to_numpy()[lost]
             res["n_points"] = res["n_points"].astype(np.int64)
         res = res.set_index([*gk, *tk])
-        self._warn_statuses(res["status"])
+        if warn:
+            self._warn_statuses(res["status"])
         return res
 
     def _wafer_table(self, res, X):
