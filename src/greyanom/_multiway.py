@@ -97,7 +97,7 @@ class MultiwayPCADetector(WaferScoringMixin, BaseDetector):
     n_points : int, default=20
         Resampling points per trace.
     n_components : int, default=4
-        Principal components.
+        Principal components (at most a fifth of the unfolded variables; ``n_components_``).
     statistic : {"q", "t2", "combined"}, default="q"
         Wafer score: ``Q / delta_Q`` (squared prediction error), ``T^2 / delta_T`` or their
         sum. On LAM 9600, Q alone separates the faults best (T^2 of held-out normal wafers

@@ -78,9 +78,12 @@ class WaferScoringMixin:
         usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
         self.wafer_columns_ = F.columns[usable]
         X = self._impute_train(F[self.wafer_columns_])
+        # at most a fifth of the features go into the PCA subspace, so that Q keeps most
+        # directions (with few features, a component would absorb e.g. the noise level)
+        self.n_components_ = int(min(self.n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
             X, wf.lots, n_splits=self.cv, random_state=self.random_state,
-            n_components=self.n_components, scale_floor=self.scale_floor, clip=self.clip,
+            n_components=self.n_components_, scale_floor=self.scale_floor, clip=self.clip,
             statistic=self.statistic,
         )
         self.wafer_model_ = model

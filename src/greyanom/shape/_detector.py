@@ -317,7 +317,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         thread for batches of fewer than 256 traces (starting the parallel region costs
         more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
     n_components : int, default=8
-        Principal components of the wafer model (see :meth:`score_wafers`).
+        Principal components of the wafer model (at most a fifth of the wafer features;
+        the number used is ``n_components_``).
     statistic : {"q", "t2", "combined"}, default="q"
         Wafer score: Q (squared prediction error) of the scaled wafer features, T^2, or both.
     scale_floor : float, default=0.5
