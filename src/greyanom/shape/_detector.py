@@ -123,21 +123,28 @@ def _terms(x, ssr, n_points, jtj, model):
     return p_eff, fit, P, raw
 
 
+_COL = {c: i for i, c in enumerate(_RESULT_FLOAT)}
+
+
+def _cols(*names):
+    return [_COL[c] for c in names]
+
+
 def _analyse_chunk(chunk, model, cfg):
     """Fit and score the traces of one (group, lot) chunk; one row per trace."""
     time, value, trace_keys = cfg["time"], cfg["value"], cfg["trace_keys"]
     keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
     n = len(keys)
-    out = pd.DataFrame(np.nan, index=range(n), columns=_RESULT_FLOAT)
-    out["n_points"] = [t.size for t in times]
-    out["duration"] = [float(t[-1] - t[0]) if t.size else 0.0 for t in times]
-    out["status"] = "ok"
-    out["prior"] = "none"
+    A = np.full((n, len(_RESULT_FLOAT)), np.nan)  # filled as arrays, framed once at the end
+    n_points = np.array([t.size for t in times], dtype=np.int64)
+    A[:, _COL["duration"]] = [float(t[-1] - t[0]) if t.size else 0.0 for t in times]
+    status = np.full(n, "ok", dtype=object)
+    prior = np.full(n, "none", dtype=object)
     if model is None:
-        out["status"] = "unknown_group"
-        return keys, out
-    short = out["n_points"].to_numpy() < cfg["min_points"]
-    out.loc[short, "status"] = "too_short"
+        status[:] = "unknown_group"
+        return keys, _chunk_frame(A, n_points, status, prior)
+    short = n_points < cfg["min_points"]
+    status[short] = "too_short"
     ok = np.flatnonzero(~short)
     if ok.size:
         sigma, mu, sd = model
@@ -154,13 +161,13 @@ def _analyse_chunk(chunk, model, cfg):
                     n_jobs=cfg["n_jobs"],
                 )
                 fit = lot.fit
-                out.loc[ok, "prior"] = "lot"
+                prior[ok] = "lot"
             except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
         if fit is None:
             # the private fit does not warn: non-converged fits get the status "not_converged"
             fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
-            out.loc[ok, "prior"] = "normal"
+            prior[ok] = "normal"
         x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
         success = np.asarray(fit.success, dtype=bool)
@@ -168,9 +175,8 @@ def _analyse_chunk(chunk, model, cfg):
         npts = np.asarray(fit.n_points, dtype=np.float64)
         jtj = np.asarray(fit.jtj, dtype=np.float64)
         good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
-        idx_bad = ok[~good]
-        out.loc[idx_bad, "status"] = "fit_failed"
-        out.loc[ok[good & ~success], "status"] = "not_converged"
+        status[ok[~good]] = "fit_failed"
+        status[ok[good & ~success]] = "not_converged"
         g = ok[good]
         if g.size:
             xs = x[good]
@@ -179,24 +185,32 @@ def _analyse_chunk(chunk, model, cfg):
             _, grad, _ = shape.objective_terms(
                 sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"]
             )
-            out.loc[g, list(PARAMS)] = xs
-            out.loc[g, "ssr"] = ssr[good]
-            out.loc[g, "p_eff"] = p_eff
-            out.loc[g, "fit"] = fterm
-            out.loc[g, [f"P_{p}" for p in PARAMS]] = P
-            out.loc[g, "score"] = fterm + P.sum(axis=1)
-            out.loc[g, "score_raw"] = raw
-            out.loc[g, [f"d_{p}" for p in PARAMS]] = np.asarray(grad, dtype=np.float64)
+            A[np.ix_(g, _cols(*PARAMS))] = xs
+            A[g, _COL["ssr"]] = ssr[good]
+            A[g, _COL["p_eff"]] = p_eff
+            A[g, _COL["fit"]] = fterm
+            A[np.ix_(g, _cols(*[f"P_{p}" for p in PARAMS]))] = P
+            A[g, _COL["score"]] = fterm + P.sum(axis=1)
+            A[g, _COL["score_raw"]] = raw
+            A[np.ix_(g, _cols(*[f"d_{p}" for p in PARAMS]))] = np.asarray(grad, dtype=np.float64)
         # wafer features come from the normal-model-prior fit, so that a wafer's features do
         # not depend on which other wafers share its lot in the batch
-        if out.loc[ok[0], "prior"] != "normal":
+        if prior[ok[0]] != "normal":
             fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
-        _features(out, ok, fit)
-    return keys, out
+        _features(A, ok, fit)
+    return keys, _chunk_frame(A, n_points, status, prior)
 
 
-def _features(out, ok, fit):
-    """Wafer features of the fitted rows ``ok`` of ``out``: curve at N_CURVE points, log sd, y, c."""
+def _chunk_frame(A, n_points, status, prior):
+    out = pd.DataFrame(A, columns=_RESULT_FLOAT)
+    out["n_points"] = n_points
+    out["status"] = status
+    out["prior"] = prior
+    return out
+
+
+def _features(A, ok, fit):
+    """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c."""
     x = fit.params.to_numpy(dtype=np.float64)
     ssr = np.asarray(fit.ssr, dtype=np.float64)
     good = np.isfinite(x).all(axis=1) & np.isfinite(ssr)
@@ -204,13 +218,13 @@ def _features(out, ok, fit):
     if not g.size:
         return
     grid = np.linspace(0.0, 1.0, N_CURVE)
-    dur = out.loc[g, "duration"].to_numpy(dtype=np.float64)
+    dur = A[g, _COL["duration"]]
     x0 = np.asarray(fit.x, dtype=np.float64)[good]
-    out.loc[g, _CURVE_COLS] = _curve(fit, good, [x0[j] + grid * dur[j] for j in range(g.size)])
+    A[np.ix_(g, _cols(*_CURVE_COLS))] = _curve(fit, good, [x0[j] + grid * dur[j] for j in range(g.size)])
     npts = np.asarray(fit.n_points, dtype=np.float64)[good]
-    out.loc[g, "log_sd"] = 0.5 * np.log(np.maximum(ssr[good] / npts, 1e-300))
-    out.loc[g, "feat_y"] = x[good, PARAMS.index("y")]
-    out.loc[g, "feat_c"] = x[good, PARAMS.index("c")]
+    A[g, _COL["log_sd"]] = 0.5 * np.log(np.maximum(ssr[good] / npts, 1e-300))
+    A[g, _COL["feat_y"]] = x[good, PARAMS.index("y")]
+    A[g, _COL["feat_c"]] = x[good, PARAMS.index("c")]
 
 
 def _curve(fit, rows, times):
