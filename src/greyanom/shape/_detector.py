@@ -73,14 +73,18 @@ def _as_tuple(key, n):
 # Work units (module-level functions so that dask can ship them to workers)
 # --------------------------------------------------------------------------------------------
 def _make_traces(chunk, time, value, trace_keys):
-    """Traces of one chunk, sorted by trace key then time; returns (keys, traces)."""
+    """Traces of one chunk, sorted by trace key then time; returns (keys, times, values, engine)."""
     shape = _engine()
     chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
-    keys, times, values = [], [], []
-    for key, g in chunk.groupby(list(trace_keys), sort=False):
-        keys.append(_as_tuple(key, len(trace_keys)))
-        times.append(g[time].to_numpy(dtype=np.float64))
-        values.append(g[value].to_numpy(dtype=np.float64))
+    t = chunk[time].to_numpy(dtype=np.float64)
+    v = chunk[value].to_numpy(dtype=np.float64)
+    codes = chunk.groupby(list(trace_keys), sort=False).ngroup().to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], codes.size].astype(np.int64)
+    kv = chunk[list(trace_keys)].to_numpy(dtype=object)[starts]
+    keys = [tuple(row) for row in kv]
+    times = [t[a:b] for a, b in zip(starts, ends)]
+    values = [v[a:b] for a, b in zip(starts, ends)]
     return keys, times, values, shape
 
 
@@ -230,6 +234,7 @@ def _features(A, ok, fit):
 def _curve(fit, rows, times):
     """Fitted curves of the ``rows`` (boolean mask) of ``fit`` at per-trace ``times``."""
     from greyanom.shape import _kernels
+    from greyanom.shape._fit import numba_threads
 
     paper = fit.model == "paper"
     table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
@@ -237,7 +242,8 @@ def _curve(fit, rows, times):
     t = np.concatenate(times) if times else np.zeros(0)
     offsets = np.arange(len(times) + 1, dtype=np.int64) * N_CURVE
     out = np.empty(t.shape[0])
-    _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
+    with numba_threads(None, len(times)):  # small batches: one thread
+        _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
     return out.reshape(len(times), N_CURVE)
 
 
