@@ -203,12 +203,18 @@ def main(argv=None):
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--skip-sim", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--speed-only", action="store_true", help="only (c)")
     args = parser.parse_args(argv)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_colwidth", 80)
     tables = {}
     path = Path(args.data) / "wise_etch_lam9600"
-    if (path / "MACHINE_Data.mat").exists():
+    if (path / "MACHINE_Data.mat").exists() and args.speed_only:
+        sp = speed(_quiet(load_lam9600, path))
+        print(sp.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        tables["shape_wafer_speed"] = sp
+        args.skip_sim = True
+    elif (path / "MACHINE_Data.mat").exists():
         summary, per_fault, df = lam(path, args.splits)
         print(f"\n(a) LAM 9600, {args.splits} splits")
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
