@@ -74,7 +74,10 @@ class WaferScoringMixin:
 
     def _fit_wafer_model(self, wf):
         """Fit the wafer model on training features; set the columns, limit and held-out scores."""
-        F = wf.features
+        # folds drawn on the wafers in key order, so the fit does not depend on the row order
+        order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
+        F = wf.features.iloc[order]
+        lots = np.asarray(wf.lots)[order]
         usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
         self.wafer_columns_ = F.columns[usable]
         X = self._impute_train(F[self.wafer_columns_])
@@ -82,14 +85,14 @@ class WaferScoringMixin:
         # directions (with few features, a component would absorb e.g. the noise level)
         self.n_components_ = int(min(self.n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
-            X, wf.lots, n_splits=self.cv, random_state=self.random_state,
+            X, lots, n_splits=self.cv, random_state=self.random_state,
             n_components=self.n_components_, scale_floor=self.scale_floor, clip=self.clip,
             statistic=self.statistic,
         )
         self.wafer_model_ = model
-        self.wafer_heldout_scores_ = pd.Series(heldout, index=F.index, name="score")
+        self.wafer_heldout_scores_ = pd.Series(heldout, index=F.index, name="score").reindex(wf.features.index)
         self.wafer_threshold_ = float(threshold_from_scores(heldout, self.contamination))
-        return heldout
+        return self.wafer_heldout_scores_.to_numpy()
 
     @staticmethod
     def _impute_train(F):

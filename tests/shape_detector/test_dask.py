@@ -14,7 +14,7 @@ distributed = pytest.importorskip("distributed")
 def test_dask_equals_in_process():
     lots = make_pi_lots(n_lots=3, wafers_per_lot=5, sensors=("v", "u"), faults=["setpoint_slope"],
                         n_clean_lots=2, random_state=5)
-    kw = dict(group_keys=("sensor",), n_initial_lots=2, n_jobs=1)
+    kw = dict(group_keys=("sensor",), n_initial_lots=2, n_jobs=1, random_state=0)
     det = ShapeSignatureDetector(**kw).fit(lots)
     expected_score = det.score(lots).sort_index()
     expected_explain = det.explain(lots).sort_index()
@@ -26,6 +26,7 @@ def test_dask_equals_in_process():
             ddet = ShapeSignatureDetector(**kw).fit(ddf)
             score = ddet.score(ddf)
             explain = ddet.explain(ddf)
+            wafer = ddet.score_wafers(ddf)
         # the per-group and per-lot work ran as tasks on the cluster
         keys = [str(t["key"]) for t in stream.data]
         assert any("_fit_partition" in k for k in keys)
@@ -36,3 +37,7 @@ def test_dask_equals_in_process():
     num = expected_explain.columns.drop("status")
     np.testing.assert_allclose(explain.sort_index()[num].to_numpy(float), expected_explain[num].to_numpy(float),
                                rtol=1e-7, atol=1e-9)
+    # the wafer level (issue 9) on dask input equals the in-process one
+    pd.testing.assert_series_equal(
+        wafer.sort_index(), det.score_wafers(lots).sort_index(), check_exact=False, rtol=1e-6
+    )
