@@ -226,7 +226,7 @@ def test_prepare_and_unit_maps_match_reference():
     t = np.sort(rng.uniform(10, 70, 50))
     z = rng.normal(3.0, 2.0, 50)
     u, v = np.empty(50), np.empty(50)
-    x, span, mean, sd = K._prepare(t, z, 0, 50, u, v)
+    x, span, mean, sd = K._prepare(t, z, 0, 50, u, v, np.nan)
     ru, rv, rx, rspan, rmean, rsd = naive.prepare(t, z)
     np.testing.assert_allclose([x, span, mean, sd], [rx, rspan, rmean, rsd], rtol=1e-12)
     np.testing.assert_allclose(u, ru, rtol=1e-12, atol=1e-15)
@@ -278,7 +278,7 @@ def test_batch_drivers_match_reference():
     sigma = 0.05
     f, g, h = np.empty(3), np.empty((3, 6)), np.empty((3, 6, 6))
     jtj, ssr = np.empty((3, 6, 6)), np.empty(3)
-    K.terms_batch(t, z, offsets, params, mean, 1 / sd**2, np.full(3, sigma**2), f, g, h, jtj, ssr)
+    K.terms_batch(t, z, offsets, params, mean, 1 / sd**2, np.full(3, sigma**2), f, g, h, jtj, ssr, np.full(3, np.nan))
     for j in range(3):
         sl = slice(offsets[j], offsets[j + 1])
         tau = t[sl] - x[j]

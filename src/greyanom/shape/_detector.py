@@ -44,9 +44,17 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     Parameters
     ----------
     time : str, default="t"
-        Column of the sample times (within the step; each trace is shifted to start at 0).
+        Column of the sample times.
     value : str, default="value"
         Column of the sensor values.
+    start_time : str or None, default=None
+        Column of the start time of each trace's step (the time origin ``x`` of eq. 11, the
+        first row of each trace is read). ``None``: the group's nominal start, the median first
+        sample time of its training traces (``t_start`` of ``normal_model_``), for every trace
+        whose first sample lies within ``t_tol`` of it, when the training traces start
+        together (within two sampling intervals); otherwise (``t_tol`` NaN: absolute clock
+        times, a clock offset per wafer) each trace starts at its first sample, and only a
+        ``start_time`` column makes the score robust to missing first samples.
     trace_keys : tuple of str, default=("wafer",)
         Columns that identify a trace within a group (usually the wafer).
     group_keys : tuple of str, default=()
@@ -96,7 +104,9 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     ----------
     normal_model_ : pandas.DataFrame
         One row per group: ``noise_sd`` (:math:`\\sigma^*`), ``mu_<p>`` and ``sd_<p>`` for each
-        parameter, ``n_traces``, ``em_iter`` and ``converged``. A group with fewer than two
+        parameter, ``t_start`` and ``t_tol`` (the nominal step start and the tolerance on a
+        trace's first sample time, see ``start_time``), ``n_traces``, ``em_iter`` and
+        ``converged``. A group with fewer than two
         fittable traces gets no row (a warning names it); it scores as ``"unknown_group"``.
     train_scores_ : pandas.Series
         Centred scores of the normal-model traces, scored like new data (lot by lot).
@@ -158,6 +168,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         **BaseDetector._parameter_constraints,
         "time": [str],
         "value": [str],
+        "start_time": [str, None],
         "trace_keys": [tuple, list, str],
         "group_keys": [tuple, list, str],
         "lot_key": [str, None],
@@ -182,6 +193,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         *,
         time="t",
         value="value",
+        start_time=None,
         trace_keys=("wafer",),
         group_keys=(),
         lot_key="lot",
@@ -203,6 +215,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     ):
         self.time = time
         self.value = value
+        self.start_time = start_time
         self.trace_keys = trace_keys
         self.group_keys = group_keys
         self.lot_key = lot_key
@@ -238,6 +251,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         return {
             "time": self.time,
             "value": self.value,
+            "start_time": self.start_time,
             "trace_keys": tk,
             "group_keys": gk,
             "lot_key": self.lot_key,
@@ -253,6 +267,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     def _required(self):
         tk, gk = self._keys()
         cols = [self.time, self.value, *gk, *tk]
+        if self.start_time is not None:
+            cols.append(self.start_time)
         if self.lot_key is not None:
             cols.append(self.lot_key)
         return cols
@@ -282,10 +298,10 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             )
         self._check_columns(X.columns, name)
         df = X[self._required()]
-        for col in (self.time, self.value):
+        for col in (self.time, self.value) + ((self.start_time,) if self.start_time is not None else ()):
             if not pd.api.types.is_numeric_dtype(df[col]):
                 raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
-        key_cols = [c for c in self._required() if c not in (self.time, self.value)]
+        key_cols = [c for c in self._required() if c not in (self.time, self.value, self.start_time)]
         if key_cols and df[key_cols].isna().any().any():
             bad = [c for c in key_cols if df[c].isna().any()]
             raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
@@ -344,6 +360,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
                 float(row["noise_sd"]),
                 row[[f"mu_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
                 row[[f"sd_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
+                float(row["t_start"]),
+                float(row["t_tol"]),
             )
         return models
 
@@ -750,7 +768,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             rb, ra = res.loc[kb], res.loc[ka]
             if rb["status"] not in ("ok", "not_converged") or ra["status"] not in ("ok", "not_converged"):
                 continue
-            sigma, mu, sd = models[g]
+            sigma, mu, sd = models[g][:3]
             sb = rb[list(PARAMS)].to_numpy(dtype=np.float64)
             sa = ra[list(PARAMS)].to_numpy(dtype=np.float64)
             m = np.ones(len(sel), dtype=bool)
@@ -760,7 +778,9 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             traces = shape.Traces.from_arrays(
                 [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
             )
-            _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1)
+            _, grad, hess = shape.objective_terms(
+                traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1, origin=[rb["origin"]]
+            )
             delta = sa - sb
             g_mid = grad[0] + hess[0] @ delta / 2.0
             # The quadratic part of P_d changes by exactly (s_mid - mu)/sd^2 * delta (midpoint

@@ -27,7 +27,7 @@ DEGENERATE_TOL = 1e-8
 
 _MODELS = ("auto", "general", "paper")
 _REGIMES = np.array(["failed", "underdamped", "critical", "overdamped", "degenerate"])
-_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-2, 4)])
+_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-3, 4)])
 
 
 #: Below this many traces ``n_jobs=None`` runs on one thread: starting the parallel region
@@ -123,11 +123,12 @@ def fit_traces(
     n_jobs=None,
     max_iter=100,
     tol=1e-8,
+    origin=None,
 ):
     """Fit the damped, linearly driven oscillator to every trace.
 
     Fits ``alpha(t) = R exp(-gamma (t-x)/2) cos(omega (t-x) - phi) + c (t-x) + y`` with
-    ``x = min t`` per trace (the paper's eq. (11)), or its continuation to critically and
+    ``x = min t`` per trace (the paper's eq. (11); ``origin`` sets it), or its continuation to critically and
     over-damped loops, by a bounded Levenberg-Marquardt / damped Newton method started
     from a variable-projection grid.
 
@@ -161,6 +162,9 @@ def fit_traces(
         Maximum Newton / Levenberg-Marquardt iterations per trace.
     tol : float, default=1e-8
         Relative tolerance on the objective reduction and on the step.
+    origin : float or array-like of shape (n_traces,), default=None
+        Time origin ``x`` of each trace, e.g. the start of its step, so that a trace whose
+        first samples are missing keeps its signature; ``None`` or NaN: the first sample.
 
     Returns
     -------
@@ -200,7 +204,7 @@ def fit_traces(
     """
     result = _fit_traces(
         traces, prior=prior, noise_sd=noise_sd, init=init, model=model, n_jobs=n_jobs,
-        max_iter=max_iter, tol=tol,
+        max_iter=max_iter, tol=tol, origin=origin,
     )
     n, success = len(result), result.success
     n_bad = int((~success).sum())
@@ -213,7 +217,18 @@ def fit_traces(
     return result
 
 
-def _terms(traces, params, mu, w, s2):
+def _origin(origin, n):
+    """Per-trace time origins (NaN: the trace's first sample)."""
+    if origin is None:
+        return np.full(n, np.nan)
+    o = np.asarray(origin, dtype=np.float64)
+    o = np.full(n, float(o)) if o.ndim == 0 else o
+    if o.shape != (n,):
+        raise ValueError(f"origin must be a float or have shape (n_traces,) = ({n},); got {o.shape}.")
+    return np.ascontiguousarray(o)
+
+
+def _terms(traces, params, mu, w, s2, origin=None):
     n = len(traces)
     f = np.empty(n)
     g = np.empty((n, 6))
@@ -223,11 +238,12 @@ def _terms(traces, params, mu, w, s2):
     _kernels.terms_batch(
         traces.t, traces.z, traces.offsets, np.ascontiguousarray(params, dtype=np.float64),
         np.ascontiguousarray(mu), np.ascontiguousarray(w), np.ascontiguousarray(s2), f, g, h, jtj, ssr,
+        _origin(origin, n),
     )
     return f, g, h, jtj, ssr
 
 
-def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
+def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None, origin=None):
     """Objective, gradient and Hessian per trace in paper space at given signatures.
 
     ``f(s) = n/2 ln sigma^2 + SSR(s) / (2 sigma^2) + sum_d [ln sd_d + (s_d - mean_d)^2 /
@@ -244,6 +260,8 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
         As in :func:`fit_traces`.
     noise_sd : float or array-like of shape (n_traces,), default=None
     n_jobs : int or None, default=None
+    origin : float or array-like of shape (n_traces,), default=None
+        Time origin ``x`` of each trace (``tau = t - x``); ``None`` or NaN: its first sample.
 
     Returns
     -------
@@ -268,14 +286,20 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
     else:
         mu, w, sd, s = _parse_prior(prior, noise_sd, n)
     with numba_threads(n_jobs, n):
-        f, g, h, _, _ = _terms(traces, p, mu, w, s**2)
+        f, g, h, _, _ = _terms(traces, p, mu, w, s**2, origin)
     if sd is not None:
         f = f + np.log(sd).sum(axis=1)
     return f, g, h
 
 
-def _fit_traces(traces, *, prior=None, noise_sd=None, init=None, model="auto", n_jobs=None, max_iter=100, tol=1e-8):
-    """:func:`fit_traces` without the ConvergenceWarning (failures are in ``status``)."""
+def _fit_traces(
+    traces, *, prior=None, noise_sd=None, init=None, model="auto", n_jobs=None, max_iter=100, tol=1e-8, origin=None
+):
+    """:func:`fit_traces` without the ConvergenceWarning (failures are in ``status``).
+
+    ``origin`` (float or (n_traces,), NaN or None: the first sample) is the time origin ``x``
+    of each trace, e.g. the start of its step.
+    """
     traces = _check_traces(traces)
     n = len(traces)
     if model not in _MODELS:
@@ -318,7 +342,7 @@ def _fit_traces(traces, *, prior=None, noise_sd=None, init=None, model="auto", n
     cov = np.empty((n, 6, 6))
     with numba_threads(n_jobs, n):
         _kernels.fit_batch(
-            traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, noise_s2,
+            traces.t, traces.z, traces.offsets, _origin(origin, n), paper, start, has_init, mu, w, noise_s2,
             min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
             out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov,
         )
@@ -339,7 +363,7 @@ def _fit_traces(traces, *, prior=None, noise_sd=None, init=None, model="auto", n
         regime=_REGIMES[regime],
         status=status,
         success=success,
-        message=_MESSAGES[status + 2],
+        message=_MESSAGES[status + 3],
         n_iter=n_iter,
         cost=cost,
         ssr=ssr,

@@ -26,9 +26,22 @@ STATUSES = {
     "too_short": "fewer than min_points finite samples: not fitted, score NaN",
     "unknown_group": "the group has no normal model: not fitted, score NaN",
     "fit_failed": "the signature fit returned non-finite parameters: score NaN",
+    "out_of_range": (
+        "the values overflow the fit in the group's units (e.g. a trace scaled by 1e200): not fitted, "
+        "score NaN, its wafer's 'unfitted' flag is set"
+    ),
 }
+#: Fit statuses of values outside the floating-point range of the fit (ST_NONFINITE, ST_RANGE).
+_RANGE = (-2, -3)
 
-_NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS]]
+_NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS], "t_start", "t_tol"]
+#: A group whose training traces start within this many median sampling intervals of each
+#: other (10th to 90th percentile of the first sample times) has a nominal step start.
+ALIGNED_STEPS = 2.0
+#: A trace whose first sample lies within the training range plus this many mean sampling
+#: intervals of the nominal start takes the nominal start as its origin (up to about three
+#: missing first samples of irregularly sampled traces).
+MISSING_STEPS = 8.0
 _RESULT_FLOAT = [
     *PARAMS,
     "ssr",
@@ -42,6 +55,7 @@ _RESULT_FLOAT = [
     "feat_y",
     "feat_c",
     "duration",
+    "origin",
 ]
 #: Points of normalised step time at which the fitted curve is sampled (wafer features).
 N_CURVE = 8
@@ -70,6 +84,49 @@ def _as_tuple(key, n):
 # --------------------------------------------------------------------------------------------
 # Work units (module-level functions so that dask can ship them to workers)
 # --------------------------------------------------------------------------------------------
+def _start_times(chunk, trace_keys, start_time):
+    """The ``start_time`` of each trace of a sorted chunk (first row of the trace), or None."""
+    if start_time is None:
+        return None
+    return chunk.groupby(list(trace_keys), sort=False)[start_time].first().to_numpy(dtype=np.float64)
+
+
+def _nominal_start(times):
+    """``(t_start, t_tol)`` of a group from its training traces' sample times.
+
+    ``t_start`` is the median first sample time. When the first sample times agree (their
+    10-90 % range is at most ``ALIGNED_STEPS`` median sampling intervals), a trace whose first
+    sample lies within ``t_tol = range + MISSING_STEPS * mean interval`` of ``t_start`` takes
+    ``t_start`` as its time origin, so that a few missing first samples do not shift its
+    signature. Otherwise (e.g. absolute clock times, or a clock offset per wafer) ``t_tol``
+    is NaN and every trace starts at its own first sample (pass ``start_time`` then).
+    """
+    first = np.array([t[0] for t in times if t.size])
+    steps = [np.median(np.diff(t)) for t in times if t.size > 1]
+    means = [(t[-1] - t[0]) / (t.size - 1) for t in times if t.size > 1]
+    if first.size < 2 or not steps:
+        return np.nan, np.nan
+    dt, mean_dt = float(np.median(steps)), float(np.median(means))
+    lo, hi = np.percentile(first, [10, 90])
+    if not (dt > 0) or hi - lo > ALIGNED_STEPS * dt:
+        return float(np.median(first)), np.nan
+    return float(np.median(first)), float(hi - lo + MISSING_STEPS * mean_dt)
+
+
+def _origins(times, model, starts):
+    """Time origin of each trace: its step start, the group's nominal start, or NaN (first sample)."""
+    if starts is not None:
+        return np.asarray(starts, dtype=np.float64)
+    out = np.full(len(times), np.nan)
+    if model is None or not np.isfinite(model[4]):
+        return out
+    t_start, t_tol = model[3], model[4]
+    first = np.array([t[0] if t.size else np.nan for t in times])
+    near = np.abs(first - t_start) <= t_tol
+    out[near] = t_start
+    return out
+
+
 def _make_traces(chunk, time, value, trace_keys):
     """Traces of one chunk, sorted by trace key then time; returns (keys, times, values, engine)."""
     shape = _engine()
@@ -88,16 +145,24 @@ def _make_traces(chunk, time, value, trace_keys):
 
 def _fit_group(chunk, cfg):
     """Normal model of one group (Definition 2: all its initial wafers form one L)."""
+    chunk = chunk.sort_values([*cfg["trace_keys"], cfg["time"]], kind="mergesort")
     keys, times, values, shape = _make_traces(chunk, cfg["time"], cfg["value"], cfg["trace_keys"])
+    starts = _start_times(chunk, cfg["trace_keys"], cfg["start_time"])
     ok = [i for i, t in enumerate(times) if t.size >= cfg["min_points"]]
     if len(ok) < 2:
         raise ValueError(
             f"group {cfg['group']!r} has {len(ok)} trace(s) with at least min_points={cfg['min_points']} "
             "samples; the normal model needs at least 2."
         )
+    t_start, t_tol = _nominal_start([times[i] for i in ok])
+    origin = _origins([times[i] for i in ok], (None, None, None, t_start, t_tol),
+                      None if starts is None else starts[ok])
     traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"])
-    row = {"noise_sd": res.noise_sd}
+    res = fit_lot(
+        traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"],
+        fit_kwargs={"origin": origin},
+    )
+    row = {"noise_sd": res.noise_sd, "t_start": t_start, "t_tol": t_tol}
     row.update({f"mu_{p}": v for p, v in zip(PARAMS, res.prior_mean)})
     row.update({f"sd_{p}": v for p, v in zip(PARAMS, res.prior_sd)})
     row.update(n_traces=len(ok), em_iter=res.n_iter, converged=bool(res.converged))
@@ -112,7 +177,7 @@ def _terms(x, ssr, n_points, jtj, model):
     and ``E[z_d^2] = 1 - (H^-1)_dd / sigma*_S,d^2``; these expectations are subtracted term by
     term. They add up to ``n``, so the centred score is ``anom - E[anom]`` exactly.
     """
-    sigma, mu, sd = model
+    sigma, mu, sd = model[:3]
     z = (x - mu) / sd
     W = np.diag(1.0 / sd**2)
     A = jtj / sigma**2
@@ -135,11 +200,16 @@ def _cols(*names):
 def _analyse_chunk(chunk, model, cfg):
     """Fit and score the traces of one (group, lot) chunk; one row per trace."""
     time, value, trace_keys = cfg["time"], cfg["value"], cfg["trace_keys"]
+    chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
     keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
     n = len(keys)
     A = np.full((n, len(_RESULT_FLOAT)), np.nan)  # filled as arrays, framed once at the end
     n_points = np.array([t.size for t in times], dtype=np.int64)
-    A[:, _COL["duration"]] = [float(t[-1] - t[0]) if t.size else 0.0 for t in times]
+    origin = _origins(times, model, _start_times(chunk, trace_keys, cfg["start_time"]))
+    A[:, _COL["origin"]] = origin
+    A[:, _COL["duration"]] = [
+        float(t[-1] - (o if np.isfinite(o) else t[0])) if t.size else 0.0 for t, o in zip(times, origin)
+    ]
     status = np.full(n, "ok", dtype=object)
     prior = np.full(n, "none", dtype=object)
     if model is None:
@@ -149,18 +219,20 @@ def _analyse_chunk(chunk, model, cfg):
     status[short] = "too_short"
     ok = np.flatnonzero(~short)
     if ok.size:
-        sigma, mu, sd = model
+        sigma, mu, sd = model[:3]
+        fkw = {"origin": origin[ok]}
         traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
         fit = None
         if cfg["lot_fits"] and ok.size >= cfg["min_lot_size"]:
             try:
                 lot = fit_lot(
                     traces,
-                    init=model,
+                    init=model[:3],
                     update="laplace" if cfg["lot_prior"] == "em" else "mean",
                     max_iter=cfg["max_em_iter"],
                     tol=cfg["em_tol"],
                     n_jobs=cfg["n_jobs"],
+                    fit_kwargs=fkw,
                 )
                 fit = lot.fit
                 prior[ok] = "lot"
@@ -168,7 +240,7 @@ def _analyse_chunk(chunk, model, cfg):
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
         if fit is None:
             # the private fit does not warn: non-converged fits get the status "not_converged"
-            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"], **fkw)
             prior[ok] = "normal"
         x = fit.params.to_numpy(dtype=np.float64)
         finite = np.isfinite(x).all(axis=1)
@@ -178,6 +250,7 @@ def _analyse_chunk(chunk, model, cfg):
         jtj = np.asarray(fit.jtj, dtype=np.float64)
         good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
         status[ok[~good]] = "fit_failed"
+        status[ok[~good & np.isin(np.asarray(fit.status), _RANGE)]] = "out_of_range"
         status[ok[good & ~success]] = "not_converged"
         g = ok[good]
         if g.size:
@@ -185,7 +258,7 @@ def _analyse_chunk(chunk, model, cfg):
             p_eff, fterm, P, raw = _terms(xs, ssr[good], npts[good], jtj[good], model)
             sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
             _, grad, _ = shape.objective_terms(
-                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"]
+                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"], origin=origin[g]
             )
             A[np.ix_(g, _cols(*PARAMS))] = xs
             A[g, _COL["ssr"]] = ssr[good]
@@ -198,7 +271,7 @@ def _analyse_chunk(chunk, model, cfg):
         # wafer features come from the normal-model-prior fit, so that a wafer's features do
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
-            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"], **fkw)
         _features(A, ok, fit)
     return keys, _chunk_frame(A, n_points, status, prior)
 

@@ -42,6 +42,7 @@ ST_FTOL = 2
 ST_XTOL = 3
 ST_FEW = -1
 ST_NONFINITE = -2
+ST_RANGE = -3
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
 GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0])
@@ -807,23 +808,36 @@ def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _prepare(t, z, lo, hi, u, v):
-    """Normalise one trace into ``u``, ``v``; return ``(x, T, mean, sd)``."""
+def _prepare(t, z, lo, hi, u, v, origin):
+    """Normalise one trace into ``u``, ``v``; return ``(x, T, mean, sd)``.
+
+    ``x`` is ``origin`` when it is finite (the step's start), else the first sample time.
+    The mean and sd are computed in units of the largest absolute value, so values near the
+    floating-point limits (e.g. 1e200) do not overflow.
+    """
     n = hi - lo
-    x = t[lo]
+    x = origin if math.isfinite(origin) else t[lo]
     span = t[hi - 1] - x
     if not (span > 0.0):
         span = 1.0
+    big = 0.0
+    for i in range(lo, hi):
+        a = abs(z[i])
+        if a > big:
+            big = a
+    if not (big > 0.0) or not math.isfinite(big):
+        big = 1.0
     mean = 0.0
     for i in range(lo, hi):
-        mean += z[i]
+        mean += z[i] / big
     mean /= n
     var = 0.0
     for i in range(lo, hi):
-        d = z[i] - mean
+        d = z[i] / big - mean
         var += d * d
-    sd = math.sqrt(var / n)
-    if not (sd > 0.0):
+    mean *= big
+    sd = math.sqrt(var / n) * big
+    if not (sd > 0.0) or not math.isfinite(sd):
         sd = 1.0
     for i in range(lo, hi):
         u[i] = (t[i] - x) / span
@@ -913,14 +927,15 @@ RG_DEGENERATE = 4
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def fit_batch(
-    t, z, offsets, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
+    t, z, offsets, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
     critical_tol, degenerate_tol,
     out_p, out_pp, out_status, out_iter, out_x, out_ssr, out_regime, out_s2, out_hess, out_jtj,
     out_cov,
 ):
     """Fit every trace and post-process it; parallel over traces.
 
-    Inputs: ``init`` (n, 6) starts in original units of the chosen space (used where
+    Inputs: ``origin`` (n,) the time origin ``x`` of each trace (NaN: its first sample);
+    ``init`` (n, 6) starts in original units of the chosen space (used where
     ``has_init``); ``prior_mu``/``prior_w`` (n, 6) the paper-space prior mean and weights
     ``1 / sd^2`` in original units (weights zero: no prior); ``noise_s2`` (n,) the noise
     variance, or NaN to estimate it as ``SSR / (n - 6)``.
@@ -952,7 +967,7 @@ def fit_batch(
             out_status[j] = ST_FEW
             out_x[j] = np.nan
             continue
-        x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all)
+        x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all, origin[j])
         out_x[j] = x
         if n < min_points:
             out_status[j] = ST_FEW
@@ -1010,6 +1025,9 @@ def fit_batch(
         if status < 0:
             continue
         ssr *= sd * sd
+        if not math.isfinite(ssr):  # the fit is fine in scaled units, the data's units overflow
+            out_status[j] = ST_RANGE
+            continue
         out_ssr[j] = ssr
         # regime, from the normalised parameters
         if paper:
@@ -1029,6 +1047,15 @@ def fit_batch(
         out_regime[j] = regime
         q = np.empty(6)
         from_normal(paper, p, span, mean, sd, q)
+        in_range = True
+        for k in range(6):
+            if not math.isfinite(q[k]):
+                in_range = False
+        if not in_range:
+            out_status[j] = ST_RANGE
+            out_ssr[j] = np.nan
+            out_regime[j] = RG_FAILED
+            continue
         pp = np.empty(6)
         for k in range(6):
             out_p[j, k] = q[k]
@@ -1088,11 +1115,11 @@ def fit_batch(
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_h, out_jtj, out_ssr):
+def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_h, out_jtj, out_ssr, origin):
     """Paper-space objective, gradient, Hessian, ``J^T J`` and SSR per trace (original units).
 
     ``f = n/2 ln s2 + SSR / (2 s2) + sum_d w_d (s_d - mu_d)^2 / 2`` (the ``ln sd`` terms of
-    the prior are added by the caller). ``tau = t - min t``.
+    the prior are added by the caller). ``tau = t - origin`` (``origin`` NaN: ``t - min t``).
     """
     n_traces = offsets.shape[0] - 1
     tau_all = np.empty(t.shape[0])
@@ -1107,7 +1134,7 @@ def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_
         grad = np.empty(6)
         gnd = np.empty(6)
         if n > 0:
-            x = t[lo]
+            x = origin[j] if math.isfinite(origin[j]) else t[lo]
             for i in range(lo, hi):
                 tau_all[i] = t[i] - x
         f, ssr = _evaluate(
