@@ -24,6 +24,7 @@ from greyanom.shape._frames import (
     _is_dask,
 )
 from greyanom.shape._hierarchy import PARAMS
+from greyanom.shape._scoring import FitConfig, NormalModel
 from greyanom.shape._wafer import TraceAnalysis, wafer_features
 
 __all__ = ["ShapeSignatureDetector"]
@@ -248,21 +249,20 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
 
     def _cfg(self):
         tk, gk = self._keys()
-        return {
-            "time": self.time,
-            "value": self.value,
-            "start_time": self.start_time,
-            "trace_keys": tk,
-            "group_keys": gk,
-            "lot_key": self.lot_key,
-            "max_em_iter": self.max_em_iter,
-            "em_tol": self.em_tol,
-            "min_points": self.min_points,
-            "min_lot_size": self.min_lot_size,
-            "n_jobs": self.n_jobs,
-            "lot_fits": self.lot_prior != "normal",
-            "lot_prior": self.lot_prior,
-        }
+        return FitConfig(
+            time=self.time,
+            value=self.value,
+            start_time=self.start_time,
+            trace_keys=tk,
+            group_keys=gk,
+            lot_key=self.lot_key,
+            max_em_iter=self.max_em_iter,
+            em_tol=self.em_tol,
+            min_points=self.min_points,
+            min_lot_size=self.min_lot_size,
+            n_jobs=self.n_jobs,
+            lot_prior=self.lot_prior,
+        )
 
     def _required(self):
         tk, gk = self._keys()
@@ -352,18 +352,12 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         return list(lots_in_order[: self.n_initial_lots])
 
     def _models(self):
+        """``{group key tuple: NormalModel}`` from ``normal_model_``."""
         tk, gk = self._keys()
-        models = {}
-        for _, row in self.normal_model_.reset_index().iterrows():
-            key = tuple(row[k] for k in gk)
-            models[key] = (
-                float(row["noise_sd"]),
-                row[[f"mu_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
-                row[[f"sd_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
-                float(row["t_start"]),
-                float(row["t_tol"]),
-            )
-        return models
+        return {
+            tuple(row[k] for k in gk): NormalModel.from_row(row)
+            for _, row in self.normal_model_.reset_index().iterrows()
+        }
 
     # -- fitting ----------------------------------------------------------------------------
     def _fit(self, X):
@@ -371,7 +365,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         if self.n_initial_lots is not None and self.lot_key is None:
             raise ValueError("n_initial_lots needs lot_key: with lot_key=None there are no lots to count.")
         cfg = self._cfg()
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        tk, gk = cfg.trace_keys, cfg.group_keys
         if _is_dask(X):
             table, train_frame = self._fit_dask(X, cfg)
         else:
@@ -423,7 +417,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         if _is_dask(X):
             return np.asarray(train_scores, dtype=np.float64)
         cfg = self._cfg()
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        tk, gk = cfg.trace_keys, cfg.group_keys
         df = self._prepare(X)
         if self.lot_key is not None:
             lots = self._initial_lots(pd.unique(df[self.lot_key]))
@@ -453,7 +447,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
 
     def _fit_dask(self, X, cfg):
         self._check_columns(X.columns)
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        tk, gk = cfg.trace_keys, cfg.group_keys
         X = X[self._required()]
         if self.lot_key is not None and self.n_initial_lots is not None:
             firsts = X[[self.lot_key]].map_partitions(lambda d: d.drop_duplicates()).compute()
@@ -484,7 +478,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         """
         check_is_fitted(self, "normal_model_")
         cfg = self._cfg()
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        tk, gk = cfg.trace_keys, cfg.group_keys
         models = self._models()
         if _is_dask(X):
             self._check_columns(X.columns)
@@ -768,7 +762,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             rb, ra = res.loc[kb], res.loc[ka]
             if rb["status"] not in ("ok", "not_converged") or ra["status"] not in ("ok", "not_converged"):
                 continue
-            sigma, mu, sd = models[g][:3]
+            m = models[g]
+            sigma, mu, sd = m.noise_sd, m.mu, m.sd
             sb = rb[list(PARAMS)].to_numpy(dtype=np.float64)
             sa = ra[list(PARAMS)].to_numpy(dtype=np.float64)
             m = np.ones(len(sel), dtype=bool)
