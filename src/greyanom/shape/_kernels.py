@@ -3,7 +3,9 @@
 Every function here takes plain NumPy arrays and scalars and never validates: the public
 wrappers in :mod:`greyanom.shape._fit` prepare the input. Only the batch drivers
 (``fit_batch`` and ``terms_batch``) are ``parallel=True`` and loop over traces with
-``prange``; the per-trace functions are serial.
+``prange``; the per-trace functions are serial. The batch drivers (``fit_batch``,
+``terms_batch``, ``predict_batch``) and the status and regime codes are this module's
+interface to :mod:`greyanom.shape._fit`; every other kernel is private (``_`` prefix).
 
 Two parametrisations of the same model are used (indices in brackets):
 
@@ -96,7 +98,7 @@ def _general_basis(gamma, kappa, tau):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def pass_general(u, v, p, jtj, jtr):
+def _pass_general(u, v, p, jtj, jtr):
     """One pass in general space: fill ``J^T J`` and ``J^T r``; return the SSR."""
     gamma, ca, kappa, y, cb, c = p[0], p[1], p[2], p[3], p[4], p[5]
     ssr = 0.0
@@ -212,7 +214,7 @@ def pass_general(u, v, p, jtj, jtr):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def pass_paper(u, v, p, jtj, jtr, so):
+def _pass_paper(u, v, p, jtj, jtr, so):
     """One fused pass in paper space.
 
     Fills ``J^T J``, ``J^T r`` and the second-order term ``so = sum_i r_i H_i`` (the 9
@@ -490,7 +492,7 @@ def _grid_point(f1, f2, us, vs, lin, coef):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def grid_start(u, v, general, p):
+def _grid_start(u, v, general, p):
     """Cold start: best point of a (rate, frequency) grid by variable projection.
 
     For fixed decay rates and frequency the model is linear in the two transient
@@ -643,7 +645,7 @@ def _to_polar(a, b, p):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def canonicalise(p):
+def _canonicalise(p):
     """Map a paper-space point onto omega >= 0, phi in [-pi/2, pi/2] (alpha unchanged)."""
     if p[2] < 0.0:
         p[2] = -p[2]
@@ -664,9 +666,9 @@ def canonicalise(p):
 def _evaluate(paper, u, v, p, mu, w, inv_s2, hess, grad, gn_diag, jtj, jtr, so):
     """Objective ``F = inv_s2 SSR / 2 + sum w (p - mu)^2 / 2`` with gradient and Hessian."""
     if paper:
-        ssr = pass_paper(u, v, p, jtj, jtr, so)
+        ssr = _pass_paper(u, v, p, jtj, jtr, so)
     else:
-        ssr = pass_general(u, v, p, jtj, jtr)
+        ssr = _pass_general(u, v, p, jtj, jtr)
     f = 0.5 * inv_s2 * ssr
     for k in range(6):
         d = p[k] - mu[k]
@@ -682,7 +684,7 @@ def _evaluate(paper, u, v, p, mu, w, inv_s2, hess, grad, gn_diag, jtj, jtr, so):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
+def _minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
     """Levenberg-Marquardt / damped Newton from ``p`` (updated in place).
 
     ``paper`` selects paper space with the exact Hessian (trust-region Newton with
@@ -765,7 +767,7 @@ def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
                 for k in range(6):
                     step[k] = trial[k] - p[k]
             else:
-                canonicalise(trial)
+                _canonicalise(trial)
         pred = 0.0
         for k in range(6):
             s = 0.0
@@ -846,7 +848,7 @@ def _prepare(t, z, lo, hi, u, v, origin):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def to_normal(paper, p, span, mean, sd, out):
+def _to_normal(paper, p, span, mean, sd, out):
     """Map original-unit parameters to normalised units (paper or general space)."""
     out[0] = p[0] * span
     out[3] = (p[3] - mean) / sd
@@ -862,8 +864,8 @@ def to_normal(paper, p, span, mean, sd, out):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def from_normal(paper, p, span, mean, sd, out):
-    """Map normalised parameters back to original units (inverse of ``to_normal``)."""
+def _from_normal(paper, p, span, mean, sd, out):
+    """Map normalised parameters back to original units (inverse of ``_to_normal``)."""
     out[0] = p[0] / span
     out[3] = p[3] * sd + mean
     out[5] = p[5] * sd / span
@@ -878,7 +880,7 @@ def from_normal(paper, p, span, mean, sd, out):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def spd_inverse(a, out):
+def _spd_inverse(a, out):
     """Inverse of a symmetric positive definite 6x6 matrix by Cholesky; False if not SPD.
 
     A pivot below ``1e-13`` of its diagonal entry counts as singular.
@@ -982,7 +984,7 @@ def fit_batch(
             if prior_w[j, k] > 0.0:
                 bounded = True
         if bounded:
-            to_normal(True, prior_mu[j], span, mean, sd, mu)
+            _to_normal(True, prior_mu[j], span, mean, sd, mu)
             w[0] = prior_w[j, 0] / (span * span)
             w[1] = prior_w[j, 1] * sd * sd
             w[2] = prior_w[j, 2] / (span * span)
@@ -990,13 +992,13 @@ def fit_batch(
             w[4] = prior_w[j, 4]
             w[5] = prior_w[j, 5] * sd * sd / (span * span)
         if has_init[j]:
-            to_normal(paper, init[j], span, mean, sd, p)
+            _to_normal(paper, init[j], span, mean, sd, p)
             if paper:
-                canonicalise(p)
+                _canonicalise(p)
                 if bounded and p[2] < 0.0:
                     p[2] = 0.0
         else:
-            grid_start(u, v, not paper, p)
+            _grid_start(u, v, not paper, p)
         is2 = 1.0
         if bounded:
             is2 = sd * sd / noise_s2[j]
@@ -1005,7 +1007,7 @@ def fit_batch(
                 q = np.empty(6)
                 for k in range(6):
                     q[k] = mu[k]
-                canonicalise(q)
+                _canonicalise(q)
                 if q[2] < 0.0:
                     q[2] = 0.0
                 jt = np.empty((6, 6))
@@ -1019,7 +1021,7 @@ def fit_batch(
                 if fq < fp or not math.isfinite(fp):
                     for k in range(6):
                         p[k] = q[k]
-        status, n_it, f, ssr = minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
+        status, n_it, f, ssr = _minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
         out_status[j] = status
         out_iter[j] = n_it
         if status < 0:
@@ -1046,7 +1048,7 @@ def fit_batch(
             regime = RG_CRITICAL
         out_regime[j] = regime
         q = np.empty(6)
-        from_normal(paper, p, span, mean, sd, q)
+        _from_normal(paper, p, span, mean, sd, q)
         in_range = True
         for k in range(6):
             if not math.isfinite(q[k]):
@@ -1103,12 +1105,12 @@ def fit_batch(
             out_hess[j, k, k] += prior_w[j, k]
         cov = np.empty((6, 6))
         if bounded or not math.isnan(noise_s2[j]):
-            if spd_inverse(out_hess[j], cov):
+            if _spd_inverse(out_hess[j], cov):
                 for k in range(6):
                     for m in range(6):
                         out_cov[j, k, m] = cov[k, m]
         elif math.isfinite(s2):
-            if spd_inverse(hess, cov):
+            if _spd_inverse(hess, cov):
                 for k in range(6):
                     for m in range(6):
                         out_cov[j, k, m] = cov[k, m] * s2
