@@ -22,6 +22,9 @@ from greyanom.shape._frames import (
     _engine,
     _fit_partition,
     _is_dask,
+    check_columns,
+    prepare_frame,
+    required_columns,
 )
 from greyanom.shape._hierarchy import PARAMS
 from greyanom.shape._scoring import FitConfig, NormalModel
@@ -265,82 +268,14 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         )
 
     def _required(self):
-        tk, gk = self._keys()
-        cols = [self.time, self.value, *gk, *tk]
-        if self.start_time is not None:
-            cols.append(self.start_time)
-        if self.lot_key is not None:
-            cols.append(self.lot_key)
-        return cols
+        return required_columns(self._cfg())
 
     def _check_columns(self, columns, name="X"):
-        missing = [c for c in self._required() if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{name} has no column(s) {missing}; expected a long-format frame with columns "
-                f"{self._required()} (set time=, value=, trace_keys=, group_keys=, lot_key=). "
-                f"Got columns {list(columns)}."
-            )
+        check_columns(columns, self._cfg(), name)
 
     def _prepare(self, X, name="X", return_keys=False):
-        """Validate a long frame (or Traces); return a pandas frame with only the needed columns.
-
-        With ``return_keys``, also the key columns of every row before non-finite samples are
-        dropped (so traces without a finite sample are not lost).
-        """
-        shape = _engine()
-        if isinstance(X, shape.Traces):
-            X = X.to_frame(time=self.time, value=self.value)
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(
-                f"{name} must be a long-format pandas DataFrame, a dask DataFrame or a Traces object, "
-                f"got {type(X).__name__}."
-            )
-        self._check_columns(X.columns, name)
-        df = X[self._required()]
-        for col in (self.time, self.value) + ((self.start_time,) if self.start_time is not None else ()):
-            if not pd.api.types.is_numeric_dtype(df[col]):
-                raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
-        key_cols = [c for c in self._required() if c not in (self.time, self.value, self.start_time)]
-        if key_cols and df[key_cols].isna().any().any():
-            bad = [c for c in key_cols if df[c].isna().any()]
-            raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
-        keys = df[key_cols]
-        vals = df[[self.time, self.value]].to_numpy(dtype=np.float64)
-        finite = np.isfinite(vals).all(axis=1)
-        if not finite.all():
-            warnings.warn(
-                f"{name}: dropped {int((~finite).sum())} row(s) with NaN or infinite "
-                f"{self.time!r}/{self.value!r}; traces left with fewer than min_points samples get "
-                "status 'too_short'.",
-                UserWarning,
-                stacklevel=3,
-            )
-            df = df[finite]
-        if len(df) == 0:
-            raise ValueError(f"{name} has no rows with finite {self.time!r} and {self.value!r}.")
-        tk, gk = self._keys()
-        dup = df.duplicated([*gk, *tk, self.time])
-        if dup.any():
-            first = df[dup].iloc[0]
-            raise ValueError(
-                f"{name} has {int(dup.sum())} duplicated sample time(s) within traces (first: "
-                f"{dict(first[[*gk, *tk, self.time]])}); expected one sample per time and trace. "
-                "Average or drop repeated samples first."
-            )
-        self._check_unique_lots(df, name)
-        return (df, keys) if return_keys else df
-
-    def _check_unique_lots(self, df, name):
-        if self.lot_key is None:
-            return
-        tk, gk = self._keys()
-        n_lots = df.groupby([*gk, *tk], sort=False)[self.lot_key].nunique()
-        if (n_lots > 1).any():
-            raise ValueError(
-                f"{name}: {int((n_lots > 1).sum())} trace(s) appear in more than one {self.lot_key!r}; "
-                "a trace (group_keys + trace_keys) must belong to one lot."
-            )
+        """Validate a long frame (or Traces); see :func:`greyanom.shape._frames.prepare_frame`."""
+        return prepare_frame(X, self._cfg(), name, return_keys)
 
     def _initial_lots(self, lots_in_order):
         if self.n_initial_lots is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,89 @@ def _as_tuple(key, n):
     if n == 1 and not isinstance(key, tuple):
         return (key,)
     return tuple(key)
+
+
+# --------------------------------------------------------------------------------------------
+# Input: long pandas frames
+# --------------------------------------------------------------------------------------------
+def required_columns(cfg):
+    """The columns of a long frame that the detector reads."""
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    cols = [cfg.time, cfg.value, *gk, *tk]
+    if cfg.start_time is not None:
+        cols.append(cfg.start_time)
+    if cfg.lot_key is not None:
+        cols.append(cfg.lot_key)
+    return cols
+
+def check_columns(columns, cfg, name="X"):
+    missing = [c for c in required_columns(cfg) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{name} has no column(s) {missing}; expected a long-format frame with columns "
+            f"{required_columns(cfg)} (set time=, value=, trace_keys=, group_keys=, lot_key=). "
+            f"Got columns {list(columns)}."
+        )
+
+def prepare_frame(X, cfg, name="X", return_keys=False):
+    """Validate a long frame (or Traces); return a pandas frame with only the needed columns.
+
+    With ``return_keys``, also the key columns of every row before non-finite samples are
+    dropped (so traces without a finite sample are not lost).
+    """
+    shape = _engine()
+    if isinstance(X, shape.Traces):
+        X = X.to_frame(time=cfg.time, value=cfg.value)
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(
+            f"{name} must be a long-format pandas DataFrame, a dask DataFrame or a Traces object, "
+            f"got {type(X).__name__}."
+        )
+    check_columns(X.columns, cfg, name)
+    df = X[required_columns(cfg)]
+    for col in (cfg.time, cfg.value) + ((cfg.start_time,) if cfg.start_time is not None else ()):
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
+    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time)]
+    if key_cols and df[key_cols].isna().any().any():
+        bad = [c for c in key_cols if df[c].isna().any()]
+        raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
+    keys = df[key_cols]
+    vals = df[[cfg.time, cfg.value]].to_numpy(dtype=np.float64)
+    finite = np.isfinite(vals).all(axis=1)
+    if not finite.all():
+        warnings.warn(
+            f"{name}: dropped {int((~finite).sum())} row(s) with NaN or infinite "
+            f"{cfg.time!r}/{cfg.value!r}; traces left with fewer than min_points samples get "
+            "status 'too_short'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        df = df[finite]
+    if len(df) == 0:
+        raise ValueError(f"{name} has no rows with finite {cfg.time!r} and {cfg.value!r}.")
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    dup = df.duplicated([*gk, *tk, cfg.time])
+    if dup.any():
+        first = df[dup].iloc[0]
+        raise ValueError(
+            f"{name} has {int(dup.sum())} duplicated sample time(s) within traces (first: "
+            f"{dict(first[[*gk, *tk, cfg.time]])}); expected one sample per time and trace. "
+            "Average or drop repeated samples first."
+        )
+    _check_unique_lots(df, cfg, name)
+    return (df, keys) if return_keys else df
+
+def _check_unique_lots(df, cfg, name):
+    if cfg.lot_key is None:
+        return
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    n_lots = df.groupby([*gk, *tk], sort=False)[cfg.lot_key].nunique()
+    if (n_lots > 1).any():
+        raise ValueError(
+            f"{name}: {int((n_lots > 1).sum())} trace(s) appear in more than one {cfg.lot_key!r}; "
+            "a trace (group_keys + trace_keys) must belong to one lot."
+        )
 
 
 # --------------------------------------------------------------------------------------------
