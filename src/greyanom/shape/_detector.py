@@ -14,15 +14,14 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from greyanom._wafer_frames import WaferScoringMixin
 from greyanom.base import BaseDetector
 from greyanom.shape._frames import (
-    _NM_COLS,
     STATUSES,
-    _analyse_partition,
     _as_tuple,
-    _empty_result,
     _engine,
     _fit_partition,
     _is_dask,
+    analyse_frame,
     check_columns,
+    fit_dask,
     prepare_frame,
     required_columns,
 )
@@ -381,28 +380,8 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         return out[out.notna()].to_numpy(dtype=np.float64)
 
     def _fit_dask(self, X, cfg):
-        self._check_columns(X.columns)
-        tk, gk = cfg.trace_keys, cfg.group_keys
-        X = X[self._required()]
-        if self.lot_key is not None and self.n_initial_lots is not None:
-            firsts = X[[self.lot_key]].map_partitions(lambda d: d.drop_duplicates()).compute()
-            lots = self._initial_lots(pd.unique(firsts[self.lot_key]))
-            X = X[X[self.lot_key].isin(lots)]
-        X = X.dropna(subset=[self.time, self.value])
-        parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
-        meta = pd.DataFrame(
-            {
-                **{k: pd.Series(dtype=X[k].dtype) for k in gk},
-                **{c: pd.Series(dtype=np.float64) for c in _NM_COLS},
-                "n_traces": pd.Series(dtype=np.int64),
-                "em_iter": pd.Series(dtype=np.int64),
-                "converged": pd.Series(dtype=bool),
-                "error": pd.Series(dtype=object),
-            }
-        )
-        table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
-        table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
-        return table, X
+        pick = self._initial_lots if self.n_initial_lots is not None else None
+        return fit_dask(X, cfg, pick)
 
     # -- analysis ---------------------------------------------------------------------------
     def _analyse(self, X, warn=True):
@@ -414,31 +393,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         check_is_fitted(self, "normal_model_")
         cfg = self._cfg()
         tk, gk = cfg.trace_keys, cfg.group_keys
-        models = self._models()
-        if _is_dask(X):
-            self._check_columns(X.columns)
-            X = X[self._required()].dropna(subset=[self.time, self.value])
-            by = [*gk] + ([self.lot_key] if self.lot_key is not None else [])
-            parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
-            meta = _empty_result(cfg)
-            for k in [*gk, *tk]:
-                meta[k] = meta[k].astype(X[k].dtype)
-            res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
-            res = res.sort_values([*gk, *tk], kind="mergesort")
-        else:
-            df, keys = self._prepare(X, return_keys=True)
-            res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
-            order = keys[[*gk, *tk]].drop_duplicates()
-            res = order.merge(res, on=[*gk, *tk], how="left")
-            lost = res["status"].isna().to_numpy()
-            if lost.any():  # traces with no finite sample at all
-                res.loc[lost, "status"] = "too_short"
-                res.loc[lost, "n_points"] = 0
-                res.loc[lost, "duration"] = 0.0
-                res.loc[lost, "prior"] = "none"
-                if self.lot_key is not None:
-                    res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[self.lot_key].to_numpy()[lost]
-            res["n_points"] = res["n_points"].astype(np.int64)
+        res = analyse_frame(X, self._models(), cfg)
         res = res.set_index([*gk, *tk])
         if warn:
             self._warn_statuses(res["status"])

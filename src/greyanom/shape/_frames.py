@@ -340,3 +340,68 @@ def _fit_partition(part, cfg):
             row.update({c: np.nan for c in _NM_COLS}, n_traces=0, em_iter=0, converged=False, error=str(exc))
         rows.append(row)
     return pd.DataFrame(rows, columns=[*group_keys, *_NM_COLS, "n_traces", "em_iter", "converged", "error"])
+
+
+# --------------------------------------------------------------------------------------------
+# Drivers: a whole frame (pandas or dask)
+# --------------------------------------------------------------------------------------------
+def fit_dask(X, cfg, initial_lots=None):
+    """Normal-model table of a dask frame (shuffled by group); returns ``(table, frame)``.
+
+    ``initial_lots`` (callable on the lots in order of appearance) picks the training lots.
+    """
+    check_columns(X.columns, cfg)
+    gk = cfg.group_keys
+    X = X[required_columns(cfg)]
+    if cfg.lot_key is not None and initial_lots is not None:
+        firsts = X[[cfg.lot_key]].map_partitions(lambda d: d.drop_duplicates()).compute()
+        lots = initial_lots(pd.unique(firsts[cfg.lot_key]))
+        X = X[X[cfg.lot_key].isin(lots)]
+    X = X.dropna(subset=[cfg.time, cfg.value])
+    parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
+    meta = pd.DataFrame(
+        {
+            **{k: pd.Series(dtype=X[k].dtype) for k in gk},
+            **{c: pd.Series(dtype=np.float64) for c in _NM_COLS},
+            "n_traces": pd.Series(dtype=np.int64),
+            "em_iter": pd.Series(dtype=np.int64),
+            "converged": pd.Series(dtype=bool),
+            "error": pd.Series(dtype=object),
+        }
+    )
+    table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
+    table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
+    return table, X
+
+
+def analyse_frame(X, models, cfg):
+    """One row per trace of a pandas or dask frame (keys as columns), in the frame's order.
+
+    Every trace of a pandas ``X`` has a row, also one whose samples are all non-finite
+    (status ``"too_short"``, ``n_points`` 0). ``models``: ``{group key: NormalModel}``.
+    """
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    if _is_dask(X):
+        check_columns(X.columns, cfg)
+        X = X[required_columns(cfg)].dropna(subset=[cfg.time, cfg.value])
+        by = [*gk] + ([cfg.lot_key] if cfg.lot_key is not None else [])
+        parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
+        meta = _empty_result(cfg)
+        for k in [*gk, *tk]:
+            meta[k] = meta[k].astype(X[k].dtype)
+        res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
+        return res.sort_values([*gk, *tk], kind="mergesort")
+    df, keys = prepare_frame(X, cfg, return_keys=True)
+    res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
+    order = keys[[*gk, *tk]].drop_duplicates()
+    res = order.merge(res, on=[*gk, *tk], how="left")
+    lost = res["status"].isna().to_numpy()
+    if lost.any():  # traces with no finite sample at all
+        res.loc[lost, "status"] = "too_short"
+        res.loc[lost, "n_points"] = 0
+        res.loc[lost, "duration"] = 0.0
+        res.loc[lost, "prior"] = "none"
+        if cfg.lot_key is not None:
+            res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[cfg.lot_key].to_numpy()[lost]
+    res["n_points"] = res["n_points"].astype(np.int64)
+    return res
