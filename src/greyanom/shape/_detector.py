@@ -26,7 +26,7 @@ from greyanom.shape._frames import (
     required_columns,
 )
 from greyanom.shape._hierarchy import PARAMS
-from greyanom.shape._scoring import FitConfig, NormalModel
+from greyanom.shape._scoring import FitConfig, NormalModel, change_split
 from greyanom.shape._wafer import TraceAnalysis, wafer_features
 
 __all__ = ["ShapeSignatureDetector"]
@@ -652,8 +652,6 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             rb, ra = res.loc[kb], res.loc[ka]
             if rb["status"] not in ("ok", "not_converged") or ra["status"] not in ("ok", "not_converged"):
                 continue
-            m = models[g]
-            sigma, mu, sd = m.noise_sd, m.mu, m.sd
             sb = rb[list(PARAMS)].to_numpy(dtype=np.float64)
             sa = ra[list(PARAMS)].to_numpy(dtype=np.float64)
             m = np.ones(len(sel), dtype=bool)
@@ -663,19 +661,12 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             traces = shape.Traces.from_arrays(
                 [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
             )
-            _, grad, hess = shape.objective_terms(
-                traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1, origin=[rb["origin"]]
+            P = [f"P_{p}" for p in PARAMS]
+            split = change_split(
+                traces, sb, sa, rb[P].to_numpy(np.float64), ra[P].to_numpy(np.float64), models[g], rb["origin"]
             )
-            delta = sa - sb
-            g_mid = grad[0] + hess[0] @ delta / 2.0
-            # The quadratic part of P_d changes by exactly (s_mid - mu)/sd^2 * delta (midpoint
-            # rule); the centring constant of each term (posterior variance) changes by the rest.
-            pb = rb[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
-            pa = ra[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
-            contrib = pa - pb
-            mid = ((sa + sb) / 2.0 - mu) / sd**2 * delta
             for j, p in enumerate(PARAMS):
-                rows.append((*g, p, sb[j], sa[j], delta[j], g_mid[j], g_mid[j] * delta[j], mid[j], contrib[j]))
+                rows.append((*g, p, sb[j], sa[j], *split[j]))
             dfit = ra["fit"] - rb["fit"]
             rows.append((*g, "fit", rb["fit"], ra["fit"], dfit, 0.0, 0.0, 0.0, dfit))
         if not rows:

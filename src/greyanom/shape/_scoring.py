@@ -13,7 +13,7 @@ import numpy as np
 
 from greyanom.shape._hierarchy import PARAMS
 
-__all__ = ["NormalModel", "FitConfig", "score_terms", "nominal_start", "trace_origins", "write_features"]
+__all__ = ["NormalModel", "FitConfig", "change_split", "score_terms", "nominal_start", "trace_origins", "write_features"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,3 +203,23 @@ def curve_at(fit, rows, times):
     with numba_threads(None, len(times)):  # small batches: one thread
         _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
     return out.reshape(len(times), N_CURVE)
+
+
+def change_split(traces, before, after, terms_before, terms_after, model, origin):
+    """Split of the parameter terms' change between two signatures of one group.
+
+    Returns an array (6, 5): per parameter ``delta``, the midpoint gradient
+    ``g_mid = grad + Hess delta / 2`` at ``before`` (the paper's section 5), ``g_mid * delta``,
+    ``(s_mid - mu) / sd^2 * delta`` (exactly the change of ``z^2 / 2``, midpoint rule) and the
+    exact contribution ``terms_after - terms_before`` (which also holds the change of each
+    term's centring constant, the posterior variance).
+    """
+    from greyanom.shape._fit import objective_terms
+
+    _, grad, hess = objective_terms(
+        traces, before[None], prior=(model.mu, model.sd), noise_sd=model.noise_sd, n_jobs=1, origin=[origin]
+    )
+    delta = after - before
+    g_mid = grad[0] + hess[0] @ delta / 2.0
+    mid = ((after + before) / 2.0 - model.mu) / model.sd**2 * delta
+    return np.column_stack([delta, g_mid, g_mid * delta, mid, terms_after - terms_before])
