@@ -41,3 +41,21 @@ def test_dask_equals_in_process():
     pd.testing.assert_series_equal(
         wafer.sort_index(), det.score_wafers(lots).sort_index(), check_exact=False, rtol=1e-6
     )
+
+
+def test_dask_start_time_column_equals_in_process():
+    lots = make_pi_lots(n_lots=3, wafers_per_lot=4, sensors=("v",), random_state=6)
+    lots["t0"] = lots.groupby("wafer")["t"].transform("min")
+    new = lots[lots["lot"] == "L02"]
+    new = new.drop(new[new["wafer"] == "L02W00"].index[:2])  # the step start stays in t0
+    kw = dict(group_keys=("sensor",), n_initial_lots=2, n_jobs=1, start_time="t0")
+    det = ShapeSignatureDetector(**kw).fit(lots)
+    expected = det.score(new).sort_index()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster):
+        ddet = ShapeSignatureDetector(**kw).fit(dd.from_pandas(lots, npartitions=2))
+        score = ddet.score(dd.from_pandas(new, npartitions=2))
+    pd.testing.assert_series_equal(score.sort_index(), expected, check_exact=False, rtol=1e-8)
+    a = det.analyse(new).traces
+    assert a.loc[("v", "L02W00"), "origin"] == new.loc[new["wafer"] == "L02W00", "t0"].iloc[0]
