@@ -162,9 +162,8 @@ def _start_times(chunk, trace_keys, start_time):
 
 
 def _make_traces(chunk, time, value, trace_keys):
-    """Traces of one chunk, sorted by trace key then time; returns (keys, times, values, engine)."""
+    """Traces of one chunk already sorted by trace key then time; returns (keys, times, values, engine)."""
     shape = _engine()
-    chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
     t = chunk[time].to_numpy(dtype=np.float64)
     v = chunk[value].to_numpy(dtype=np.float64)
     codes = chunk.groupby(list(trace_keys), sort=False).ngroup().to_numpy()
