@@ -37,20 +37,26 @@ det.fit(df)
 det.normal_model_[["noise_sd", "mu_gamma", "sd_gamma", "mu_omega", "sd_omega", "mu_y", "sd_y"]]
 
 # %%
-# ``score_wafers`` sums the centred trace scores of each wafer over its sensors. Normal wafers
-# score about 0; the dashed lines are the 95 % and 99 % quantiles of the training wafers.
-wafer_scores = det.score_wafers(df)
+# ``analyse`` fits every trace once; every method below reads the result. ``score_wafers``
+# scores each wafer with the wafer model on its signature features (fitted curve, residual sd,
+# level, slope, duration, sample count); normal wafers score about 1 and the reference is the
+# cross-fitted training wafers, from which the control limit ``wafer_threshold_`` is set.
+a = det.analyse(df)
+wafer_scores = det.score_wafers(a)
 fault = df.groupby("wafer", sort=False)["fault"].first().reindex(wafer_scores.index)
-train_wafers = det.train_scores_.groupby(level="wafer").sum()
-ax = plot_score_series(wafer_scores, reference=train_wafers, labels=fault.notna())
+ax = plot_score_series(wafer_scores, reference=det.wafer_heldout_scores_, labels=fault.notna())
 ax.set_yscale("symlog")
 plt.tight_layout()
 
 # %%
 # Which parameter made each faulty wafer anomalous?
 # -------------------------------------------------
-# ``explain`` gives the exact additive decomposition of each trace's score.
-ex = det.explain(df)
+# ``explain_wafers`` names the group; ``explain`` gives the exact additive decomposition of each
+# trace's score.
+det.explain_wafers(a)[fault.notna().to_numpy()].round(2)
+
+# %%
+ex = det.explain(a)
 terms = ["fit", "gamma", "R", "omega", "y", "phi", "c"]
 v = ex.xs("v", level="sensor")
 bad = v[fault.reindex(v.index).notna().to_numpy()]
@@ -63,7 +69,7 @@ table
 # The monitoring heatmap
 # ----------------------
 # Standardised parameters, SSR and score of the ``v`` traces, wafers in time order.
-sig = det.signatures(df)
+sig = det.signatures(a)
 plot_signature_heatmap(det, signatures=sig, group="v")
 plt.tight_layout()
 

@@ -64,3 +64,33 @@ class ShapeDetectorQuality:
         return self.named
 
     track_top_term_right.unit = "fraction"
+
+
+class ShapeWaferTime:
+    """score_wafers (analyse once + wafer model) beside fit_traces on the same traces (issue 9)."""
+
+    def setup(self):
+        from greyanom import MultiwayPCADetector
+        from greyanom.shape import Traces, fit_traces
+
+        warnings.simplefilter("ignore")
+        self.df = make_pi_lots(n_lots=8, wafers_per_lot=10, sensors=("v", "u"), random_state=0)
+        self.det = ShapeSignatureDetector(group_keys=("sensor",), n_initial_lots=3, random_state=0).fit(self.df)
+        self.traces = Traces.from_frame(self.df, by=("sensor", "wafer"))
+        self.fit_traces = fit_traces
+        fit_traces(self.traces)  # JIT warm-up
+        self.det.score_wafers(self.df)
+        self.analysis = self.det.analyse(self.df)
+        self.mpca = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(self.df)
+
+    def time_fit_traces(self):
+        self.fit_traces(self.traces)
+
+    def time_score_wafers(self):
+        self.det.score_wafers(self.df)
+
+    def time_score_wafers_from_analysis(self):
+        self.det.score_wafers(self.analysis)
+
+    def time_mpca_score_wafers(self):
+        self.mpca.score_wafers(self.df)

@@ -21,6 +21,7 @@ from greyanom.shape.control import (
     pi_from_oscillator,
 )
 from greyanom.shape.traces import Traces
+from greyanom.shape._wafer import TraceAnalysis
 
 __all__ = [
     "CRITICAL_TOL",
@@ -40,6 +41,7 @@ __all__ = [
     "oscillator_from_pi",
     "pi_family",
     "pi_from_oscillator",
+    "TraceAnalysis",
     "Traces",
     "fit_lot",
     "fit_traces",

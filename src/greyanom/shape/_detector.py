@@ -2,233 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import numbers
 import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._wafer_frames import WaferScoringMixin
 from greyanom.base import BaseDetector
-from greyanom.shape._hierarchy import PARAMS, fit_lot
+from greyanom.shape._frames import (
+    STATUSES,
+    _as_tuple,
+    _engine,
+    _fit_partition,
+    _is_dask,
+    analyse_frame,
+    check_columns,
+    fit_dask,
+    prepare_frame,
+    required_columns,
+)
+from greyanom.shape._hierarchy import PARAMS
+from greyanom.shape._scoring import FitConfig, NormalModel, change_split
+from greyanom.shape._wafer import TraceAnalysis, wafer_features
 
 __all__ = ["ShapeSignatureDetector"]
 
-_logger = logging.getLogger(__name__)
 
-#: Per-trace statuses of ``signatures`` and ``explain``.
-STATUSES = {
-    "ok": "fitted and scored",
-    "not_converged": "scored, but the signature fit did not report convergence",
-    "too_short": "fewer than min_points finite samples: not fitted, score NaN",
-    "unknown_group": "the group has no normal model: not fitted, score NaN",
-    "fit_failed": "the signature fit returned non-finite parameters: score NaN",
-}
-
-_NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS]]
-_RESULT_FLOAT = [
-    *PARAMS,
-    "ssr",
-    "p_eff",
-    "fit",
-    *[f"P_{p}" for p in PARAMS],
-    "score",
-    "score_raw",
-    *[f"d_{p}" for p in PARAMS],
-]
-
-
-def _engine():
-    import greyanom.shape as shape
-
-    return shape
-
-
-def _is_dask(X):
-    return hasattr(X, "__dask_graph__") and hasattr(X, "map_partitions")
-
-
-def _as_tuple(key, n):
-    if n == 0:
-        return ()
-    if n == 1 and not isinstance(key, tuple):
-        return (key,)
-    return tuple(key)
-
-
-# --------------------------------------------------------------------------------------------
-# Work units (module-level functions so that dask can ship them to workers)
-# --------------------------------------------------------------------------------------------
-def _make_traces(chunk, time, value, trace_keys):
-    """Traces of one chunk, sorted by trace key then time; returns (keys, traces)."""
-    shape = _engine()
-    chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
-    keys, times, values = [], [], []
-    for key, g in chunk.groupby(list(trace_keys), sort=False):
-        keys.append(_as_tuple(key, len(trace_keys)))
-        times.append(g[time].to_numpy(dtype=np.float64))
-        values.append(g[value].to_numpy(dtype=np.float64))
-    return keys, times, values, shape
-
-
-def _fit_group(chunk, cfg):
-    """Normal model of one group (Definition 2: all its initial wafers form one L)."""
-    keys, times, values, shape = _make_traces(chunk, cfg["time"], cfg["value"], cfg["trace_keys"])
-    ok = [i for i, t in enumerate(times) if t.size >= cfg["min_points"]]
-    if len(ok) < 2:
-        raise ValueError(
-            f"group {cfg['group']!r} has {len(ok)} trace(s) with at least min_points={cfg['min_points']} "
-            "samples; the normal model needs at least 2."
-        )
-    traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-    res = fit_lot(traces, max_iter=cfg["max_em_iter"], tol=cfg["em_tol"], n_jobs=cfg["n_jobs"])
-    row = {"noise_sd": res.noise_sd}
-    row.update({f"mu_{p}": v for p, v in zip(PARAMS, res.prior_mean)})
-    row.update({f"sd_{p}": v for p, v in zip(PARAMS, res.prior_sd)})
-    row.update(n_traces=len(ok), em_iter=res.n_iter, converged=bool(res.converged))
-    return row
-
-
-def _terms(x, ssr, n_points, jtj, model):
-    """Centred additive decomposition of the anomaly score under the normal model.
-
-    With ``A = J'J / sigma*^2`` and ``H = A + W`` (``W = diag(sigma*_S)^-2``), a signature
-    estimated from a normal trace has ``E[SSR / sigma*^2] = n - p`` with ``p = tr(H^-1 A)``
-    and ``E[z_d^2] = 1 - (H^-1)_dd / sigma*_S,d^2``; these expectations are subtracted term by
-    term. They add up to ``n``, so the centred score is ``anom - E[anom]`` exactly.
-    """
-    sigma, mu, sd = model
-    z = (x - mu) / sd
-    W = np.diag(1.0 / sd**2)
-    A = jtj / sigma**2
-    Hinv = np.linalg.inv(A + W[None])
-    p_eff = np.einsum("mij,mji->m", Hinv, A)
-    shrink = np.diagonal(Hinv, axis1=1, axis2=2) / sd**2
-    P = 0.5 * (z**2 - (1.0 - shrink))
-    fit = ssr / (2.0 * sigma**2) - 0.5 * (n_points - p_eff)
-    raw = 0.5 * n_points * np.log(sigma**2) + ssr / (2.0 * sigma**2) + (np.log(sd) + 0.5 * z**2).sum(axis=1)
-    return p_eff, fit, P, raw
-
-
-def _analyse_chunk(chunk, model, cfg):
-    """Fit and score the traces of one (group, lot) chunk; one row per trace."""
-    time, value, trace_keys = cfg["time"], cfg["value"], cfg["trace_keys"]
-    keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
-    n = len(keys)
-    out = pd.DataFrame(np.nan, index=range(n), columns=_RESULT_FLOAT)
-    out["n_points"] = [t.size for t in times]
-    out["status"] = "ok"
-    out["prior"] = "none"
-    if model is None:
-        out["status"] = "unknown_group"
-        return keys, out
-    short = out["n_points"].to_numpy() < cfg["min_points"]
-    out.loc[short, "status"] = "too_short"
-    ok = np.flatnonzero(~short)
-    if ok.size:
-        sigma, mu, sd = model
-        traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-        fit = None
-        if cfg["lot_fits"] and ok.size >= cfg["min_lot_size"]:
-            try:
-                lot = fit_lot(
-                    traces,
-                    init=model,
-                    update="laplace" if cfg["lot_prior"] == "em" else "mean",
-                    max_iter=cfg["max_em_iter"],
-                    tol=cfg["em_tol"],
-                    n_jobs=cfg["n_jobs"],
-                )
-                fit = lot.fit
-                out.loc[ok, "prior"] = "lot"
-            except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
-                _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg["group"], exc)
-        if fit is None:
-            with warnings.catch_warnings():  # non-converged fits get the status "not_converged"
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"])
-            out.loc[ok, "prior"] = "normal"
-        x = fit.params.to_numpy(dtype=np.float64)
-        finite = np.isfinite(x).all(axis=1)
-        success = np.asarray(fit.success, dtype=bool)
-        ssr = np.asarray(fit.ssr, dtype=np.float64)
-        npts = np.asarray(fit.n_points, dtype=np.float64)
-        jtj = np.asarray(fit.jtj, dtype=np.float64)
-        good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
-        idx_bad = ok[~good]
-        out.loc[idx_bad, "status"] = "fit_failed"
-        out.loc[ok[good & ~success], "status"] = "not_converged"
-        g = ok[good]
-        if g.size:
-            xs = x[good]
-            p_eff, fterm, P, raw = _terms(xs, ssr[good], npts[good], jtj[good], model)
-            sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
-            _, grad, _ = shape.objective_terms(
-                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg["n_jobs"]
-            )
-            out.loc[g, list(PARAMS)] = xs
-            out.loc[g, "ssr"] = ssr[good]
-            out.loc[g, "p_eff"] = p_eff
-            out.loc[g, "fit"] = fterm
-            out.loc[g, [f"P_{p}" for p in PARAMS]] = P
-            out.loc[g, "score"] = fterm + P.sum(axis=1)
-            out.loc[g, "score_raw"] = raw
-            out.loc[g, [f"d_{p}" for p in PARAMS]] = np.asarray(grad, dtype=np.float64)
-    return keys, out
-
-
-def _analyse_partition(part, models, cfg):
-    """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns."""
-    group_keys, trace_keys, lot_key = cfg["group_keys"], cfg["trace_keys"], cfg["lot_key"]
-    by = [*group_keys] + ([lot_key] if lot_key is not None else [])
-    frames = []
-    chunks = part.groupby(by, sort=True) if by else [((), part)]
-    for key, chunk in chunks:
-        key = _as_tuple(key, len(by))
-        gkey = key[: len(group_keys)]
-        c = dict(cfg, group=gkey)
-        keys, res = _analyse_chunk(chunk, models.get(gkey), c)
-        kdf = pd.DataFrame(keys, columns=list(trace_keys))
-        for name, v in zip(group_keys, gkey):
-            kdf.insert(len(kdf.columns) - len(trace_keys), name, v)
-        res.insert(0, "lot", key[-1] if lot_key is not None else None)
-        frames.append(pd.concat([kdf, res], axis=1))
-    if not frames:
-        return _empty_result(cfg)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _empty_result(cfg):
-    cols = {k: pd.Series(dtype=object) for k in [*cfg["group_keys"], *cfg["trace_keys"], "lot"]}
-    cols.update({c: pd.Series(dtype=np.float64) for c in _RESULT_FLOAT})
-    cols["n_points"] = pd.Series(dtype=np.int64)
-    cols["status"] = pd.Series(dtype=object)
-    cols["prior"] = pd.Series(dtype=object)
-    return pd.DataFrame(cols)
-
-
-def _fit_partition(part, cfg):
-    group_keys = cfg["group_keys"]
-    rows = []
-    chunks = part.groupby(list(group_keys), sort=True) if group_keys else [((), part)]
-    for key, chunk in chunks:
-        gkey = _as_tuple(key, len(group_keys))
-        if len(chunk) == 0:
-            continue
-        row = dict(zip(group_keys, gkey))
-        try:
-            row.update(_fit_group(chunk, dict(cfg, group=gkey)))
-        except ValueError as exc:  # one unusable group must not stop the others
-            row.update({c: np.nan for c in _NM_COLS}, n_traces=0, em_iter=0, converged=False, error=str(exc))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*group_keys, *_NM_COLS, "n_traces", "em_iter", "converged", "error"])
-
-
-# --------------------------------------------------------------------------------------------
-class ShapeSignatureDetector(BaseDetector):
+class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     """Grey-box anomaly detector for process traces run by PI control loops.
 
     Every trace (one (tool, sensor, step) group, one wafer) is summarised by its *shape
@@ -243,9 +47,17 @@ class ShapeSignatureDetector(BaseDetector):
     Parameters
     ----------
     time : str, default="t"
-        Column of the sample times (within the step; each trace is shifted to start at 0).
+        Column of the sample times.
     value : str, default="value"
         Column of the sensor values.
+    start_time : str or None, default=None
+        Column of the start time of each trace's step (the time origin ``x`` of eq. 11, the
+        first row of each trace is read). ``None``: the group's nominal start, the median first
+        sample time of its training traces (``t_start`` of ``normal_model_``), for every trace
+        whose first sample lies within ``t_tol`` of it, when the training traces start
+        together (within two sampling intervals); otherwise (``t_tol`` NaN: absolute clock
+        times, a clock offset per wafer) each trace starts at its first sample, and only a
+        ``start_time`` column makes the score robust to missing first samples.
     trace_keys : tuple of str, default=("wafer",)
         Columns that identify a trace within a group (usually the wafer).
     group_keys : tuple of str, default=()
@@ -269,8 +81,25 @@ class ShapeSignatureDetector(BaseDetector):
         Numba threads of the signature fits (passed to ``fit_traces``). ``None`` uses one
         thread for batches of fewer than 256 traces (starting the parallel region costs
         more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
+    n_components : int, default=8
+        Principal components of the wafer model (at most a fifth of the wafer features;
+        the number used is ``n_components_``).
+    statistic : {"q", "t2", "combined"}, default="q"
+        Wafer score: Q (squared prediction error) of the scaled wafer features, T^2, or both.
+    scale_floor : float, default=0.5
+        The robust (per-lot MAD) scale of a wafer feature is at least this fraction of its
+        standard deviation in the lot.
+    clip : float, default=8.0
+        Scaled wafer features are clipped to ``[-clip, clip]``; a feature that cannot be
+        computed (unfittable trace, missing group) is set to ``clip``.
+    new_lots : {"pooled", "self"}, default="pooled"
+        Lots not seen in training: their wafers are centred on the pooled training median
+        (``"pooled"``) or on their own median if they have at least 3 wafers (``"self"``).
+    cv : int, default=5
+        Wafer folds of the cross-fitting that sets the wafer control limit.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` from the training scores (see :class:`~greyanom.BaseDetector`).
+        Sets ``offset_`` from the training trace scores (see :class:`~greyanom.BaseDetector`)
+        and ``wafer_threshold_`` from the cross-fitted training wafer scores.
     random_state : int, RandomState instance or None, default=None
         Accepted for the common contract; the fits are deterministic and do not use it.
 
@@ -278,7 +107,9 @@ class ShapeSignatureDetector(BaseDetector):
     ----------
     normal_model_ : pandas.DataFrame
         One row per group: ``noise_sd`` (:math:`\\sigma^*`), ``mu_<p>`` and ``sd_<p>`` for each
-        parameter, ``n_traces``, ``em_iter`` and ``converged``. A group with fewer than two
+        parameter, ``t_start`` and ``t_tol`` (the nominal step start and the tolerance on a
+        trace's first sample time, see ``start_time``), ``n_traces``, ``em_iter`` and
+        ``converged``. A group with fewer than two
         fittable traces gets no row (a warning names it); it scores as ``"unknown_group"``.
     train_scores_ : pandas.Series
         Centred scores of the normal-model traces, scored like new data (lot by lot).
@@ -288,6 +119,17 @@ class ShapeSignatureDetector(BaseDetector):
         Anomaly-score control limit, ``-offset_``.
     n_groups_ : int
         Number of groups with a normal model.
+    wafer_model_ : greyanom._wafer_model.WaferModel
+        The frozen wafer model (robust per-lot scaler, PCA) on the wafer features.
+    wafer_columns_ : pandas.MultiIndex
+        The wafer features, ``group_keys + ("feature",)``: the fitted curve at 8 points of
+        normalised step time (``curve_0`` ... ``curve_7``), ``log_sd`` (log residual sd),
+        ``feat_y`` and ``feat_c`` (level and slope), ``duration``, ``n_points`` and
+        ``unfitted`` (1 for a trace that could not be fitted), per group.
+    wafer_heldout_scores_ : pandas.Series
+        Cross-fitted wafer scores of the training wafers.
+    wafer_threshold_ : float
+        Wafer control limit (from ``wafer_heldout_scores_`` at ``contamination``).
 
     See Also
     --------
@@ -329,6 +171,7 @@ class ShapeSignatureDetector(BaseDetector):
         **BaseDetector._parameter_constraints,
         "time": [str],
         "value": [str],
+        "start_time": [str, None],
         "trace_keys": [tuple, list, str],
         "group_keys": [tuple, list, str],
         "lot_key": [str, None],
@@ -339,6 +182,12 @@ class ShapeSignatureDetector(BaseDetector):
         "min_points": [Interval(numbers.Integral, 1, None, closed="left")],
         "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_jobs": [numbers.Integral, None],
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "statistic": [StrOptions({"q", "t2", "combined"})],
+        "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
+        "clip": [Interval(numbers.Real, 0, None, closed="neither")],
+        "new_lots": [StrOptions({"pooled", "self"})],
+        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
         "random_state": ["random_state"],
     }
 
@@ -347,6 +196,7 @@ class ShapeSignatureDetector(BaseDetector):
         *,
         time="t",
         value="value",
+        start_time=None,
         trace_keys=("wafer",),
         group_keys=(),
         lot_key="lot",
@@ -357,11 +207,18 @@ class ShapeSignatureDetector(BaseDetector):
         min_points=7,
         min_lot_size=3,
         n_jobs=None,
+        n_components=8,
+        statistic="q",
+        scale_floor=0.5,
+        clip=8.0,
+        new_lots="pooled",
+        cv=5,
         contamination="auto",
         random_state=None,
     ):
         self.time = time
         self.value = value
+        self.start_time = start_time
         self.trace_keys = trace_keys
         self.group_keys = group_keys
         self.lot_key = lot_key
@@ -372,6 +229,12 @@ class ShapeSignatureDetector(BaseDetector):
         self.min_points = min_points
         self.min_lot_size = min_lot_size
         self.n_jobs = n_jobs
+        self.n_components = n_components
+        self.statistic = statistic
+        self.scale_floor = scale_floor
+        self.clip = clip
+        self.new_lots = new_lots
+        self.cv = cv
         self.contamination = contamination
         self.random_state = random_state
 
@@ -388,91 +251,30 @@ class ShapeSignatureDetector(BaseDetector):
 
     def _cfg(self):
         tk, gk = self._keys()
-        return {
-            "time": self.time,
-            "value": self.value,
-            "trace_keys": tk,
-            "group_keys": gk,
-            "lot_key": self.lot_key,
-            "max_em_iter": self.max_em_iter,
-            "em_tol": self.em_tol,
-            "min_points": self.min_points,
-            "min_lot_size": self.min_lot_size,
-            "n_jobs": self.n_jobs,
-            "lot_fits": self.lot_prior != "normal",
-            "lot_prior": self.lot_prior,
-        }
+        return FitConfig(
+            time=self.time,
+            value=self.value,
+            start_time=self.start_time,
+            trace_keys=tk,
+            group_keys=gk,
+            lot_key=self.lot_key,
+            max_em_iter=self.max_em_iter,
+            em_tol=self.em_tol,
+            min_points=self.min_points,
+            min_lot_size=self.min_lot_size,
+            n_jobs=self.n_jobs,
+            lot_prior=self.lot_prior,
+        )
 
     def _required(self):
-        tk, gk = self._keys()
-        cols = [self.time, self.value, *gk, *tk]
-        if self.lot_key is not None:
-            cols.append(self.lot_key)
-        return cols
+        return required_columns(self._cfg())
 
     def _check_columns(self, columns, name="X"):
-        missing = [c for c in self._required() if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{name} has no column(s) {missing}; expected a long-format frame with columns "
-                f"{self._required()} (set time=, value=, trace_keys=, group_keys=, lot_key=). "
-                f"Got columns {list(columns)}."
-            )
+        check_columns(columns, self._cfg(), name)
 
-    def _prepare(self, X, name="X"):
-        """Validate a long frame (or Traces); return a pandas frame with only the needed columns."""
-        shape = _engine()
-        if isinstance(X, shape.Traces):
-            X = X.to_frame(time=self.time, value=self.value)
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(
-                f"{name} must be a long-format pandas DataFrame, a dask DataFrame or a Traces object, "
-                f"got {type(X).__name__}."
-            )
-        self._check_columns(X.columns, name)
-        df = X[self._required()]
-        for col in (self.time, self.value):
-            if not pd.api.types.is_numeric_dtype(df[col]):
-                raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
-        key_cols = [c for c in self._required() if c not in (self.time, self.value)]
-        if key_cols and df[key_cols].isna().any().any():
-            bad = [c for c in key_cols if df[c].isna().any()]
-            raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
-        vals = df[[self.time, self.value]].to_numpy(dtype=np.float64)
-        finite = np.isfinite(vals).all(axis=1)
-        if not finite.all():
-            warnings.warn(
-                f"{name}: dropped {int((~finite).sum())} row(s) with NaN or infinite "
-                f"{self.time!r}/{self.value!r}; traces left with fewer than min_points samples get "
-                "status 'too_short'.",
-                UserWarning,
-                stacklevel=3,
-            )
-            df = df[finite]
-        if len(df) == 0:
-            raise ValueError(f"{name} has no rows with finite {self.time!r} and {self.value!r}.")
-        tk, gk = self._keys()
-        dup = df.duplicated([*gk, *tk, self.time])
-        if dup.any():
-            first = df[dup].iloc[0]
-            raise ValueError(
-                f"{name} has {int(dup.sum())} duplicated sample time(s) within traces (first: "
-                f"{dict(first[[*gk, *tk, self.time]])}); expected one sample per time and trace. "
-                "Average or drop repeated samples first."
-            )
-        self._check_unique_lots(df, name)
-        return df
-
-    def _check_unique_lots(self, df, name):
-        if self.lot_key is None:
-            return
-        tk, gk = self._keys()
-        n_lots = df.groupby([*gk, *tk], sort=False)[self.lot_key].nunique()
-        if (n_lots > 1).any():
-            raise ValueError(
-                f"{name}: {int((n_lots > 1).sum())} trace(s) appear in more than one {self.lot_key!r}; "
-                "a trace (group_keys + trace_keys) must belong to one lot."
-            )
+    def _prepare(self, X, name="X", return_keys=False):
+        """Validate a long frame (or Traces); see :func:`greyanom.shape._frames.prepare_frame`."""
+        return prepare_frame(X, self._cfg(), name, return_keys)
 
     def _initial_lots(self, lots_in_order):
         if self.n_initial_lots is None:
@@ -484,16 +286,12 @@ class ShapeSignatureDetector(BaseDetector):
         return list(lots_in_order[: self.n_initial_lots])
 
     def _models(self):
+        """``{group key tuple: NormalModel}`` from ``normal_model_``."""
         tk, gk = self._keys()
-        models = {}
-        for _, row in self.normal_model_.reset_index().iterrows():
-            key = tuple(row[k] for k in gk)
-            models[key] = (
-                float(row["noise_sd"]),
-                row[[f"mu_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
-                row[[f"sd_{p}" for p in PARAMS]].to_numpy(dtype=np.float64),
-            )
-        return models
+        return {
+            tuple(row[k] for k in gk): NormalModel.from_row(row)
+            for _, row in self.normal_model_.reset_index().iterrows()
+        }
 
     # -- fitting ----------------------------------------------------------------------------
     def _fit(self, X):
@@ -501,7 +299,7 @@ class ShapeSignatureDetector(BaseDetector):
         if self.n_initial_lots is not None and self.lot_key is None:
             raise ValueError("n_initial_lots needs lot_key: with lot_key=None there are no lots to count.")
         cfg = self._cfg()
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
+        tk, gk = cfg.trace_keys, cfg.group_keys
         if _is_dask(X):
             table, train_frame = self._fit_dask(X, cfg)
         else:
@@ -536,57 +334,122 @@ class ShapeSignatureDetector(BaseDetector):
             raise ValueError("no training trace could be scored; check min_points and the data.")
         self.train_scores_ = scores[ok]
         self.train_status_ = train["status"]
+        self._fit_wafer_model(self._wafer_table(train, train_frame))
         return self.train_scores_.to_numpy()
 
-    def _fit_dask(self, X, cfg):
-        self._check_columns(X.columns)
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
-        X = X[self._required()]
-        if self.lot_key is not None and self.n_initial_lots is not None:
-            firsts = X[[self.lot_key]].map_partitions(lambda d: d.drop_duplicates()).compute()
-            lots = self._initial_lots(pd.unique(firsts[self.lot_key]))
-            X = X[X[self.lot_key].isin(lots)]
-        X = X.dropna(subset=[self.time, self.value])
-        parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
-        meta = pd.DataFrame(
-            {
-                **{k: pd.Series(dtype=X[k].dtype) for k in gk},
-                **{c: pd.Series(dtype=np.float64) for c in _NM_COLS},
-                "n_traces": pd.Series(dtype=np.int64),
-                "em_iter": pd.Series(dtype=np.int64),
-                "converged": pd.Series(dtype=bool),
-                "error": pd.Series(dtype=object),
-            }
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted per-trace scores of the training traces (for a held-out ``offset_``).
+
+        The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
+        and seed as the wafer model's cross-fitting); each fold is scored by normal models
+        fitted on the other folds only. This refits the normal models ``cv`` times, so it
+        costs about ``cv`` fits. Dask input falls back on the in-sample ``train_scores``.
+        """
+        from greyanom._wafer_model import make_folds
+
+        check_is_fitted(self, "normal_model_")
+        if _is_dask(X):
+            return np.asarray(train_scores, dtype=np.float64)
+        cfg = self._cfg()
+        tk, gk = cfg.trace_keys, cfg.group_keys
+        df = self._prepare(X)
+        if self.lot_key is not None:
+            lots = self._initial_lots(pd.unique(df[self.lot_key]))
+            if lots is not None:
+                df = df[df[self.lot_key].isin(lots)]
+        wafer = pd.MultiIndex.from_frame(df[list(tk)])
+        uniq = wafer.unique()
+        lot_of = (
+            df.groupby(list(tk), sort=False)[self.lot_key].first().reindex(uniq).astype(str).to_numpy()
+            if self.lot_key is not None else np.zeros(len(uniq), dtype=str)
         )
-        table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
-        table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
-        return table, X
+        folds = make_folds(lot_of, self.cv, self.random_state)
+        fold_of_row = pd.Series(folds, index=uniq).reindex(wafer).to_numpy()
+        scores = []
+        for k in np.unique(folds):
+            sub = clone(self)
+            table = _fit_partition(df[fold_of_row != k], cfg)
+            if gk:
+                table = table.set_index(list(gk))
+            else:
+                table.index = pd.Index(["all"], name="group")
+            sub.normal_model_ = table[table["error"].isna()].drop(columns="error")
+            res = sub._analyse(df[fold_of_row == k], warn=False)  # fit reports the statuses
+            scores.append(res["score"])
+        out = pd.concat(scores)
+        return out[out.notna()].to_numpy(dtype=np.float64)
+
+    def _fit_dask(self, X, cfg):
+        pick = self._initial_lots if self.n_initial_lots is not None else None
+        return fit_dask(X, cfg, pick)
 
     # -- analysis ---------------------------------------------------------------------------
-    def _analyse(self, X):
-        """One row per trace: signature, terms, score, gradient, status (index = keys)."""
+    def _analyse(self, X, warn=True):
+        """One row per trace: signature, terms, score, gradient, features, status (index = keys).
+
+        Every trace of ``X`` has a row, also one whose samples are all non-finite (status
+        ``"too_short"``, ``n_points`` 0).
+        """
         check_is_fitted(self, "normal_model_")
         cfg = self._cfg()
-        tk, gk = cfg["trace_keys"], cfg["group_keys"]
-        models = self._models()
-        if _is_dask(X):
-            self._check_columns(X.columns)
-            X = X[self._required()].dropna(subset=[self.time, self.value])
-            by = [*gk] + ([self.lot_key] if self.lot_key is not None else [])
-            parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
-            meta = _empty_result(cfg)
-            for k in [*gk, *tk]:
-                meta[k] = meta[k].astype(X[k].dtype)
-            res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
-            res = res.sort_values([*gk, *tk], kind="mergesort")
-        else:
-            df = self._prepare(X)
-            res = _analyse_partition(df, models, cfg)
-            order = df[[*gk, *tk]].drop_duplicates()
-            res = order.merge(res, on=[*gk, *tk], how="left")
+        tk, gk = cfg.trace_keys, cfg.group_keys
+        res = analyse_frame(X, self._models(), cfg)
         res = res.set_index([*gk, *tk])
-        self._warn_statuses(res["status"])
+        if warn:
+            self._warn_statuses(res["status"])
         return res
+
+    def _wafer_table(self, res, X):
+        """Wafer features of an analysis frame (wafers in order of first appearance in X)."""
+        tk, gk = self._keys()
+        flat = res.reset_index()
+        wafers = flat[list(tk)].drop_duplicates()
+        if X is not None and not _is_dask(X) and isinstance(X, pd.DataFrame):
+            wafers = X[list(tk)].drop_duplicates()
+        order = pd.MultiIndex.from_frame(wafers) if len(tk) > 1 else pd.Index(wafers[tk[0]])
+        if self.lot_key is not None and isinstance(X, pd.DataFrame):
+            lots = X.groupby(list(tk), sort=False)[self.lot_key].first().reindex(order)
+        else:
+            lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order)
+        return wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
+
+    def analyse(self, X):
+        """Fit and score every trace of ``X`` once.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
+            Long-format traces.
+
+        Returns
+        -------
+        analysis : TraceAnalysis
+            Pass it instead of ``X`` to :meth:`score`, :meth:`explain`, :meth:`signatures`,
+            :meth:`signature_table`, :meth:`score_wafers`, :meth:`predict_wafers` and
+            :meth:`explain_wafers`: they read it and do not fit again.
+
+        Examples
+        --------
+        >>> from greyanom import ShapeSignatureDetector
+        >>> from greyanom.datasets import make_pi_lots
+        >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, random_state=0)
+        >>> det = ShapeSignatureDetector(n_initial_lots=3, random_state=0).fit(df)
+        >>> a = det.analyse(df)
+        >>> bool((det.score(a) == det.score(df)).all())
+        True
+        """
+        check_is_fitted(self, "normal_model_")
+        if isinstance(X, TraceAnalysis):
+            return X
+        res = self._analyse(X)
+        frame = X if isinstance(X, pd.DataFrame) else None
+        return TraceAnalysis(res, self._wafer_table(res, frame))
+
+    def _traces(self, X):
+        return X.traces if isinstance(X, TraceAnalysis) else self._analyse(X)
+
+    def _wafer_features(self, X):
+        return self.analyse(X).wafers
 
     @staticmethod
     def _warn_statuses(status):
@@ -614,7 +477,7 @@ class ShapeSignatureDetector(BaseDetector):
             traces that could not be scored, with a warning that gives their status.
         """
         check_is_fitted(self, "normal_model_")
-        return self._analyse(X)["score"].rename("score")
+        return self._traces(X)["score"].rename("score")
 
     def _score(self, X):
         return self.score(X).to_numpy()
@@ -633,7 +496,7 @@ class ShapeSignatureDetector(BaseDetector):
             ``n/2 ln sigma*^2 + SSR/(2 sigma*^2) + sum_d [ln sigma*_S,d + z_d^2/2]``; its
             baseline depends on the trace length and the sensor's units (notes T11).
         """
-        return self._analyse(X)["score_raw"].rename("score_raw")
+        return self._traces(X)["score_raw"].rename("score_raw")
 
     def predict(self, X):
         """Inliers (+1) and outliers (-1); traces without a score are outliers.
@@ -649,26 +512,6 @@ class ShapeSignatureDetector(BaseDetector):
         """
         d = self.decision_function(X)
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
-
-    def score_wafers(self, X):
-        """Score of each ``trace_keys`` value (a wafer) summed over its groups.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-
-        Returns
-        -------
-        scores : pandas.Series
-            Indexed by ``trace_keys``, in order of first appearance; the sum of the centred
-            scores of the wafer's traces (all sensors and steps). Unscored traces count as
-            NaN, so a wafer with one unscored trace has a NaN score (with a warning).
-        """
-        tk, _ = self._keys()
-        s = self.score(X)
-        wafer = s.groupby(level=list(tk), sort=False).agg(lambda v: v.sum() if v.notna().all() else np.nan)
-        return wafer.rename("score")
 
     def explain(self, X):
         """Additive decomposition of the centred score, and its gradient.
@@ -692,7 +535,7 @@ class ShapeSignatureDetector(BaseDetector):
             * ``dz_gamma`` ... ``dz_c``: the unit-free gradient, ``d_<p> * sigma*_S,<p>``.
             * ``status``.
         """
-        res = self._analyse(X)
+        res = self._traces(X)
         out = res[["fit"]].copy()
         for p in PARAMS:
             out[p] = res[f"P_{p}"]
@@ -729,7 +572,7 @@ class ShapeSignatureDetector(BaseDetector):
             ``n_points``, ``lot``, ``prior`` (``"lot"`` or ``"normal"``: the prior the signature
             was fitted with), ``score`` and ``status``.
         """
-        res = self._analyse(X)
+        res = self._traces(X)
         return res[[*PARAMS, "ssr", "n_points", "lot", "prior", "score", "status"]]
 
     def signature_table(self, X, *, columns=(*PARAMS, "ssr", "score")):
@@ -809,7 +652,6 @@ class ShapeSignatureDetector(BaseDetector):
             rb, ra = res.loc[kb], res.loc[ka]
             if rb["status"] not in ("ok", "not_converged") or ra["status"] not in ("ok", "not_converged"):
                 continue
-            sigma, mu, sd = models[g]
             sb = rb[list(PARAMS)].to_numpy(dtype=np.float64)
             sa = ra[list(PARAMS)].to_numpy(dtype=np.float64)
             m = np.ones(len(sel), dtype=bool)
@@ -819,17 +661,12 @@ class ShapeSignatureDetector(BaseDetector):
             traces = shape.Traces.from_arrays(
                 [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
             )
-            _, grad, hess = shape.objective_terms(traces, sb[None], prior=(mu, sd), noise_sd=sigma, n_jobs=1)
-            delta = sa - sb
-            g_mid = grad[0] + hess[0] @ delta / 2.0
-            # The quadratic part of P_d changes by exactly (s_mid - mu)/sd^2 * delta (midpoint
-            # rule); the centring constant of each term (posterior variance) changes by the rest.
-            pb = rb[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
-            pa = ra[[f"P_{p}" for p in PARAMS]].to_numpy(dtype=np.float64)
-            contrib = pa - pb
-            mid = ((sa + sb) / 2.0 - mu) / sd**2 * delta
+            P = [f"P_{p}" for p in PARAMS]
+            split = change_split(
+                traces, sb, sa, rb[P].to_numpy(np.float64), ra[P].to_numpy(np.float64), models[g], rb["origin"]
+            )
             for j, p in enumerate(PARAMS):
-                rows.append((*g, p, sb[j], sa[j], delta[j], g_mid[j], g_mid[j] * delta[j], mid[j], contrib[j]))
+                rows.append((*g, p, sb[j], sa[j], *split[j]))
             dfit = ra["fit"] - rb["fit"]
             rows.append((*g, "fit", rb["fit"], ra["fit"], dfit, 0.0, 0.0, 0.0, dfit))
         if not rows:

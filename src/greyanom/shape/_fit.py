@@ -27,7 +27,7 @@ DEGENERATE_TOL = 1e-8
 
 _MODELS = ("auto", "general", "paper")
 _REGIMES = np.array(["failed", "underdamped", "critical", "overdamped", "degenerate"])
-_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-2, 4)])
+_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-3, 4)])
 
 
 #: Below this many traces ``n_jobs=None`` runs on one thread: starting the parallel region
@@ -123,11 +123,12 @@ def fit_traces(
     n_jobs=None,
     max_iter=100,
     tol=1e-8,
+    origin=None,
 ):
     """Fit the damped, linearly driven oscillator to every trace.
 
     Fits ``alpha(t) = R exp(-gamma (t-x)/2) cos(omega (t-x) - phi) + c (t-x) + y`` with
-    ``x = min t`` per trace (the paper's eq. (11)), or its continuation to critically and
+    ``x = min t`` per trace (the paper's eq. (11); ``origin`` sets it), or its continuation to critically and
     over-damped loops, by a bounded Levenberg-Marquardt / damped Newton method started
     from a variable-projection grid.
 
@@ -161,6 +162,9 @@ def fit_traces(
         Maximum Newton / Levenberg-Marquardt iterations per trace.
     tol : float, default=1e-8
         Relative tolerance on the objective reduction and on the step.
+    origin : float or array-like of shape (n_traces,), default=None
+        Time origin ``x`` of each trace, e.g. the start of its step, so that a trace whose
+        first samples are missing keeps its signature; ``None`` or NaN: the first sample.
 
     Returns
     -------
@@ -197,6 +201,104 @@ def fit_traces(
     >>> fit = fit_traces(Traces.from_arrays([t], [z]))
     >>> str(fit.regime[0]), np.round(fit.params.iloc[0].to_numpy(), 3).tolist()
     ('underdamped', [0.3, 2.0, 1.2, 1.0, 0.4, 0.05])
+    """
+    result = _fit_traces(
+        traces, prior=prior, noise_sd=noise_sd, init=init, model=model, n_jobs=n_jobs,
+        max_iter=max_iter, tol=tol, origin=origin,
+    )
+    n, success = len(result), result.success
+    n_bad = int((~success).sum())
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} of {n} trace(s) were not fitted successfully; see fit.status and fit.message.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _origin(origin, n):
+    """Per-trace time origins (NaN: the trace's first sample)."""
+    if origin is None:
+        return np.full(n, np.nan)
+    o = np.asarray(origin, dtype=np.float64)
+    o = np.full(n, float(o)) if o.ndim == 0 else o
+    if o.shape != (n,):
+        raise ValueError(f"origin must be a float or have shape (n_traces,) = ({n},); got {o.shape}.")
+    return np.ascontiguousarray(o)
+
+
+def _terms(traces, params, mu, w, s2, origin=None):
+    n = len(traces)
+    f = np.empty(n)
+    g = np.empty((n, 6))
+    h = np.empty((n, 6, 6))
+    jtj = np.empty((n, 6, 6))
+    ssr = np.empty(n)
+    _kernels.terms_batch(
+        traces.t, traces.z, traces.offsets, np.ascontiguousarray(params, dtype=np.float64),
+        np.ascontiguousarray(mu), np.ascontiguousarray(w), np.ascontiguousarray(s2), f, g, h, jtj, ssr,
+        _origin(origin, n),
+    )
+    return f, g, h, jtj, ssr
+
+
+def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None, origin=None):
+    """Objective, gradient and Hessian per trace in paper space at given signatures.
+
+    ``f(s) = n/2 ln sigma^2 + SSR(s) / (2 sigma^2) + sum_d [ln sd_d + (s_d - mean_d)^2 /
+    (2 sd_d^2)]`` with ``tau = t - min t`` (the prior terms only when ``prior`` is given;
+    ``sigma = 1`` when ``noise_sd`` is ``None``, which makes ``f = SSR / 2``).
+
+    Parameters
+    ----------
+    traces : Traces
+    params : array-like of shape (n_traces, 6) or DataFrame
+        Signatures ``(gamma, R, omega, y, phi, c)`` (a DataFrame is read by column name,
+        e.g. ``fit.params``).
+    prior : None or tuple (mean, sd), default=None
+        As in :func:`fit_traces`.
+    noise_sd : float or array-like of shape (n_traces,), default=None
+    n_jobs : int or None, default=None
+    origin : float or array-like of shape (n_traces,), default=None
+        Time origin ``x`` of each trace (``tau = t - x``); ``None`` or NaN: its first sample.
+
+    Returns
+    -------
+    f : ndarray of shape (n_traces,)
+    grad : ndarray of shape (n_traces, 6)
+    hess : ndarray of shape (n_traces, 6, 6)
+        Exact (second-order terms included).
+    """
+    traces = _check_traces(traces)
+    n = len(traces)
+    if isinstance(params, pd.DataFrame):
+        missing = [c for c in PARAM_NAMES if c not in params.columns]
+        if missing:
+            raise ValueError(f"params is missing the column(s) {missing}; expected {list(PARAM_NAMES)}.")
+        p = params[list(PARAM_NAMES)].to_numpy(dtype=np.float64)
+    else:
+        p = params
+    p = _per_trace(p, n, "params", width=6)
+    if prior is None:
+        mu, w, sd = np.zeros((n, 6)), np.zeros((n, 6)), None
+        s = np.ones(n) if noise_sd is None else _per_trace(noise_sd, n, "noise_sd", positive=True)
+    else:
+        mu, w, sd, s = _parse_prior(prior, noise_sd, n)
+    with numba_threads(n_jobs, n):
+        f, g, h, _, _ = _terms(traces, p, mu, w, s**2, origin)
+    if sd is not None:
+        f = f + np.log(sd).sum(axis=1)
+    return f, g, h
+
+
+def _fit_traces(
+    traces, *, prior=None, noise_sd=None, init=None, model="auto", n_jobs=None, max_iter=100, tol=1e-8, origin=None
+):
+    """:func:`fit_traces` without the ConvergenceWarning (failures are in ``status``).
+
+    ``origin`` (float or (n_traces,), NaN or None: the first sample) is the time origin ``x``
+    of each trace, e.g. the start of its step.
     """
     traces = _check_traces(traces)
     n = len(traces)
@@ -240,7 +342,7 @@ def fit_traces(
     cov = np.empty((n, 6, 6))
     with numba_threads(n_jobs, n):
         _kernels.fit_batch(
-            traces.t, traces.z, traces.offsets, paper, start, has_init, mu, w, noise_s2,
+            traces.t, traces.z, traces.offsets, _origin(origin, n), paper, start, has_init, mu, w, noise_s2,
             min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
             out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov,
         )
@@ -261,7 +363,7 @@ def fit_traces(
         regime=_REGIMES[regime],
         status=status,
         success=success,
-        message=_MESSAGES[status + 2],
+        message=_MESSAGES[status + 3],
         n_iter=n_iter,
         cost=cost,
         ssr=ssr,
@@ -273,72 +375,4 @@ def fit_traces(
         model=model,
         has_prior=prior_sd is not None,
     )
-    n_bad = int((~success).sum())
-    if n_bad:
-        warnings.warn(
-            f"{n_bad} of {n} trace(s) were not fitted successfully; see fit.status and fit.message.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
     return result
-
-
-def _terms(traces, params, mu, w, s2):
-    n = len(traces)
-    f = np.empty(n)
-    g = np.empty((n, 6))
-    h = np.empty((n, 6, 6))
-    jtj = np.empty((n, 6, 6))
-    ssr = np.empty(n)
-    _kernels.terms_batch(
-        traces.t, traces.z, traces.offsets, np.ascontiguousarray(params, dtype=np.float64),
-        np.ascontiguousarray(mu), np.ascontiguousarray(w), np.ascontiguousarray(s2), f, g, h, jtj, ssr,
-    )
-    return f, g, h, jtj, ssr
-
-
-def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None):
-    """Objective, gradient and Hessian per trace in paper space at given signatures.
-
-    ``f(s) = n/2 ln sigma^2 + SSR(s) / (2 sigma^2) + sum_d [ln sd_d + (s_d - mean_d)^2 /
-    (2 sd_d^2)]`` with ``tau = t - min t`` (the prior terms only when ``prior`` is given;
-    ``sigma = 1`` when ``noise_sd`` is ``None``, which makes ``f = SSR / 2``).
-
-    Parameters
-    ----------
-    traces : Traces
-    params : array-like of shape (n_traces, 6) or DataFrame
-        Signatures ``(gamma, R, omega, y, phi, c)`` (a DataFrame is read by column name,
-        e.g. ``fit.params``).
-    prior : None or tuple (mean, sd), default=None
-        As in :func:`fit_traces`.
-    noise_sd : float or array-like of shape (n_traces,), default=None
-    n_jobs : int or None, default=None
-
-    Returns
-    -------
-    f : ndarray of shape (n_traces,)
-    grad : ndarray of shape (n_traces, 6)
-    hess : ndarray of shape (n_traces, 6, 6)
-        Exact (second-order terms included).
-    """
-    traces = _check_traces(traces)
-    n = len(traces)
-    if isinstance(params, pd.DataFrame):
-        missing = [c for c in PARAM_NAMES if c not in params.columns]
-        if missing:
-            raise ValueError(f"params is missing the column(s) {missing}; expected {list(PARAM_NAMES)}.")
-        p = params[list(PARAM_NAMES)].to_numpy(dtype=np.float64)
-    else:
-        p = params
-    p = _per_trace(p, n, "params", width=6)
-    if prior is None:
-        mu, w, sd = np.zeros((n, 6)), np.zeros((n, 6)), None
-        s = np.ones(n) if noise_sd is None else _per_trace(noise_sd, n, "noise_sd", positive=True)
-    else:
-        mu, w, sd, s = _parse_prior(prior, noise_sd, n)
-    with numba_threads(n_jobs, n):
-        f, g, h, _, _ = _terms(traces, p, mu, w, s**2)
-    if sd is not None:
-        f = f + np.log(sd).sum(axis=1)
-    return f, g, h

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
 
 __all__ = ["LotFit", "fit_lot", "PARAMS"]
 
@@ -36,10 +34,10 @@ PARAMS = ("gamma", "R", "omega", "y", "phi", "c")
 _logger = logging.getLogger(__name__)
 
 
-def _engine():
-    import greyanom.shape as shape
+def _fit_traces(traces, **kwargs):
+    from greyanom.shape._fit import _fit_traces as fit
 
-    return shape
+    return fit(traces, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +135,6 @@ def fit_lot(
     ValueError
         If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
     """
-    shape = _engine()
     if update not in ("laplace", "bcd", "mean"):
         raise ValueError(f"update must be 'laplace', 'bcd' or 'mean', got {update!r}.")
     if update == "mean" and init is None:
@@ -147,9 +144,8 @@ def fit_lot(
     if n < 2:
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
     if init is None:
-        with warnings.catch_warnings():  # failed cold starts only leave the robust start
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fit0 = shape.fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
+        # failed cold starts only leave the robust start (the private fit does not warn)
+        fit0 = _fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
         x0 = fit0.params.to_numpy(dtype=np.float64)
         ok = np.asarray(fit0.success, dtype=bool) & np.isfinite(x0).all(axis=1)
         if ok.sum() < 2:
@@ -169,9 +165,8 @@ def fit_lot(
     fit = None
     used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
-        with warnings.catch_warnings():  # failures are in fit.success, reported by the caller
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            fit = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        # failures are in fit.success, reported by the caller
+        fit = _fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
         x = fit.params.to_numpy(dtype=np.float64)
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
         if used.sum() < 2:
@@ -213,9 +208,7 @@ def fit_lot(
     if converged:
         final = fit
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            final = shape.fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        final = _fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
     if not converged:
         _logger.info("fit_lot: %s update did not converge in %d iterations", update, max_iter)
     return LotFit(

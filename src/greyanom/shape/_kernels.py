@@ -3,7 +3,9 @@
 Every function here takes plain NumPy arrays and scalars and never validates: the public
 wrappers in :mod:`greyanom.shape._fit` prepare the input. Only the batch drivers
 (``fit_batch`` and ``terms_batch``) are ``parallel=True`` and loop over traces with
-``prange``; the per-trace functions are serial.
+``prange``; the per-trace functions are serial. The batch drivers (``fit_batch``,
+``terms_batch``, ``predict_batch``) and the status and regime codes are this module's
+interface to :mod:`greyanom.shape._fit`; every other kernel is private (``_`` prefix).
 
 Two parametrisations of the same model are used (indices in brackets):
 
@@ -42,6 +44,7 @@ ST_FTOL = 2
 ST_XTOL = 3
 ST_FEW = -1
 ST_NONFINITE = -2
+ST_RANGE = -3
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
 GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0])
@@ -95,7 +98,7 @@ def _general_basis(gamma, kappa, tau):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def pass_general(u, v, p, jtj, jtr):
+def _pass_general(u, v, p, jtj, jtr):
     """One pass in general space: fill ``J^T J`` and ``J^T r``; return the SSR."""
     gamma, ca, kappa, y, cb, c = p[0], p[1], p[2], p[3], p[4], p[5]
     ssr = 0.0
@@ -211,7 +214,7 @@ def pass_general(u, v, p, jtj, jtr):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def pass_paper(u, v, p, jtj, jtr, so):
+def _pass_paper(u, v, p, jtj, jtr, so):
     """One fused pass in paper space.
 
     Fills ``J^T J``, ``J^T r`` and the second-order term ``so = sum_i r_i H_i`` (the 9
@@ -489,7 +492,7 @@ def _grid_point(f1, f2, us, vs, lin, coef):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def grid_start(u, v, general, p):
+def _grid_start(u, v, general, p):
     """Cold start: best point of a (rate, frequency) grid by variable projection.
 
     For fixed decay rates and frequency the model is linear in the two transient
@@ -642,7 +645,7 @@ def _to_polar(a, b, p):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def canonicalise(p):
+def _canonicalise(p):
     """Map a paper-space point onto omega >= 0, phi in [-pi/2, pi/2] (alpha unchanged)."""
     if p[2] < 0.0:
         p[2] = -p[2]
@@ -663,9 +666,9 @@ def canonicalise(p):
 def _evaluate(paper, u, v, p, mu, w, inv_s2, hess, grad, gn_diag, jtj, jtr, so):
     """Objective ``F = inv_s2 SSR / 2 + sum w (p - mu)^2 / 2`` with gradient and Hessian."""
     if paper:
-        ssr = pass_paper(u, v, p, jtj, jtr, so)
+        ssr = _pass_paper(u, v, p, jtj, jtr, so)
     else:
-        ssr = pass_general(u, v, p, jtj, jtr)
+        ssr = _pass_general(u, v, p, jtj, jtr)
     f = 0.5 * inv_s2 * ssr
     for k in range(6):
         d = p[k] - mu[k]
@@ -681,7 +684,7 @@ def _evaluate(paper, u, v, p, mu, w, inv_s2, hess, grad, gn_diag, jtj, jtr, so):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
+def _minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
     """Levenberg-Marquardt / damped Newton from ``p`` (updated in place).
 
     ``paper`` selects paper space with the exact Hessian (trust-region Newton with
@@ -764,7 +767,7 @@ def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
                 for k in range(6):
                     step[k] = trial[k] - p[k]
             else:
-                canonicalise(trial)
+                _canonicalise(trial)
         pred = 0.0
         for k in range(6):
             s = 0.0
@@ -807,23 +810,36 @@ def minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _prepare(t, z, lo, hi, u, v):
-    """Normalise one trace into ``u``, ``v``; return ``(x, T, mean, sd)``."""
+def _prepare(t, z, lo, hi, u, v, origin):
+    """Normalise one trace into ``u``, ``v``; return ``(x, T, mean, sd)``.
+
+    ``x`` is ``origin`` when it is finite (the step's start), else the first sample time.
+    The mean and sd are computed in units of the largest absolute value, so values near the
+    floating-point limits (e.g. 1e200) do not overflow.
+    """
     n = hi - lo
-    x = t[lo]
+    x = origin if math.isfinite(origin) else t[lo]
     span = t[hi - 1] - x
     if not (span > 0.0):
         span = 1.0
+    big = 0.0
+    for i in range(lo, hi):
+        a = abs(z[i])
+        if a > big:
+            big = a
+    if not (big > 0.0) or not math.isfinite(big):
+        big = 1.0
     mean = 0.0
     for i in range(lo, hi):
-        mean += z[i]
+        mean += z[i] / big
     mean /= n
     var = 0.0
     for i in range(lo, hi):
-        d = z[i] - mean
+        d = z[i] / big - mean
         var += d * d
-    sd = math.sqrt(var / n)
-    if not (sd > 0.0):
+    mean *= big
+    sd = math.sqrt(var / n) * big
+    if not (sd > 0.0) or not math.isfinite(sd):
         sd = 1.0
     for i in range(lo, hi):
         u[i] = (t[i] - x) / span
@@ -832,7 +848,7 @@ def _prepare(t, z, lo, hi, u, v):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def to_normal(paper, p, span, mean, sd, out):
+def _to_normal(paper, p, span, mean, sd, out):
     """Map original-unit parameters to normalised units (paper or general space)."""
     out[0] = p[0] * span
     out[3] = (p[3] - mean) / sd
@@ -848,8 +864,8 @@ def to_normal(paper, p, span, mean, sd, out):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def from_normal(paper, p, span, mean, sd, out):
-    """Map normalised parameters back to original units (inverse of ``to_normal``)."""
+def _from_normal(paper, p, span, mean, sd, out):
+    """Map normalised parameters back to original units (inverse of ``_to_normal``)."""
     out[0] = p[0] / span
     out[3] = p[3] * sd + mean
     out[5] = p[5] * sd / span
@@ -864,7 +880,7 @@ def from_normal(paper, p, span, mean, sd, out):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def spd_inverse(a, out):
+def _spd_inverse(a, out):
     """Inverse of a symmetric positive definite 6x6 matrix by Cholesky; False if not SPD.
 
     A pivot below ``1e-13`` of its diagonal entry counts as singular.
@@ -913,14 +929,15 @@ RG_DEGENERATE = 4
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
 def fit_batch(
-    t, z, offsets, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
+    t, z, offsets, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
     critical_tol, degenerate_tol,
     out_p, out_pp, out_status, out_iter, out_x, out_ssr, out_regime, out_s2, out_hess, out_jtj,
     out_cov,
 ):
     """Fit every trace and post-process it; parallel over traces.
 
-    Inputs: ``init`` (n, 6) starts in original units of the chosen space (used where
+    Inputs: ``origin`` (n,) the time origin ``x`` of each trace (NaN: its first sample);
+    ``init`` (n, 6) starts in original units of the chosen space (used where
     ``has_init``); ``prior_mu``/``prior_w`` (n, 6) the paper-space prior mean and weights
     ``1 / sd^2`` in original units (weights zero: no prior); ``noise_s2`` (n,) the noise
     variance, or NaN to estimate it as ``SSR / (n - 6)``.
@@ -952,7 +969,7 @@ def fit_batch(
             out_status[j] = ST_FEW
             out_x[j] = np.nan
             continue
-        x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all)
+        x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all, origin[j])
         out_x[j] = x
         if n < min_points:
             out_status[j] = ST_FEW
@@ -967,7 +984,7 @@ def fit_batch(
             if prior_w[j, k] > 0.0:
                 bounded = True
         if bounded:
-            to_normal(True, prior_mu[j], span, mean, sd, mu)
+            _to_normal(True, prior_mu[j], span, mean, sd, mu)
             w[0] = prior_w[j, 0] / (span * span)
             w[1] = prior_w[j, 1] * sd * sd
             w[2] = prior_w[j, 2] / (span * span)
@@ -975,13 +992,13 @@ def fit_batch(
             w[4] = prior_w[j, 4]
             w[5] = prior_w[j, 5] * sd * sd / (span * span)
         if has_init[j]:
-            to_normal(paper, init[j], span, mean, sd, p)
+            _to_normal(paper, init[j], span, mean, sd, p)
             if paper:
-                canonicalise(p)
+                _canonicalise(p)
                 if bounded and p[2] < 0.0:
                     p[2] = 0.0
         else:
-            grid_start(u, v, not paper, p)
+            _grid_start(u, v, not paper, p)
         is2 = 1.0
         if bounded:
             is2 = sd * sd / noise_s2[j]
@@ -990,7 +1007,7 @@ def fit_batch(
                 q = np.empty(6)
                 for k in range(6):
                     q[k] = mu[k]
-                canonicalise(q)
+                _canonicalise(q)
                 if q[2] < 0.0:
                     q[2] = 0.0
                 jt = np.empty((6, 6))
@@ -1004,12 +1021,15 @@ def fit_batch(
                 if fq < fp or not math.isfinite(fp):
                     for k in range(6):
                         p[k] = q[k]
-        status, n_it, f, ssr = minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
+        status, n_it, f, ssr = _minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
         out_status[j] = status
         out_iter[j] = n_it
         if status < 0:
             continue
         ssr *= sd * sd
+        if not math.isfinite(ssr):  # the fit is fine in scaled units, the data's units overflow
+            out_status[j] = ST_RANGE
+            continue
         out_ssr[j] = ssr
         # regime, from the normalised parameters
         if paper:
@@ -1028,7 +1048,16 @@ def fit_batch(
             regime = RG_CRITICAL
         out_regime[j] = regime
         q = np.empty(6)
-        from_normal(paper, p, span, mean, sd, q)
+        _from_normal(paper, p, span, mean, sd, q)
+        in_range = True
+        for k in range(6):
+            if not math.isfinite(q[k]):
+                in_range = False
+        if not in_range:
+            out_status[j] = ST_RANGE
+            out_ssr[j] = np.nan
+            out_regime[j] = RG_FAILED
+            continue
         pp = np.empty(6)
         for k in range(6):
             out_p[j, k] = q[k]
@@ -1076,23 +1105,23 @@ def fit_batch(
             out_hess[j, k, k] += prior_w[j, k]
         cov = np.empty((6, 6))
         if bounded or not math.isnan(noise_s2[j]):
-            if spd_inverse(out_hess[j], cov):
+            if _spd_inverse(out_hess[j], cov):
                 for k in range(6):
                     for m in range(6):
                         out_cov[j, k, m] = cov[k, m]
         elif math.isfinite(s2):
-            if spd_inverse(hess, cov):
+            if _spd_inverse(hess, cov):
                 for k in range(6):
                     for m in range(6):
                         out_cov[j, k, m] = cov[k, m] * s2
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_h, out_jtj, out_ssr):
+def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_h, out_jtj, out_ssr, origin):
     """Paper-space objective, gradient, Hessian, ``J^T J`` and SSR per trace (original units).
 
     ``f = n/2 ln s2 + SSR / (2 s2) + sum_d w_d (s_d - mu_d)^2 / 2`` (the ``ln sd`` terms of
-    the prior are added by the caller). ``tau = t - min t``.
+    the prior are added by the caller). ``tau = t - origin`` (``origin`` NaN: ``t - min t``).
     """
     n_traces = offsets.shape[0] - 1
     tau_all = np.empty(t.shape[0])
@@ -1107,7 +1136,7 @@ def terms_batch(t, z, offsets, params, prior_mu, prior_w, s2, out_f, out_g, out_
         grad = np.empty(6)
         gnd = np.empty(6)
         if n > 0:
-            x = t[lo]
+            x = origin[j] if math.isfinite(origin[j]) else t[lo]
             for i in range(lo, hi):
                 tau_all[i] = t[i] - x
         f, ssr = _evaluate(

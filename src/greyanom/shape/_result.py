@@ -24,6 +24,7 @@ STATUS_MESSAGES = {
     _kernels.ST_XTOL: "The step fell below the tolerance.",
     _kernels.ST_FEW: "Too few points for the free parameters (6 without a prior, 1 with one).",
     _kernels.ST_NONFINITE: "The objective is not finite at the starting point.",
+    _kernels.ST_RANGE: "The fit overflows in the units of the data (values near the floating-point limits).",
 }
 
 

@@ -1,0 +1,285 @@
+"""The wafer model shared by the trace detectors: robust per-lot scaling, PCA, Q and T².
+
+Pure array maths (NumPy only): one row per wafer, one column per feature, each feature
+belonging to a group (a (step, sensor) pair). :func:`fit_wafer_model` learns a frozen
+:class:`WaferModel`; :func:`wafer_terms` scores new rows and splits the score exactly into
+per-feature contributions; :func:`cross_fit` gives the held-out training scores from which
+the control limit is set (in-sample scores of a PCA model with more features than wafers are
+far too small to set a limit).
+
+The score of a wafer with scaled features ``z`` (``p`` values) is ``Q / δ_Q`` (default),
+``T² / δ_T`` or their sum, with
+
+.. math::
+
+    Q = \\lVert z - P P^\\top z \\rVert^2, \\qquad T^2 = z^\\top P \\Lambda^{-1} P^\\top z
+
+with ``P`` the ``k`` principal directions of the scaled training rows and ``Λ`` their
+variances; ``δ_Q`` and ``δ_T`` are the medians of the cross-fitted training ``Q`` and ``T²``,
+so both statistics weigh the same on held-out normal wafers. Per-feature contributions
+``e_j²`` (Q) and ``z_j (P Λ^{-1} P^\\top z)_j`` (T²) sum exactly to ``Q`` and ``T²``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["WaferModel", "fit_wafer_model", "wafer_terms", "cross_fit", "scale_rows"]
+
+_MAD = 1.4826
+
+
+@dataclass(frozen=True)
+class WaferModel:
+    """A fitted wafer model (frozen; all fields are arrays or scalars).
+
+    Attributes
+    ----------
+    lots : ndarray of shape (n_lots,)
+        Lot labels seen in training (as strings).
+    lot_center : ndarray of shape (n_lots, p)
+        Per-lot median of each feature.
+    lot_scale : ndarray of shape (n_lots, p)
+        Per-lot robust scale (``1.4826 MAD`` floored at ``scale_floor`` times the lot's
+        standard deviation); a lot with fewer than ``min_lot_size`` training rows takes the
+        pooled scale.
+    center : ndarray of shape (p,)
+        Pooled median (used for lots not seen in training with ``new_lots="pooled"``).
+    scale : ndarray of shape (p,)
+        Pooled robust scale of each feature: ``1.4826 MAD`` of the deviations from the lot
+        medians, floored at ``scale_floor`` times their standard deviation and at a tiny
+        absolute floor, so a quantised or constant feature never divides by ~0 (used for
+        lots not seen in training).
+    components : ndarray of shape (k, p)
+        Principal directions of the scaled, clipped training rows.
+    variances : ndarray of shape (k,)
+        Their variances (floored at a small fraction of the first).
+    clip : float
+        Scaled values are clipped to ``[-clip, clip]``.
+    delta_q, delta_t : float
+        Normalisers of Q and T² (1.0 until :func:`cross_fit` sets them).
+    statistic : {"q", "t2", "combined"}
+        The score: ``Q / delta_q``, ``T² / delta_t`` or their sum.
+    """
+
+    lots: np.ndarray
+    lot_center: np.ndarray
+    lot_scale: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    clip: float
+    delta_q: float = 1.0
+    delta_t: float = 1.0
+    statistic: str = "q"
+
+    @property
+    def n_features(self):
+        return self.center.shape[0]
+
+    def with_deltas(self, delta_q, delta_t):
+        """A copy with the Q and T² normalisers set."""
+        return WaferModel(
+            self.lots, self.lot_center, self.lot_scale, self.center, self.scale, self.components,
+            self.variances, self.clip, float(delta_q), float(delta_t), self.statistic,
+        )
+
+    def to_arrays(self):
+        """The model as a dict of arrays (for saving)."""
+        return {
+            "lot_center": self.lot_center, "lot_scale": self.lot_scale, "center": self.center, "scale": self.scale,
+            "components": self.components, "variances": self.variances,
+            "scalars": np.array([self.clip, self.delta_q, self.delta_t]),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays, lots, statistic="q"):
+        """Inverse of :meth:`to_arrays`; ``lots`` is the list of lot labels."""
+        clip, dq, dt = (float(v) for v in arrays["scalars"])
+        return cls(
+            np.asarray(lots, dtype=object).astype(str), np.asarray(arrays["lot_center"]),
+            np.asarray(arrays["lot_scale"]), np.asarray(arrays["center"]), np.asarray(arrays["scale"]),
+            np.asarray(arrays["components"]), np.asarray(arrays["variances"]), clip, dq, dt, statistic,
+        )
+
+
+def _lot_codes(lots, n):
+    if lots is None:
+        return np.zeros(n, dtype=object).astype(str)
+    lots = np.asarray(lots).astype(str)
+    if lots.shape != (n,):
+        raise ValueError(f"lots must have one label per row ({n}), got shape {lots.shape}.")
+    return lots
+
+
+def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, min_lot_size=5, statistic="q"):
+    """Fit the robust per-lot scaler and the PCA on training rows ``F`` (normal wafers).
+
+    Parameters
+    ----------
+    F : ndarray of shape (n_wafers, p)
+        Features; must be finite.
+    lots : array-like of shape (n_wafers,) or None
+        Lot of each row; ``None``: one lot.
+    n_components : int
+        Principal components kept (at most ``min(n_wafers - 1, p)``).
+    scale_floor : float
+        The robust scale is at least this fraction of the standard deviation.
+    clip : float
+        Clipping of the scaled values.
+    min_lot_size : int
+        Lots with fewer training rows are scaled with the pooled scale.
+    statistic : {"q", "t2", "combined"}
+        The score (see :class:`WaferModel`).
+
+    Returns
+    -------
+    model : WaferModel
+    """
+    F = np.asarray(F, dtype=np.float64)
+    if F.ndim != 2 or F.shape[0] < 2:
+        raise ValueError(f"F must be 2-D with at least 2 rows, got shape {F.shape}.")
+    if not np.isfinite(F).all():
+        raise ValueError("F contains NaN or infinite values.")
+    n, p = F.shape
+    codes = _lot_codes(lots, n)
+    uniq = np.unique(codes)
+    if statistic not in ("q", "t2", "combined"):
+        raise ValueError(f"statistic must be 'q', 't2' or 'combined', got {statistic!r}.")
+    lot_center = np.empty((uniq.size, p))
+    dev = np.empty_like(F)
+    for i, lot in enumerate(uniq):
+        m = codes == lot
+        lot_center[i] = np.median(F[m], axis=0)
+        dev[m] = F[m] - lot_center[i]
+    center = np.median(F, axis=0)
+    tiny = 1e-9 * np.maximum(np.abs(center), 1.0)
+
+    def robust_scale(d):
+        return np.maximum(np.maximum(_MAD * np.median(np.abs(d), axis=0), scale_floor * d.std(axis=0)), tiny)
+
+    scale = robust_scale(dev)
+    lot_scale = np.empty((uniq.size, p))
+    Z = np.empty_like(F)
+    for i, lot in enumerate(uniq):
+        m = codes == lot
+        lot_scale[i] = robust_scale(dev[m]) if m.sum() >= min_lot_size else scale
+        Z[m] = dev[m] / lot_scale[i]
+    Z = np.clip(Z, -clip, clip)
+    k = int(min(n_components, n - 1, p))
+    _, s, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    comps = vt[:k]
+    var = s[:k] ** 2 / max(n - 1, 1)
+    var = np.maximum(var, 1e-6 * max(var[0] if k else 1.0, 1e-12))
+    return WaferModel(uniq, lot_center, lot_scale, center, scale, comps, var, float(clip), statistic=statistic)
+
+
+def scale_rows(model, F, lots=None, *, new_lots="pooled", min_lot_size=3):
+    """Scaled, clipped rows of ``F`` under ``model``; also whether each row's lot was known.
+
+    A lot seen in training is centred on its training median. A lot not seen in training is
+    centred on the pooled training median (``new_lots="pooled"``), or on its own median
+    (``new_lots="self"``, when it has at least ``min_lot_size`` rows; smaller new lots fall
+    back to the pooled median). The scale is always the training scale.
+    """
+    F = np.asarray(F, dtype=np.float64)
+    if F.ndim != 2 or F.shape[1] != model.n_features:
+        raise ValueError(f"F must have shape (n, {model.n_features}), got {F.shape}.")
+    codes = _lot_codes(lots, F.shape[0])
+    centers = np.empty_like(F)
+    scales = np.empty_like(F)
+    known = np.isin(codes, model.lots)
+    for lot in np.unique(codes):
+        m = codes == lot
+        hit = np.flatnonzero(model.lots == lot)
+        if hit.size:
+            centers[m] = model.lot_center[hit[0]]
+            scales[m] = model.lot_scale[hit[0]]
+        elif new_lots == "self" and m.sum() >= min_lot_size:
+            centers[m] = np.median(F[m], axis=0)
+            scales[m] = model.scale
+        else:
+            centers[m] = model.center
+            scales[m] = model.scale
+    Z = np.clip((F - centers) / scales, -model.clip, model.clip)
+    return Z, known
+
+
+def wafer_terms(model, Z):
+    """Score and exact per-feature contributions of scaled rows ``Z``.
+
+    Returns
+    -------
+    score : ndarray of shape (n,)
+        ``Q / delta_q``, ``T² / delta_t`` or their sum (``model.statistic``).
+    contrib : ndarray of shape (n, p)
+        Per-feature contributions; each row sums to ``score`` (up to rounding).
+    q, t2 : ndarray of shape (n,)
+    """
+    P = model.components
+    T = Z @ P.T
+    E = Z - T @ P
+    cq = E**2
+    ct = Z * ((T / model.variances) @ P)
+    q = cq.sum(axis=1)
+    t2 = ct.sum(axis=1)
+    wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
+    wt = 0.0 if model.statistic == "q" else 1.0 / model.delta_t
+    contrib = cq * wq + ct * wt
+    return q * wq + t2 * wt, contrib, q, t2
+
+
+def cross_fit(F, lots=None, *, n_splits=5, random_state=None, **fit_kwargs):
+    """Fit on all rows and score each row from a model fitted without its fold.
+
+    Rows are split into ``n_splits`` folds stratified by lot (shuffled with ``random_state``).
+    The returned model has ``delta_q`` and ``delta_t`` set to the medians of the held-out
+    Q and T², and ``heldout`` are the held-out scores under those normalisers: the scores to
+    set a control limit from.
+
+    Returns
+    -------
+    model : WaferModel
+    heldout : ndarray of shape (n_wafers,)
+    folds : ndarray of int of shape (n_wafers,)
+        The fold of each row (so callers can reuse the split).
+    """
+    F = np.asarray(F, dtype=np.float64)
+    n = F.shape[0]
+    codes = _lot_codes(lots, n)
+    folds = make_folds(codes, n_splits, random_state)
+    q = np.empty(n)
+    t2 = np.empty(n)
+    for k in np.unique(folds):
+        test = folds == k
+        m = fit_wafer_model(F[~test], codes[~test], **fit_kwargs)
+        Z, _ = scale_rows(m, F[test], codes[test])
+        _, _, q[test], t2[test] = wafer_terms(m, Z)
+    dq = float(np.median(q)) or 1.0
+    dt = float(np.median(t2)) or 1.0
+    model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
+    wq = 0.0 if model.statistic == "t2" else 1.0 / dq
+    wt = 0.0 if model.statistic == "q" else 1.0 / dt
+    return model, q * wq + t2 * wt, folds
+
+
+def make_folds(codes, n_splits, random_state=None):
+    """Fold number of each row, stratified by lot (each lot spread over the folds)."""
+    rng = np.random.default_rng(random_state if not isinstance(random_state, np.random.RandomState)
+                                else random_state.randint(2**31))
+    codes = np.asarray(codes)
+    n = codes.shape[0]
+    n_splits = int(min(n_splits, n))
+    if n_splits < 2:
+        raise ValueError(f"cross-fitting needs at least 2 rows, got {n}.")
+    folds = np.empty(n, dtype=np.int64)
+    start = 0
+    for lot in np.unique(codes):
+        idx = np.flatnonzero(codes == lot)
+        idx = idx[rng.permutation(idx.size)]
+        folds[idx] = (start + np.arange(idx.size)) % n_splits
+        start += idx.size
+    return folds

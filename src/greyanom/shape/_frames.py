@@ -1,0 +1,406 @@
+"""Frames of the shape detector: pandas (and dask) preparation and the work units.
+
+Module-level functions, so that dask can ship them to workers: the normal model of one group
+(``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk``, arrays
+filled once and framed at the end) and the partition drivers. The statuses of traces live in
+:data:`STATUSES`, the one table the engine and the detector share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from greyanom.shape._hierarchy import PARAMS, fit_lot
+from greyanom.shape._scoring import (
+    COL,
+    N_CURVE,
+    RESULT_FLOAT,
+    cols,
+    nominal_start,
+    score_terms,
+    trace_origins,
+    write_features,
+)
+
+__all__ = ["STATUSES", "N_CURVE"]
+
+_logger = logging.getLogger(__name__)
+
+#: Per-trace statuses of ``signatures`` and ``explain``.
+STATUSES = {
+    "ok": "fitted and scored",
+    "not_converged": "scored, but the signature fit did not report convergence",
+    "too_short": "fewer than min_points finite samples: not fitted, score NaN",
+    "unknown_group": "the group has no normal model: not fitted, score NaN",
+    "fit_failed": "the signature fit returned non-finite parameters: score NaN",
+    "out_of_range": (
+        "the values overflow the fit in the group's units (e.g. a trace scaled by 1e200): not fitted, "
+        "score NaN, its wafer's 'unfitted' flag is set"
+    ),
+}
+#: Fit statuses of values outside the floating-point range of the fit (ST_NONFINITE, ST_RANGE).
+_RANGE = (-2, -3)
+
+_NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS], "t_start", "t_tol"]
+
+
+def _engine():
+    import greyanom.shape as shape
+
+    return shape
+
+
+def _is_dask(X):
+    return hasattr(X, "__dask_graph__") and hasattr(X, "map_partitions")
+
+
+def _as_tuple(key, n):
+    if n == 0:
+        return ()
+    if n == 1 and not isinstance(key, tuple):
+        return (key,)
+    return tuple(key)
+
+
+# --------------------------------------------------------------------------------------------
+# Input: long pandas frames
+# --------------------------------------------------------------------------------------------
+def required_columns(cfg):
+    """The columns of a long frame that the detector reads."""
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    cols = [cfg.time, cfg.value, *gk, *tk]
+    if cfg.start_time is not None:
+        cols.append(cfg.start_time)
+    if cfg.lot_key is not None:
+        cols.append(cfg.lot_key)
+    return cols
+
+def check_columns(columns, cfg, name="X"):
+    missing = [c for c in required_columns(cfg) if c not in columns]
+    if missing:
+        raise ValueError(
+            f"{name} has no column(s) {missing}; expected a long-format frame with columns "
+            f"{required_columns(cfg)} (set time=, value=, trace_keys=, group_keys=, lot_key=). "
+            f"Got columns {list(columns)}."
+        )
+
+def prepare_frame(X, cfg, name="X", return_keys=False):
+    """Validate a long frame (or Traces); return a pandas frame with only the needed columns.
+
+    With ``return_keys``, also the key columns of every row before non-finite samples are
+    dropped (so traces without a finite sample are not lost).
+    """
+    shape = _engine()
+    if isinstance(X, shape.Traces):
+        X = X.to_frame(time=cfg.time, value=cfg.value)
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(
+            f"{name} must be a long-format pandas DataFrame, a dask DataFrame or a Traces object, "
+            f"got {type(X).__name__}."
+        )
+    check_columns(X.columns, cfg, name)
+    df = X[required_columns(cfg)]
+    for col in (cfg.time, cfg.value) + ((cfg.start_time,) if cfg.start_time is not None else ()):
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
+    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time)]
+    if key_cols and df[key_cols].isna().any().any():
+        bad = [c for c in key_cols if df[c].isna().any()]
+        raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
+    keys = df[key_cols]
+    vals = df[[cfg.time, cfg.value]].to_numpy(dtype=np.float64)
+    finite = np.isfinite(vals).all(axis=1)
+    if not finite.all():
+        warnings.warn(
+            f"{name}: dropped {int((~finite).sum())} row(s) with NaN or infinite "
+            f"{cfg.time!r}/{cfg.value!r}; traces left with fewer than min_points samples get "
+            "status 'too_short'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        df = df[finite]
+    if len(df) == 0:
+        raise ValueError(f"{name} has no rows with finite {cfg.time!r} and {cfg.value!r}.")
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    dup = df.duplicated([*gk, *tk, cfg.time])
+    if dup.any():
+        first = df[dup].iloc[0]
+        raise ValueError(
+            f"{name} has {int(dup.sum())} duplicated sample time(s) within traces (first: "
+            f"{dict(first[[*gk, *tk, cfg.time]])}); expected one sample per time and trace. "
+            "Average or drop repeated samples first."
+        )
+    _check_unique_lots(df, cfg, name)
+    return (df, keys) if return_keys else df
+
+def _check_unique_lots(df, cfg, name):
+    if cfg.lot_key is None:
+        return
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    n_lots = df.groupby([*gk, *tk], sort=False)[cfg.lot_key].nunique()
+    if (n_lots > 1).any():
+        raise ValueError(
+            f"{name}: {int((n_lots > 1).sum())} trace(s) appear in more than one {cfg.lot_key!r}; "
+            "a trace (group_keys + trace_keys) must belong to one lot."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Work units (module-level functions so that dask can ship them to workers)
+# --------------------------------------------------------------------------------------------
+def _start_times(chunk, trace_keys, start_time):
+    """The ``start_time`` of each trace of a sorted chunk (first row of the trace), or None."""
+    if start_time is None:
+        return None
+    return chunk.groupby(list(trace_keys), sort=False)[start_time].first().to_numpy(dtype=np.float64)
+
+
+
+def _make_traces(chunk, time, value, trace_keys):
+    """Traces of one chunk already sorted by trace key then time; returns (keys, times, values, engine)."""
+    shape = _engine()
+    t = chunk[time].to_numpy(dtype=np.float64)
+    v = chunk[value].to_numpy(dtype=np.float64)
+    codes = chunk.groupby(list(trace_keys), sort=False).ngroup().to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], codes.size].astype(np.int64)
+    kv = chunk[list(trace_keys)].to_numpy(dtype=object)[starts]
+    keys = [tuple(row) for row in kv]
+    times = [t[a:b] for a, b in zip(starts, ends)]
+    values = [v[a:b] for a, b in zip(starts, ends)]
+    return keys, times, values, shape
+
+
+def _fit_group(chunk, cfg):
+    """Normal model of one group (Definition 2: all its initial wafers form one L)."""
+    chunk = chunk.sort_values([*cfg.trace_keys, cfg.time], kind="mergesort")
+    keys, times, values, shape = _make_traces(chunk, cfg.time, cfg.value, cfg.trace_keys)
+    starts = _start_times(chunk, cfg.trace_keys, cfg.start_time)
+    ok = [i for i, t in enumerate(times) if t.size >= cfg.min_points]
+    if len(ok) < 2:
+        raise ValueError(
+            f"group {cfg.group!r} has {len(ok)} trace(s) with at least min_points={cfg.min_points} "
+            "samples; the normal model needs at least 2."
+        )
+    t_start, t_tol = nominal_start([times[i] for i in ok])
+    origin = trace_origins([times[i] for i in ok], t_start, t_tol, None if starts is None else starts[ok])
+    traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
+    res = fit_lot(
+        traces, max_iter=cfg.max_em_iter, tol=cfg.em_tol, n_jobs=cfg.n_jobs,
+        fit_kwargs={"origin": origin},
+    )
+    row = {"noise_sd": res.noise_sd, "t_start": t_start, "t_tol": t_tol}
+    row.update({f"mu_{p}": v for p, v in zip(PARAMS, res.prior_mean)})
+    row.update({f"sd_{p}": v for p, v in zip(PARAMS, res.prior_sd)})
+    row.update(n_traces=len(ok), em_iter=res.n_iter, converged=bool(res.converged))
+    return row
+
+
+
+def _analyse_chunk(chunk, model, cfg):
+    """Fit and score the traces of one (group, lot) chunk; one row per trace."""
+    time, value, trace_keys = cfg.time, cfg.value, cfg.trace_keys
+    chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
+    keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
+    n = len(keys)
+    A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once at the end
+    n_points = np.array([t.size for t in times], dtype=np.int64)
+    starts = _start_times(chunk, trace_keys, cfg.start_time)
+    origin = (
+        np.full(n, np.nan) if model is None and starts is None
+        else trace_origins(times, np.nan if model is None else model.t_start,
+                           np.nan if model is None else model.t_tol, starts)
+    )
+    A[:, COL["origin"]] = origin
+    A[:, COL["duration"]] = [
+        float(t[-1] - (o if np.isfinite(o) else t[0])) if t.size else 0.0 for t, o in zip(times, origin)
+    ]
+    status = np.full(n, "ok", dtype=object)
+    prior = np.full(n, "none", dtype=object)
+    if model is None:
+        status[:] = "unknown_group"
+        return keys, _chunk_frame(A, n_points, status, prior)
+    short = n_points < cfg.min_points
+    status[short] = "too_short"
+    ok = np.flatnonzero(~short)
+    if ok.size:
+        sigma, mu, sd = model.noise_sd, model.mu, model.sd
+        fkw = {"origin": origin[ok]}
+        traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
+        fit = None
+        if cfg.lot_fits and ok.size >= cfg.min_lot_size:
+            try:
+                lot = fit_lot(
+                    traces,
+                    init=model.prior,
+                    update="laplace" if cfg.lot_prior == "em" else "mean",
+                    max_iter=cfg.max_em_iter,
+                    tol=cfg.em_tol,
+                    n_jobs=cfg.n_jobs,
+                    fit_kwargs=fkw,
+                )
+                fit = lot.fit
+                prior[ok] = "lot"
+            except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
+                _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg.group, exc)
+        if fit is None:
+            # the private fit does not warn: non-converged fits get the status "not_converged"
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+            prior[ok] = "normal"
+        x = fit.params.to_numpy(dtype=np.float64)
+        finite = np.isfinite(x).all(axis=1)
+        success = np.asarray(fit.success, dtype=bool)
+        ssr = np.asarray(fit.ssr, dtype=np.float64)
+        npts = np.asarray(fit.n_points, dtype=np.float64)
+        jtj = np.asarray(fit.jtj, dtype=np.float64)
+        good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
+        status[ok[~good]] = "fit_failed"
+        status[ok[~good & np.isin(np.asarray(fit.status), _RANGE)]] = "out_of_range"
+        status[ok[good & ~success]] = "not_converged"
+        g = ok[good]
+        if g.size:
+            xs = x[good]
+            p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
+            sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
+            _, grad, _ = shape.objective_terms(
+                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, origin=origin[g]
+            )
+            A[np.ix_(g, cols(*PARAMS))] = xs
+            A[g, COL["ssr"]] = ssr[good]
+            A[g, COL["p_eff"]] = p_eff
+            A[g, COL["fit"]] = fterm
+            A[np.ix_(g, cols(*[f"P_{p}" for p in PARAMS]))] = P
+            A[g, COL["score"]] = fterm + P.sum(axis=1)
+            A[g, COL["score_raw"]] = raw
+            A[np.ix_(g, cols(*[f"d_{p}" for p in PARAMS]))] = np.asarray(grad, dtype=np.float64)
+        # wafer features come from the normal-model-prior fit, so that a wafer's features do
+        # not depend on which other wafers share its lot in the batch
+        if prior[ok[0]] != "normal":
+            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+        write_features(A, ok, fit)
+    return keys, _chunk_frame(A, n_points, status, prior)
+
+
+def _chunk_frame(A, n_points, status, prior):
+    out = pd.DataFrame(A, columns=RESULT_FLOAT)
+    out["n_points"] = n_points
+    out["status"] = status
+    out["prior"] = prior
+    return out
+
+
+def _analyse_partition(part, models, cfg):
+    """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns."""
+    group_keys, trace_keys, lot_key = cfg.group_keys, cfg.trace_keys, cfg.lot_key
+    by = [*group_keys] + ([lot_key] if lot_key is not None else [])
+    frames = []
+    chunks = part.groupby(by, sort=True) if by else [((), part)]
+    for key, chunk in chunks:
+        key = _as_tuple(key, len(by))
+        gkey = key[: len(group_keys)]
+        c = dataclasses.replace(cfg, group=gkey)
+        keys, res = _analyse_chunk(chunk, models.get(gkey), c)
+        kdf = pd.DataFrame(keys, columns=list(trace_keys))
+        for name, v in zip(group_keys, gkey):
+            kdf.insert(len(kdf.columns) - len(trace_keys), name, v)
+        res.insert(0, "lot", key[-1] if lot_key is not None else None)
+        frames.append(pd.concat([kdf, res], axis=1))
+    if not frames:
+        return _empty_result(cfg)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _empty_result(cfg):
+    columns = {k: pd.Series(dtype=object) for k in [*cfg.group_keys, *cfg.trace_keys, "lot"]}
+    columns.update({c: pd.Series(dtype=np.float64) for c in RESULT_FLOAT})
+    columns["n_points"] = pd.Series(dtype=np.int64)
+    columns["status"] = pd.Series(dtype=object)
+    columns["prior"] = pd.Series(dtype=object)
+    return pd.DataFrame(columns)
+
+
+def _fit_partition(part, cfg):
+    group_keys = cfg.group_keys
+    rows = []
+    chunks = part.groupby(list(group_keys), sort=True) if group_keys else [((), part)]
+    for key, chunk in chunks:
+        gkey = _as_tuple(key, len(group_keys))
+        if len(chunk) == 0:
+            continue
+        row = dict(zip(group_keys, gkey))
+        try:
+            row.update(_fit_group(chunk, dataclasses.replace(cfg, group=gkey)))
+        except ValueError as exc:  # one unusable group must not stop the others
+            row.update({c: np.nan for c in _NM_COLS}, n_traces=0, em_iter=0, converged=False, error=str(exc))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*group_keys, *_NM_COLS, "n_traces", "em_iter", "converged", "error"])
+
+
+# --------------------------------------------------------------------------------------------
+# Drivers: a whole frame (pandas or dask)
+# --------------------------------------------------------------------------------------------
+def fit_dask(X, cfg, initial_lots=None):
+    """Normal-model table of a dask frame (shuffled by group); returns ``(table, frame)``.
+
+    ``initial_lots`` (callable on the lots in order of appearance) picks the training lots.
+    """
+    check_columns(X.columns, cfg)
+    gk = cfg.group_keys
+    X = X[required_columns(cfg)]
+    if cfg.lot_key is not None and initial_lots is not None:
+        firsts = X[[cfg.lot_key]].map_partitions(lambda d: d.drop_duplicates()).compute()
+        lots = initial_lots(pd.unique(firsts[cfg.lot_key]))
+        X = X[X[cfg.lot_key].isin(lots)]
+    X = X.dropna(subset=[cfg.time, cfg.value])
+    parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
+    meta = pd.DataFrame(
+        {
+            **{k: pd.Series(dtype=X[k].dtype) for k in gk},
+            **{c: pd.Series(dtype=np.float64) for c in _NM_COLS},
+            "n_traces": pd.Series(dtype=np.int64),
+            "em_iter": pd.Series(dtype=np.int64),
+            "converged": pd.Series(dtype=bool),
+            "error": pd.Series(dtype=object),
+        }
+    )
+    table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
+    table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
+    return table, X
+
+
+def analyse_frame(X, models, cfg):
+    """One row per trace of a pandas or dask frame (keys as columns), in the frame's order.
+
+    Every trace of a pandas ``X`` has a row, also one whose samples are all non-finite
+    (status ``"too_short"``, ``n_points`` 0). ``models``: ``{group key: NormalModel}``.
+    """
+    tk, gk = cfg.trace_keys, cfg.group_keys
+    if _is_dask(X):
+        check_columns(X.columns, cfg)
+        X = X[required_columns(cfg)].dropna(subset=[cfg.time, cfg.value])
+        by = [*gk] + ([cfg.lot_key] if cfg.lot_key is not None else [])
+        parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
+        meta = _empty_result(cfg)
+        for k in [*gk, *tk]:
+            meta[k] = meta[k].astype(X[k].dtype)
+        res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
+        return res.sort_values([*gk, *tk], kind="mergesort")
+    df, keys = prepare_frame(X, cfg, return_keys=True)
+    res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
+    order = keys[[*gk, *tk]].drop_duplicates()
+    res = order.merge(res, on=[*gk, *tk], how="left")
+    lost = res["status"].isna().to_numpy()
+    if lost.any():  # traces with no finite sample at all
+        res.loc[lost, "status"] = "too_short"
+        res.loc[lost, "n_points"] = 0
+        res.loc[lost, "duration"] = 0.0
+        res.loc[lost, "prior"] = "none"
+        if cfg.lot_key is not None:
+            res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[cfg.lot_key].to_numpy()[lost]
+    res["n_points"] = res["n_points"].astype(np.int64)
+    return res

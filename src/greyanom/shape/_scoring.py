@@ -1,0 +1,225 @@
+"""Array-level scoring of the shape detector: the frozen normal model, the configuration, the
+score terms, the time origins and the wafer features of fitted traces.
+
+No pandas here: the frames (:mod:`greyanom.shape._frames`) cut traces into arrays and call
+these functions; the detector (:mod:`greyanom.shape._detector`) holds the fitted tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from greyanom.shape._hierarchy import PARAMS
+
+__all__ = ["NormalModel", "FitConfig", "change_split", "score_terms", "nominal_start", "trace_origins", "write_features"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalModel:
+    """Normal model of one (tool, sensor, step) group.
+
+    Attributes
+    ----------
+    noise_sd : float
+        :math:`\\sigma^*`, the noise sd of normal traces.
+    mu, sd : ndarray of shape (6,)
+        Mean and sd of the Gaussian prior on ``(gamma, R, omega, y, phi, c)``.
+    t_start, t_tol : float
+        Nominal step start and the tolerance on a trace's first sample time (see
+        :func:`nominal_start`); ``t_tol`` NaN: each trace starts at its first sample.
+    """
+
+    noise_sd: float
+    mu: np.ndarray
+    sd: np.ndarray
+    t_start: float = np.nan
+    t_tol: float = np.nan
+
+    @property
+    def prior(self):
+        """``(noise_sd, mu, sd)``, the form ``fit_lot(init=...)`` takes."""
+        return (self.noise_sd, self.mu, self.sd)
+
+    @classmethod
+    def from_row(cls, row):
+        """From a row of ``normal_model_`` (a mapping with ``noise_sd``, ``mu_<p>``, ``sd_<p>``)."""
+        return cls(
+            noise_sd=float(row["noise_sd"]),
+            mu=np.array([row[f"mu_{p}"] for p in PARAMS], dtype=np.float64),
+            sd=np.array([row[f"sd_{p}"] for p in PARAMS], dtype=np.float64),
+            t_start=float(row.get("t_start", np.nan)),
+            t_tol=float(row.get("t_tol", np.nan)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """What the work units need of the detector's parameters (picklable, for dask)."""
+
+    time: str
+    value: str
+    start_time: str | None
+    trace_keys: tuple
+    group_keys: tuple
+    lot_key: str | None
+    max_em_iter: int
+    em_tol: float
+    min_points: int
+    min_lot_size: int
+    n_jobs: int | None
+    lot_prior: str
+    group: tuple = ()
+
+    @property
+    def lot_fits(self):
+        """Whether lots are fitted with a lot prior (``lot_prior != "normal"``)."""
+        return self.lot_prior != "normal"
+
+
+#: A group whose training traces start within this many median sampling intervals of each
+#: other (10th to 90th percentile of the first sample times) has a nominal step start.
+ALIGNED_STEPS = 2.0
+#: A trace whose first sample lies within the training range plus this many mean sampling
+#: intervals of the nominal start takes the nominal start as its origin (up to about three
+#: missing first samples of irregularly sampled traces).
+MISSING_STEPS = 8.0
+#: Float columns of the per-trace analysis, in the order of the array it is filled in.
+RESULT_FLOAT = [
+    *PARAMS,
+    "ssr",
+    "p_eff",
+    "fit",
+    *[f"P_{p}" for p in PARAMS],
+    "score",
+    "score_raw",
+    *[f"d_{p}" for p in PARAMS],
+    "log_sd",
+    "feat_y",
+    "feat_c",
+    "duration",
+    "origin",
+]
+#: Points of normalised step time at which the fitted curve is sampled (wafer features).
+N_CURVE = 8
+CURVE_COLS = [f"curve_{j}" for j in range(N_CURVE)]
+RESULT_FLOAT += CURVE_COLS
+
+#: Column positions in the analysis array.
+COL = {c: i for i, c in enumerate(RESULT_FLOAT)}
+
+
+def cols(*names):
+    """Positions of the named columns of :data:`RESULT_FLOAT`."""
+    return [COL[c] for c in names]
+
+
+def nominal_start(times):
+    """``(t_start, t_tol)`` of a group from its training traces' sample times.
+
+    ``t_start`` is the median first sample time. When the first sample times agree (their
+    10-90 % range is at most ``ALIGNED_STEPS`` median sampling intervals), a trace whose first
+    sample lies within ``t_tol = range + MISSING_STEPS * mean interval`` of ``t_start`` takes
+    ``t_start`` as its time origin, so that a few missing first samples do not shift its
+    signature. Otherwise (e.g. absolute clock times, or a clock offset per wafer) ``t_tol``
+    is NaN and every trace starts at its own first sample (pass ``start_time`` then).
+    """
+    first = np.array([t[0] for t in times if t.size])
+    steps = [np.median(np.diff(t)) for t in times if t.size > 1]
+    means = [(t[-1] - t[0]) / (t.size - 1) for t in times if t.size > 1]
+    if first.size < 2 or not steps:
+        return np.nan, np.nan
+    dt, mean_dt = float(np.median(steps)), float(np.median(means))
+    lo, hi = np.percentile(first, [10, 90])
+    if not (dt > 0) or hi - lo > ALIGNED_STEPS * dt:
+        return float(np.median(first)), np.nan
+    return float(np.median(first)), float(hi - lo + MISSING_STEPS * mean_dt)
+
+
+def trace_origins(times, t_start, t_tol, starts=None):
+    """Time origin of each trace: its step start, the group's nominal start, or NaN (first sample)."""
+    if starts is not None:
+        return np.asarray(starts, dtype=np.float64)
+    out = np.full(len(times), np.nan)
+    if not np.isfinite(t_tol):
+        return out
+    first = np.array([t[0] if t.size else np.nan for t in times])
+    near = np.abs(first - t_start) <= t_tol
+    out[near] = t_start
+    return out
+
+
+def score_terms(x, ssr, n_points, jtj, model):
+    """Centred additive decomposition of the anomaly score under the normal model.
+
+    With ``A = J'J / sigma*^2`` and ``H = A + W`` (``W = diag(sigma*_S)^-2``), a signature
+    estimated from a normal trace has ``E[SSR / sigma*^2] = n - p`` with ``p = tr(H^-1 A)``
+    and ``E[z_d^2] = 1 - (H^-1)_dd / sigma*_S,d^2``; these expectations are subtracted term by
+    term. They add up to ``n``, so the centred score is ``anom - E[anom]`` exactly.
+    """
+    sigma, mu, sd = model.noise_sd, model.mu, model.sd
+    z = (x - mu) / sd
+    W = np.diag(1.0 / sd**2)
+    A = jtj / sigma**2
+    Hinv = np.linalg.inv(A + W[None])
+    p_eff = np.einsum("mij,mji->m", Hinv, A)
+    shrink = np.diagonal(Hinv, axis1=1, axis2=2) / sd**2
+    P = 0.5 * (z**2 - (1.0 - shrink))
+    fit = ssr / (2.0 * sigma**2) - 0.5 * (n_points - p_eff)
+    raw = 0.5 * n_points * np.log(sigma**2) + ssr / (2.0 * sigma**2) + (np.log(sd) + 0.5 * z**2).sum(axis=1)
+    return p_eff, fit, P, raw
+
+
+def write_features(A, ok, fit):
+    """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c."""
+    x = fit.params.to_numpy(dtype=np.float64)
+    ssr = np.asarray(fit.ssr, dtype=np.float64)
+    good = np.isfinite(x).all(axis=1) & np.isfinite(ssr)
+    g = ok[good]
+    if not g.size:
+        return
+    grid = np.linspace(0.0, 1.0, N_CURVE)
+    dur = A[g, COL["duration"]]
+    x0 = np.asarray(fit.x, dtype=np.float64)[good]
+    A[np.ix_(g, cols(*CURVE_COLS))] = curve_at(fit, good, [x0[j] + grid * dur[j] for j in range(g.size)])
+    npts = np.asarray(fit.n_points, dtype=np.float64)[good]
+    A[g, COL["log_sd"]] = 0.5 * np.log(np.maximum(ssr[good] / npts, 1e-300))
+    A[g, COL["feat_y"]] = x[good, PARAMS.index("y")]
+    A[g, COL["feat_c"]] = x[good, PARAMS.index("c")]
+
+
+def curve_at(fit, rows, times):
+    """Fitted curves of the ``rows`` (boolean mask) of ``fit`` at per-trace ``times``."""
+    from greyanom.shape import _kernels
+    from greyanom.shape._fit import numba_threads
+
+    paper = fit.model == "paper"
+    table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
+    x = np.asarray(fit.x, dtype=np.float64)[rows]
+    t = np.concatenate(times) if times else np.zeros(0)
+    offsets = np.arange(len(times) + 1, dtype=np.int64) * N_CURVE
+    out = np.empty(t.shape[0])
+    with numba_threads(None, len(times)):  # small batches: one thread
+        _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
+    return out.reshape(len(times), N_CURVE)
+
+
+def change_split(traces, before, after, terms_before, terms_after, model, origin):
+    """Split of the parameter terms' change between two signatures of one group.
+
+    Returns an array (6, 5): per parameter ``delta``, the midpoint gradient
+    ``g_mid = grad + Hess delta / 2`` at ``before`` (the paper's section 5), ``g_mid * delta``,
+    ``(s_mid - mu) / sd^2 * delta`` (exactly the change of ``z^2 / 2``, midpoint rule) and the
+    exact contribution ``terms_after - terms_before`` (which also holds the change of each
+    term's centring constant, the posterior variance).
+    """
+    from greyanom.shape._fit import objective_terms
+
+    _, grad, hess = objective_terms(
+        traces, before[None], prior=(model.mu, model.sd), noise_sd=model.noise_sd, n_jobs=1, origin=[origin]
+    )
+    delta = after - before
+    g_mid = grad[0] + hess[0] @ delta / 2.0
+    mid = ((after + before) / 2.0 - model.mu) / model.sd**2 * delta
+    return np.column_stack([delta, g_mid, g_mid * delta, mid, terms_after - terms_before])

@@ -1,0 +1,94 @@
+"""Wafer features of the shape detector and the result of :meth:`ShapeSignatureDetector.analyse`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from greyanom._wafer_frames import WaferFeatures, as_index
+
+__all__ = ["TraceAnalysis", "FITTED", "wafer_features", "WAFER_FEATURES"]
+
+#: Trace statuses whose signature features are usable.
+FITTED = ("ok", "not_converged")
+
+#: Per-trace columns of the analysis that become wafer features, per group.
+WAFER_FEATURES = (
+    *[f"curve_{j}" for j in range(8)],
+    "log_sd",
+    "feat_y",
+    "feat_c",
+    "duration",
+    "n_points",
+    "unfitted",
+)
+
+
+@dataclass(frozen=True)
+class TraceAnalysis:
+    """Every trace of a data set fitted and scored once (from :meth:`ShapeSignatureDetector.analyse`).
+
+    Pass it instead of ``X`` to ``score``, ``explain``, ``signatures``, ``signature_table``,
+    ``score_wafers``, ``predict_wafers`` and ``explain_wafers``: they are views of it and
+    do not fit again.
+
+    Attributes
+    ----------
+    traces : pandas.DataFrame
+        One row per trace (index ``group_keys + trace_keys``): signature, score terms,
+        gradient, wafer features, ``status``.
+    wafers : WaferFeatures
+        The wafer feature matrix, lots and per-wafer statuses.
+    """
+
+    traces: pd.DataFrame
+    wafers: WaferFeatures
+
+    def __len__(self):
+        return len(self.traces)
+
+
+def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order):
+    """Pivot the per-trace analysis ``res`` into the wafer feature matrix.
+
+    A trace that could not be fitted keeps its duration and sample count, its signature
+    features are NaN (set to the clip value when scored) and its ``unfitted`` flag is 1; a
+    (group) that has no trace for a wafer leaves all its features NaN.
+    """
+    tk, gk = tuple(trace_keys), tuple(group_keys)
+    r = res.copy()
+    fitted = r["status"].isin(FITTED).to_numpy()
+    r["unfitted"] = (~fitted).astype(np.float64)
+    r["n_points"] = r["n_points"].astype(np.float64)
+    feats = list(WAFER_FEATURES)
+    r = r[feats].reset_index()
+    if not gk:
+        r["group"] = "all"
+        gcols = ["group"]
+    else:
+        gcols = list(gk)
+    wide = r.pivot_table(index=list(tk), columns=gcols, values=feats, aggfunc="first", dropna=False)
+    # columns (feature, *groups) -> (*groups, feature), groups sorted
+    wide.columns = wide.columns.reorder_levels([*range(1, len(gcols) + 1), 0])
+    wide = wide.sort_index(axis=1, level=list(range(len(gcols))), sort_remaining=False)
+    order = {f: i for i, f in enumerate(feats)}
+    cols = sorted(wide.columns, key=lambda c: (tuple(map(str, c[:-1])), order[c[-1]]))
+    wide = wide[cols]
+    wide.columns = pd.MultiIndex.from_tuples(cols, names=[*gcols, "feature"])
+    wide = wide.reindex(wafer_order)
+    wide.index = as_index(wide.index, tk)
+    trace_status = res["status"]
+    bad = trace_status[~trace_status.isin(FITTED)]
+    bad_wafers = set(bad.index.droplevel(list(gk)) if gk else bad.index)
+    missing = wide.isna().all(axis=1).to_numpy()
+    grp_missing = np.zeros(len(wide), dtype=bool)
+    if len(wide.columns):
+        # a group absent for a wafer: its n_points feature is NaN
+        npts = wide.xs("n_points", axis=1, level="feature")
+        grp_missing = npts.isna().any(axis=1).to_numpy()
+    status = np.where(grp_missing | missing, "missing_group", "ok").astype(object)
+    in_bad = np.array([w in bad_wafers for w in wide.index], dtype=bool)
+    status[in_bad & (status == "ok")] = "unfitted"
+    return WaferFeatures(wide, np.asarray(lots_of_wafer).astype(str), pd.Series(status, index=wide.index, name="status"))

@@ -1,0 +1,156 @@
+"""Wafer-level scoring of MultiwayPCADetector and ShapeSignatureDetector (issue 9)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from greyanom import MultiwayPCADetector, ShapeSignatureDetector
+from greyanom.datasets import make_pi_lots
+
+FAULTS = {"truncated": 2, "setpoint_offset": 2, "controller_gain": 2}
+
+
+@pytest.fixture(scope="module")
+def lots():
+    return make_pi_lots(
+        n_lots=6, wafers_per_lot=8, sensors=("v", "u"), faults=FAULTS, n_clean_lots=4, random_state=1
+    )
+
+
+@pytest.fixture(scope="module")
+def fault(lots):
+    return lots.groupby("wafer", sort=False)["fault"].first()
+
+
+@pytest.fixture(scope="module")
+def shape(lots):
+    det = ShapeSignatureDetector(group_keys=("sensor",), n_initial_lots=4, n_jobs=1, random_state=0)
+    return det.fit(lots)
+
+
+@pytest.fixture(scope="module")
+def analysis(shape, lots):
+    return shape.analyse(lots)
+
+
+@pytest.fixture(scope="module")
+def mpca(lots):
+    train = lots[lots["lot"].isin(["L00", "L01", "L02", "L03"])]
+    return MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(train)
+
+
+def _check_wafer_outputs(det, X, n_wafers, groups):
+    s = det.score_wafers(X)
+    assert isinstance(s, pd.Series) and s.index.name == "wafer" and len(s) == n_wafers
+    assert np.isfinite(s.to_numpy()).all()
+    e = det.explain_wafers(X)
+    assert list(e.columns) == [*groups, "score", "status"]
+    np.testing.assert_allclose(e[groups].sum(axis=1).to_numpy(), s.to_numpy(), rtol=1e-12, atol=1e-12)
+    p = det.predict_wafers(X)
+    np.testing.assert_array_equal(p.to_numpy(), np.where(s.to_numpy() > det.wafer_threshold_, -1, 1))
+    return s, e
+
+
+def test_shape_wafer_scores_separate_every_fault_including_a_truncated_step(shape, analysis, lots, fault):
+    s, e = _check_wafer_outputs(shape, analysis, 48, ["u", "v"])
+    held = s[fault.reindex(s.index).isna().to_numpy() & s.index.str.startswith(("L04", "L05"))]
+    for f in FAULTS:
+        assert s[fault.reindex(s.index) == f].min() > held.max(), f
+    # the truncated step has no target parameter; its duration feature shows it
+    dur = analysis.wafers.features[("v", "duration")]
+    trunc = fault.reindex(dur.index) == "truncated"
+    assert dur[trunc].max() < 0.6 * dur[fault.reindex(dur.index).isna()].min()
+    feat = shape.explain_wafer_features(analysis)
+    np.testing.assert_allclose(feat.sum(axis=1), s, rtol=1e-12)
+    # lots L04, L05 were not in training: pooled centre, status says so
+    assert (e.loc[e.index.str.startswith("L05"), "status"] == "new_lot").all()
+    assert (e.loc[e.index.str.startswith("L00"), "status"] == "ok").all()
+
+
+def test_analyse_once_views_agree(shape, analysis, lots):
+    pd.testing.assert_series_equal(shape.score(analysis), shape.score(lots))
+    pd.testing.assert_frame_equal(shape.explain(analysis), shape.explain(lots))
+    pd.testing.assert_frame_equal(shape.signatures(analysis), shape.signatures(lots))
+    pd.testing.assert_frame_equal(shape.signature_table(analysis), shape.signature_table(lots))
+    pd.testing.assert_series_equal(shape.score_wafers(analysis), shape.score_wafers(lots))
+    assert len(analysis) == 96
+
+
+def test_wafer_limit_from_cross_fitted_training_scores(shape):
+    ho = shape.wafer_heldout_scores_
+    assert len(ho) == 32 and np.isfinite(ho).all()
+    assert shape.wafer_threshold_ > np.median(ho)
+    assert np.median(ho) == pytest.approx(1.0)
+
+
+def test_unfittable_and_empty_traces_raise_the_wafer_score(shape, lots):
+    w = "L04W00"
+    one = lots[lots["wafer"].isin(["L04W00", "L04W01", "L04W02", "L04W03"])]
+    base = shape.score_wafers(one)
+    # a trace cut to 3 samples cannot be fitted: its wafer scores higher, never NaN
+    mask = (one["wafer"] == w) & (one["sensor"] == "v")
+    keep = one[~mask | (one.groupby(["wafer", "sensor"]).cumcount() < 3)]
+    with pytest.warns(UserWarning, match="too_short"):
+        s = shape.score_wafers(keep)
+    assert s[w] > base[w] and s[w] > shape.wafer_threshold_
+    assert shape.explain_wafers(keep).loc[w, "status"] == "unfitted"
+    # a trace whose values are all NaN keeps its wafer in every output
+    nan = one.copy()
+    nan.loc[mask, "value"] = np.nan
+    with pytest.warns(UserWarning):
+        a = shape.analyse(nan)
+    assert (("v", w) in shape.score(a).index) and shape.signatures(a).loc[("v", w), "status"] == "too_short"
+    assert shape.score_wafers(a)[w] > shape.wafer_threshold_
+    # a wafer missing a whole group
+    gone = one[~mask]
+    e = shape.explain_wafers(gone)
+    assert e.loc[w, "status"] == "missing_group" and e.loc[w, "score"] > shape.wafer_threshold_
+
+
+def test_heldout_trace_scores_come_from_wafer_folds(shape, lots):
+    ho = shape._heldout_scores(lots, shape.train_scores_.to_numpy())
+    assert ho.shape == shape.train_scores_.shape and np.isfinite(ho).all()
+    # scored by normal models fitted without them: not the in-sample scores, and repeatable
+    assert not np.allclose(ho, shape.train_scores_.to_numpy())
+    np.testing.assert_array_equal(ho, shape._heldout_scores(lots, None))
+
+
+def test_mpca_detects_faults_and_unseen_lots(mpca, lots, fault):
+    test = lots[lots["lot"].isin(["L04", "L05"])]
+    s, e = _check_wafer_outputs(mpca, test, 16, ["u", "v"])
+    assert (e["status"] == "new_lot").all()
+    f = fault.reindex(s.index)
+    assert s[f == "setpoint_offset"].min() > s[f.isna()].max()
+    np.testing.assert_allclose(mpca.score(test), s.to_numpy())
+    assert mpca.threshold_ == mpca.wafer_threshold_ and mpca.offset_ == -mpca.threshold_
+    np.testing.assert_allclose(mpca._heldout_scores(test, None), mpca.wafer_heldout_scores_.to_numpy())
+    # standardising a new lot on itself
+    self_lot = clone(mpca).set_params(new_lots="self").fit(lots[lots["lot"].isin(["L00", "L01", "L02", "L03"])])
+    assert np.isfinite(self_lot.score_wafers(test)).all()
+
+
+def test_mpca_missing_group_and_bad_input(mpca, lots):
+    one = lots[lots["lot"] == "L00"]
+    gone = one[~((one["wafer"] == "L00W00") & (one["sensor"] == "v"))]
+    e = mpca.explain_wafers(gone)
+    assert e.loc["L00W00", "status"] == "missing_group"
+    assert e.loc["L00W00", "score"] > mpca.explain_wafers(one).loc["L00W00", "score"]
+    with pytest.raises(TypeError, match="DataFrame"):
+        mpca.score_wafers(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="column"):
+        mpca.score_wafers(lots.drop(columns="sensor"))
+    with pytest.raises(ValueError):
+        MultiwayPCADetector(n_points=1).fit(lots)
+
+
+def test_import_greyanom_stays_light():
+    code = (
+        "import sys, greyanom; greyanom.MultiwayPCADetector; "
+        "print('numba' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
