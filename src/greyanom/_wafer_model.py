@@ -267,7 +267,13 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, **fit_kwargs):
 
 
 def make_folds(codes, n_splits, random_state=None):
-    """Fold number of each row, stratified by lot (each lot spread over the folds)."""
+    """Fold number of each row, stratified by lot (each lot spread over the folds).
+
+    ``random_state=None`` draws the folds from a fixed seed (0), as the detectors' default
+    cross-fitting does, so that fitting twice on the same data gives the same control limit.
+    """
+    if random_state is None:
+        random_state = 0
     rng = np.random.default_rng(random_state if not isinstance(random_state, np.random.RandomState)
                                 else random_state.randint(2**31))
     codes = np.asarray(codes)

@@ -228,13 +228,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         threshold does not change from fit to fit), a clone is fitted on all folds but one and scores the one left
         out. That costs ``_heldout_cv`` extra fits on 80 % of the data; subclasses where that is
         costly override this (the VAE reuses its validation split, the patch detectors
-        cross-fit on the features already extracted). With a pandas DataFrame and a detector
-        with ``trace_keys`` (the trace detectors) the folds are whole wafers. With fewer than
-        ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3 items the
-        in-sample ``train_scores`` are used with a warning ("too few"), as for trace detectors given a ``Traces`` object. A dask DataFrame of
-        traces is computed into pandas for the held-out fits, which run in-process; with
-        ``n_initial_lots`` only the wafers of those lots (the ones ``fit`` learned from) are
-        folded.
+        cross-fit on the features already extracted, the trace detectors fold whole wafers).
+        With fewer than ``_heldout_cv`` items the folds are leave-one-out; with fewer than 3
+        items the in-sample ``train_scores`` are used with a warning ("too few").
         """
         from sklearn.utils.validation import _num_samples
 
@@ -242,38 +238,15 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         # fold assignment is deterministic by default, so that fitting twice gives one threshold
         random_state = getattr(self, "random_state", None)
         random_state = 0 if random_state is None else random_state
-        keys = getattr(self, "trace_keys", None)
-        if keys is not None and type(X).__module__.split(".")[0] == "dask":
-            # the folds need row indexing: the held-out fits run in-process on the computed frame
-            logger.info("%s: computing the dask DataFrame for the held-out wafer folds", type(self).__name__)
-            X = X.compute()
-        wafers = keys is not None and hasattr(X, "columns") and hasattr(X, "iloc")
-        if keys is not None and not wafers:
-            return self._insample_fallback(train_scores, f"{type(X).__name__} input (not a DataFrame of wafers)")
-        if wafers:
-            lot_key = getattr(self, "lot_key", None)
-            if hasattr(self, "_initial_lots") and lot_key is not None and lot_key in X.columns:
-                import pandas as pd
-
-                lots = self._initial_lots(pd.unique(X[lot_key]))  # fit used only these lots
-                if lots is not None:
-                    X = X[X[lot_key].isin(lots)]
-            n = len(X[[keys] if isinstance(keys, str) else list(keys)].drop_duplicates())
-        else:
-            if not hasattr(X, "iloc"):
-                X = np.asarray(X)  # lists and array-likes without row indexing
-            n = _num_samples(X)
+        if not hasattr(X, "iloc"):
+            X = np.asarray(X)  # lists and array-likes without row indexing
+        n = _num_samples(X)
         if n < 3:
-            return self._insample_fallback(train_scores, f"{n} {'wafer' if wafers else 'item'}(s)")
+            return self._insample_fallback(train_scores, f"{n} item(s)")
         # the clones repeat the warnings the fit just gave (e.g. n_components capped): silence them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if wafers:
-                from greyanom.decision import _calibrate_wafers
-
-                scores = _calibrate_wafers(self, X, cv=min(cv, n), random_state=random_state, wafer_scores=False)
-            else:
-                scores = cross_fit_scores(self, X, cv=min(cv, n), random_state=random_state)
+            scores = cross_fit_scores(self, X, cv=min(cv, n), random_state=random_state)
         scores = np.asarray(scores, dtype=np.float64)
         return scores[~np.isnan(scores)]
 

@@ -571,8 +571,8 @@ def calibrate(detector, X, *, cv=5, random_state=None, method="score"):
     return _calibrate_wafers(detector, X, cv=cv, random_state=random_state)
 
 
-def _calibrate_wafers(detector, X, *, cv, random_state, wafer_scores=True):
-    """Wafer-fold cross-fitting; ``wafer_scores=False`` returns per-trace ``_score`` arrays instead."""
+def _calibrate_wafers(detector, X, *, cv, random_state):
+    """Wafer-fold cross-fitting: held-out ``score_wafers`` of every wafer, in order of appearance."""
     import pandas as pd
 
     from greyanom.base import _fit_clone, _splitter
@@ -590,13 +590,7 @@ def _calibrate_wafers(detector, X, *, cv, random_state, wafer_scores=True):
     parts = []
     for train, test in splitter.split(np.zeros(len(wafers))):
         model = _fit_clone(detector, X[row_keys.isin(wafers[train])])
-        test_rows = X[row_keys.isin(wafers[test])]
-        if not wafer_scores:
-            parts.append(np.asarray(model._score(test_rows), dtype=np.float64))
-            continue
-        parts.append(model.score_wafers(test_rows))
-    if not wafer_scores:
-        return np.concatenate(parts)
+        parts.append(model.score_wafers(X[row_keys.isin(wafers[test])]))
     scores = pd.concat(parts)
     if len(keys) == 1:
         order = wafers.get_level_values(0)

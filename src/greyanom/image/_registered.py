@@ -8,12 +8,11 @@ import numbers
 
 import numpy as np
 from scipy import ndimage
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.extmath import randomized_svd
-from sklearn.utils.validation import check_is_fitted, check_random_state
+from sklearn.utils.validation import check_random_state
 
 from greyanom._optional import import_optional
-from greyanom._persist import load_arrays, save_arrays
 from greyanom.base import ImageExplanation
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import smooth_maps
@@ -382,67 +381,6 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     def _set_json_state(self, state):
         self.n_components_ = int(state["n_components_"])
-
-    def _json_params(self):
-        params = self.get_params()
-        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
-            params["random_state"] = None  # the learned state already holds the randomness
-        return params
-
-    @classmethod
-    def _params_from_json(cls, params):
-        return dict(params)
-
-    def save(self, path):
-        """Save the fitted detector: arrays in safetensors, parameters in JSON (no pickle).
-
-        Parameters
-        ----------
-        path : str or path-like
-            File to write (conventionally ``*.safetensors``).
-
-        Returns
-        -------
-        path : pathlib.Path
-        """
-        check_is_fitted(self)
-        state = {
-            "image_shape_": list(self.image_shape_),
-            "offset_": float(self.offset_),
-            "threshold_": float(self.threshold_),
-            **self._json_state(),
-        }
-        config = {"class": type(self).__name__, "params": self._json_params(), "state": state}
-        return save_arrays(path, self._state_arrays(), config)
-
-    @classmethod
-    def load(cls, path, *, device=None):
-        """Load a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or path-like
-        device : None
-            Ignored (the detector runs on the CPU); accepted like the other image detectors.
-
-        Returns
-        -------
-        detector : RegisteredPixelDetector
-
-        Raises
-        ------
-        ValueError
-            If the file is not a saved detector of this class.
-        """
-        arrays, config = load_arrays(path, cls.__name__)
-        det = cls(**cls._params_from_json(config["params"]))
-        state = config["state"]
-        det.image_shape_ = tuple(int(v) for v in state["image_shape_"])
-        det.offset_ = float(state["offset_"])
-        det.threshold_ = float(state["threshold_"])
-        det._set_json_state(state)
-        det._set_state_arrays(arrays)
-        return det
 
 
 @functools.lru_cache(maxsize=8)

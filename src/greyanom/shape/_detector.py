@@ -343,13 +343,13 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
         and seed as the wafer model's cross-fitting); each fold is scored by normal models
         fitted on the other folds only. This refits the normal models ``cv`` times, so it
-        costs about ``cv`` fits. Dask input falls back on the in-sample ``train_scores``.
+        costs about ``cv`` fits. A dask DataFrame is computed into pandas for these fits.
         """
         from greyanom._wafer_model import make_folds
 
         check_is_fitted(self, "normal_model_")
         if _is_dask(X):
-            return np.asarray(train_scores, dtype=np.float64)
+            X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
         cfg = self._cfg()
         tk, gk = cfg.trace_keys, cfg.group_keys
         df = self._prepare(X)
