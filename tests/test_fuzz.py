@@ -610,8 +610,6 @@ def lots():
     return make_pi_lots(n_lots=3, wafers_per_lot=4, n_clean_lots=3, n_points=40, random_state=0)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: ShapeSignatureDetector(value='lot') raises pandas' "
-                   "AttributeError; its column checks live in shape/_detector.py (traces branch)")
 def test_shape_detector_value_names_a_key_column(lots):
     from greyanom import ShapeSignatureDetector
 
@@ -628,8 +626,6 @@ def fitted_shape_detector(lots):
         return ShapeSignatureDetector().fit(lots)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13: signature_table(columns=('nope',)) raises KeyError; the "
-                   "columns check belongs in shape/_detector.py (traces branch)")
 def test_signature_table_unknown_column(fitted_shape_detector, lots):
     with pytest.raises(ValueError, match="columns"):
         fitted_shape_detector.signature_table(lots, columns=("nope",))

@@ -592,7 +592,16 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
             ``group_keys + ("parameter",)``.
         """
         tk, gk = self._keys()
-        sig = self.signatures(X)[list(columns)]
+        if isinstance(columns, str):
+            columns = (columns,)
+        sig = self.signatures(X)
+        unknown = [c for c in columns if c not in sig.columns]
+        if unknown or not len(columns):
+            raise ValueError(
+                f"columns must name per-trace quantities of signatures(); unknown {unknown}, "
+                f"expected some of {list(sig.columns)}."
+            )
+        sig = sig[list(columns)]
         if not gk:
             return sig
         long = sig.stack().rename("v").reset_index()

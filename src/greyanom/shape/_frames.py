@@ -81,6 +81,19 @@ def required_columns(cfg):
     return cols
 
 def check_columns(columns, cfg, name="X"):
+    roles = [("time", cfg.time), ("value", cfg.value), ("start_time", cfg.start_time),
+             *(("trace_keys", c) for c in cfg.trace_keys), *(("group_keys", c) for c in cfg.group_keys),
+             ("lot_key", cfg.lot_key)]
+    seen = {}
+    for role, col in roles:
+        if col is None:
+            continue
+        if col in seen and seen[col] != role:
+            raise ValueError(
+                f"{role}={col!r} names the same column as {seen[col]}: time, value, start_time, trace_keys, "
+                "group_keys and lot_key must be different columns."
+            )
+        seen.setdefault(col, role)
     missing = [c for c in required_columns(cfg) if c not in columns]
     if missing:
         raise ValueError(
