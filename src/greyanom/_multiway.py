@@ -6,10 +6,10 @@ import numbers
 
 import numpy as np
 import pandas as pd
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._wafer_frames import WaferFeatures, WaferScoringMixin, as_index, wafer_lots
+from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
 from greyanom.base import BaseDetector
 
 __all__ = ["MultiwayPCADetector", "resample_traces"]
@@ -156,12 +156,7 @@ class MultiwayPCADetector(WaferScoringMixin, BaseDetector):
         "group_keys": [tuple, list, str],
         "lot_key": [str, None],
         "n_points": [Interval(numbers.Integral, 2, None, closed="left")],
-        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
-        "statistic": [StrOptions({"q", "t2", "combined"})],
-        "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
-        "clip": [Interval(numbers.Real, 0, None, closed="neither")],
-        "new_lots": [StrOptions({"pooled", "self"})],
-        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+        **WAFER_MODEL_CONSTRAINTS,
         "random_state": ["random_state"],
     }
 

@@ -9,10 +9,12 @@ cross-fitted control limits and gives ``score_wafers``, ``predict_wafers`` and
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from greyanom import _wafer_model as wm
 from greyanom.base import threshold_from_scores
@@ -63,6 +65,17 @@ def as_index(index, trace_keys):
     if len(trace_keys) == 1:
         return pd.Index(index, name=trace_keys[0])
     return pd.MultiIndex.from_tuples(list(index), names=list(trace_keys))
+
+
+#: Parameter constraints of the wafer model, shared by the detectors that use it.
+WAFER_MODEL_CONSTRAINTS = {
+    "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+    "statistic": [StrOptions({"q", "t2", "combined"})],
+    "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
+    "clip": [Interval(numbers.Real, 0, None, closed="neither")],
+    "new_lots": [StrOptions({"pooled", "self"})],
+    "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+}
 
 
 class WaferScoringMixin:

@@ -8,22 +8,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
 
+from greyanom.datasets._mvtec import _read_gray
+
 __all__ = ["load_image_folder"]
 
 _EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-def _read(path, size, resample):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), resample)
-            return np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the image file {str(path)!r}: {exc}") from exc
 
 
 def _files(folder, mask_suffix, mask_ext):
@@ -157,7 +146,7 @@ def load_image_folder(
     size = int(image_size)
 
     def stack(paths):
-        return np.stack([_read(p, size, Image.BILINEAR) for p in paths]).astype(np.float32) / np.float32(255)
+        return np.stack([_read_gray(p, size, Image.BILINEAR) for p in paths]).astype(np.float32) / np.float32(255)
 
     X_train, X_test = stack(train_files), stack(test_files)
     kinds = np.array(kinds)
@@ -173,7 +162,7 @@ def load_image_folder(
         masks_test = np.zeros(X_test.shape, bool)
         for i, m in enumerate(mask_files):
             if m is not None and defect[i]:
-                masks_test[i] = _read(m, size, Image.NEAREST) >= 128
+                masks_test[i] = _read_gray(m, size, Image.NEAREST) >= 128
     else:
         masks_test = None
     classes = sorted(set(kinds[defect]))

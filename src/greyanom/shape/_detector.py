@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
-from greyanom._wafer_frames import WaferScoringMixin
+from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
 from greyanom.base import BaseDetector
 from greyanom.shape._frames import (
     STATUSES,
@@ -182,12 +182,7 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         "min_points": [Interval(numbers.Integral, 1, None, closed="left")],
         "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "n_jobs": [numbers.Integral, None],
-        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
-        "statistic": [StrOptions({"q", "t2", "combined"})],
-        "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
-        "clip": [Interval(numbers.Real, 0, None, closed="neither")],
-        "new_lots": [StrOptions({"pooled", "self"})],
-        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+        **WAFER_MODEL_CONSTRAINTS,
         "random_state": ["random_state"],
     }
 
