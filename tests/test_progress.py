@@ -44,3 +44,23 @@ def test_stage_logs_even_when_the_work_fails(caplog):
         except RuntimeError:
             pass
     assert "explain: 1 it of 4 in" in caplog.text
+
+
+def test_image_batches_report_progress(caplog):
+    """Work of several batches (feature extraction, long scoring) ends with one timed log line."""
+    import logging
+
+    import numpy as np
+
+    from greyanom import PCADetector
+
+    X = np.random.default_rng(0).random((12, 8, 8))
+    det = PCADetector(n_components=2, batch_size=4, smoothing_sigma=0).fit(X)
+    with caplog.at_level(logging.INFO, logger="greyanom"):
+        det.score(X)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PCADetector")]
+    assert len(lines) == 1 and "12" in lines[0], lines
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="greyanom"):
+        det.score(X[:3])  # one batch: no stage, no line
+    assert not [r for r in caplog.records if r.getMessage().startswith("PCADetector")]

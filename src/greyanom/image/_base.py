@@ -153,10 +153,25 @@ class BaseImageDetector(BaseDetector):
         fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
 
-    @staticmethod
-    def _map_batches(fn, images, batch_size):
-        """Apply ``fn`` (returning a dict of arrays) to batches and concatenate."""
-        parts = [fn(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    def _map_batches(self, fn, images, batch_size):
+        """Apply ``fn`` (returning a dict of arrays) to batches and concatenate.
+
+        Work of more than one batch (feature extraction, long scoring) reports through
+        :func:`greyanom._progress.progress_stage`: a tqdm bar with ``verbose=True`` (or on a
+        terminal when the detector has no ``verbose``), and one timed INFO log line.
+        """
+        starts = range(0, len(images), batch_size)
+        if len(starts) > 1:
+            from greyanom._progress import progress_stage
+
+            with progress_stage(type(self).__name__, total=len(images), unit="img",
+                                verbose=getattr(self, "verbose", None)) as bar:
+                parts = []
+                for start in starts:
+                    parts.append(fn(images[start : start + batch_size]))
+                    bar.update(min(batch_size, len(images) - start))
+        else:
+            parts = [fn(images[start : start + batch_size]) for start in starts]
         return {
             key: None if parts[0][key] is None else np.concatenate([p[key] for p in parts]) for key in parts[0]
         }
