@@ -140,7 +140,7 @@ def _train(name, data, folder):
     if name == "padim":
         det = greyanom.PaDiMDetector(n_jobs=1, random_state=0)
     else:  # the case study's architecture at 256x256; a few epochs suffice to time it
-        det = greyanom.ConvVAEDetector(max_epochs=3, early_stopping_patience=None, n_threads=1, random_state=0)
+        det = greyanom.ConvVAEDetector(input_space="pixels", max_epochs=3, early_stopping_patience=None, n_jobs=1, random_state=0)
     t0 = time.perf_counter()
     det.fit(data["train"])
     fit_s = time.perf_counter() - t0
