@@ -214,8 +214,10 @@ class ConvVAEDetector(BaseImageDetector):
         Mean and (smoothed, floored) standard deviation of the residual
         :math:`x - \\hat x` on the held-out validation images.
     validation_indices_ : ndarray of int
-        Rows of the training ``X`` held out for early stopping and the residual
-        statistics (models did not train on them).
+        Rows of the training ``X`` held out for early stopping, the residual statistics and
+        ``offset_`` (the network did not train on them). With ``residual_normalization="std"``
+        the same images also estimate the residual statistics, so their scores (and ``offset_``)
+        are slightly optimistic.
     reference_ : ndarray of shape (H, W) or None
         The registration reference (``register=True``).
     feature_shape_ : tuple of int or None
@@ -227,8 +229,6 @@ class ConvVAEDetector(BaseImageDetector):
         :meth:`normalize_heatmap` to display heatmaps on one scale for all images.
     image_shape_ : tuple of int
         ``(H, W)`` of the training images.
-    validation_indices_ : ndarray of int
-        Training images held out for early stopping; their scores set ``offset_``.
     offset_, threshold_ : float
         See :class:`~greyanom.base.BaseDetector`; set on the scores of the validation images
         (held out from training), so ``predict`` flags about ``contamination`` of new normals.
