@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from greyanom.image._torch._vae_module import _LatentCodec, _up
 
 __all__ = ["FeatureVAE"]
 
@@ -16,15 +17,7 @@ def _block(c_in, c_out, *, kernel, stride):
     )
 
 
-def _up(c_in, c_out):
-    return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=1),
-        nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(0.2),
-    )
-
-
-class FeatureVAE(nn.Module):
+class FeatureVAE(_LatentCodec):
     """β-VAE that reconstructs standardised feature maps ``(n, C, h, w)`` (Gaussian likelihood).
 
     A 1x1 convolution maps the ``C`` backbone channels to ``channels[0]``; each further
@@ -77,19 +70,3 @@ class FeatureVAE(nn.Module):
         ups = [_up(a, b) for a, b in zip(rev[:-1], rev[1:])]
         ups.append(nn.Conv2d(rev[-1], c, kernel_size=1))
         self.decoder = nn.Sequential(*ups)
-
-    def encode(self, x):
-        """Return ``(mu, logvar)`` of q(z | x) for features ``(n, C, h, w)``."""
-        hid = self.reduce(self.encoder(x)).flatten(1)
-        return self.fc_mu(hid), self.fc_logvar(hid)
-
-    def decode_logits(self, z):
-        """Return the reconstructed features ``(n, C, h, w)`` (no output non-linearity)."""
-        hid = self.fc_decode(z).view(-1, self.flat_channels, self.grid[0], self.grid[1])
-        return self.decoder(self.expand(hid))
-
-    def forward(self, x, noise: torch.Tensor | None = None):
-        """Encode, sample (``z = mu`` when ``noise`` is None), decode: ``(output, mu, logvar)``."""
-        mu, logvar = self.encode(x)
-        z = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise
-        return self.decode_logits(z), mu, logvar

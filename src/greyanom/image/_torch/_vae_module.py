@@ -25,7 +25,34 @@ def _up(c_in, c_out):
     )
 
 
-class ConvVAE(nn.Module):
+class _LatentCodec(nn.Module):
+    """Encode / sample / decode shared by the pixel and the feature VAE.
+
+    Subclasses build ``encoder``, ``reduce``, ``fc_mu``, ``fc_logvar``, ``fc_decode``,
+    ``expand``, ``decoder``, ``flat_channels`` and ``grid``.
+    """
+
+    def encode(self, x):
+        """Return ``(mu, logvar)`` of q(z | x) for a batch ``(n, C, H, W)``."""
+        h = self.reduce(self.encoder(x)).flatten(1)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode_logits(self, z):
+        """Return the reconstruction of latent codes ``z`` before any output non-linearity."""
+        h = self.fc_decode(z).view(-1, self.flat_channels, self.grid[0], self.grid[1])
+        return self.decoder(self.expand(h))
+
+    def forward(self, x, noise: torch.Tensor | None = None):
+        """Encode, sample ``z = mu + sigma * noise`` (``z = mu`` if ``noise`` is None), decode.
+
+        Returns ``(logits, mu, logvar)``.
+        """
+        mu, logvar = self.encode(x)
+        z = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise
+        return self.decode_logits(z), mu, logvar
+
+
+class ConvVAE(_LatentCodec):
     """Convolutional VAE: stride-2 Conv→BN→LeakyReLU encoder, μ / log σ² heads, mirrored decoder.
 
     Parameters
@@ -84,25 +111,6 @@ class ConvVAE(nn.Module):
         blocks = [_up(c_in, c_out) for c_in, c_out in zip(rev[:-1], rev[1:])]
         blocks.append(nn.ConvTranspose2d(rev[-1], 1, kernel_size=3, stride=2, padding=1, output_padding=1))
         self.decoder = nn.Sequential(*blocks)
-
-    def encode(self, x):
-        """Return ``(mu, logvar)`` of q(z | x) for a batch ``(n, 1, H, W)``."""
-        h = self.reduce(self.encoder(x)).flatten(1)
-        return self.fc_mu(h), self.fc_logvar(h)
-
-    def decode_logits(self, z):
-        """Return the pre-sigmoid reconstruction ``(n, 1, H, W)`` of latent codes ``z``."""
-        h = self.fc_decode(z).view(-1, self.flat_channels, self.grid[0], self.grid[1])
-        return self.decoder(self.expand(h))
-
-    def forward(self, x, noise: torch.Tensor | None = None):
-        """Encode, sample ``z = mu + sigma * noise`` (``z = mu`` if ``noise`` is None), decode.
-
-        Returns ``(logits, mu, logvar)``.
-        """
-        mu, logvar = self.encode(x)
-        z = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise
-        return self.decode_logits(z), mu, logvar
 
 
 def vae_loss(logits, x, mu, logvar, beta, likelihood="bernoulli"):
