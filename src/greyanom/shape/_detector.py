@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_random_state
+from sklearn.utils.validation import check_is_fitted
 
 from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
 from greyanom.base import BaseDetector
-from greyanom.shape._frames import (
-    STATUSES,
-    _as_tuple,
-    _engine,
-    _fit_partition,
-    _is_dask,
-    analyse_frame,
-    check_columns,
-    fit_dask,
-    prepare_frame,
-    required_columns,
-)
-from greyanom.shape._hierarchy import PARAMS
-from greyanom.shape._scoring import FitConfig, NormalModel, change_split
-from greyanom.shape._wafer import TraceAnalysis, wafer_features
+from greyanom.shape._fitting import NormalModelFitMixin
+from greyanom.shape._views import TraceViewsMixin
+from greyanom.shape._wafer import TraceAnalysis
 
 __all__ = ["ShapeSignatureDetector"]
 
 
-class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
+class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringMixin, BaseDetector):
     """Grey-box anomaly detector for process traces run by PI control loops.
 
     Every trace (one (tool, sensor, step) group, one wafer) is summarised by its *shape
@@ -233,181 +219,6 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         self.contamination = contamination
         self.random_state = random_state
 
-    # -- input handling ---------------------------------------------------------------------
-    def _keys(self):
-        tk = (self.trace_keys,) if isinstance(self.trace_keys, str) else tuple(self.trace_keys)
-        gk = (self.group_keys,) if isinstance(self.group_keys, str) else tuple(self.group_keys)
-        if not tk:
-            raise ValueError("trace_keys must name at least one column, got ().")
-        overlap = set(tk) & set(gk)
-        if overlap:
-            raise ValueError(f"trace_keys and group_keys share column(s) {sorted(overlap)}.")
-        return tk, gk
-
-    def _cfg(self):
-        tk, gk = self._keys()
-        return FitConfig(
-            time=self.time,
-            value=self.value,
-            start_time=self.start_time,
-            trace_keys=tk,
-            group_keys=gk,
-            lot_key=self.lot_key,
-            max_em_iter=self.max_em_iter,
-            em_tol=self.em_tol,
-            min_points=self.min_points,
-            min_lot_size=self.min_lot_size,
-            n_jobs=self.n_jobs,
-            lot_prior=self.lot_prior,
-        )
-
-    def _required(self):
-        return required_columns(self._cfg())
-
-    def _check_columns(self, columns, name="X"):
-        check_columns(columns, self._cfg(), name)
-
-    def _prepare(self, X, name="X", return_keys=False):
-        """Validate a long frame (or Traces); see :func:`greyanom.shape._frames.prepare_frame`."""
-        return prepare_frame(X, self._cfg(), name, return_keys)
-
-    def _initial_lots(self, lots_in_order):
-        if self.n_initial_lots is None:
-            return None
-        if len(lots_in_order) < self.n_initial_lots:
-            raise ValueError(
-                f"n_initial_lots={self.n_initial_lots} but X has only {len(lots_in_order)} lot(s)."
-            )
-        return list(lots_in_order[: self.n_initial_lots])
-
-    def _models(self):
-        """``{group key tuple: NormalModel}`` from ``normal_model_``."""
-        tk, gk = self._keys()
-        return {
-            tuple(row[k] for k in gk): NormalModel.from_row(row)
-            for _, row in self.normal_model_.reset_index().iterrows()
-        }
-
-    # -- fitting ----------------------------------------------------------------------------
-    def _fit(self, X):
-        check_random_state(self.random_state)
-        if self.n_initial_lots is not None and self.lot_key is None:
-            raise ValueError("n_initial_lots needs lot_key: with lot_key=None there are no lots to count.")
-        cfg = self._cfg()
-        tk, gk = cfg.trace_keys, cfg.group_keys
-        if _is_dask(X):
-            table, train_frame = self._fit_dask(X, cfg)
-        else:
-            df = self._prepare(X)
-            if self.lot_key is not None:
-                lots = self._initial_lots(pd.unique(df[self.lot_key]))
-                if lots is not None:
-                    df = df[df[self.lot_key].isin(lots)]
-            train_frame = df
-            table = _fit_partition(df, cfg)
-        if gk:
-            table = table.set_index(list(gk))
-        else:
-            table.index = pd.Index(["all"], name="group")
-        failed = table["error"].notna()
-        if failed.all():
-            raise ValueError(f"no normal model could be fitted: {table['error'].iloc[0]}")
-        if failed.any():
-            warnings.warn(
-                f"{int(failed.sum())} group(s) have no normal model and will score as 'unknown_group' "
-                f"(first: {table.index[failed][0]!r}: {table['error'][failed].iloc[0]})",
-                UserWarning,
-                stacklevel=3,
-            )
-        table = table[~failed].drop(columns="error")
-        self.normal_model_ = table
-        self.n_groups_ = len(table)
-        train = self._analyse(train_frame)
-        scores = train["score"]
-        ok = scores.notna()
-        if not ok.any():
-            raise ValueError("no training trace could be scored; check min_points and the data.")
-        self.train_scores_ = scores[ok]
-        self.train_status_ = train["status"]
-        self._fit_wafer_model(self._wafer_table(train, train_frame))
-        return self.train_scores_.to_numpy()
-
-    def _heldout_scores(self, X, train_scores):
-        """Cross-fitted per-trace scores of the training traces (for a held-out ``offset_``).
-
-        The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
-        and seed as the wafer model's cross-fitting); each fold is scored by normal models
-        fitted on the other folds only. This refits the normal models ``cv`` times, so it
-        costs about ``cv`` fits. A dask DataFrame is computed into pandas for these fits.
-        """
-        from greyanom._wafer_model import make_folds
-
-        check_is_fitted(self, "normal_model_")
-        if _is_dask(X):
-            X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
-        cfg = self._cfg()
-        tk, gk = cfg.trace_keys, cfg.group_keys
-        df = self._prepare(X)
-        if self.lot_key is not None:
-            lots = self._initial_lots(pd.unique(df[self.lot_key]))
-            if lots is not None:
-                df = df[df[self.lot_key].isin(lots)]
-        wafer = pd.MultiIndex.from_frame(df[list(tk)])
-        uniq = wafer.unique()
-        lot_of = (
-            df.groupby(list(tk), sort=False)[self.lot_key].first().reindex(uniq).astype(str).to_numpy()
-            if self.lot_key is not None else np.zeros(len(uniq), dtype=str)
-        )
-        folds = make_folds(lot_of, self.cv, self.random_state)
-        fold_of_row = pd.Series(folds, index=uniq).reindex(wafer).to_numpy()
-        scores = []
-        for k in np.unique(folds):
-            sub = clone(self)
-            table = _fit_partition(df[fold_of_row != k], cfg)
-            if gk:
-                table = table.set_index(list(gk))
-            else:
-                table.index = pd.Index(["all"], name="group")
-            sub.normal_model_ = table[table["error"].isna()].drop(columns="error")
-            res = sub._analyse(df[fold_of_row == k], warn=False)  # fit reports the statuses
-            scores.append(res["score"])
-        out = pd.concat(scores)
-        return out[out.notna()].to_numpy(dtype=np.float64)
-
-    def _fit_dask(self, X, cfg):
-        pick = self._initial_lots if self.n_initial_lots is not None else None
-        return fit_dask(X, cfg, pick)
-
-    # -- analysis ---------------------------------------------------------------------------
-    def _analyse(self, X, warn=True):
-        """One row per trace: signature, terms, score, gradient, features, status (index = keys).
-
-        Every trace of ``X`` has a row, also one whose samples are all non-finite (status
-        ``"too_short"``, ``n_points`` 0).
-        """
-        check_is_fitted(self, "normal_model_")
-        cfg = self._cfg()
-        tk, gk = cfg.trace_keys, cfg.group_keys
-        res = analyse_frame(X, self._models(), cfg)
-        res = res.set_index([*gk, *tk])
-        if warn:
-            self._warn_statuses(res["status"])
-        return res
-
-    def _wafer_table(self, res, X):
-        """Wafer features of an analysis frame (wafers in order of first appearance in X)."""
-        tk, gk = self._keys()
-        flat = res.reset_index()
-        wafers = flat[list(tk)].drop_duplicates()
-        if X is not None and not _is_dask(X) and isinstance(X, pd.DataFrame):
-            wafers = X[list(tk)].drop_duplicates()
-        order = pd.MultiIndex.from_frame(wafers) if len(tk) > 1 else pd.Index(wafers[tk[0]])
-        if self.lot_key is not None and isinstance(X, pd.DataFrame):
-            lots = X.groupby(list(tk), sort=False)[self.lot_key].first().reindex(order)
-        else:
-            lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order)
-        return wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
-
     def analyse(self, X):
         """Fit and score every trace of ``X`` once.
 
@@ -446,13 +257,6 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     def _wafer_features(self, X):
         return self.analyse(X).wafers
 
-    @staticmethod
-    def _warn_statuses(status):
-        counts = status[status != "ok"].value_counts()
-        if len(counts):
-            msg = ", ".join(f"{n} {s!r} ({STATUSES[s]})" for s, n in counts.items())
-            warnings.warn(f"ShapeSignatureDetector: {msg}.", UserWarning, stacklevel=4)
-
     # -- the contract, with pandas results ---------------------------------------------------
     def score(self, X, y=None):
         """Centred anomaly score of each trace: higher means more anomalous.
@@ -477,22 +281,6 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
     def _score(self, X):
         return self.score(X).to_numpy()
 
-    def score_raw(self, X):
-        """The paper's uncentred anomaly score (19), with the corrected D = 6 Gaussian prior.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-
-        Returns
-        -------
-        scores : pandas.Series
-            ``n/2 ln sigma*^2 + SSR/(2 sigma*^2) + sum_d [ln sigma*_S,d + z_d^2/2]``; its
-            baseline depends on the trace length and the sensor's units (notes T11).
-        """
-        return self._traces(X)["score_raw"].rename("score_raw")
-
     def predict(self, X):
         """Inliers (+1) and outliers (-1); traces without a score are outliers.
 
@@ -507,173 +295,3 @@ class ShapeSignatureDetector(WaferScoringMixin, BaseDetector):
         """
         d = self.decision_function(X)
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
-
-    def explain(self, X):
-        """Additive decomposition of the centred score, and its gradient.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-
-        Returns
-        -------
-        explanation : pandas.DataFrame
-            One row per trace (index ``group_keys + trace_keys``) with columns
-
-            * ``fit``, ``gamma``, ``R``, ``omega``, ``y``, ``phi``, ``c``: they sum exactly to
-              ``score``. ``fit = SSR/(2 sigma*^2) - (n - p)/2``; the parameter terms are
-              ``(z_d^2 - 1)/2`` with ``z_d = (s_d - mu*_d)/sigma*_S,d``. All unit-free.
-            * ``score``: the centred score.
-            * ``d_gamma`` ... ``d_c``: gradient of the anomaly score (19) with respect to the
-              signature, in the units of 1/parameter (the paper's section 5 gradient).
-            * ``dz_gamma`` ... ``dz_c``: the unit-free gradient, ``d_<p> * sigma*_S,<p>``.
-            * ``status``.
-        """
-        res = self._traces(X)
-        out = res[["fit"]].copy()
-        for p in PARAMS:
-            out[p] = res[f"P_{p}"]
-        out["score"] = res["score"]
-        sd = self._sd_table(res.index)
-        for p in PARAMS:
-            out[f"d_{p}"] = res[f"d_{p}"]
-        for p in PARAMS:
-            out[f"dz_{p}"] = res[f"d_{p}"].to_numpy() * sd[p].to_numpy()
-        out["status"] = res["status"]
-        return out
-
-    def _sd_table(self, index):
-        tk, gk = self._keys()
-        nm = self.normal_model_[[f"sd_{p}" for p in PARAMS]]
-        nm.columns = list(PARAMS)
-        if gk:
-            keys = index.droplevel(list(tk)) if len(index.names) > len(gk) else index
-            return nm.reindex(keys)
-        return pd.DataFrame(np.repeat(nm.to_numpy(), len(index), axis=0), columns=list(PARAMS))
-
-    def signatures(self, X):
-        """Fitted shape signatures, one row per trace.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-
-        Returns
-        -------
-        signatures : pandas.DataFrame
-            Index ``group_keys + trace_keys``; columns ``gamma, R, omega, y, phi, c``, ``ssr``,
-            ``n_points``, ``lot``, ``prior`` (``"lot"`` or ``"normal"``: the prior the signature
-            was fitted with), ``score`` and ``status``.
-        """
-        res = self._traces(X)
-        return res[[*PARAMS, "ssr", "n_points", "lot", "prior", "score", "status"]]
-
-    def signature_table(self, X, *, columns=(*PARAMS, "ssr", "score")):
-        """The paper's layout: one row per wafer in time order, one column per (group, parameter).
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
-        columns : sequence of str, default=(gamma, R, omega, y, phi, c, "ssr", "score")
-            Per-trace quantities to spread into columns.
-
-        Returns
-        -------
-        table : pandas.DataFrame
-            Index ``trace_keys`` (order of first appearance in ``X``); columns a MultiIndex
-            ``group_keys + ("parameter",)``.
-        """
-        tk, gk = self._keys()
-        if isinstance(columns, str):
-            columns = (columns,)
-        sig = self.signatures(X)
-        unknown = [c for c in columns if c not in sig.columns]
-        if unknown or not len(columns):
-            raise ValueError(
-                f"columns must name per-trace quantities of signatures(); unknown {unknown}, "
-                f"expected some of {list(sig.columns)}."
-            )
-        sig = sig[list(columns)]
-        if not gk:
-            return sig
-        long = sig.stack().rename("v").reset_index()
-        long = long.rename(columns={long.columns[len(gk) + len(tk)]: "parameter"})
-        order = pd.unique(sig.index.droplevel(list(gk)))
-        table = long.pivot_table(index=list(tk), columns=[*gk, "parameter"], values="v", sort=False)
-        return table.reindex(order)
-
-    def explain_change(self, X, before, after):
-        """Attribute the score change between two traces (or wafers) to the parameters.
-
-        The paper's change-point gradient (section 5) is the midpoint Taylor expansion
-        ``g_mid = grad anom(s_bef) + Hess anom(s_bef) (s_aft - s_bef) / 2``; ``taylor`` is
-        ``g_mid * delta``. It is exact for the quadratic prior part, so ``contribution`` gives
-        the exact split: ``(s_mid - mu*)/sigma*_S^2 * delta`` per parameter (plus the change of
-        the term's centring constant, which depends on each trace's posterior variance), and
-        the change of the ``fit`` term; the contributions are the differences of the columns of
-        :meth:`explain` and sum exactly to ``score(after) - score(before)``.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces that contain both.
-        before, after : scalar or tuple
-            ``trace_keys`` values (e.g. two wafer ids). Every group in which both appear is
-            compared.
-
-        Returns
-        -------
-        change : pandas.DataFrame
-            Index ``group_keys + ("parameter",)`` with parameters ``gamma ... c`` and ``fit``;
-            columns ``before``, ``after``, ``delta``, ``gradient`` (midpoint), ``taylor``,
-            ``prior_midpoint`` (``(s_mid - mu*)/sigma*_S^2 * delta``, exactly the change of
-            ``z^2/2``) and ``contribution``. For the ``fit`` row ``before``/``after`` are the fit terms and
-            ``gradient``/``taylor`` are 0 (the data part is inside the parameter gradients).
-        """
-        tk, gk = self._keys()
-        if _is_dask(X):
-            X = X.compute()
-        df = self._prepare(X)
-        bkey, akey = _as_tuple(before, len(tk)), _as_tuple(after, len(tk))
-        keyidx = pd.MultiIndex.from_frame(df[list(tk)])
-        sel = df[keyidx.isin([bkey, akey])]
-        for k, nm in ((bkey, "before"), (akey, "after")):
-            if not keyidx.isin([k]).any():
-                raise ValueError(f"{nm}={k!r} is not a {list(tk)} value of X.")
-        res = self._analyse(X)
-        models = self._models()
-        shape = _engine()
-        rows = []
-        groups = res.index.droplevel(list(tk)).unique() if gk else [()]
-        for g in groups:
-            g = _as_tuple(g, len(gk))
-            kb, ka = (*g, *bkey), (*g, *akey)
-            if kb not in res.index or ka not in res.index:
-                continue
-            rb, ra = res.loc[kb], res.loc[ka]
-            if rb["status"] not in ("ok", "not_converged") or ra["status"] not in ("ok", "not_converged"):
-                continue
-            sb = rb[list(PARAMS)].to_numpy(dtype=np.float64)
-            sa = ra[list(PARAMS)].to_numpy(dtype=np.float64)
-            m = np.ones(len(sel), dtype=bool)
-            for c, v in zip([*gk, *tk], kb):
-                m &= (sel[c] == v).to_numpy()
-            tr = sel[m].sort_values(self.time)
-            traces = shape.Traces.from_arrays(
-                [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
-            )
-            P = [f"P_{p}" for p in PARAMS]
-            split = change_split(
-                traces, sb, sa, rb[P].to_numpy(np.float64), ra[P].to_numpy(np.float64), models[g], rb["origin"]
-            )
-            for j, p in enumerate(PARAMS):
-                rows.append((*g, p, sb[j], sa[j], *split[j]))
-            dfit = ra["fit"] - rb["fit"]
-            rows.append((*g, "fit", rb["fit"], ra["fit"], dfit, 0.0, 0.0, 0.0, dfit))
-        if not rows:
-            raise ValueError(f"before={before!r} and after={after!r} share no scored group in X.")
-        cols = [*gk, "parameter", "before", "after", "delta", "gradient", "taylor", "prior_midpoint", "contribution"]
-        return pd.DataFrame(rows, columns=cols).set_index([*gk, "parameter"])
