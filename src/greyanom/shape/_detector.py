@@ -41,9 +41,13 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         first row of each trace is read). ``None``: the group's nominal start, the median first
         sample time of its training traces (``t_start`` of ``normal_model_``), for every trace
         whose first sample lies within ``t_tol`` of it, when the training traces start
-        together (within two sampling intervals); otherwise (``t_tol`` NaN: absolute clock
-        times, a clock offset per wafer) each trace starts at its first sample, and only a
-        ``start_time`` column makes the score robust to missing first samples.
+        together (within two sampling intervals). Otherwise (``t_tol`` NaN: a clock offset per
+        wafer, a step of variable start) the wafer's clock: groups whose first samples keep a
+        fixed offset from another group's on every training wafer form a set (``t_clock``),
+        and a trace starts at the lower median over its wafer's traces of that set of
+        ``first sample - t_offset``, plus its own ``t_offset``, so one trace missing its first
+        samples keeps its origin. Elsewhere (one group per wafer) a trace starts at its first
+        sample, and only a ``start_time`` column makes its score robust to missing first samples.
     trace_keys : tuple of str, default=("wafer",)
         Columns that identify a trace within a group (usually the wafer).
     group_keys : tuple of str, default=()
@@ -94,8 +98,10 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
     normal_model_ : pandas.DataFrame
         One row per group: ``noise_sd`` (:math:`\\sigma^*`), ``mu_<p>`` and ``sd_<p>`` for each
         parameter, ``t_start`` and ``t_tol`` (the nominal step start and the tolerance on a
-        trace's first sample time, see ``start_time``), ``n_traces``, ``em_iter`` and
-        ``converged``. A group with fewer than two
+        trace's first sample time), ``t_clock``, ``t_offset`` and ``t_offset_tol`` (the
+        group's set of groups that start together on each wafer, its offset on the wafer's
+        clock and the tolerance; NaN without one; see ``start_time``), ``n_traces``,
+        ``em_iter`` and ``converged``. A group with fewer than two
         fittable traces gets no row (a warning names it); it scores as ``"unknown_group"``.
     train_scores_ : pandas.Series
         Centred scores of the normal-model traces, scored like new data (lot by lot).

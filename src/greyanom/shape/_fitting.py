@@ -18,11 +18,11 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom.shape._frames import (
     STATUSES,
-    _fit_partition,
     _is_dask,
     analyse_frame,
     check_columns,
     fit_dask,
+    fit_frame,
     prepare_frame,
     required_columns,
 )
@@ -106,7 +106,7 @@ class NormalModelFitMixin:
                 if lots is not None:
                     df = df[df[self.lot_key].isin(lots)]
             train_frame = df
-            table = _fit_partition(df, cfg)
+            table = fit_frame(df, cfg)
         if gk:
             table = table.set_index(list(gk))
         else:
@@ -165,7 +165,7 @@ class NormalModelFitMixin:
         scores = []
         for k in np.unique(folds):
             sub = clone(self)
-            table = _fit_partition(df[fold_of_row != k], cfg)
+            table = fit_frame(df[fold_of_row != k], cfg)
             if gk:
                 table = table.set_index(list(gk))
             else:

@@ -20,6 +20,8 @@ from greyanom.shape._scoring import (
     COL,
     N_CURVE,
     RESULT_FLOAT,
+    clock_offsets,
+    clock_origins,
     cols,
     nominal_start,
     score_terms,
@@ -47,6 +49,10 @@ STATUSES = {
 _RANGE = (-2, -3)
 
 _NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS], "t_start", "t_tol"]
+#: Columns of the wafer-clock offsets in ``normal_model_`` (after ``t_tol``).
+_CLOCK_COLS = ["t_clock", "t_offset", "t_offset_tol"]
+#: Internal column that carries each trace's wafer-clock origin into the work units.
+_CLOCK = "__greyanom_clock_origin__"
 
 
 def _engine():
@@ -194,6 +200,7 @@ def _fit_group(chunk, cfg):
     chunk = chunk.sort_values([*cfg.trace_keys, cfg.time], kind="mergesort")
     keys, times, values, shape = _make_traces(chunk, cfg.time, cfg.value, cfg.trace_keys)
     starts = _start_times(chunk, cfg.trace_keys, cfg.start_time)
+    clock = _start_times(chunk, cfg.trace_keys, cfg.clock_origin)
     ok = [i for i, t in enumerate(times) if t.size >= cfg.min_points]
     if len(ok) < 2:
         raise ValueError(
@@ -201,7 +208,10 @@ def _fit_group(chunk, cfg):
             "samples; the normal model needs at least 2."
         )
     t_start, t_tol = nominal_start([times[i] for i in ok])
-    origin = trace_origins([times[i] for i in ok], t_start, t_tol, None if starts is None else starts[ok])
+    origin = trace_origins(
+        [times[i] for i in ok], t_start, t_tol, None if starts is None else starts[ok],
+        None if clock is None else clock[ok],
+    )
     traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
     res = fit_lot(
         traces, max_iter=cfg.max_em_iter, tol=cfg.em_tol, n_jobs=cfg.n_jobs,
@@ -224,10 +234,11 @@ def _analyse_chunk(chunk, model, cfg):
     A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once at the end
     n_points = np.array([t.size for t in times], dtype=np.int64)
     starts = _start_times(chunk, trace_keys, cfg.start_time)
+    clock = _start_times(chunk, trace_keys, cfg.clock_origin)
     origin = (
         np.full(n, np.nan) if model is None and starts is None
         else trace_origins(times, np.nan if model is None else model.t_start,
-                           np.nan if model is None else model.t_tol, starts)
+                           np.nan if model is None else model.t_tol, starts, clock)
     )
     A[:, COL["origin"]] = origin
     A[:, COL["duration"]] = [
@@ -355,6 +366,91 @@ def _fit_partition(part, cfg):
 
 
 # --------------------------------------------------------------------------------------------
+# Wafer clocks: the step origin of groups that do not start together in absolute time
+# --------------------------------------------------------------------------------------------
+def _trace_stats(df, cfg):
+    """First and last sample time and sample count of every trace (keys as columns)."""
+    by = [*cfg.group_keys, *cfg.trace_keys]
+    return df.groupby(by, sort=False)[cfg.time].agg(["min", "max", "count"]).reset_index()
+
+
+def _uses_clock(cfg):
+    return cfg.start_time is None and len(cfg.group_keys) > 0
+
+
+def learn_clock(stats, cfg):
+    """``{group key: (t_clock, t_offset, t_offset_tol)}`` from the training ``_trace_stats``.
+
+    Empty when a ``start_time`` column is given or without group keys; only groups that start
+    at a stable offset from another group of their wafers have an entry (:func:`clock_offsets`).
+    """
+    if not _uses_clock(cfg):
+        return {}
+    gk, tk = list(cfg.group_keys), list(cfg.trace_keys)
+    use = stats[stats["count"] >= max(cfg.min_points, 2)]
+    if not len(use):
+        return {}
+    grouped = use.groupby(gk, sort=True)
+    gcode = grouped.ngroup().to_numpy()
+    keys = [_as_tuple(k, len(gk)) for k in grouped.size().index]
+    wafer = use.groupby(tk, sort=False).ngroup().to_numpy()
+    first = use["min"].to_numpy(dtype=np.float64)
+    interval = (use["max"].to_numpy(dtype=np.float64) - first) / (use["count"].to_numpy() - 1)
+    clock, offset, tol = clock_offsets(first, interval, wafer, gcode, len(keys))
+    return {k: (c, o, t) for k, c, o, t in zip(keys, clock, offset, tol) if np.isfinite(c)}
+
+
+def _clock_of(stats, offsets, cfg):
+    """Wafer-clock origin of every trace of ``stats`` (NaN: first sample), see :func:`clock_origins`."""
+    gk, tk = list(cfg.group_keys), list(cfg.trace_keys)
+    gkeys = list(zip(*(stats[k] for k in gk)))
+    off = np.array([offsets.get(k, (np.nan,) * 3) for k in gkeys], dtype=np.float64).reshape(-1, 3)
+    wafer = stats.groupby(tk, sort=False).ngroup().to_numpy()
+    vote = stats["count"].to_numpy() >= cfg.min_points
+    first, last = stats["min"].to_numpy(dtype=np.float64), stats["max"].to_numpy(dtype=np.float64)
+    return clock_origins(first, last, wafer, off[:, 0], off[:, 1], off[:, 2], vote)
+
+
+def _with_clock(df, offsets, cfg):
+    """``df`` with the wafer-clock origin of each row's trace in column ``_CLOCK``, and its cfg."""
+    if not offsets or not _uses_clock(cfg):
+        return df, cfg
+    stats = _trace_stats(df, cfg)
+    codes = df.groupby([*cfg.group_keys, *cfg.trace_keys], sort=False).ngroup().to_numpy()
+    df = df.assign(**{_CLOCK: _clock_of(stats, offsets, cfg)[codes]})
+    return df, dataclasses.replace(cfg, clock_origin=_CLOCK)
+
+
+def _dask_with_clock(X, offsets, cfg):
+    """The dask version of :func:`_with_clock` (the per-trace table is computed, then merged)."""
+    if not offsets or not _uses_clock(cfg):
+        return X, cfg
+    by = [*cfg.group_keys, *cfg.trace_keys]
+    stats = X.groupby(by)[cfg.time].agg(["min", "max", "count"]).compute().reset_index()
+    stats[_CLOCK] = _clock_of(stats, offsets, cfg)
+    X = X.merge(stats[[*by, _CLOCK]], on=by, how="left")
+    return X, dataclasses.replace(cfg, clock_origin=_CLOCK)
+
+
+def _add_clock_columns(table, offsets, cfg):
+    """Insert ``t_clock``, ``t_offset`` and ``t_offset_tol`` after ``t_tol`` in a normal-model table."""
+    gk = list(cfg.group_keys)
+    keys = list(zip(*(table[k] for k in gk))) if gk else [()] * len(table)
+    vals = np.array([offsets.get(k, (np.nan,) * 3) for k in keys], dtype=np.float64).reshape(-1, 3)
+    at = table.columns.get_loc("t_tol") + 1
+    for j, c in enumerate(_CLOCK_COLS):
+        table.insert(at + j, c, vals[:, j])
+    return table
+
+
+def fit_frame(df, cfg):
+    """Normal-model table of a prepared pandas frame: wafer-clock offsets, then every group."""
+    offsets = learn_clock(_trace_stats(df, cfg), cfg)
+    part, c = _with_clock(df, offsets, cfg)
+    return _add_clock_columns(_fit_partition(part, c), offsets, cfg)
+
+
+# --------------------------------------------------------------------------------------------
 # Drivers: a whole frame (pandas or dask)
 # --------------------------------------------------------------------------------------------
 def fit_dask(X, cfg, initial_lots=None):
@@ -370,6 +466,12 @@ def fit_dask(X, cfg, initial_lots=None):
         lots = initial_lots(pd.unique(firsts[cfg.lot_key]))
         X = X[X[cfg.lot_key].isin(lots)]
     X = X.dropna(subset=[cfg.time, cfg.value])
+    offsets = {}
+    if _uses_clock(cfg):
+        stats = X.groupby([*gk, *cfg.trace_keys])[cfg.time].agg(["min", "max", "count"]).compute()
+        offsets = learn_clock(stats.reset_index(), cfg)
+    train = X
+    X, cfg = _dask_with_clock(X, offsets, cfg)
     parts = X.shuffle(on=list(gk), shuffle_method="tasks") if gk else X.repartition(npartitions=1)
     meta = pd.DataFrame(
         {
@@ -383,7 +485,7 @@ def fit_dask(X, cfg, initial_lots=None):
     )
     table = parts.map_partitions(_fit_partition, cfg, meta=meta).compute()
     table = table.sort_values(list(gk)).reset_index(drop=True) if gk else table.reset_index(drop=True)
-    return table, X
+    return _add_clock_columns(table, offsets, cfg), train
 
 
 def analyse_frame(X, models, cfg):
@@ -396,6 +498,7 @@ def analyse_frame(X, models, cfg):
     if _is_dask(X):
         check_columns(X.columns, cfg)
         X = X[required_columns(cfg)].dropna(subset=[cfg.time, cfg.value])
+        X, cfg = _dask_with_clock(X, _offsets(models), cfg)
         by = [*gk] + ([cfg.lot_key] if cfg.lot_key is not None else [])
         parts = X.shuffle(on=by, shuffle_method="tasks") if by else X.repartition(npartitions=1)
         meta = _empty_result(cfg)
@@ -404,6 +507,7 @@ def analyse_frame(X, models, cfg):
         res = parts.map_partitions(_analyse_partition, models, cfg, meta=meta).compute()
         return res.sort_values([*gk, *tk], kind="mergesort")
     df, keys = prepare_frame(X, cfg, return_keys=True)
+    df, cfg = _with_clock(df, _offsets(models), cfg)
     res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
     order = keys[[*gk, *tk]].drop_duplicates()
     res = order.merge(res, on=[*gk, *tk], how="left")
@@ -417,3 +521,8 @@ def analyse_frame(X, models, cfg):
             res.loc[lost, "lot"] = keys.drop_duplicates([*gk, *tk])[cfg.lot_key].to_numpy()[lost]
     res["n_points"] = res["n_points"].astype(np.int64)
     return res
+
+
+def _offsets(models):
+    """``{group key: (t_clock, t_offset, t_offset_tol)}`` of the models that have a wafer clock."""
+    return {k: (m.t_clock, m.t_offset, m.t_offset_tol) for k, m in models.items() if np.isfinite(m.t_clock)}

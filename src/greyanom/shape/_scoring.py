@@ -13,7 +13,17 @@ import numpy as np
 
 from greyanom.shape._hierarchy import PARAMS
 
-__all__ = ["NormalModel", "FitConfig", "change_split", "score_terms", "nominal_start", "trace_origins", "write_features"]
+__all__ = [
+    "NormalModel",
+    "FitConfig",
+    "change_split",
+    "score_terms",
+    "nominal_start",
+    "trace_origins",
+    "clock_offsets",
+    "clock_origins",
+    "write_features",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +39,10 @@ class NormalModel:
     t_start, t_tol : float
         Nominal step start and the tolerance on a trace's first sample time (see
         :func:`nominal_start`); ``t_tol`` NaN: each trace starts at its first sample.
+    t_clock, t_offset, t_offset_tol : float
+        The set of groups whose steps start together on each wafer, the offset of this
+        group's start from the set's clock and the tolerance on a trace's first sample around
+        it (see :func:`clock_offsets`); NaN: no wafer clock.
     """
 
     noise_sd: float
@@ -36,6 +50,9 @@ class NormalModel:
     sd: np.ndarray
     t_start: float = np.nan
     t_tol: float = np.nan
+    t_clock: float = np.nan
+    t_offset: float = np.nan
+    t_offset_tol: float = np.nan
 
     @property
     def prior(self):
@@ -51,6 +68,9 @@ class NormalModel:
             sd=np.array([row[f"sd_{p}"] for p in PARAMS], dtype=np.float64),
             t_start=float(row.get("t_start", np.nan)),
             t_tol=float(row.get("t_tol", np.nan)),
+            t_clock=float(row.get("t_clock", np.nan)),
+            t_offset=float(row.get("t_offset", np.nan)),
+            t_offset_tol=float(row.get("t_offset_tol", np.nan)),
         )
 
 
@@ -71,6 +91,8 @@ class FitConfig:
     n_jobs: int | None
     lot_prior: str
     group: tuple = ()
+    #: internal column with each trace's wafer-clock origin (:func:`clock_origins`), or None
+    clock_origin: str | None = None
 
     @property
     def lot_fits(self):
@@ -85,6 +107,9 @@ ALIGNED_STEPS = 2.0
 #: intervals of the nominal start takes the nominal start as its origin (up to about three
 #: missing first samples of irregularly sampled traces).
 MISSING_STEPS = 8.0
+#: A trace may start up to this fraction of its extent (from its wafer-clock origin to its
+#: last sample) after that origin and keep it (:func:`clock_origins`).
+LATE_FRACTION = 0.25
 #: Float columns of the per-trace analysis, in the order of the array it is filled in.
 RESULT_FLOAT = [
     *PARAMS,
@@ -137,17 +162,132 @@ def nominal_start(times):
     return float(np.median(first)), float(hi - lo + MISSING_STEPS * mean_dt)
 
 
-def trace_origins(times, t_start, t_tol, starts=None):
-    """Time origin of each trace: its step start, the group's nominal start, or NaN (first sample)."""
+def trace_origins(times, t_start, t_tol, starts=None, clock=None):
+    """Time origin of each trace: its step start, the group's nominal start, or NaN (first sample).
+
+    ``clock`` (per trace, from :func:`clock_origins`) is used only for a group without a nominal
+    start (``t_tol`` NaN); NaN entries fall back on the first sample.
+    """
     if starts is not None:
         return np.asarray(starts, dtype=np.float64)
     out = np.full(len(times), np.nan)
     if not np.isfinite(t_tol):
-        return out
+        return out if clock is None else np.asarray(clock, dtype=np.float64)
     first = np.array([t[0] if t.size else np.nan for t in times])
     near = np.abs(first - t_start) <= t_tol
     out[near] = t_start
     return out
+
+
+def clock_offsets(first, interval, wafer, group, n_groups):
+    """Sets of groups whose steps start together on each wafer, and each group's offset.
+
+    For data in which every wafer has its own clock (the traces' times share an offset that
+    changes from wafer to wafer), a group's step start is fixed relative to the other groups
+    of its wafer, not in absolute time. Per training trace: ``first`` (first sample time),
+    ``interval`` (mean sampling interval), integer codes ``wafer`` and ``group``. Greedily,
+    the group with the most traces among those left is a reference; every group left whose
+    first sample time minus the reference's agrees over the wafers that have both (10-90 %
+    range at most ``ALIGNED_STEPS`` sampling intervals, the larger of the two groups' median
+    mean interval, at least two wafers) joins its set, with ``offset`` the median difference
+    and ``tol`` the range plus ``MISSING_STEPS`` intervals. A set needs at least two groups
+    (one group cannot tell its own missing samples from a late clock); a group in no set
+    has NaN.
+
+    Returns
+    -------
+    clock, offset, tol : ndarray of shape (n_groups,)
+        The set (0, 1, ...; NaN: none), the offset of the group's start from the set's
+        clock and the tolerance on a trace's first sample around it.
+    """
+    first = np.asarray(first, dtype=np.float64)
+    interval = np.asarray(interval, dtype=np.float64)
+    wafer = np.asarray(wafer, dtype=np.int64)
+    group = np.asarray(group, dtype=np.int64)
+    n_wafers = int(wafer.max()) + 1 if wafer.size else 0
+    F = np.full((n_wafers, n_groups), np.nan)
+    F[wafer, group] = first
+    dt = np.full(n_groups, np.nan)
+    for g in np.unique(group):
+        m = (group == g) & np.isfinite(interval)
+        if m.any():
+            dt[g] = np.median(interval[m])
+    clock, offset, tol = (np.full(n_groups, np.nan) for _ in range(3))
+    count = np.isfinite(F).sum(axis=0)
+    left = np.flatnonzero((count >= 2) & (dt > 0))
+    k = 0
+    while left.size:
+        r = left[np.argmax(count[left])]
+        D = F[:, left] - F[:, [r]]
+        both = np.isfinite(D).sum(axis=0) >= 2
+        rng, mid = np.full(left.size, np.inf), np.full(left.size, np.nan)
+        if both.any():
+            lo, hi = np.nanpercentile(D[:, both], [10, 90], axis=0)
+            rng[both], mid[both] = hi - lo, np.nanmedian(D[:, both], axis=0)
+        step = np.maximum(dt[left], dt[r])
+        join = rng <= ALIGNED_STEPS * step
+        join[left == r] = True
+        if join.sum() >= 2:
+            members = left[join]
+            clock[members], offset[members] = k, mid[join]
+            offset[r] = 0.0
+            tol[members] = rng[join] + MISSING_STEPS * step[join]
+            k += 1
+            left = left[~join]
+        else:
+            left = left[left != r]
+    return clock, offset, tol
+
+
+def wafer_clock(first, wafer, offset, n_wafers):
+    """Each wafer's clock: the lower median over its traces of ``first - offset`` (per trace).
+
+    ``wafer`` codes a wafer, or a (wafer, set of groups) pair (:func:`clock_origins`).
+
+    Traces with a NaN ``first`` or ``offset`` do not vote; a wafer with fewer than two votes
+    gets NaN. The *lower* median because a missing first sample only ever makes a trace start
+    late: with two groups the earlier one wins, with three or more a minority of late traces
+    cannot move the clock.
+    """
+    c = np.asarray(first, dtype=np.float64) - np.asarray(offset, dtype=np.float64)
+    ok = np.isfinite(c)
+    w, c = np.asarray(wafer, dtype=np.int64)[ok], c[ok]
+    idx = np.lexsort((c, w))
+    w, c = w[idx], c[idx]
+    counts = np.bincount(w, minlength=n_wafers)
+    starts = np.cumsum(counts) - counts
+    out = np.full(n_wafers, np.nan)
+    has = counts >= 2
+    out[has] = c[starts[has] + (counts[has] - 1) // 2]
+    return out
+
+
+def clock_origins(first, last, wafer, clock, offset, tol, vote):
+    """Time origin of each trace from its wafer's clock (NaN: use its first sample).
+
+    ``first``, ``last``: first and last sample time of each trace; ``clock``, ``offset``,
+    ``tol``: its group's :func:`clock_offsets` (per trace); ``vote`` (bool, per trace):
+    whether the trace takes part in :func:`wafer_clock` (traces long enough to fit). Per
+    wafer and set of groups, the clock is the lower median of ``first - offset`` over the
+    set's traces; a trace's candidate origin is ``clock + offset``. It takes it when its
+    first sample lies at most ``tol`` before it, or at most
+    ``max(tol, LATE_FRACTION * (last - candidate))`` after it (missing first samples only
+    make a trace start late), so a trace missing its first samples keeps its wafer's origin.
+    """
+    first = np.asarray(first, dtype=np.float64)
+    last = np.asarray(last, dtype=np.float64)
+    clock = np.asarray(clock, dtype=np.float64)
+    offset = np.where(np.isfinite(clock), np.asarray(offset, dtype=np.float64), np.nan)
+    n_sets = int(np.nanmax(clock)) + 1 if np.isfinite(clock).any() else 1
+    code = np.asarray(wafer, dtype=np.int64) * n_sets + np.where(np.isfinite(clock), clock, 0).astype(np.int64)
+    n_codes = int(code.max()) + 1 if code.size else 0
+    base = wafer_clock(np.where(vote, first, np.nan), code, offset, n_codes)
+    origin = base[code] + offset
+    tol = np.asarray(tol, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        late = first - origin
+        near = (late >= -tol) & (late <= np.maximum(tol, LATE_FRACTION * (last - origin)))
+    return np.where(near, origin, np.nan)
 
 
 def score_terms(x, ssr, n_points, jtj, model):
