@@ -82,6 +82,9 @@ class ShapeWaferTime:
         self.det.score_wafers(self.df)
         self.analysis = self.det.analyse(self.df)
         self.mpca = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(self.df)
+        self.fast = ShapeSignatureDetector(
+            group_keys=("sensor",), n_initial_lots=3, lot_prior="normal", random_state=0
+        ).fit(self.df)
 
     def time_fit_traces(self):
         self.fit_traces(self.traces)
@@ -91,6 +94,10 @@ class ShapeWaferTime:
 
     def time_score_wafers_from_analysis(self):
         self.det.score_wafers(self.analysis)
+
+    def time_score_wafers_normal_prior(self):
+        """One fit per trace (no lot EM): what the lot refits of the default cost."""
+        self.fast.score_wafers(self.df)
 
     def time_mpca_score_wafers(self):
         self.mpca.score_wafers(self.df)

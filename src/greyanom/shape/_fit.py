@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 import warnings
 
@@ -243,6 +244,16 @@ def _terms(traces, params, mu, w, s2, origin=None):
     return f, g, h, jtj, ssr
 
 
+def prior_gradient(jtr, params, mean, sd, noise_sd):
+    """Gradient of ``SSR / (2 sigma^2) + sum_d (s_d - mean_d)^2 / (2 sd_d^2)`` from ``J^T r``.
+
+    ``jtr`` (n_traces, 6) is :attr:`SignatureFit.jtr` at ``params`` (n_traces, 6), so any
+    Gaussian prior ``(mean, sd)`` and noise level ``noise_sd`` give the gradient
+    :func:`objective_terms` would compute, without evaluating the traces again.
+    """
+    return -np.asarray(jtr) / noise_sd**2 + (np.asarray(params) - mean) / sd**2
+
+
 def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None, origin=None):
     """Objective, gradient and Hessian per trace in paper space at given signatures.
 
@@ -292,14 +303,85 @@ def objective_terms(traces, params, prior=None, noise_sd=None, *, n_jobs=None, o
     return f, g, h
 
 
-def _fit_traces(
-    traces, *, prior=None, noise_sd=None, init=None, model="auto", n_jobs=None, max_iter=100, tol=1e-8, origin=None
-):
+@dataclasses.dataclass(frozen=True)
+class _ArrayFit:
+    """What the fit kernel returns, as plain arrays (no pandas): the inner loops of the lot
+    fits and of the detector read these; :func:`_signature_fit` frames them once.
+
+    ``p`` is in the fitted space (general or paper), ``pp`` in paper space; ``regime`` holds
+    the kernel's codes; the rest as in :class:`SignatureFit`.
+    """
+
+    p: np.ndarray
+    pp: np.ndarray
+    status: np.ndarray
+    n_iter: np.ndarray
+    x: np.ndarray
+    ssr: np.ndarray
+    regime: np.ndarray
+    s2: np.ndarray
+    hessian: np.ndarray
+    jtj: np.ndarray
+    covariance: np.ndarray
+    jtr: np.ndarray
+    gradient: np.ndarray
+    cost: np.ndarray
+    n_points: np.ndarray
+    model: str
+    has_prior: bool
+
+    @property
+    def success(self):
+        return self.status > 0
+
+    def __len__(self):
+        return self.status.shape[0]
+
+
+_PARAM_INDEX = pd.Index(PARAM_NAMES)
+_GENERAL_INDEX = pd.Index(GENERAL_NAMES)
+
+
+def _signature_fit(raw, keys):
+    """The public :class:`SignatureFit` of an :class:`_ArrayFit` (``keys``: the trace keys or None)."""
+    paper = raw.model == "paper"
+    general = raw.p if not paper else _general_from_paper(raw.p)
+    return SignatureFit(
+        params=pd.DataFrame(raw.pp, index=keys, columns=_PARAM_INDEX),
+        general=pd.DataFrame(general, index=keys, columns=_GENERAL_INDEX),
+        x=raw.x,
+        regime=_REGIMES[raw.regime],
+        status=raw.status,
+        success=raw.success,
+        message=_MESSAGES[raw.status + 3],
+        n_iter=raw.n_iter,
+        cost=raw.cost,
+        ssr=raw.ssr,
+        n_points=raw.n_points,
+        noise_sd=np.sqrt(raw.s2),
+        hessian=raw.hessian,
+        jtj=raw.jtj,
+        covariance=raw.covariance,
+        model=raw.model,
+        has_prior=raw.has_prior,
+        jtr=raw.jtr,
+        gradient=raw.gradient,
+    )
+
+
+def _fit_traces(traces, **kwargs):
     """:func:`fit_traces` without the ConvergenceWarning (failures are in ``status``).
 
     ``origin`` (float or (n_traces,), NaN or None: the first sample) is the time origin ``x``
     of each trace, e.g. the start of its step.
     """
+    return _signature_fit(_fit_arrays(traces, **kwargs), traces.keys)
+
+
+def _fit_arrays(
+    traces, *, prior=None, noise_sd=None, init=None, model="auto", n_jobs=None, max_iter=100, tol=1e-8, origin=None
+):
+    """:func:`_fit_traces` returning plain arrays (an :class:`_ArrayFit`)."""
     traces = _check_traces(traces)
     n = len(traces)
     if model not in _MODELS:
@@ -340,11 +422,13 @@ def _fit_traces(
     hess = np.empty((n, 6, 6))
     jtj = np.empty((n, 6, 6))
     cov = np.empty((n, 6, 6))
+    jtr = np.empty((n, 6))
+    grad = np.empty((n, 6))
     with numba_threads(n_jobs, n):
         _kernels.fit_batch(
             traces.t, traces.z, traces.offsets, _origin(origin, n), paper, start, has_init, mu, w, noise_s2,
             min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
-            out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov,
+            out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov, jtr, grad,
         )
     n_pts = traces.n_points
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -354,25 +438,8 @@ def _fit_traces(
             cost = 0.5 * n_pts * np.log(s2) + ssr / (2 * s2)
             if prior_sd is not None:
                 cost = cost + np.sum(np.log(prior_sd) + 0.5 * w * (out_pp - mu) ** 2, axis=1)
-    general = out_p if not paper else _general_from_paper(out_p)
-    success = status > 0
-    result = SignatureFit(
-        params=pd.DataFrame(out_pp, index=traces.keys, columns=list(PARAM_NAMES)),
-        general=pd.DataFrame(general, index=traces.keys, columns=list(GENERAL_NAMES)),
-        x=x,
-        regime=_REGIMES[regime],
-        status=status,
-        success=success,
-        message=_MESSAGES[status + 3],
-        n_iter=n_iter,
-        cost=cost,
-        ssr=ssr,
-        n_points=n_pts,
-        noise_sd=np.sqrt(s2),
-        hessian=hess,
-        jtj=jtj,
-        covariance=cov,
-        model=model,
+    return _ArrayFit(
+        p=out_p, pp=out_pp, status=status, n_iter=n_iter, x=x, ssr=ssr, regime=regime, s2=s2, hessian=hess,
+        jtj=jtj, covariance=cov, jtr=jtr, gradient=grad, cost=cost, n_points=n_pts, model=model,
         has_prior=prior_sd is not None,
     )
-    return result

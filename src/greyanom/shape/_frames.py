@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from greyanom.shape._hierarchy import PARAMS, fit_lot
+from greyanom.shape._hierarchy import PARAMS, _fit_lot
 from greyanom.shape._scoring import (
     COL,
     N_CURVE,
@@ -213,7 +213,7 @@ def _fit_group(chunk, cfg):
         None if clock is None else clock[ok],
     )
     traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
-    res = fit_lot(
+    res = _fit_lot(
         traces, max_iter=cfg.max_em_iter, tol=cfg.em_tol, n_jobs=cfg.n_jobs,
         fit_kwargs={"origin": origin},
     )
@@ -259,7 +259,7 @@ def _analyse_chunk(chunk, model, cfg):
         fit = None
         if cfg.lot_fits and ok.size >= cfg.min_lot_size:
             try:
-                lot = fit_lot(
+                lot = _fit_lot(
                     traces,
                     init=model.prior,
                     update="laplace" if cfg.lot_prior == "em" else "mean",
@@ -274,14 +274,11 @@ def _analyse_chunk(chunk, model, cfg):
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg.group, exc)
         if fit is None:
             # the private fit does not warn: non-converged fits get the status "not_converged"
-            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+            fit = shape._fit._fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
             prior[ok] = "normal"
-        x = fit.params.to_numpy(dtype=np.float64)
+        x, success, ssr, jtj = fit.pp, fit.success, fit.ssr, fit.jtj
         finite = np.isfinite(x).all(axis=1)
-        success = np.asarray(fit.success, dtype=bool)
-        ssr = np.asarray(fit.ssr, dtype=np.float64)
-        npts = np.asarray(fit.n_points, dtype=np.float64)
-        jtj = np.asarray(fit.jtj, dtype=np.float64)
+        npts = fit.n_points.astype(np.float64)
         good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
         status[ok[~good]] = "fit_failed"
         status[ok[~good & np.isin(np.asarray(fit.status), _RANGE)]] = "out_of_range"
@@ -290,10 +287,8 @@ def _analyse_chunk(chunk, model, cfg):
         if g.size:
             xs = x[good]
             p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
-            sub = shape.Traces.from_arrays([times[i] for i in g], [values[i] for i in g])
-            _, grad, _ = shape.objective_terms(
-                sub, xs, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, origin=origin[g]
-            )
+            # the gradient under the normal model, from the fit kernel's last evaluation
+            grad = shape._fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
             A[np.ix_(g, cols(*PARAMS))] = xs
             A[g, COL["ssr"]] = ssr[good]
             A[g, COL["p_eff"]] = p_eff
@@ -305,8 +300,8 @@ def _analyse_chunk(chunk, model, cfg):
         # wafer features come from the normal-model-prior fit, so that a wafer's features do
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
-            fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
-        write_features(A, ok, fit)
+            fit = shape._fit._fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+        write_features(A, ok, shape._fit._signature_fit(fit, None))
     return keys, _chunk_frame(A, n_points, status, prior)
 
 

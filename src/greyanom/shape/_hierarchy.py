@@ -34,8 +34,8 @@ PARAMS = ("gamma", "R", "omega", "y", "phi", "c")
 _logger = logging.getLogger(__name__)
 
 
-def _fit_traces(traces, **kwargs):
-    from greyanom.shape._fit import _fit_traces as fit
+def _fit_arrays(traces, **kwargs):
+    from greyanom.shape._fit import _fit_arrays as fit
 
     return fit(traces, **kwargs)
 
@@ -135,6 +135,20 @@ def fit_lot(
     ValueError
         If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
     """
+    from greyanom.shape._fit import _signature_fit
+
+    lot = _fit_lot(
+        traces, init=init, update=update, max_iter=max_iter, tol=tol, min_sd=min_sd, n_jobs=n_jobs,
+        fit_kwargs=fit_kwargs,
+    )
+    return dataclasses.replace(lot, fit=_signature_fit(lot.fit, traces.keys))
+
+
+def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_sd=None, n_jobs=None, fit_kwargs=None):
+    """:func:`fit_lot` with the per-trace fits as plain arrays (``fit`` an ``_ArrayFit``).
+
+    Every E-step reads the kernel's arrays directly (no frames per iteration).
+    """
     if update not in ("laplace", "bcd", "mean"):
         raise ValueError(f"update must be 'laplace', 'bcd' or 'mean', got {update!r}.")
     if update == "mean" and init is None:
@@ -145,8 +159,8 @@ def fit_lot(
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
     if init is None:
         # failed cold starts only leave the robust start (the private fit does not warn)
-        fit0 = _fit_traces(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
-        x0 = fit0.params.to_numpy(dtype=np.float64)
+        fit0 = _fit_arrays(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
+        x0 = fit0.pp
         ok = np.asarray(fit0.success, dtype=bool) & np.isfinite(x0).all(axis=1)
         if ok.sum() < 2:
             raise ValueError(
@@ -166,8 +180,8 @@ def fit_lot(
     used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
         # failures are in fit.success, reported by the caller
-        fit = _fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
-        x = fit.params.to_numpy(dtype=np.float64)
+        fit = _fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        x = fit.pp
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
         if used.sum() < 2:
             raise ValueError(f"only {int(used.sum())} of {n} traces could be fitted; need at least 2.")
@@ -208,7 +222,7 @@ def fit_lot(
     if converged:
         final = fit
     else:
-        final = _fit_traces(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        final = _fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
     if not converged:
         _logger.info("fit_lot: %s update did not converge in %d iterations", update, max_iter)
     return LotFit(

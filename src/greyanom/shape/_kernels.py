@@ -694,12 +694,26 @@ def _minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
 
     Returns ``(status, n_iter, F, ssr)``.
     """
+    jtj = np.empty((6, 6))
+    jtr = np.empty(6)
+    so = np.zeros((6, 6))
+    return _minimise_terms(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol, jtj, jtr, so)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _minimise_terms(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol, jtj, jtr, so):
+    """:func:`_minimise` that also leaves the last accepted evaluation's terms.
+
+    On return ``jtj``, ``jtr`` and ``so`` (``so`` in paper space only) hold ``J^T J``,
+    ``J^T r`` and ``sum_i r_i H_i`` of the normalised trace at the returned ``p`` (trial
+    points are evaluated into separate buffers, so a rejected last step leaves them alone).
+    """
     hess = np.empty((6, 6))
     grad = np.empty(6)
     gnd = np.empty(6)
-    jtj = np.empty((6, 6))
-    jtr = np.empty(6)
-    so = np.empty((6, 6))
+    jtj2 = np.empty((6, 6))
+    jtr2 = np.empty(6)
+    so2 = np.zeros((6, 6))
     h2 = np.empty((6, 6))
     g2 = np.empty(6)
     gnd2 = np.empty(6)
@@ -774,7 +788,7 @@ def _minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
             for m in range(6):
                 s += hess[k, m] * step[m]
             pred -= grad[k] * step[k] + 0.5 * step[k] * s
-        f2, ssr2 = _evaluate(paper, u, v, trial, mu, w, inv_s2, h2, g2, gnd2, jtj, jtr, so)
+        f2, ssr2 = _evaluate(paper, u, v, trial, mu, w, inv_s2, h2, g2, gnd2, jtj2, jtr2, so2)
         accepted = math.isfinite(f2) and f2 < f
         if accepted:
             rho = (f - f2) / pred if pred > 0.0 else 0.0
@@ -784,8 +798,11 @@ def _minimise(paper, u, v, p, mu, w, inv_s2, bounded, max_iter, tol):
                 p[k] = trial[k]
                 grad[k] = g2[k]
                 gnd[k] = gnd2[k]
+                jtr[k] = jtr2[k]
                 for m in range(6):
                     hess[k, m] = h2[k, m]
+                    jtj[k, m] = jtj2[k, m]
+                    so[k, m] = so2[k, m]
             f = f2
             ssr = ssr2
             t = 2.0 * rho - 1.0
@@ -932,7 +949,7 @@ def fit_batch(
     t, z, offsets, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
     critical_tol, degenerate_tol,
     out_p, out_pp, out_status, out_iter, out_x, out_ssr, out_regime, out_s2, out_hess, out_jtj,
-    out_cov,
+    out_cov, out_jtr, out_grad,
 ):
     """Fit every trace and post-process it; parallel over traces.
 
@@ -945,7 +962,15 @@ def fit_batch(
     Outputs per trace: fitted-space parameters ``out_p`` and paper parameters ``out_pp``
     (NaN where (11) has none), status, iterations, ``x``, SSR, regime code, the noise
     variance used, the exact paper-space Hessian of the objective, ``J^T J`` and the
-    Laplace covariance (NaN where the Hessian is not SPD).
+    Laplace covariance (NaN where the Hessian is not SPD), ``J^T r`` (``r = z - alpha``) and
+    the gradient of the objective ``SSR / (2 s2) + sum_d w_d (s_d - mu_d)^2 / 2`` (``s2`` the
+    given ``noise_s2``, or 1 without one: the gradient of ``SSR / 2``).
+
+    The paper-space terms come from the minimiser's last accepted evaluation, mapped from
+    normalised to original units (the map is diagonal and affine, so ``J^T J``, ``J^T r``
+    and ``sum_i r_i H_i`` scale by ``sd^2 a_k a_m`` and ``sd^2 a_k``, ``a`` the derivative of
+    the normalised parameters by the original ones): no second pass over the samples. A
+    fit in general space is evaluated once in paper space at the returned signature.
     """
     n_traces = offsets.shape[0] - 1
     u_all = np.empty(t.shape[0])
@@ -961,6 +986,9 @@ def fit_batch(
                 out_hess[j, k, m] = np.nan
                 out_jtj[j, k, m] = np.nan
                 out_cov[j, k, m] = np.nan
+        for k in range(6):
+            out_jtr[j, k] = np.nan
+            out_grad[j, k] = np.nan
         out_iter[j] = 0
         out_ssr[j] = np.nan
         out_s2[j] = np.nan
@@ -1021,7 +1049,10 @@ def fit_batch(
                 if fq < fp or not math.isfinite(fp):
                     for k in range(6):
                         p[k] = q[k]
-        status, n_it, f, ssr = _minimise(paper, u, v, p, mu, w, is2, bounded, max_iter, tol)
+        jtj = np.empty((6, 6))
+        jtr = np.empty(6)
+        so = np.zeros((6, 6))
+        status, n_it, f, ssr = _minimise_terms(paper, u, v, p, mu, w, is2, bounded, max_iter, tol, jtj, jtr, so)
         out_status[j] = status
         out_iter[j] = n_it
         if status < 0:
@@ -1086,20 +1117,36 @@ def fit_batch(
                 finite = False
         if not finite:
             continue
-        # exact paper-space terms in original units (u_all is free again: reuse it for tau)
-        for i in range(lo, hi):
-            u_all[i] = t[i] - x
+        # exact paper-space terms in original units
+        if paper:
+            # from the last evaluation: d(normalised p_k)/d(original p_k) = a_k, residuals * sd
+            a = np.empty(6)
+            a[0] = span
+            a[1] = 1.0 / sd
+            a[2] = span
+            a[3] = 1.0 / sd
+            a[4] = 1.0
+            a[5] = span / sd
+            sd2 = sd * sd
+            for k in range(6):
+                jtr[k] *= sd2 * a[k]
+                for m in range(6):
+                    akm = sd2 * a[k] * a[m]
+                    jtj[k, m] *= akm
+                    so[k, m] *= akm
+        else:
+            # general space: one evaluation in paper space (u_all is free again: reuse it for tau)
+            for i in range(lo, hi):
+                u_all[i] = t[i] - x
+            _pass_paper(u_all[lo:hi], z[lo:hi], pp, jtj, jtr, so)
+        # K = J^T J - sum r H; objective Hessian = K / s2 + W
         hess = np.empty((6, 6))
-        grad = np.empty(6)
-        gnd = np.empty(6)
-        jtj = np.empty((6, 6))
-        jtr = np.empty(6)
-        so = np.empty((6, 6))
-        _evaluate(True, u_all[lo:hi], z[lo:hi], pp, prior_mu[j], prior_w[j], 1.0, hess, grad, gnd, jtj, jtr, so)
-        # hess = K + W with K = J^T J - sum r H; objective Hessian = K / s2 + W
+        gs2 = noise_s2[j] if noise_s2[j] > 0.0 else 1.0
         for k in range(6):
-            hess[k, k] -= prior_w[j, k]
+            out_jtr[j, k] = jtr[k]
+            out_grad[j, k] = -jtr[k] / gs2 + prior_w[j, k] * (pp[k] - prior_mu[j, k])
             for m in range(6):
+                hess[k, m] = jtj[k, m] - so[k, m]
                 out_jtj[j, k, m] = jtj[k, m]
                 out_hess[j, k, m] = hess[k, m] / s2
             out_hess[j, k, k] += prior_w[j, k]

@@ -82,6 +82,17 @@ class SignatureFit:
     model : {"general", "paper"}
         Parametrisation that was optimised.
     has_prior : bool
+    jtr : ndarray of shape (n_traces, 6) or None
+        ``J^T r`` in paper space (``r = z - alpha``, not divided by sigma^2), from the fit's
+        last evaluation: with :attr:`jtj` and :attr:`ssr` it gives the gradient of the
+        objective under any Gaussian prior and noise level,
+        ``-jtr / sigma^2 + (s - mean) / sd^2``, without a second pass over the samples.
+        NaN where ``params`` has NaN.
+    gradient : ndarray of shape (n_traces, 6) or None
+        Gradient of :attr:`cost` with respect to ``params`` at the solution (what
+        :func:`~greyanom.shape.objective_terms` returns there with the same ``prior`` and
+        ``noise_sd``): about zero at an interior optimum, non-zero at an active bound
+        (``omega = 0``, ``|phi| = pi/2``) or where the fit stopped early.
     """
 
     params: pd.DataFrame
@@ -101,6 +112,8 @@ class SignatureFit:
     covariance: np.ndarray
     model: str
     has_prior: bool
+    jtr: np.ndarray | None = None
+    gradient: np.ndarray | None = None
 
     def __len__(self):
         return len(self.params)
