@@ -295,7 +295,7 @@ def _analyse_chunk(chunk, model, cfg):
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
             fit = shape._fit._fit_traces(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
-        write_features(A, ok, fit)
+        write_features(A, ok, fit, traces)
     return keys, _chunk_frame(A, n_points, status, prior)
 
 
