@@ -116,7 +116,8 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
     wafer_columns_ : pandas.MultiIndex
         The wafer features, ``group_keys + ("feature",)``: the fitted curve at 8 points of
         normalised step time (``curve_0`` ... ``curve_7``), ``log_sd`` (log residual sd),
-        ``feat_y`` and ``feat_c`` (level and slope), ``duration``, ``n_points`` and
+        ``feat_y`` and ``feat_c`` (level and slope), ``raw_mean`` (mean of the samples),
+        ``res_0`` ... ``res_3`` (mean residual per quarter of step time), ``duration``, ``n_points`` and
         ``unfitted`` (1 for a trace that could not be fitted), per group.
     wafer_heldout_scores_ : pandas.Series
         Cross-fitted wafer scores of the training wafers.

@@ -301,7 +301,7 @@ def _analyse_chunk(chunk, model, cfg):
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
             fit = shape._fit._fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
-        write_features(A, ok, shape._fit._signature_fit(fit, None))
+        write_features(A, ok, shape._fit._signature_fit(fit, None), traces)
     return keys, _chunk_frame(A, n_points, status, prior)
 
 

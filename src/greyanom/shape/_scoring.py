@@ -130,6 +130,11 @@ RESULT_FLOAT = [
 N_CURVE = 8
 CURVE_COLS = [f"curve_{j}" for j in range(N_CURVE)]
 RESULT_FLOAT += CURVE_COLS
+#: Equal segments of normalised step time over which the mean residual of the fitted curve is
+#: a wafer feature (what the curve smooths over: a late shift, a bump).
+N_SEGMENTS = 4
+SEGMENT_COLS = [f"res_{j}" for j in range(N_SEGMENTS)]
+RESULT_FLOAT += ["raw_mean", *SEGMENT_COLS]
 
 #: Column positions in the analysis array.
 COL = {c: i for i, c in enumerate(RESULT_FLOAT)}
@@ -311,8 +316,14 @@ def score_terms(x, ssr, n_points, jtj, model):
     return p_eff, fit, P, raw
 
 
-def write_features(A, ok, fit):
-    """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c."""
+def write_features(A, ok, fit, traces=None):
+    """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c.
+
+    With ``traces`` (the fitted traces, rows of ``fit``) also ``raw_mean``, the mean of the
+    trace's samples, and ``res_0`` ... ``res_{N_SEGMENTS-1}``, the mean residual
+    ``value - fitted curve`` of the samples in each of ``N_SEGMENTS`` equal segments of
+    normalised step time ``u = (t - origin) / duration`` (0 for a segment without a sample).
+    """
     x = fit.params.to_numpy(dtype=np.float64)
     ssr = np.asarray(fit.ssr, dtype=np.float64)
     good = np.isfinite(x).all(axis=1) & np.isfinite(ssr)
@@ -327,22 +338,48 @@ def write_features(A, ok, fit):
     A[g, COL["log_sd"]] = 0.5 * np.log(np.maximum(ssr[good] / npts, 1e-300))
     A[g, COL["feat_y"]] = x[good, PARAMS.index("y")]
     A[g, COL["feat_c"]] = x[good, PARAMS.index("c")]
+    if traces is not None:
+        _write_residual_features(A, g, good, fit, traces, x0, dur)
+
+
+def _write_residual_features(A, g, good, fit, traces, x0, dur):
+    """``raw_mean`` and the segment residual means of rows ``g`` (``good`` rows of ``fit``)."""
+    off = traces.offsets
+    idx = np.flatnonzero(good)
+    t = [traces.t[off[j]:off[j + 1]] for j in idx]
+    v = [traces.z[off[j]:off[j + 1]] for j in idx]
+    lens = np.array([a.size for a in t], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    pred = _predict(fit, good, np.concatenate(t), offsets)
+    for r, (tj, vj) in enumerate(zip(t, v)):
+        A[g[r], COL["raw_mean"]] = vj.mean()
+        res = vj - pred[offsets[r]:offsets[r + 1]]
+        u = (tj - x0[r]) / dur[r] if dur[r] > 0 else np.zeros_like(tj)
+        seg = np.clip((u * N_SEGMENTS).astype(np.int64), 0, N_SEGMENTS - 1)
+        s = np.bincount(seg, weights=res, minlength=N_SEGMENTS)
+        n = np.bincount(seg, minlength=N_SEGMENTS)
+        A[g[r], cols(*SEGMENT_COLS)] = np.where(n > 0, s / np.maximum(n, 1), 0.0)
 
 
 def curve_at(fit, rows, times):
     """Fitted curves of the ``rows`` (boolean mask) of ``fit`` at per-trace ``times``."""
+    t = np.concatenate(times) if times else np.zeros(0)
+    offsets = np.arange(len(times) + 1, dtype=np.int64) * N_CURVE
+    return _predict(fit, rows, t, offsets).reshape(len(times), N_CURVE)
+
+
+def _predict(fit, rows, t, offsets):
+    """Fitted curves of the ``rows`` of ``fit`` at flat times ``t`` (CSR ``offsets``)."""
     from greyanom.shape import _kernels
     from greyanom.shape._fit import numba_threads
 
     paper = fit.model == "paper"
     table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
     x = np.asarray(fit.x, dtype=np.float64)[rows]
-    t = np.concatenate(times) if times else np.zeros(0)
-    offsets = np.arange(len(times) + 1, dtype=np.int64) * N_CURVE
     out = np.empty(t.shape[0])
-    with numba_threads(None, len(times)):  # small batches: one thread
-        _kernels.predict_batch(t, offsets, x, np.ascontiguousarray(table), paper, out)
-    return out.reshape(len(times), N_CURVE)
+    with numba_threads(None, offsets.shape[0] - 1):  # small batches: one thread
+        _kernels.predict_batch(np.ascontiguousarray(t, dtype=np.float64), offsets, x, np.ascontiguousarray(table), paper, out)
+    return out
 
 
 def change_split(traces, before, after, terms_before, terms_after, model, origin):

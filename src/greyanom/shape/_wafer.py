@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from greyanom._wafer_frames import WaferFeatures, as_index
+from greyanom.shape._scoring import CURVE_COLS, SEGMENT_COLS
 
 __all__ = ["TraceAnalysis", "FITTED", "wafer_features", "WAFER_FEATURES"]
 
@@ -16,10 +17,12 @@ FITTED = ("ok", "not_converged")
 
 #: Per-trace columns of the analysis that become wafer features, per group.
 WAFER_FEATURES = (
-    *[f"curve_{j}" for j in range(8)],
+    *CURVE_COLS,
     "log_sd",
     "feat_y",
     "feat_c",
+    "raw_mean",
+    *SEGMENT_COLS,
     "duration",
     "n_points",
     "unfitted",
@@ -50,7 +53,7 @@ class TraceAnalysis:
         return len(self.traces)
 
 
-def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order):
+def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order, features=WAFER_FEATURES):
     """Pivot the per-trace analysis ``res`` into the wafer feature matrix.
 
     A trace that could not be fitted keeps its duration and sample count, its signature
@@ -62,7 +65,7 @@ def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order):
     fitted = r["status"].isin(FITTED).to_numpy()
     r["unfitted"] = (~fitted).astype(np.float64)
     r["n_points"] = r["n_points"].astype(np.float64)
-    feats = list(WAFER_FEATURES)
+    feats = list(features)
     r = r[feats].reset_index()
     if not gk:
         r["group"] = "all"
