@@ -12,18 +12,14 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_random_state
 
-from greyanom._optional import import_optional
 from greyanom.base import ImageExplanation
+from greyanom.image import _align
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import smooth_maps
 
 __all__ = ["RegisteredPixelDetector", "RegisteredExplanation"]
 
 _MAD_TO_STD = 1.4826
-
-
-def _registration():
-    return import_optional("skimage.registration", "image", "RegisteredPixelDetector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,24 +227,8 @@ class RegisteredPixelDetector(BaseImageDetector):
         return (resid / scale).reshape(n, h, w)
 
     def _estimate_shifts(self, images, reference_fft):
-        reg = _registration()
-        window = _window(images.shape[1:])
-        shifts = np.empty((len(images), 2))
-        flat_reference = not np.any(reference_fft[1:, :]) and not np.any(reference_fft[0, 1:])
-        for i, img in enumerate(images):
-            if flat_reference or not np.any(img):  # nothing to register (constant images)
-                shifts[i] = 0.0
-                continue
-            shifts[i] = reg.phase_cross_correlation(
-                reference_fft,
-                np.fft.fft2(img * window),
-                space="fourier",
-                upsample_factor=self.upsample_factor,
-                normalization=None,
-            )[0]
-        if self.max_shift is not None:
-            shifts[np.hypot(shifts[:, 0], shifts[:, 1]) > self.max_shift] = 0.0
-        return shifts
+        return _align.phase_shifts(images, reference_fft, upsample_factor=self.upsample_factor,
+                            max_shift=self.max_shift, purpose="RegisteredPixelDetector")
 
     @staticmethod
     def _shift(images, shifts, order):
@@ -258,7 +238,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         return out
 
     def _reference_fft(self, reference):
-        return np.fft.fft2(reference * _window(reference.shape))
+        return _align.windowed_fft(reference)
 
     def _register(self, images, reference):
         norm = self._normalise(images)
@@ -390,15 +370,6 @@ def _plane_basis(shape):
     yy, xx = np.mgrid[0:h, 0:w]
     A = np.stack([np.ones(h * w), (xx.ravel() - w / 2) / w, (yy.ravel() - h / 2) / h], axis=1)
     return A, np.linalg.pinv(A)
-
-
-@functools.lru_cache(maxsize=8)
-def _window(shape):
-    """Hann window of ``shape``: without it, a periodic die pattern correlates as well one
-    die pitch away as in place, and phase correlation jumps by whole dies."""
-    from scipy.signal.windows import hann
-
-    return np.outer(hann(shape[0], sym=False), hann(shape[1], sym=False))
 
 
 def _floored_mean(maps):
