@@ -35,13 +35,13 @@ VARIANTS = [
 def main():
     from greyanom import RegisteredPixelDetector
     from greyanom.datasets import make_wafer_images
-    from greyanom.image import _registered
+    from greyanom.image import _align
     from greyanom.metrics import evaluate
 
     data = make_wafer_images(n_train=200, n_test=100, random_state=0)
-    window = _registered._window
+    window = _align.hann_window
     for name, params, no_window in VARIANTS:
-        _registered._window = (lambda shape: np.ones(shape)) if no_window else window
+        _align.hann_window = (lambda shape: np.ones(shape)) if no_window else window
         det = RegisteredPixelDetector(random_state=0, **params).fit(data.X_train)
         e = det.explain(data.X_test)
         r = evaluate(data.y_test, e.score, heatmaps=e.heatmap, masks=data.masks_test,
@@ -49,7 +49,7 @@ def main():
         types = ", ".join(f"{k} {v:.2f}" for k, v in r.per_type.items() if k != "good")
         print(f"{name:<34} AUROC {r.auroc:.3f}  pixel AUROC {r.pixel_auroc:.3f}  AUPRO {r.aupro:.3f}  | {types}",
               flush=True)
-    _registered._window = window
+    _align.hann_window = window
     return 0
 
 
