@@ -176,12 +176,16 @@ class RegisteredPixelDetector(BaseImageDetector):
         "n_iter": [Interval(numbers.Integral, 0, None, closed="left")],
         "std_floor": [Interval(numbers.Real, 0, None, closed="neither")],
         "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "blob_sigma": [Interval(numbers.Real, 0, None, closed="left")],
         "coarse_sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "line_length": [Interval(numbers.Real, 0, None, closed="left")],
+        "n_orientations": [Interval(numbers.Integral, 1, None, closed="left")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
     _explanation_class = RegisteredExplanation
-    _array_names = ("reference_", "median_", "std_", "norm_", "coarse_norm_", "mean_", "components_", "train_shifts_")
+    _array_names = ("reference_", "median_", "std_", "norm_", "scale_calibration_", "mean_", "components_",
+                    "train_shifts_")
 
     def __init__(
         self,
@@ -192,7 +196,10 @@ class RegisteredPixelDetector(BaseImageDetector):
         n_iter=2,
         std_floor=0.05,
         heatmap_sigma=1.0,
+        blob_sigma=1.0,
         coarse_sigma=0.0,
+        line_length=6.0,
+        n_orientations=8,
         score_reduction="max",
         smoothing_sigma=0.0,
         topk_fraction=0.001,
@@ -206,7 +213,10 @@ class RegisteredPixelDetector(BaseImageDetector):
         self.n_iter = n_iter
         self.std_floor = std_floor
         self.heatmap_sigma = heatmap_sigma
+        self.blob_sigma = blob_sigma
         self.coarse_sigma = coarse_sigma
+        self.line_length = line_length
+        self.n_orientations = n_orientations
         self.score_reduction = score_reduction
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
@@ -277,16 +287,38 @@ class RegisteredPixelDetector(BaseImageDetector):
         std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
         self.median_ = median.astype(np.float32)
         self.std_ = std.astype(np.float32)
-        fine, coarse = self._scale_maps((resid - median) / std)
-        self.norm_ = _floored_mean(fine)
-        self.coarse_norm_ = _floored_mean(coarse) if coarse is not None else np.ones((h, w), np.float32)
+        maps = self._scale_maps((resid - median) / std)
+        # each scale: per-pixel RMS of the training maps (floored), then calibrated so that
+        # the median training image peaks at 1, which makes the scales comparable
+        norm = np.sqrt(np.mean(maps**2, axis=1))
+        floor = np.maximum(0.25 * np.median(norm, axis=(1, 2), keepdims=True), 1e-3)
+        self.norm_ = np.maximum(norm, floor).astype(np.float32)
+        peaks = (maps / self.norm_[:, None]).reshape(len(maps), n, -1).max(axis=2)
+        self.scale_calibration_ = np.maximum(np.median(peaks, axis=1), 1e-6).astype(np.float32)
         self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
 
+    def _scales(self):
+        """The detection scales as ``(kind, size)``: ``"abs"`` blurred ``|z|``, ``"signed"``
+        ``|blurred z|``, ``"line"`` oriented line filters of ``z``."""
+        scales = [("abs", float(self.heatmap_sigma))]
+        for sigma in (self.blob_sigma, self.coarse_sigma):
+            if sigma > 0:
+                scales.append(("signed", float(sigma)))
+        if self.line_length > 0:
+            scales.append(("line", float(self.line_length)))
+        return scales
+
     def _scale_maps(self, z):
-        """The fine map (blurred ``|z|``) and the coarse one (``|blurred z|``, or None)."""
-        fine = smooth_maps(np.abs(z), self.heatmap_sigma)
-        coarse = np.abs(smooth_maps(z, self.coarse_sigma)) if self.coarse_sigma > 0 else None
-        return fine, coarse
+        """One map per scale, shape ``(n_scales, n, H, W)`` (float32)."""
+        out = np.empty((len(self._scales()),) + z.shape, np.float32)
+        for i, (kind, size) in enumerate(self._scales()):
+            if kind == "abs":
+                out[i] = smooth_maps(np.abs(z), size)
+            elif kind == "signed":
+                out[i] = np.abs(smooth_maps(z, size))
+            else:
+                out[i] = _line_response(z, size, int(self.n_orientations))
+        return out
 
     def _residuals(self, aligned):
         """Aligned images minus their projection on the PCA modes (all of them if k = 0)."""
@@ -301,11 +333,9 @@ class RegisteredPixelDetector(BaseImageDetector):
     def _heatmap_batch(self, images):
         aligned, shifts = self._register(images, self.reference_.astype(np.float64))
         resid = self._residuals(aligned)
-        fine, coarse = self._scale_maps((resid - self.median_) / self.std_)
-        heat = fine / self.norm_
-        if coarse is not None:
-            heat = np.maximum(heat, coarse / self.coarse_norm_)
-        heat = self._shift(heat, -shifts, order=1)
+        maps = self._scale_maps((resid - self.median_) / self.std_)
+        maps /= self.norm_[:, None] * self.scale_calibration_[:, None, None, None]
+        heat = self._shift(maps.max(axis=0), -shifts, order=1)
         return heat, aligned, resid, shifts
 
     def _explain_batch(self, images):
@@ -354,6 +384,8 @@ class RegisteredPixelDetector(BaseImageDetector):
             setattr(self, name, np.asarray(arrays[name]))
         self.n_components_ = int(self.components_.shape[0])
         self.n_features_in_ = int(self.reference_.size)
+        if self.norm_.ndim != 3 or len(self.norm_) != len(self._scales()):
+            raise ValueError("the saved RegisteredPixelDetector's norm_ does not match its scales.")
         self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
 
     def _json_state(self):
@@ -372,10 +404,32 @@ def _plane_basis(shape):
     return A, np.linalg.pinv(A)
 
 
-def _floored_mean(maps):
-    """Per-pixel mean of training maps, floored at a quarter of its median (float32)."""
-    mean = maps.mean(axis=0)
-    return np.maximum(mean, max(0.25 * float(np.median(mean)), 1e-3)).astype(np.float32)
+@functools.lru_cache(maxsize=8)
+def _line_kernels(shape, length, n_orientations):
+    """Transfer functions (rfft2 layout) of elongated Gaussians: ``length`` pixels (standard
+    deviation) along the line, 1 pixel across, at ``n_orientations`` angles in [0, pi)."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    kernels = []
+    for t in np.arange(n_orientations) * np.pi / n_orientations:
+        along = fx * np.cos(t) + fy * np.sin(t)
+        across = -fx * np.sin(t) + fy * np.cos(t)
+        kernels.append(np.exp(-2 * np.pi**2 * (length**2 * along**2 + across**2)))
+    return np.array(kernels)
+
+
+def _line_response(z, length, n_orientations):
+    """Largest ``|response|`` over orientations of the line filters (a matched filter for thin
+    scratches: it averages ``z`` along a line, so faint long lines stand out of the noise)."""
+    kernels = _line_kernels(z.shape[1:], length, n_orientations)
+    out = np.empty(z.shape, np.float32)
+    for i, img in enumerate(z):
+        F = np.fft.rfft2(img)
+        best = np.zeros(img.shape)
+        for k in kernels:
+            np.maximum(best, np.abs(np.fft.irfft2(F * k, s=img.shape)), out=best)
+        out[i] = best
+    return out
 
 
 def _to_grey_levels(model, images):
