@@ -1,7 +1,7 @@
 """RegisteredPixelDetector design choices on make_wafer_images (seed 0, 200 train / 100 test).
 
 Each row changes one choice against the defaults: no Hann window before phase correlation
-(monkeypatched, to show why it is there), no PCA modes, a wider fine blur, the coarse scale,
+(monkeypatched, to show why it is there), no PCA modes, a single scale, no line filters, the coarse scale,
 the top-k reduction. Prints image AUROC, pixel AUROC, AUPRO and the detection rate per
 defect type at FPR 5% (``greyanom.metrics.evaluate``). One thread.
 
@@ -26,7 +26,8 @@ VARIANTS = [
     ("default", {}, False),
     ("no Hann window, n_components=0", {"n_components": 0}, True),
     ("n_components=0", {"n_components": 0}, False),
-    ("heatmap_sigma=2", {"heatmap_sigma": 2.0}, False),
+    ("single scale (no blob, no lines)", {"blob_sigma": 0.0, "line_length": 0.0}, False),
+    ("no line filters", {"line_length": 0.0}, False),
     ("coarse_sigma=4", {"coarse_sigma": 4.0}, False),
     ("topk 0.1%, smoothing_sigma=1", {"score_reduction": "topk", "smoothing_sigma": 1.0}, False),
 ]
