@@ -234,3 +234,29 @@ def test_die_generator_seeded_and_masked():
         make_die_images(defect_types=["scratch"])
     with pytest.raises(ValueError, match="image_size"):
         make_die_images(image_size=16)
+
+
+def test_line_filter_finds_a_faint_thin_scratch():
+    from greyanom.image._registered import _line_response
+
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((2, 64, 64))
+    z[1, 32, 8:56] += 2.0  # one-pixel line of 2 sigma: within the noise's peak pixel by pixel
+    resp = _line_response(z, 6.0, 8)
+    assert resp.shape == z.shape and resp.dtype == np.float32
+    # averaged along the line it stands far above the noise image's peak
+    assert resp[1].max() > 1.5 * resp[0].max()
+    r, _ = np.unravel_index(resp[1].argmax(), (64, 64))
+    assert 31 <= r <= 33
+    # the response along a line of each orientation is the same (no orientation is favoured)
+    flip = _line_response(np.swapaxes(z, 1, 2), 6.0, 8)
+    np.testing.assert_allclose(flip[1].max(), resp[1].max(), rtol=1e-4)
+
+
+def test_scales_are_calibrated_and_can_be_switched_off(data):
+    det = RegisteredPixelDetector(n_components=5, random_state=0).fit(data.X_train)
+    assert det.norm_.shape == (3, 64, 64) and det.scale_calibration_.shape == (3,)
+    one = RegisteredPixelDetector(n_components=5, blob_sigma=0, line_length=0, random_state=0).fit(data.X_train)
+    assert one.norm_.shape == (1, 64, 64)
+    # the calibrated training heatmaps peak near 1 in the median image
+    assert 0.8 < float(np.median(det.decision_scores_)) < 2.5
