@@ -13,7 +13,8 @@ own): ``PCADetector``, ``PaDiMDetector``, ``PaDiMDetector[max]`` (PaDiM with
 ``ConvVAEDetector`` with the recipe of ``--vae-recipe`` (``full``: its defaults, up to 50
 epochs; ``short``: 8 epochs). ``ConvVAEDetector[pixels,std,register]`` (the pixel route of
 issue 12 part 2: ``input_space="pixels"``, ``residual_normalization="std"``,
-``register=True``, same recipe) is accepted by ``--detectors`` but not in the default list,
+``register=True``, same recipe; ``[pixels,std,register,lr=3e-4]`` also sets
+``learning_rate``) is accepted by ``--detectors`` but not in the default list,
 since one full-recipe fit takes most of an hour on a shared CPU. Columns: image AUROC, AUPRC, FNR at FPR = 5%, pixel AUROC and
 AUPRO (``greyanom.metrics.evaluate``), fit time, score time per image at batch 1 (median
 over 20 single images) and batch 32, and the fitted model's size. Every child runs with
@@ -92,8 +93,14 @@ def make(name, vae_recipe):
         det.set_params(score_reduction="max")
     if variant == "k=0]":
         det.set_params(n_components=0)
-    if variant == "pixels,std,register]":
+    tokens = variant.rstrip("]").split(",")
+    if base == "ConvVAEDetector" and tokens[:3] == ["pixels", "std", "register"]:
         det.set_params(input_space="pixels", residual_normalization="std", register=True)
+        for token in tokens[3:]:  # e.g. [pixels,std,register,lr=3e-4]
+            key, _, value = token.partition("=")
+            if key != "lr":
+                raise ValueError(f"unknown ConvVAEDetector variant option {token!r}")
+            det.set_params(learning_rate=float(value))
     if base == "ConvVAEDetector" and vae_recipe == "short":
         det.set_params(max_epochs=8)
     return det
