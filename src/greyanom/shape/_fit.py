@@ -443,3 +443,101 @@ def _fit_arrays(
         jtj=jtj, covariance=cov, jtr=jtr, gradient=grad, cost=cost, n_points=n_pts, model=model,
         has_prior=prior_sd is not None,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FitRequest:
+    """One pending :func:`_fit_arrays` call (``traces`` and its keyword arguments), so that the
+    fits of many small batches (the (group, lot) chunks of an analysis) run as one kernel call."""
+
+    traces: Traces
+    kwargs: dict
+
+
+def _slice_fit(fit, lo, hi):
+    """Rows ``lo:hi`` of an :class:`_ArrayFit`."""
+    fields = {f.name: getattr(fit, f.name) for f in dataclasses.fields(fit)}
+    return _ArrayFit(**{k: (v[lo:hi] if isinstance(v, np.ndarray) else v) for k, v in fields.items()})
+
+
+def _concat_traces(batch):
+    """One :class:`Traces` holding the traces of every element of ``batch``, in order."""
+    counts = np.concatenate([b.n_points for b in batch])
+    out = object.__new__(Traces)  # the parts are valid Traces already: skip the checks of __init__
+    out.t = np.concatenate([b.t for b in batch])
+    out.z = np.concatenate([b.z for b in batch])
+    out.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out.keys = pd.RangeIndex(counts.size, name="trace")
+    out.nan_policy = batch[0].nan_policy
+    return out
+
+
+def _fit_many(requests, n_jobs=None):
+    """:func:`_fit_arrays` of every :class:`_FitRequest`, in one kernel call per kind of fit.
+
+    Requests that differ only in their per-trace arguments (prior, noise sd, start, origin) are
+    concatenated; each trace's fit is independent of the others in its batch, so the results are
+    those of separate calls, row for row.
+    """
+    out = [None] * len(requests)
+    kinds = {}
+    for i, r in enumerate(requests):
+        kw = r.kwargs
+        key = (kw.get("model", "auto"), kw.get("prior") is None, kw.get("noise_sd") is None,
+               kw.get("max_iter", 100), kw.get("tol", 1e-8))
+        kinds.setdefault(key, []).append(i)
+    for (model, no_prior, no_sigma, max_iter, tol), idx in kinds.items():
+        if len(idx) == 1:
+            r = requests[idx[0]]
+            out[idx[0]] = _fit_arrays(r.traces, n_jobs=n_jobs, **r.kwargs)
+            continue
+        sizes = [len(requests[i].traces) for i in idx]
+
+        def stack(name, j=None):
+            """Per-trace rows of argument ``name`` (``j``: element of a pair); NaN where absent."""
+            parts = []
+            for i, n in zip(idx, sizes):
+                v = requests[i].kwargs.get(name)
+                if j is not None and v is not None:
+                    v = v[j]
+                shape = (n, 6) if name in ("prior", "init") else (n,)
+                parts.append(np.full(shape, np.nan) if v is None
+                             else np.broadcast_to(np.asarray(v, dtype=np.float64), shape))
+            return np.concatenate(parts)
+
+        prior = None if no_prior else (stack("prior", 0), stack("prior", 1))
+        fit = _fit_arrays(
+            _concat_traces([requests[i].traces for i in idx]), prior=prior,
+            noise_sd=None if no_sigma else stack("noise_sd"), init=stack("init"), model=model,
+            n_jobs=n_jobs, max_iter=max_iter, tol=tol, origin=stack("origin"),
+        )
+        lo = 0
+        for i, n in zip(idx, sizes):
+            out[i] = _slice_fit(fit, lo, lo + n)
+            lo += n
+    return out
+
+
+def _run_fits(steps, n_jobs=None):
+    """Drive generators that yield :class:`_FitRequest` and receive their fits, in lock step.
+
+    Returns each generator's return value (or the exception it raised) in order.
+    """
+    results = [None] * len(steps)
+    pending = {}
+
+    def advance(i, value):
+        try:
+            pending[i] = steps[i].send(value)
+        except StopIteration as stop:
+            results[i] = stop.value
+            pending.pop(i, None)
+
+    for i in range(len(steps)):
+        advance(i, None)
+    while pending:
+        idx = list(pending)
+        fits = _fit_many([pending[i] for i in idx], n_jobs)
+        for i, f in zip(idx, fits):
+            advance(i, f)
+    return results

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from greyanom.shape._hierarchy import PARAMS, _fit_lot
+from greyanom.shape._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
 from greyanom.shape._scoring import (
     COL,
     N_CURVE,
@@ -227,6 +227,14 @@ def _fit_group(chunk, cfg):
 
 def _analyse_chunk(chunk, model, cfg):
     """Fit and score the traces of one (group, lot) chunk; one row per trace."""
+    (res,) = _engine()._fit._run_fits([_analyse_chunk_steps(chunk, model, cfg)], cfg.n_jobs)
+    return res
+
+
+def _analyse_chunk_steps(chunk, model, cfg):
+    """:func:`_analyse_chunk` as a generator of its fits (``_FitRequest``), so that the chunks of
+    a partition fit together in one kernel call per step (``_fit._run_fits``)."""
+    request = _engine()._fit._FitRequest
     time, value, trace_keys = cfg.time, cfg.value, cfg.trace_keys
     chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
     keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
@@ -259,13 +267,12 @@ def _analyse_chunk(chunk, model, cfg):
         fit = None
         if cfg.lot_fits and ok.size >= cfg.min_lot_size:
             try:
-                lot = _fit_lot(
+                lot = yield from _fit_lot_steps(
                     traces,
                     init=model.prior,
                     update="laplace" if cfg.lot_prior == "em" else "mean",
                     max_iter=cfg.max_em_iter,
                     tol=cfg.em_tol,
-                    n_jobs=cfg.n_jobs,
                     fit_kwargs=fkw,
                 )
                 fit = lot.fit
@@ -274,7 +281,7 @@ def _analyse_chunk(chunk, model, cfg):
                 _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg.group, exc)
         if fit is None:
             # the private fit does not warn: non-converged fits get the status "not_converged"
-            fit = shape._fit._fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+            fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
             prior[ok] = "normal"
         x, success, ssr, jtj = fit.pp, fit.success, fit.ssr, fit.jtj
         finite = np.isfinite(x).all(axis=1)
@@ -300,7 +307,7 @@ def _analyse_chunk(chunk, model, cfg):
         # wafer features come from the normal-model-prior fit, so that a wafer's features do
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
-            fit = shape._fit._fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, n_jobs=cfg.n_jobs, **fkw)
+            fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
         write_features(A, ok, shape._fit._signature_fit(fit, None), traces)
     return keys, _chunk_frame(A, n_points, status, prior)
 
@@ -319,11 +326,15 @@ def _analyse_partition(part, models, cfg):
     by = [*group_keys] + ([lot_key] if lot_key is not None else [])
     frames = []
     chunks = part.groupby(by, sort=True) if by else [((), part)]
+    keyed, steps = [], []
     for key, chunk in chunks:
         key = _as_tuple(key, len(by))
         gkey = key[: len(group_keys)]
-        c = dataclasses.replace(cfg, group=gkey)
-        keys, res = _analyse_chunk(chunk, models.get(gkey), c)
+        keyed.append((key, gkey))
+        steps.append(_analyse_chunk_steps(chunk, models.get(gkey), dataclasses.replace(cfg, group=gkey)))
+    # the chunks' fits run together, one kernel call per step over all chunks (same results as
+    # chunk by chunk: every trace's fit is independent of the others in its batch)
+    for (key, gkey), (keys, res) in zip(keyed, _engine()._fit._run_fits(steps, cfg.n_jobs)):
         kdf = pd.DataFrame(keys, columns=list(trace_keys))
         for name, v in zip(group_keys, gkey):
             kdf.insert(len(kdf.columns) - len(trace_keys), name, v)

@@ -34,12 +34,6 @@ PARAMS = ("gamma", "R", "omega", "y", "phi", "c")
 _logger = logging.getLogger(__name__)
 
 
-def _fit_arrays(traces, **kwargs):
-    from greyanom.shape._fit import _fit_arrays as fit
-
-    return fit(traces, **kwargs)
-
-
 @dataclasses.dataclass(frozen=True)
 class LotFit:
     """Result of :func:`fit_lot`.
@@ -149,6 +143,23 @@ def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_
 
     Every E-step reads the kernel's arrays directly (no frames per iteration).
     """
+    from greyanom.shape._fit import _run_fits
+
+    (res,) = _run_fits([_fit_lot_steps(traces, init=init, update=update, max_iter=max_iter, tol=tol,
+                                       min_sd=min_sd, fit_kwargs=fit_kwargs)], n_jobs)
+    return res
+
+
+def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_sd=None, fit_kwargs=None):
+    """:func:`_fit_lot` as a generator: it yields each fit it needs as a ``_FitRequest`` and
+    receives the fit, so that the lots of one analysis fit together (``_fit._run_fits``).
+    Returns the :class:`LotFit`; raises ``ValueError`` as :func:`fit_lot` does.
+    """
+    from greyanom.shape._fit import _FitRequest
+
+    def fit_of(**kw):
+        return _FitRequest(traces, {**kw, **fit_kwargs})
+
     if update not in ("laplace", "bcd", "mean"):
         raise ValueError(f"update must be 'laplace', 'bcd' or 'mean', got {update!r}.")
     if update == "mean" and init is None:
@@ -159,7 +170,7 @@ def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
     if init is None:
         # failed cold starts only leave the robust start (the private fit does not warn)
-        fit0 = _fit_arrays(traces, model="paper", n_jobs=n_jobs, **fit_kwargs)
+        fit0 = yield fit_of(model="paper")
         x0 = fit0.pp
         ok = np.asarray(fit0.success, dtype=bool) & np.isfinite(x0).all(axis=1)
         if ok.sum() < 2:
@@ -180,7 +191,7 @@ def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_
     used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
         # failures are in fit.success, reported by the caller
-        fit = _fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        fit = yield fit_of(prior=(mu, sd), noise_sd=sigma, init=xinit)
         x = fit.pp
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
         if used.sum() < 2:
@@ -222,7 +233,7 @@ def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_
     if converged:
         final = fit
     else:
-        final = _fit_arrays(traces, prior=(mu, sd), noise_sd=sigma, init=xinit, n_jobs=n_jobs, **fit_kwargs)
+        final = yield fit_of(prior=(mu, sd), noise_sd=sigma, init=xinit)
     if not converged:
         _logger.info("fit_lot: %s update did not converge in %d iterations", update, max_iter)
     return LotFit(
