@@ -38,6 +38,7 @@ from sklearn.metrics import roc_auc_score
 from greyanom import MultiwayPCADetector, ShapeSignatureDetector
 from greyanom.datasets import PI_FAULTS, load_lam9600, make_pi_lots
 from greyanom.shape import Traces, fit_traces
+from shape_detector_report import _rst  # the sibling script's rst table writer (same folder)
 
 TERMS = ["fit", "gamma", "R", "omega", "y", "phi", "c"]
 
@@ -182,23 +183,6 @@ def speed(df, repeat=5):
         {"what": "score_wafers, 128 wafers (lot_prior='normal')", "seconds": t_fast,
          "ratio to fit_traces": t_fast / t_fit},
     ])
-
-
-def _rst(df, floatfmt=".3f"):
-    cols = list(df.columns)
-
-    def cell(v):
-        if isinstance(v, float):
-            return "n/a" if np.isnan(v) else format(v, floatfmt)
-        return str(v)
-
-    body = [[cell(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max(len(str(c)), *(len(r[i]) for r in body)) for i, c in enumerate(cols)]
-    line = "  ".join("=" * w for w in widths)
-    out = [line, "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip(), line]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in body]
-    out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def _seeds(text):

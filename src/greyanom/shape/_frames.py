@@ -1,7 +1,7 @@
 """Frames of the shape detector: pandas (and dask) preparation and the work units.
 
 Module-level functions, so that dask can ship them to workers: the normal model of one group
-(``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk``, arrays
+(``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk_steps``, arrays
 filled once and framed at the end) and the partition drivers. The statuses of traces live in
 :data:`STATUSES`, the one table the engine and the detector share.
 """
@@ -225,15 +225,10 @@ def _fit_group(chunk, cfg):
 
 
 
-def _analyse_chunk(chunk, model, cfg):
-    """Fit and score the traces of one (group, lot) chunk; one row per trace."""
-    (res,) = _engine()._fit._run_fits([_analyse_chunk_steps(chunk, model, cfg)], cfg.n_jobs)
-    return res
-
-
 def _analyse_chunk_steps(chunk, model, cfg):
-    """:func:`_analyse_chunk` as a generator of its fits (``_FitRequest``), so that the chunks of
-    a partition fit together in one kernel call per step (``_fit._run_fits``)."""
+    """Fit and score the traces of one (group, lot) chunk; returns ``(keys, frame)``, one row per
+    trace. A generator of its fits (``_FitRequest``), so that the chunks of a partition fit
+    together in one kernel call per step (``_fit._run_fits``)."""
     request = _engine()._fit._FitRequest
     time, value, trace_keys = cfg.time, cfg.value, cfg.trace_keys
     chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
