@@ -31,8 +31,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-#: fastmath without ``nnan``/``ninf``, so that NaN and inf checks keep working.
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: fastmath without ``nnan``/``ninf``, so that NaN and inf checks keep working, and without
+#: ``reassoc`` and ``contract``: with ``reassoc`` the code compiled in a process and the code
+#: loaded from the cache in the next one rounded differently, and ill-conditioned fits turned
+#: that into different numbers for the same seed (wafer scores up to 0.5 apart on LAM 9600).
+#: ``tests/shape/test_reproducible.py`` compares a fresh compile with a cached load.
+FASTMATH = {"nsz", "arcp", "afn"}
 
 #: |kappa tau^2| below which C, S and dS/dkappa use their power series.
 SERIES_CUT = 0.1
