@@ -80,6 +80,31 @@ def test_analyse_once_views_agree(shape, analysis, lots):
     assert len(analysis) == 96
 
 
+def test_wafer_methods_on_a_frame_run_no_lot_fits(shape, analysis, lots, monkeypatch):
+    """The wafer features come from the normal-model-prior fits, so the wafer methods on a frame
+    skip the lot EM and still give what the full analysis gives, unfitted traces included."""
+    import greyanom.shape._frames as frames
+
+    short = lots[~((lots["wafer"] == "L04W00") & (lots["sensor"] == "v"))
+                 | (lots.groupby(["wafer", "sensor"]).cumcount() < 3)]
+    with pytest.warns(UserWarning, match="too_short"):
+        full = shape.analyse(short)
+
+    def no_lot_fit(*args, **kwargs):
+        raise AssertionError("a lot fit ran")
+
+    monkeypatch.setattr(frames, "_fit_lot_steps", no_lot_fit)
+    pd.testing.assert_series_equal(shape.score_wafers(lots), shape.score_wafers(analysis))
+    pd.testing.assert_frame_equal(shape.explain_wafers(lots), shape.explain_wafers(analysis))
+    pd.testing.assert_series_equal(shape.predict_wafers(lots), shape.predict_wafers(analysis))
+    with pytest.warns(UserWarning, match="too_short"):
+        e = shape.explain_wafers(short)
+    pd.testing.assert_frame_equal(e, shape.explain_wafers(full))
+    assert e.loc["L04W00", "status"] == "unfitted"
+    with pytest.raises(AssertionError, match="a lot fit ran"):
+        shape.analyse(lots)  # the per-trace analysis does fit the lots
+
+
 def test_wafer_limit_from_cross_fitted_training_scores(shape):
     ho = shape.wafer_heldout_scores_
     assert len(ho) == 32 and np.isfinite(ho).all()

@@ -262,7 +262,11 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         return X.traces if isinstance(X, TraceAnalysis) else self._analyse(X)
 
     def _wafer_features(self, X):
-        return self.analyse(X).wafers
+        if isinstance(X, TraceAnalysis):
+            return X.wafers
+        # the wafer features come from the normal-model-prior fits alone: no lot fits
+        res = self._analyse(X, lot_fits=False)
+        return self._wafer_table(res, X if isinstance(X, pd.DataFrame) else None)
 
     # -- the contract, with pandas results ---------------------------------------------------
     def score(self, X, y=None):

@@ -9,6 +9,7 @@ pandas and dask work lives in :mod:`greyanom.shape._frames`, the array maths in
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -181,14 +182,18 @@ class NormalModelFitMixin:
         return fit_dask(X, cfg, pick)
 
     # -- analysis ---------------------------------------------------------------------------
-    def _analyse(self, X, warn=True):
+    def _analyse(self, X, warn=True, lot_fits=True):
         """One row per trace: signature, terms, score, gradient, features, status (index = keys).
 
         Every trace of ``X`` has a row, also one whose samples are all non-finite (status
-        ``"too_short"``, ``n_points`` 0).
+        ``"too_short"``, ``n_points`` 0). With ``lot_fits=False`` only the normal-model-prior
+        fits run (as with ``lot_prior="normal"``): enough for the wafer features, which come
+        from those fits in either case.
         """
         check_is_fitted(self, "normal_model_")
         cfg = self._cfg()
+        if not lot_fits:
+            cfg = dataclasses.replace(cfg, lot_prior="normal")
         tk, gk = cfg.trace_keys, cfg.group_keys
         res = analyse_frame(X, self._models(), cfg)
         res = res.set_index([*gk, *tk])

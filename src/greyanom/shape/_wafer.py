@@ -10,10 +10,7 @@ import pandas as pd
 from greyanom._wafer_frames import WaferFeatures, as_index
 from greyanom.shape._scoring import CURVE_COLS, SEGMENT_COLS
 
-__all__ = ["TraceAnalysis", "FITTED", "wafer_features", "WAFER_FEATURES"]
-
-#: Trace statuses whose signature features are usable.
-FITTED = ("ok", "not_converged")
+__all__ = ["TraceAnalysis", "wafer_features", "WAFER_FEATURES"]
 
 #: Per-trace columns of the analysis that become wafer features, per group.
 WAFER_FEATURES = (
@@ -62,7 +59,10 @@ def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order, feat
     """
     tk, gk = tuple(trace_keys), tuple(group_keys)
     r = res.copy()
-    fitted = r["status"].isin(FITTED).to_numpy()
+    # the features come from the normal-model-prior fit (``write_features``), and so does the
+    # flag: a trace is unfitted when that fit gave it no features (``log_sd`` is finite for
+    # every fitted trace), whatever the lot fit of its per-trace score did
+    fitted = np.isfinite(r["log_sd"].to_numpy(dtype=np.float64))
     r["unfitted"] = (~fitted).astype(np.float64)
     r["n_points"] = r["n_points"].astype(np.float64)
     feats = list(features)
@@ -82,9 +82,8 @@ def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order, feat
     wide.columns = pd.MultiIndex.from_tuples(cols, names=[*gcols, "feature"])
     wide = wide.reindex(wafer_order)
     wide.index = as_index(wide.index, tk)
-    trace_status = res["status"]
-    bad = trace_status[~trace_status.isin(FITTED)]
-    bad_wafers = set(bad.index.droplevel(list(gk)) if gk else bad.index)
+    bad = res.index[~fitted]
+    bad_wafers = set(bad.droplevel(list(gk)) if gk else bad)
     missing = wide.isna().all(axis=1).to_numpy()
     grp_missing = np.zeros(len(wide), dtype=bool)
     if len(wide.columns):
