@@ -50,3 +50,36 @@ def test_run_fits_raises_what_a_step_raises():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="at least 2 traces"):
         _fit._run_fits([_fit_lot_steps(_traces(rng, 1))])
+
+
+def test_split_chunks_sorts_once_like_groupby():
+    """A partition is sorted and cut once: the chunks, their traces and the samples come out as
+    ``groupby(by, sort=True)`` and a per-chunk sort by trace key and time give them."""
+    import dataclasses
+
+    import pandas as pd
+
+    from greyanom.shape._frames import _split_chunks
+
+    rng = np.random.default_rng(2)
+    rows = [(g, lot, w, t, rng.normal(), 100.0 + i)
+            for i, (g, lot, w) in enumerate([(g, lot, w) for g in ("b", "a") for lot in (2, 1) for w in "yxz"])
+            for t in rng.permutation(rng.integers(3, 9))]
+    df = pd.DataFrame(rows, columns=["sensor", "lot", "wafer", "t", "value", "start"]).sample(frac=1, random_state=0)
+    df.loc[df.index[:3], "lot"] = np.nan  # rows without a key belong to no chunk
+    cfg = dataclasses.make_dataclass("Cfg", ["time", "value", "trace_keys", "start_time", "clock_origin"])(
+        "t", "value", ("wafer",), "start", None)
+    keys, chunks, first_rows = _split_chunks(df, ["sensor", "lot"], cfg)
+    expected = list(df.groupby(["sensor", "lot"], sort=True))
+    assert keys == [k for k, _ in expected]
+    n_traces = 0
+    for chunk, (_, part) in zip(chunks, expected):
+        part = part.sort_values(["wafer", "t"], kind="mergesort")
+        np.testing.assert_array_equal(chunk.t, part["t"].to_numpy())
+        np.testing.assert_array_equal(chunk.v, part["value"].to_numpy())
+        sizes = part.groupby("wafer", sort=True).size().to_numpy()
+        np.testing.assert_array_equal(chunk.n_points, sizes)
+        np.testing.assert_array_equal(chunk.starts, part.groupby("wafer", sort=True)["start"].first())
+        assert chunk.clock is None
+        n_traces += len(chunk)
+    assert len(first_rows) == n_traces

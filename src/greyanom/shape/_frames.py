@@ -172,36 +172,86 @@ def _check_unique_lots(df, cfg, name):
 # --------------------------------------------------------------------------------------------
 # Work units (module-level functions so that dask can ship them to workers)
 # --------------------------------------------------------------------------------------------
-def _start_times(chunk, trace_keys, start_time):
-    """The ``start_time`` of each trace of a sorted chunk (first row of the trace), or None."""
-    if start_time is None:
-        return None
-    return chunk.groupby(list(trace_keys), sort=False)[start_time].first().to_numpy(dtype=np.float64)
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    """The traces of one chunk as flat arrays, sorted by trace then time (CSR ``offsets``).
+
+    ``starts`` and ``clock``: the ``start_time`` and wafer-clock origin of each trace (None
+    without them).
+    """
+
+    t: np.ndarray
+    v: np.ndarray
+    offsets: np.ndarray
+    starts: np.ndarray | None = None
+    clock: np.ndarray | None = None
+
+    def __len__(self):
+        return self.offsets.shape[0] - 1
+
+    @property
+    def n_points(self):
+        return np.diff(self.offsets)
+
+    def times(self):
+        return [self.t[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+    def traces(self, which=None):
+        """:class:`Traces` of all traces, or of the trace indices ``which``."""
+        shape = _engine()
+        if which is None or len(which) == len(self):
+            return shape.Traces(self.t, self.v, self.offsets)
+        counts = self.n_points
+        keep = np.repeat(np.isin(np.arange(len(self)), which), counts)
+        offsets = np.r_[0, np.cumsum(counts[which])].astype(np.int64)
+        return shape.Traces(self.t[keep], self.v[keep], offsets)
 
 
+def _split_chunks(part, by, cfg):
+    """Sort a frame once by ``by``, the trace keys and time, and cut it into chunks.
 
-def _make_traces(chunk, time, value, trace_keys):
-    """Traces of one chunk already sorted by trace key then time; returns (keys, times, values, engine)."""
-    shape = _engine()
-    t = chunk[time].to_numpy(dtype=np.float64)
-    v = chunk[value].to_numpy(dtype=np.float64)
-    codes = chunk.groupby(list(trace_keys), sort=False).ngroup().to_numpy()
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], codes.size].astype(np.int64)
-    kv = chunk[list(trace_keys)].to_numpy(dtype=object)[starts]
-    keys = [tuple(row) for row in kv]
-    times = [t[a:b] for a, b in zip(starts, ends)]
-    values = [v[a:b] for a, b in zip(starts, ends)]
-    return keys, times, values, shape
+    Returns ``(chunk_keys, chunks, first_rows)``: the ``by`` values of each chunk (in sorted
+    order, as ``groupby(by, sort=True)`` gives them), a :class:`_Chunk` per chunk, and the row
+    positions in ``part`` of the first sample of every trace, chunk after chunk (to take the
+    traces' key columns with their dtypes).
+    """
+    keycols = [*by, *cfg.trace_keys]
+    fact = [pd.factorize(part[c], sort=True) for c in keycols]
+    t_all = part[cfg.time].to_numpy(dtype=np.float64)
+    order = np.lexsort((t_all, *[codes for codes, _ in fact][::-1]))
+    if fact:  # rows with a missing key belong to no chunk (as with groupby's dropna)
+        order = order[np.all([codes[order] >= 0 for codes, _ in fact], axis=0)]
+    C = np.stack([codes[order] for codes, _ in fact], axis=1) if fact else np.zeros((len(order), 0), np.int64)
+    new_trace = np.r_[True, (C[1:] != C[:-1]).any(axis=1)] if len(order) else np.zeros(0, dtype=bool)
+    first = np.flatnonzero(new_trace)
+    offsets = np.r_[first, len(order)].astype(np.int64)
+    nb = len(by)
+    Ct = C[first]
+    new_chunk = np.r_[True, (Ct[1:, :nb] != Ct[:-1, :nb]).any(axis=1)] if len(first) else new_trace
+    cstart = np.r_[np.flatnonzero(new_chunk), len(first)]
+    t = t_all[order]
+    v = part[cfg.value].to_numpy(dtype=np.float64)[order]
+    per_trace = {
+        col: part[col].to_numpy(dtype=np.float64)[order][first]
+        for col in (cfg.start_time, cfg.clock_origin) if col is not None
+    }
+    uniques = [np.asarray(u, dtype=object) for _, u in fact[:nb]]
+    keys, chunks = [], []
+    for a, b in zip(cstart[:-1], cstart[1:]):
+        keys.append(tuple(u[Ct[a, j]] for j, u in enumerate(uniques)))
+        lo, hi = offsets[a], offsets[b]
+        chunks.append(_Chunk(
+            t[lo:hi], v[lo:hi], offsets[a:b + 1] - lo,
+            None if cfg.start_time is None else per_trace[cfg.start_time][a:b],
+            None if cfg.clock_origin is None else per_trace[cfg.clock_origin][a:b],
+        ))
+    return keys, chunks, order[first]
 
 
 def _fit_group(chunk, cfg):
     """Normal model of one group (Definition 2: all its initial wafers form one L)."""
-    chunk = chunk.sort_values([*cfg.trace_keys, cfg.time], kind="mergesort")
-    keys, times, values, shape = _make_traces(chunk, cfg.time, cfg.value, cfg.trace_keys)
-    starts = _start_times(chunk, cfg.trace_keys, cfg.start_time)
-    clock = _start_times(chunk, cfg.trace_keys, cfg.clock_origin)
-    ok = [i for i, t in enumerate(times) if t.size >= cfg.min_points]
+    times = chunk.times()
+    ok = np.flatnonzero(chunk.n_points >= cfg.min_points)
     if len(ok) < 2:
         raise ValueError(
             f"group {cfg.group!r} has {len(ok)} trace(s) with at least min_points={cfg.min_points} "
@@ -209,12 +259,11 @@ def _fit_group(chunk, cfg):
         )
     t_start, t_tol = nominal_start([times[i] for i in ok])
     origin = trace_origins(
-        [times[i] for i in ok], t_start, t_tol, None if starts is None else starts[ok],
-        None if clock is None else clock[ok],
+        [times[i] for i in ok], t_start, t_tol, None if chunk.starts is None else chunk.starts[ok],
+        None if chunk.clock is None else chunk.clock[ok],
     )
-    traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
     res = _fit_lot(
-        traces, max_iter=cfg.max_em_iter, tol=cfg.em_tol, n_jobs=cfg.n_jobs,
+        chunk.traces(ok), max_iter=cfg.max_em_iter, tol=cfg.em_tol, n_jobs=cfg.n_jobs,
         fit_kwargs={"origin": origin},
     )
     row = {"noise_sd": res.noise_sd, "t_start": t_start, "t_tol": t_tol}
@@ -224,41 +273,37 @@ def _fit_group(chunk, cfg):
     return row
 
 
-
 def _analyse_chunk_steps(chunk, model, cfg):
-    """Fit and score the traces of one (group, lot) chunk; returns ``(keys, frame)``, one row per
-    trace. A generator of its fits (``_FitRequest``), so that the chunks of a partition fit
-    together in one kernel call per step (``_fit._run_fits``)."""
-    request = _engine()._fit._FitRequest
-    time, value, trace_keys = cfg.time, cfg.value, cfg.trace_keys
-    chunk = chunk.sort_values([*trace_keys, time], kind="mergesort")
-    keys, times, values, shape = _make_traces(chunk, time, value, trace_keys)
-    n = len(keys)
-    A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once at the end
-    n_points = np.array([t.size for t in times], dtype=np.int64)
-    starts = _start_times(chunk, trace_keys, cfg.start_time)
-    clock = _start_times(chunk, trace_keys, cfg.clock_origin)
+    """Fit and score the traces of one (group, lot) :class:`_Chunk`; returns the arrays
+    ``(A, n_points, status, prior)``, one row per trace. A generator of its fits
+    (``_FitRequest``), so that the chunks of a partition fit together in one kernel call per
+    step (``_fit._run_fits``)."""
+    shape = _engine()
+    request = shape._fit._FitRequest
+    n = len(chunk)
+    A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once per partition
+    n_points = chunk.n_points
+    starts, clock = chunk.starts, chunk.clock
+    first = chunk.t[chunk.offsets[:-1]]
     origin = (
         np.full(n, np.nan) if model is None and starts is None
-        else trace_origins(times, np.nan if model is None else model.t_start,
+        else trace_origins(chunk.times(), np.nan if model is None else model.t_start,
                            np.nan if model is None else model.t_tol, starts, clock)
     )
     A[:, COL["origin"]] = origin
-    A[:, COL["duration"]] = [
-        float(t[-1] - (o if np.isfinite(o) else t[0])) if t.size else 0.0 for t, o in zip(times, origin)
-    ]
+    A[:, COL["duration"]] = chunk.t[chunk.offsets[1:] - 1] - np.where(np.isfinite(origin), origin, first)
     status = np.full(n, "ok", dtype=object)
     prior = np.full(n, "none", dtype=object)
     if model is None:
         status[:] = "unknown_group"
-        return keys, _chunk_frame(A, n_points, status, prior)
+        return A, n_points, status, prior
     short = n_points < cfg.min_points
     status[short] = "too_short"
     ok = np.flatnonzero(~short)
     if ok.size:
         sigma, mu, sd = model.noise_sd, model.mu, model.sd
         fkw = {"origin": origin[ok]}
-        traces = shape.Traces.from_arrays([times[i] for i in ok], [values[i] for i in ok])
+        traces = chunk.traces(ok)
         fit = None
         if cfg.lot_fits and ok.size >= cfg.min_lot_size:
             try:
@@ -304,7 +349,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
         if prior[ok[0]] != "normal":
             fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
         write_features(A, ok, shape._fit._signature_fit(fit, None), traces)
-    return keys, _chunk_frame(A, n_points, status, prior)
+    return A, n_points, status, prior
 
 
 def _chunk_frame(A, n_points, status, prior):
@@ -316,28 +361,30 @@ def _chunk_frame(A, n_points, status, prior):
 
 
 def _analyse_partition(part, models, cfg):
-    """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns."""
+    """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns.
+
+    The frame is sorted and cut into chunks once (:func:`_split_chunks`); the chunks' fits
+    run together, one kernel call per step over all chunks (the same results as chunk by
+    chunk: every trace's fit is independent of the others in its batch), and the result is
+    framed once.
+    """
     group_keys, trace_keys, lot_key = cfg.group_keys, cfg.trace_keys, cfg.lot_key
     by = [*group_keys] + ([lot_key] if lot_key is not None else [])
-    frames = []
-    chunks = part.groupby(by, sort=True) if by else [((), part)]
-    keyed, steps = [], []
-    for key, chunk in chunks:
-        key = _as_tuple(key, len(by))
-        gkey = key[: len(group_keys)]
-        keyed.append((key, gkey))
-        steps.append(_analyse_chunk_steps(chunk, models.get(gkey), dataclasses.replace(cfg, group=gkey)))
-    # the chunks' fits run together, one kernel call per step over all chunks (same results as
-    # chunk by chunk: every trace's fit is independent of the others in its batch)
-    for (key, gkey), (keys, res) in zip(keyed, _engine()._fit._run_fits(steps, cfg.n_jobs)):
-        kdf = pd.DataFrame(keys, columns=list(trace_keys))
-        for name, v in zip(group_keys, gkey):
-            kdf.insert(len(kdf.columns) - len(trace_keys), name, v)
-        res.insert(0, "lot", key[-1] if lot_key is not None else None)
-        frames.append(pd.concat([kdf, res], axis=1))
-    if not frames:
+    if not len(part):
         return _empty_result(cfg)
-    return pd.concat(frames, ignore_index=True)
+    keys, chunks, first_rows = _split_chunks(part, by, cfg)
+    steps = [
+        _analyse_chunk_steps(chunk, models.get(key[: len(group_keys)]),
+                             dataclasses.replace(cfg, group=key[: len(group_keys)]))
+        for key, chunk in zip(keys, chunks)
+    ]
+    done = list(_engine()._fit._run_fits(steps, cfg.n_jobs))
+    res = _chunk_frame(*(np.concatenate([d[i] for d in done]) for i in range(4)))
+    # keys as Python objects, their dtypes inferred (the same from pandas and dask partitions)
+    kdf = pd.DataFrame({c: part[c].to_numpy(dtype=object)[first_rows].tolist() for c in [*group_keys, *trace_keys]})
+    lot = part[lot_key].to_numpy(dtype=object)[first_rows].tolist() if lot_key is not None else None
+    res.insert(0, "lot", lot)
+    return pd.concat([kdf, res], axis=1)
 
 
 def _empty_result(cfg):
@@ -352,11 +399,8 @@ def _empty_result(cfg):
 def _fit_partition(part, cfg):
     group_keys = cfg.group_keys
     rows = []
-    chunks = part.groupby(list(group_keys), sort=True) if group_keys else [((), part)]
-    for key, chunk in chunks:
-        gkey = _as_tuple(key, len(group_keys))
-        if len(chunk) == 0:
-            continue
+    keys, chunks, _ = _split_chunks(part, list(group_keys), cfg) if len(part) else ([], [], None)
+    for gkey, chunk in zip(keys, chunks):
         row = dict(zip(group_keys, gkey))
         try:
             row.update(_fit_group(chunk, dataclasses.replace(cfg, group=gkey)))
