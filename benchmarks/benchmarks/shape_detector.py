@@ -67,7 +67,7 @@ class ShapeDetectorQuality:
 
 
 class ShapeWaferTime:
-    """score_wafers (analyse once + wafer model) beside fit_traces on the same traces (issue 9)."""
+    """score_wafers and analyse beside fit_traces on the same traces (issue 9)."""
 
     def setup(self):
         from greyanom import MultiwayPCADetector
@@ -82,22 +82,20 @@ class ShapeWaferTime:
         self.det.score_wafers(self.df)
         self.analysis = self.det.analyse(self.df)
         self.mpca = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(self.df)
-        self.fast = ShapeSignatureDetector(
-            group_keys=("sensor",), n_initial_lots=3, lot_prior="normal", random_state=0
-        ).fit(self.df)
 
     def time_fit_traces(self):
         self.fit_traces(self.traces)
 
     def time_score_wafers(self):
+        """On a frame: one normal-model-prior fit per trace (the wafer features need no lot EM)."""
         self.det.score_wafers(self.df)
+
+    def time_analyse(self):
+        """The per-trace analysis (lot EM refits) that score, explain and the wafer views share."""
+        self.det.analyse(self.df)
 
     def time_score_wafers_from_analysis(self):
         self.det.score_wafers(self.analysis)
-
-    def time_score_wafers_normal_prior(self):
-        """One fit per trace (no lot EM): what the lot refits of the default cost."""
-        self.fast.score_wafers(self.df)
 
     def time_mpca_score_wafers(self):
         self.mpca.score_wafers(self.df)

@@ -28,7 +28,9 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
     :math:`(\\sigma^*, \\mu_S^*, \\sigma_S^*)` of the signatures and the noise level, by the
     hierarchical fit of eq. (14) with a Laplace-EM update. ``score`` refits the signatures of
     new traces lot by lot and scores each one by the negative log posterior (19) under the
-    normal model, centred so that normal traces score about 0.
+    normal model, centred so that normal traces score about 0. ``score_wafers`` scores each
+    wafer from signature features of a fit under the normal-model prior, so on a frame it
+    skips the lot refits.
 
     Parameters
     ----------
