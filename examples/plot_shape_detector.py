@@ -89,3 +89,20 @@ plt.tight_layout()
 # contributions sum exactly to the change.
 change = det.explain_change(df, "L00W00", fault.index[fault == "setpoint_offset"][0])
 pd.DataFrame(change.xs("v", level="sensor")[["before", "after", "contribution"]])
+
+# %%
+# Saving the fitted detector
+# --------------------------
+# ``save`` writes one safetensors file (arrays, and JSON for the parameters, keys and
+# labels; no pickle, with a SHA-256 of the payload). :func:`greyanom.load` reads it back, in
+# another process next to the line for example, and the loaded detector scores exactly as
+# the saved one.
+import tempfile
+from pathlib import Path
+
+import greyanom
+
+path = det.save(Path(tempfile.mkdtemp()) / "shape.safetensors")
+loaded = greyanom.load(path)
+print(type(loaded).__name__, "scores the wafers as saved:",
+      bool((loaded.score_wafers(df) == det.score_wafers(df)).all()))

@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from greyanom._trace_persist import TracePersistMixin
 from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
 from greyanom.base import BaseDetector
 
@@ -72,7 +73,7 @@ def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
     return out
 
 
-class MultiwayPCADetector(WaferScoringMixin, BaseDetector):
+class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
     """Multiway PCA of process traces: the field's classic batch monitoring baseline.
 
     Each trace (one wafer, one ``group_keys`` group, e.g. one (step, sensor)) is resampled
@@ -147,6 +148,11 @@ class MultiwayPCADetector(WaferScoringMixin, BaseDetector):
     >>> det.score_wafers(df).shape
     (24,)
     """
+
+    _saved_attrs = (
+        "wafer_columns_", "n_components_", "wafer_model_", "wafer_heldout_scores_", "wafer_threshold_",
+        "n_features_", "decision_scores_", "heldout_scores_", "threshold_", "offset_",
+    )
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,

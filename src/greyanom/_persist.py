@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from greyanom._optional import import_optional
 
 __all__ = ["save_arrays", "load_arrays", "read_config", "load", "file_sha256", "MODEL_CLASSES"]
 
@@ -125,7 +124,7 @@ def save_arrays(path, arrays, config):
     """
     from greyanom import __version__
 
-    st = import_optional("safetensors.numpy", "torch", "saving a detector")
+    import safetensors.numpy as st  # a core dependency, imported when needed
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {str(path)!r}: the folder {str(path.parent)!r} does not exist.")
@@ -158,7 +157,7 @@ def save_arrays(path, arrays, config):
 
 
 def _read_metadata(path):
-    safe_open = import_optional("safetensors", "torch", "loading a detector").safe_open
+    from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file.")
@@ -248,7 +247,7 @@ def load_arrays(path, expected_class):
         If the file is not a greyanom model file, is from a newer format, its payload
         fails the SHA-256 check, it lacks a key, or it holds another class.
     """
-    st = import_optional("safetensors.numpy", "torch", "loading a detector")
+    import safetensors.numpy as st
     meta, version, config = _read_metadata(path)
     path = Path(path)
     if config["class"] != expected_class:

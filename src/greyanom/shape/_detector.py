@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from greyanom._trace_persist import TracePersistMixin
 from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
 from greyanom.base import BaseDetector
 from greyanom.shape._fitting import NormalModelFitMixin
@@ -18,7 +19,7 @@ from greyanom.shape._wafer import TraceAnalysis
 __all__ = ["ShapeSignatureDetector"]
 
 
-class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringMixin, BaseDetector):
+class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringMixin, TracePersistMixin, BaseDetector):
     """Grey-box anomaly detector for process traces run by PI control loops.
 
     Every trace (one (tool, sensor, step) group, one wafer) is summarised by its *shape
@@ -161,6 +162,12 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
     >>> det.score(df).shape
     (18,)
     """
+
+    _saved_attrs = (
+        "normal_model_", "n_groups_", "train_scores_", "train_status_", "wafer_columns_", "n_components_",
+        "wafer_model_", "wafer_heldout_scores_", "wafer_threshold_", "decision_scores_", "heldout_scores_",
+        "threshold_", "offset_",
+    )
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,

@@ -1,0 +1,90 @@
+"""save/load of the trace detectors: one safetensors file, no pickle, the same numbers after loading."""
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import NotFittedError
+
+import greyanom
+from greyanom import MultiwayPCADetector, ShapeSignatureDetector
+from greyanom.datasets import make_pi_lots
+
+
+@pytest.fixture(scope="module")
+def lots():
+    return make_pi_lots(n_lots=5, wafers_per_lot=6, sensors=("v", "u"), faults={"truncated": 1, "setpoint_offset": 1},
+                        n_clean_lots=3, random_state=3)
+
+
+def _assert_same_state(a, b):
+    for name in a._saved_attrs:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, pd.DataFrame):
+            pd.testing.assert_frame_equal(x, y, check_exact=True)
+        elif isinstance(x, pd.Series):
+            pd.testing.assert_series_equal(x, y, check_exact=True)
+        elif isinstance(x, pd.Index):
+            pd.testing.assert_index_equal(x, y, exact=True)
+        elif dataclasses.is_dataclass(x):
+            assert type(x) is type(y)
+            for f in dataclasses.fields(x):
+                np.testing.assert_array_equal(getattr(x, f.name), getattr(y, f.name), err_msg=f"{name}.{f.name}")
+        elif isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            assert type(x) is type(y) and x == y, name
+
+
+def test_shape_detector_round_trip(lots, tmp_path):
+    det = ShapeSignatureDetector(group_keys=("sensor",), n_initial_lots=3, random_state=0).fit(lots)
+    path = det.save(tmp_path / "shape.safetensors")
+    back = greyanom.load(path)  # the class comes from the file
+    assert type(back) is ShapeSignatureDetector and back.get_params() == det.get_params()
+    _assert_same_state(det, back)
+    a, b = det.analyse(lots), back.analyse(lots)
+    pd.testing.assert_frame_equal(a.traces, b.traces, check_exact=True)
+    pd.testing.assert_series_equal(back.predict(b), det.predict(a))
+    pd.testing.assert_series_equal(back.score_wafers(lots), det.score_wafers(lots), check_exact=True)
+    pd.testing.assert_frame_equal(back.explain_wafers(lots), det.explain_wafers(lots), check_exact=True)
+    pd.testing.assert_series_equal(back.predict_wafers(lots), det.predict_wafers(lots))
+
+
+def test_shape_detector_without_groups_or_lots_and_integer_wafers(lots, tmp_path):
+    one = lots[lots["sensor"] == "v"].assign(wafer=lambda d: d["wafer"].str[1:].str.replace("W", "").astype(int))
+    det = ShapeSignatureDetector(group_keys=(), lot_key=None, random_state=0).fit(one)
+    back = ShapeSignatureDetector.load(det.save(tmp_path / "one.safetensors"))
+    _assert_same_state(det, back)
+    assert back.train_scores_.index.dtype == np.int64
+    pd.testing.assert_series_equal(back.score(one), det.score(one), check_exact=True)
+    pd.testing.assert_series_equal(back.score_wafers(one), det.score_wafers(one), check_exact=True)
+
+
+def test_multiway_pca_round_trip(lots, tmp_path):
+    det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(lots)
+    back = greyanom.load(det.save(tmp_path / "mpca.safetensors"))
+    assert type(back) is MultiwayPCADetector
+    _assert_same_state(det, back)
+    pd.testing.assert_frame_equal(back.explain_wafers(lots), det.explain_wafers(lots), check_exact=True)
+    np.testing.assert_array_equal(back.decision_function(lots), det.decision_function(lots))
+
+
+def test_trace_model_files_are_checked_and_never_unpickled(lots, tmp_path):
+    det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(lots)
+    path = det.save(tmp_path / "mpca.safetensors")
+    with pytest.raises(ValueError, match="holds a 'MultiwayPCADetector', not a 'ShapeSignatureDetector'"):
+        ShapeSignatureDetector.load(path)
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps(det))
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        MultiwayPCADetector.load(evil)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped byte of the arrays
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged payload"):
+        MultiwayPCADetector.load(bad)
+    with pytest.raises(NotFittedError):
+        ShapeSignatureDetector().save(tmp_path / "unfitted.safetensors")
