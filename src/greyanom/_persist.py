@@ -19,7 +19,9 @@ through a fixed registry of greyanom classes; it never imports a name read from 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["save_arrays", "load_arrays", "read_config", "load", "file_sha256", "MODEL_CLASSES"]
+__all__ = [
+    "save_arrays", "load_arrays", "read_config", "load", "file_sha256", "params_to_json", "params_from_json",
+    "MODEL_CLASSES",
+]
 
 _FORMAT = "greyanom-detector"
 _FORMAT_VERSION = 2
@@ -94,6 +99,47 @@ def file_sha256(path, *, chunk_size=1 << 20):
         for block in iter(lambda: handle.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _to_json(value):
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def params_to_json(estimator):
+    """``estimator.get_params(deep=False)`` as JSON values (tuples as lists, a RandomState as None).
+
+    A ``device`` that is not a string (a ``torch.device``) is written as its string.
+    """
+    params = {}
+    for name, value in estimator.get_params(deep=False).items():
+        if name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
+            value = None  # a RandomState instance is not saved; the learned state holds its draws
+        elif name == "device" and not isinstance(value, str):
+            value = str(value)
+        params[name] = _to_json(value)
+    return params
+
+
+def params_from_json(cls, params):
+    """Constructor keyword arguments of ``cls`` from saved ``params`` (lists back to tuples).
+
+    Parameters this version does not know are a ``ValueError`` (the file comes from another
+    greyanom); parameters the file lacks keep their defaults.
+    """
+    from greyanom import __version__
+
+    known = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"the saved {cls.__name__} has parameters {unknown} that this greyanom "
+            f"({__version__}) does not know; load it with the greyanom that saved it."
+        )
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in params.items()}
 
 
 def save_arrays(path, arrays, config):

@@ -12,7 +12,6 @@ so a loaded detector scores exactly as the saved one.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import numbers
 
 import numpy as np
@@ -197,14 +196,10 @@ class TracePersistMixin:
         """
         from sklearn.utils.validation import check_is_fitted
 
-        from greyanom._persist import save_arrays
+        from greyanom._persist import params_to_json, save_arrays
 
         check_is_fitted(self, self._saved_attrs[0])
-        params = {}
-        for name, value in self.get_params(deep=False).items():
-            if name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
-                value = None  # a RandomState instance is not saved; the learned state holds its draws
-            params[name] = list(value) if isinstance(value, tuple) else value
+        params = params_to_json(self)
         arrays = {}
         state = {name: pack(name, getattr(self, name), arrays) for name in self._saved_attrs}
         return save_arrays(path, arrays, {"class": type(self).__name__, "params": params, "state": state})
@@ -230,18 +225,10 @@ class TracePersistMixin:
             safetensors file, another detector), is damaged or comes from a newer format;
             nothing in it is executed.
         """
-        from greyanom._persist import load_arrays
+        from greyanom._persist import load_arrays, params_from_json
 
         arrays, config = load_arrays(path, cls.__name__)
-        params = dict(config["params"])
-        known = inspect.signature(cls.__init__).parameters
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ValueError(
-                f"the saved {cls.__name__} has parameters {unknown} that this greyanom does not know; "
-                "load it with the greyanom that saved it."
-            )
-        det = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        det = cls(**params_from_json(cls, dict(config["params"])))
         state = config["state"]
         for name in cls._saved_attrs:
             try:

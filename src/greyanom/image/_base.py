@@ -10,8 +10,6 @@ and carry the greyanom version.
 
 from __future__ import annotations
 
-import inspect
-import numbers
 import warnings
 from abc import abstractmethod
 
@@ -178,31 +176,17 @@ class BaseImageDetector(BaseDetector):
 
     # -- persistence --------------------------------------------------------------------
     def _json_params(self):
-        """``get_params()`` as JSON values (tuples as lists, a RandomState as None)."""
-        params = {}
-        for name, value in self.get_params(deep=False).items():
-            if name == "random_state" and not (value is None or isinstance(value, numbers.Integral)):
-                value = None  # a RandomState instance is not saved; the learned state holds its draws
-            elif name == "device" and not isinstance(value, str):
-                value = str(value)
-            params[name] = _to_json(value)
-        return params
+        """``get_params()`` as JSON values (:func:`greyanom._persist.params_to_json`)."""
+        from greyanom._persist import params_to_json
+
+        return params_to_json(self)
 
     @classmethod
     def _params_from_json(cls, params):
-        """Constructor keyword arguments from saved ``params`` (lists back to tuples).
+        """Constructor keyword arguments from saved ``params`` (:func:`greyanom._persist.params_from_json`)."""
+        from greyanom._persist import params_from_json
 
-        Parameters this version does not know are a ``ValueError`` (the file comes from
-        another greyanom); parameters the file lacks keep their defaults.
-        """
-        known = inspect.signature(cls.__init__).parameters
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ValueError(
-                f"the saved {cls.__name__} has parameters {unknown} that this greyanom "
-                f"({_greyanom_version()}) does not know; load it with the greyanom that saved it."
-            )
-        return {name: tuple(v) if isinstance(v, list) else v for name, v in params.items()}
+        return params_from_json(cls, params)
 
     def _base_json_state(self):
         state = {
@@ -341,14 +325,6 @@ class BaseImageDetector(BaseDetector):
                 UserWarning,
                 stacklevel=2,
             )
-
-
-def _to_json(value):
-    if isinstance(value, (tuple, list)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _ndim(X):

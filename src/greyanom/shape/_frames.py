@@ -1,8 +1,9 @@
 """Frames of the shape detector: pandas (and dask) preparation and the work units.
 
-Module-level functions, so that dask can ship them to workers: the normal model of one group
+Module-level functions, so that dask can ship them to workers: the sort and cut of a partition
+into chunks of flat arrays (``_split_chunks``, once per partition), the normal model of one group
 (``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk_steps``, arrays
-filled once and framed at the end) and the partition drivers. The statuses of traces live in
+framed once per partition) and the partition drivers. The statuses of traces live in
 :data:`STATUSES`, the one table the engine and the detector share.
 """
 
