@@ -150,10 +150,7 @@ def unpack(doc, arrays):
     if kind == "index":
         return _unpack_index(doc)
     if kind == "wafer_model":
-        fields = {k: unpack(v, arrays) for k, v in doc["fields"].items()}
-        for k in ("clip", "delta_q", "delta_t"):
-            fields[k] = float(fields[k])
-        return WaferModel(**fields)
+        return WaferModel(**{k: unpack(v, arrays) for k, v in doc["fields"].items()})
     raise ValueError(f"unknown kind {kind!r} of a saved attribute: the file is damaged or from another greyanom.")
 
 

@@ -203,7 +203,9 @@ class _Chunk:
         if which is None or len(which) == len(self):
             return shape.Traces(self.t, self.v, self.offsets)
         counts = self.n_points
-        keep = np.repeat(np.isin(np.arange(len(self)), which), counts)
+        picked = np.zeros(len(self), dtype=bool)
+        picked[which] = True
+        keep = np.repeat(picked, counts)
         offsets = np.r_[0, np.cumsum(counts[which])].astype(np.int64)
         return shape.Traces(self.t[keep], self.v[keep], offsets)
 
@@ -214,7 +216,7 @@ def _split_chunks(part, by, cfg):
     Returns ``(chunk_keys, chunks, first_rows)``: the ``by`` values of each chunk (in sorted
     order, as ``groupby(by, sort=True)`` gives them), a :class:`_Chunk` per chunk, and the row
     positions in ``part`` of the first sample of every trace, chunk after chunk (to take the
-    traces' key columns with their dtypes).
+    traces' keys).
     """
     keycols = [*by, *cfg.trace_keys]
     fact = [pd.factorize(part[c], sort=True) for c in keycols]
