@@ -31,3 +31,23 @@ try:
     _hyp_settings.load_profile("greyanom")
 except ImportError:  # hypothesis is only needed by the property tests
     pass
+
+
+def _torch_devices():
+    """Every device the torch tests run on: the CPU always, CUDA where a GPU is present."""
+    try:
+        import torch
+    except ImportError:
+        return ["cpu"]
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+@pytest.fixture(params=_torch_devices())
+def torch_device(request):
+    """A device name (``"cpu"``, ``"cuda"``) for tests that touch torch: one run per available device.
+
+    Tests take it instead of assuming that ``device="auto"`` means the CPU; on a machine
+    without CUDA only the CPU case runs (no skip is reported for the absent GPU).
+    """
+    pytest.importorskip("torch")
+    return request.param
