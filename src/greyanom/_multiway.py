@@ -259,3 +259,33 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         """
         check_is_fitted(self, "wafer_model_")
         return self._score(X)
+
+    def explain(self, X):
+        """Per-group contributions to each wafer's score (the contract's ``explain``).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces.
+
+        Returns
+        -------
+        explanation : pandas.DataFrame
+            One row per wafer (index ``trace_keys``, the order of :meth:`score`); one column
+            per group (the Q and T² contributions of its resampled points, summed; a tuple
+            label for several group keys), which add up exactly to ``score``; then ``score``
+            (equal to ``score(X)``) and ``status`` (see
+            :data:`greyanom._wafer_frames.WAFER_STATUSES`). The same table as
+            :meth:`explain_wafers`; :meth:`explain_wafer_features` splits it per point.
+
+        Examples
+        --------
+        >>> from greyanom import MultiwayPCADetector
+        >>> from greyanom.datasets import make_pi_lots
+        >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, sensors=("v", "u"), random_state=0)
+        >>> det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(df)
+        >>> list(det.explain(df).columns)
+        ['u', 'v', 'score', 'status']
+        """
+        check_is_fitted(self, "wafer_model_")
+        return self.explain_wafers(X)
