@@ -124,6 +124,7 @@ class PaDiMDetector(BasePatchDetector):
     True
     """
 
+    _fitted_attrs = ("channel_index_", "mean_", "precision_", "shrinkage_")
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],

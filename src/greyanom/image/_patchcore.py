@@ -119,6 +119,7 @@ class PatchCoreDetector(BasePatchDetector):
     True
     """
 
+    _fitted_attrs = ("coreset_indices_", "memory_bank_")
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         "coreset_fraction": [Interval(numbers.Real, 0, 1, closed="right")],

@@ -140,6 +140,7 @@ class PCADetector(BaseImageDetector):
     _accepts_rows = True
     #: learned arrays saved by ``save`` (and restored by ``load``)
     _arrays = ("mean_", "components_", "singular_values_", "explained_variance_", "explained_variance_ratio_")
+    _fitted_attrs = (*_arrays, "n_components_")
 
     # -- fitting --------------------------------------------------------------------
     def _fit_rows(self, X):

@@ -297,6 +297,12 @@ class ConvVAEDetector(BaseImageDetector):
         "random_state": ["random_state"],
     }
     _explanation_class = VAEExplanation
+    _fitted_attrs = ("device_", "module_", "validation_indices_", "reference_", "feature_shape_", "residual_mean_",
+                     "residual_std_", "heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_")
+
+    def _required_attrs(self):
+        names = super()._required_attrs()
+        return (*names, "feature_mean_", "feature_std_") if getattr(self, "input_space", None) == "features" else names
 
     def __init__(
         self,
