@@ -425,20 +425,24 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         name = type(self).__name__
         super().__setstate__(state)
         advice = "Refit it with this greyanom, or save models with .save(), whose file format is checked on load."
+        failure = None
         try:
             self._restore_unpickled()
         except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
-            raise ValueError(
-                f"this {name} was pickled by {_made_by(version)} and cannot be restored by greyanom {here}: "
-                f"{exc}. {advice}"
-            ) from exc
+            failure = exc
         learned = [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]
         missing = [key for key in self._required_attrs() if key not in vars(self)]
-        if learned and missing:
+        # a missing attribute explains an AttributeError of the rebuild; other failures speak for themselves
+        if learned and missing and (failure is None or isinstance(failure, AttributeError)):
             raise ValueError(
                 f"this {name} was pickled by {_made_by(version)} without the learned attribute(s) {missing} "
                 f"that greyanom {here} needs to use it. {advice}"
-            )
+            ) from failure
+        if failure is not None:
+            raise ValueError(
+                f"this {name} was pickled by {_made_by(version)} and cannot be restored by greyanom {here}: "
+                f"{failure}. {advice}"
+            ) from failure
         if version != here:
             warnings.warn(
                 f"this {name} was pickled by {_made_by(version)} and is loaded by greyanom {here}; "
