@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from greyanom._trace_persist import TracePersistMixin
+from greyanom._validation import plain_key_columns
 from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
 from greyanom.base import BaseDetector
 
@@ -216,6 +217,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
 
     def _wafer_features(self, X):
         tk, gk = self._check_frame(X)
+        X = plain_key_columns(X, [*tk, *gk, self.lot_key])  # categorical keys as plain labels
         F = resample_traces(
             X, time=self.time, value=self.value, trace_keys=tk, group_keys=gk, n_points=self.n_points
         )

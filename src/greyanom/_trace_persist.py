@@ -43,6 +43,8 @@ def _restore_dtype(values, dtype):
 
 def _pack_labels(values):
     values = pd.Index(values) if not isinstance(values, pd.Index) else values
+    if isinstance(values.dtype, pd.CategoricalDtype):  # labels are saved as their values
+        values = values.astype(values.dtype.categories.dtype)
     return {"dtype": _dtype_name(values.dtype), "values": [_json_value(v) for v in values.tolist()]}
 
 
