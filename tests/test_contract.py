@@ -27,10 +27,10 @@ TORCH = {"ConvVAEDetector", "PaDiMDetector", "PatchCoreDetector"}
 
 def _params(name):
     return {
-        "PCADetector": dict(n_components=3, random_state=0),
+        "PCADetector": dict(n_components=3, svd_solver="randomized", random_state=0),
         "ConvVAEDetector": dict(channels=(8, 16), latent_dim=4, bottleneck_channels=4, max_epochs=1, n_jobs=1,
                                 random_state=0),
-        "PaDiMDetector": dict(n_jobs=1, random_state=0),
+        "PaDiMDetector": dict(n_jobs=1, n_features=20, random_state=0),
         "PatchCoreDetector": dict(n_jobs=1, coreset_fraction=0.1, random_state=0),
         "RegisteredPixelDetector": dict(n_components=2, random_state=0),
         "MultiwayPCADetector": dict(group_keys=("sensor",), random_state=0),
@@ -166,3 +166,36 @@ def test_multiway_pca_explain_sums_to_the_score(fitted):
     np.testing.assert_allclose(out[groups].sum(axis=1), out["score"], rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(out["score"].to_numpy(), det.score(X))
     pd.testing.assert_frame_equal(out, det.explain_wafers(X))
+
+
+# -- random_state does what its docstring says --------------------------------------------------
+#: Whether two fits with random_state=None differ (documented per class): the model's own random
+#: draws come from NumPy's global state; the trace detectors draw only folds, from a fixed seed.
+NONE_VARIES = {
+    "PCADetector": True, "ConvVAEDetector": True, "PaDiMDetector": True, "PatchCoreDetector": True,
+    "RegisteredPixelDetector": True, "MultiwayPCADetector": False, "ShapeSignatureDetector": False,
+}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_random_state_does_what_its_docstring_says(name, fitted):
+    det, X = fitted(name)
+
+    def run(seed):
+        params = {**_params(name), "random_state": seed}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            det = getattr(greyanom, name)(**params).fit(X)
+            return det.threshold_, np.nan_to_num(np.asarray(det.score(X), dtype=np.float64))
+
+    def same(a, b):
+        return a[0] == b[0] and np.array_equal(a[1], b[1])
+
+    first = det.threshold_, np.nan_to_num(np.asarray(det.score(X), dtype=np.float64))
+    assert same(first, run(0)), "the same seed gives the same numbers"
+    assert not same(first, run(1)), "the seed is used"
+    assert same(run(None), run(None)) is not NONE_VARIES[name]
+    doc = inspect.getdoc(getattr(greyanom, name))
+    described = doc.split("random_state :")[1].split("\n\n")[0]
+    assert ("vary from" in described) is NONE_VARIES[name]
+    assert ("fixed seed (0)" in described) is (name != "ConvVAEDetector")  # the VAE has no folds

@@ -119,7 +119,9 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         Control limit from the cross-fitted training scores (see
         :func:`~greyanom.base.threshold_from_scores`).
     random_state : int, RandomState instance or None, default=None
-        Seeds the fold assignment.
+        Seeds the assignment of wafers to the ``cv`` folds whose held-out scores set the
+        control limit; the same seed gives the same numbers. ``None`` uses a fixed seed (0),
+        so that the limit does not change from fit to fit; nothing else is random.
 
     Attributes
     ----------

@@ -120,7 +120,10 @@ class RegisteredPixelDetector(BaseImageDetector):
     batch_size : int, default=64
         Images processed per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
-        Seed of the randomized SVD of the PCA modes (``n_components > 0``).
+        Seeds the randomized SVD of the PCA modes (``n_components > 0``) and
+        the folds of the cross-fitting that sets ``offset_``. The same seed gives the same
+        numbers. With ``None`` the SVD's draws draw from NumPy's global random state and vary from
+        fit to fit, while the folds use a fixed seed (0).
 
     Attributes
     ----------

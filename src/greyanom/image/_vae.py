@@ -192,7 +192,8 @@ class ConvVAEDetector(BaseImageDetector):
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the validation split, shuffling, augmentation
         and reparameterisation noise (a private ``torch.Generator``; the global RNGs are
-        never seeded). Training on the CPU with the same seed gives the same model.
+        never seeded). Training on the CPU with the same seed gives the same model. With
+        ``None`` the draws come from NumPy's global random state and vary from fit to fit.
 
     Attributes
     ----------
