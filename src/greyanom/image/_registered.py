@@ -397,7 +397,7 @@ class RegisteredPixelDetector(BaseImageDetector):
 
         Returns
         -------
-        Z : ndarray of shape (n, n_components_)
+        Z : ndarray of shape (n, ``n_components_``)
             ``(aligned - mean_) @ components_.T``, with ``aligned`` each image normalised and
             registered to ``reference_`` as in scoring: a shifted copy of an image embeds
             where the image does. Feed them to :class:`~greyanom.drift.FeatureDriftMonitor`.
