@@ -41,10 +41,10 @@ print(f"REVIEW from {policy.review_threshold_:.3f}, REJECT from {policy.reject_t
 # Save
 # ----
 # The model file holds arrays and JSON only (safetensors, with a SHA-256 of the payload);
-# loading it never unpickles. The policy is a JSON file.
+# loading it never unpickles. The policy goes into the same kind of file (its JSON state in the container).
 folder = Path(tempfile.mkdtemp())
 model_path = detector.save(folder / "padim.safetensors")
-policy_path = policy.save(folder / "policy.json")
+policy_path = policy.save(folder / "policy.safetensors")
 
 # %%
 # Serve and inspect

@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from greyanom._trace_persist import TracePersistMixin
+from greyanom._validation import plain_key_columns
 from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
 from greyanom.base import BaseDetector
 
@@ -118,7 +119,9 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         Control limit from the cross-fitted training scores (see
         :func:`~greyanom.base.threshold_from_scores`).
     random_state : int, RandomState instance or None, default=None
-        Seeds the fold assignment.
+        Seeds the assignment of wafers to the ``cv`` folds whose held-out scores set the
+        control limit; the same seed gives the same numbers. ``None`` uses a fixed seed (0),
+        so that the limit does not change from fit to fit; nothing else is random.
 
     Attributes
     ----------
@@ -216,6 +219,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
 
     def _wafer_features(self, X):
         tk, gk = self._check_frame(X)
+        X = plain_key_columns(X, [*tk, *gk, self.lot_key])  # categorical keys as plain labels
         F = resample_traces(
             X, time=self.time, value=self.value, trace_keys=tk, group_keys=gk, n_points=self.n_points
         )
@@ -259,3 +263,33 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         """
         check_is_fitted(self, "wafer_model_")
         return self._score(X)
+
+    def explain(self, X):
+        """Per-group contributions to each wafer's score (the contract's ``explain``).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces.
+
+        Returns
+        -------
+        explanation : pandas.DataFrame
+            One row per wafer (index ``trace_keys``, the order of :meth:`score`); one column
+            per group (the Q and T² contributions of its resampled points, summed; a tuple
+            label for several group keys), which add up exactly to ``score``; then ``score``
+            (equal to ``score(X)``) and ``status`` (see
+            :data:`greyanom._wafer_frames.WAFER_STATUSES`). The same table as
+            :meth:`explain_wafers`; :meth:`explain_wafer_features` splits it per point.
+
+        Examples
+        --------
+        >>> from greyanom import MultiwayPCADetector
+        >>> from greyanom.datasets import make_pi_lots
+        >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, sensors=("v", "u"), random_state=0)
+        >>> det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(df)
+        >>> list(det.explain(df).columns)
+        ['u', 'v', 'score', 'status']
+        """
+        check_is_fitted(self, "wafer_model_")
+        return self.explain_wafers(X)

@@ -1,6 +1,8 @@
 """Model files: arrays in safetensors, parameters and state in JSON, an integrity hash, no pickle.
 
-A saved detector is one ``.safetensors`` file. Its metadata holds
+A saved detector, or a saved :class:`~greyanom.decision.DecisionPolicy`, is one
+``.safetensors`` file, written atomically (a temporary file in the same folder, renamed into
+place). Its metadata holds
 
 * ``format`` (``"greyanom-detector"``) and ``format_version`` (an integer, now 2),
 * ``greyanom_version``, the package version that wrote it,
@@ -14,6 +16,7 @@ from a newer format, fails the hash (a damaged payload or edited config) or lack
 raises a :class:`ValueError` that says which. Version-1 files (no hash) still load.
 :func:`load` reads the class name from a file and dispatches to that class's ``load``
 through a fixed registry of greyanom classes; it never imports a name read from a file.
+:func:`load_detector` is the one ``load`` of every detector (``Detector.load(path, *, device=None)``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import numpy as np
 
 
 __all__ = [
-    "save_arrays", "load_arrays", "read_config", "load", "file_sha256", "params_to_json", "params_from_json",
-    "MODEL_CLASSES",
+    "save_arrays", "load_arrays", "read_config", "load", "load_detector", "file_sha256", "params_to_json",
+    "params_from_json", "is_json_file", "MODEL_CLASSES",
 ]
 
 _FORMAT = "greyanom-detector"
@@ -48,6 +51,7 @@ MODEL_CLASSES = (
     "RegisteredPixelDetector",
     "ShapeSignatureDetector",
     "MultiwayPCADetector",
+    "DecisionPolicy",
 )
 
 
@@ -319,7 +323,7 @@ def _model_class(name, path):
 
     if not isinstance(name, str) or name not in MODEL_CLASSES:
         raise ValueError(f"{str(path)!r} holds a {name!r}, which is not a greyanom model class {MODEL_CLASSES}.")
-    for module in ("greyanom", "greyanom.image", "greyanom.shape"):
+    for module in ("greyanom", "greyanom.image", "greyanom.shape", "greyanom.decision"):
         cls = getattr(importlib.import_module(module), name, None)
         if cls is not None:
             break
@@ -330,24 +334,76 @@ def _model_class(name, path):
     return cls
 
 
+def is_json_file(path):
+    """Whether ``path`` holds a JSON document (a decision policy of the first format) rather than safetensors.
+
+    A safetensors file starts with its header length as 8 little-endian bytes, which hold
+    NUL bytes for any header under 2**56 bytes; a JSON document holds none.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    return head.lstrip().startswith(b"{") and b"\0" not in head
+
+
+def load_detector(cls, path, *, device=None):
+    """Build a fitted ``cls`` from a file written by its ``save`` (``cls.load`` of every detector).
+
+    Parameters
+    ----------
+    cls : type
+        A :class:`~greyanom.base.BaseDetector` subclass with a ``_set_saved_state`` hook.
+    path : str or path-like
+        The model file.
+    device : str or torch.device, optional
+        Only for classes with a ``device`` parameter; any other class takes ``None`` only.
+
+    Returns
+    -------
+    detector : cls
+
+    Raises
+    ------
+    ValueError
+        If the file is not a model file of ``cls`` or is damaged, or if ``device`` is given to
+        a class without a ``device`` parameter.
+    """
+    if device is not None and "device" not in cls._get_param_names():
+        raise ValueError(
+            f"device: {cls.__name__} runs on the CPU and has no device parameter; expected device=None, "
+            f"got {device!r}."
+        )
+    arrays, config = load_arrays(path, cls.__name__)
+    params = cls._params_from_json(dict(config["params"]))
+    if device is not None:
+        params["device"] = str(device)
+    det = cls(**params)
+    try:
+        det._set_saved_state(config["state"], arrays, device=device)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{str(path)!r} has a damaged state: {exc!r}") from exc
+    return det
+
+
 def load(path, *, device=None):
-    """Load any saved greyanom detector; the class comes from the file's own metadata.
+    """Load any saved greyanom detector or decision policy; the class comes from the file's own metadata.
 
     The class name in the file is looked up in a fixed registry of greyanom classes
     (:data:`MODEL_CLASSES`), and that class's ``load`` reads the file. Nothing is
-    unpickled and no name from the file is imported.
+    unpickled and no name from the file is imported. Decision policies saved as JSON by
+    earlier greyanom versions load too.
 
     Parameters
     ----------
     path : str or path-like
-        A file written by a detector's ``save``.
+        A file written by a detector's or a :class:`~greyanom.decision.DecisionPolicy`'s ``save``.
     device : str, optional
-        Passed to the class's ``load`` (e.g. ``"cpu"`` for a model trained on a GPU).
+        Passed to the class's ``load`` (e.g. ``"cpu"`` for a model trained on a GPU); only
+        ``None`` for classes that run on the CPU (trace detectors, decision policies).
 
     Returns
     -------
-    detector : BaseDetector
-        A fitted detector of the saved class.
+    obj : BaseDetector or DecisionPolicy
+        A fitted detector or policy of the saved class.
 
     Raises
     ------
@@ -366,5 +422,14 @@ def load(path, *, device=None):
     >>> type(greyanom.load(path)).__name__
     'ConvVAEDetector'
     """
-    cls = _model_class(read_config(path)["class"], path)
-    return cls.load(path) if device is None else cls.load(path, device=device)
+    path = Path(path)
+    if path.is_file() and is_json_file(path):
+        name = "DecisionPolicy"  # the first policy format: JSON; DecisionPolicy.load checks it
+    else:
+        name = read_config(path)["class"]
+    cls = _model_class(name, path)
+    if name == "DecisionPolicy":
+        if device is not None:
+            raise ValueError(f"device: a DecisionPolicy has no device; expected device=None, got {device!r}.")
+        return cls.load(path)
+    return cls.load(path, device=device)

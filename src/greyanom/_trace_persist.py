@@ -1,7 +1,7 @@
 """Model files of the trace detectors: pandas and wafer-model state as arrays plus JSON, no pickle.
 
 :class:`TracePersistMixin` gives :class:`~greyanom.ShapeSignatureDetector` and
-:class:`~greyanom.MultiwayPCADetector` ``save`` and ``load`` on top of
+:class:`~greyanom.MultiwayPCADetector` ``save`` and the hook of the shared ``load`` on top of
 :mod:`greyanom._persist` (one safetensors file, an integrity hash, nothing executed on load).
 Their learned state is frames, series and indexes keyed by wafers, groups and lots, and a
 frozen :class:`~greyanom._wafer_model.WaferModel`. The codec here writes every numeric column
@@ -43,6 +43,8 @@ def _restore_dtype(values, dtype):
 
 def _pack_labels(values):
     values = pd.Index(values) if not isinstance(values, pd.Index) else values
+    if isinstance(values.dtype, pd.CategoricalDtype):  # labels are saved as their values
+        values = values.astype(values.dtype.categories.dtype)
     return {"dtype": _dtype_name(values.dtype), "values": [_json_value(v) for v in values.tolist()]}
 
 
@@ -155,10 +157,12 @@ def unpack(doc, arrays):
 
 
 class TracePersistMixin:
-    """``save`` and ``load`` for the trace detectors (arrays in safetensors, the rest in JSON).
+    """``save`` and the ``load`` hook for the trace detectors (arrays in safetensors, the rest in JSON).
 
-    A subclass lists its learned attributes in ``_saved_attrs``; ``load`` restores exactly
-    those, so every method of the loaded detector gives what the saved one gave.
+    A subclass lists its learned attributes in ``_saved_attrs``; ``load`` (one for every
+    detector, :meth:`greyanom.base.BaseDetector.load`) restores exactly those, so every method
+    of the loaded detector gives what the saved one gave. The trace detectors run on the CPU:
+    ``load(path, device=None)`` takes no other device.
     """
 
     #: learned attributes written by ``save`` (all of them must exist once fitted)
@@ -201,35 +205,7 @@ class TracePersistMixin:
         state = {name: pack(name, getattr(self, name), arrays) for name in self._saved_attrs}
         return save_arrays(path, arrays, {"class": type(self).__name__, "params": params, "state": state})
 
-    @classmethod
-    def load(cls, path):
-        """Load a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or path-like
-            A file written by :meth:`save`.
-
-        Returns
-        -------
-        detector : instance of this class
-            Fitted; it scores, predicts and explains as the saved one did.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a saved detector of this class (a pickle, a foreign
-            safetensors file, another detector), is damaged or comes from a newer format;
-            nothing in it is executed.
-        """
-        from greyanom._persist import load_arrays, params_from_json
-
-        arrays, config = load_arrays(path, cls.__name__)
-        det = cls(**params_from_json(cls, dict(config["params"])))
-        state = config["state"]
-        for name in cls._saved_attrs:
-            try:
-                setattr(det, name, unpack(state[name], arrays))
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"{str(path)!r} has a damaged state for {name!r}: {exc!r}") from exc
-        return det
+    def _set_saved_state(self, state, arrays, device=None):
+        """Restore ``_saved_attrs`` from a model file (the hook of :meth:`BaseDetector.load <greyanom.base.BaseDetector.load>`)."""
+        for name in self._saved_attrs:
+            setattr(self, name, unpack(state[name], arrays))

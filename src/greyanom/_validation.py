@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_images", "check_finite", "check_image_shape"]
+__all__ = ["check_images", "check_finite", "check_image_shape", "plain_key_columns"]
 
 
 def check_finite(array, name):
@@ -113,3 +113,29 @@ def check_positive_int(value, name, *, minimum=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
+
+
+def plain_key_columns(df, columns):
+    """``df`` with its categorical key columns turned into plain values (the categories' dtype).
+
+    Keys (wafers, lots, groups) are labels: a pandas ``category`` column keys the same traces
+    as its values do, and as plain values it indexes, groups, reindexes and saves like any
+    other key column. Other columns, and a frame without categorical keys, are left as given.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+    columns : iterable of str
+        The key columns (absent names are ignored).
+
+    Returns
+    -------
+    df : pandas.DataFrame
+        ``df`` itself when no key column is categorical, else a converted copy.
+    """
+    import pandas as pd
+
+    cat = [c for c in dict.fromkeys(columns) if c in df.columns and isinstance(df[c].dtype, pd.CategoricalDtype)]
+    if not cat:
+        return df
+    return df.astype({c: df[c].cat.categories.dtype for c in cat})

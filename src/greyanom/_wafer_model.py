@@ -115,6 +115,15 @@ def _lot_codes(lots, n):
     return lots
 
 
+def _std(d):
+    """Column standard deviations without overflow or underflow (values near 1e±200)."""
+    size = np.max(np.abs(d), axis=0)
+    if np.all((size < 1e100) & ((size > 1e-100) | (size == 0))):
+        return d.std(axis=0)  # the usual case, bit for bit as before
+    size = np.where(size > 0, size, 1.0)
+    return size * (d / size).std(axis=0)
+
+
 def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, min_lot_size=5, statistic="q"):
     """Fit the robust per-lot scaler and the PCA on training rows ``F`` (normal wafers).
 
@@ -156,10 +165,13 @@ def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, 
         lot_center[i] = np.median(F[m], axis=0)
         dev[m] = F[m] - lot_center[i]
     center = np.median(F, axis=0)
-    tiny = 1e-9 * np.maximum(np.abs(center), 1.0)
+    # the absolute floor is relative to the data's magnitude when that is below 1, so that
+    # features in tiny units (a trace scaled by 1e-200) are not all floored to one scale
+    magnitude = float(np.max(np.abs(F)))
+    tiny = 1e-9 * np.maximum(np.abs(center), min(1.0, magnitude) if magnitude > 0 else 1.0)
 
     def robust_scale(d):
-        return np.maximum(np.maximum(_MAD * np.median(np.abs(d), axis=0), scale_floor * d.std(axis=0)), tiny)
+        return np.maximum(np.maximum(_MAD * np.median(np.abs(d), axis=0), scale_floor * _std(d)), tiny)
 
     scale = robust_scale(dev)
     lot_scale = np.empty((uniq.size, p))

@@ -34,6 +34,19 @@ __all__ = ["BaseDetector", "ImageExplanation", "cross_fit_scores", "threshold_fr
 
 logger = logging.getLogger(__name__)
 
+#: Key of the greyanom version in a pickled detector's state.
+_VERSION_KEY = "_greyanom_version"
+
+
+def _greyanom_version():
+    from greyanom import __version__
+
+    return __version__
+
+
+def _made_by(version):
+    return "an unknown greyanom version" if version is None else f"greyanom {version}"
+
 
 def threshold_from_scores(train_scores, contamination):
     """Anomaly-score threshold implied by ``contamination`` on training scores.
@@ -325,6 +338,118 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         decision = np.asarray(self.decision_function(X))
         return np.where(decision >= 0, 1, -1)
+
+    # -- files and pickles ------------------------------------------------------------
+    #: Learned attributes every fitted instance holds, besides those its base classes list
+    #: (and a trace detector's ``_saved_attrs``); see :meth:`_required_attrs`.
+    _fitted_attrs: tuple = ("offset_", "threshold_")
+
+    def _required_attrs(self):
+        """The learned attributes this fitted detector needs, in MRO order from the base.
+
+        The union of ``_fitted_attrs`` and ``_saved_attrs`` over the class and its bases. An
+        unpickled detector that is fitted (holds a learned attribute) but lacks one of these
+        is refused in ``__setstate__``, instead of failing later with an ``AttributeError``.
+        """
+        names = []
+        for klass in reversed(type(self).__mro__):
+            for key in ("_fitted_attrs", "_saved_attrs"):
+                names.extend(vars(klass).get(key, ()))
+        return tuple(dict.fromkeys(names))
+
+    @classmethod
+    def load(cls, path, *, device=None):
+        """Load a detector written by its ``save``; nothing in the file is executed.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by ``save``.
+        device : str or torch.device, optional
+            For the detectors with a ``device`` parameter (the torch image detectors): the
+            device to load onto (e.g. ``"cpu"`` for a model fitted on a GPU); by default the
+            device it was fitted on, or the CPU with a warning when that was CUDA and CUDA is
+            not available here. The other detectors run on the CPU and take only ``None``.
+
+        Returns
+        -------
+        detector : instance of this class
+            Fitted; it scores, predicts and explains as the saved one did.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved detector of this class (a pickle, a foreign
+            safetensors file, another detector), is damaged or comes from a newer format, or
+            if ``device`` is given to a detector without a ``device`` parameter.
+
+        See Also
+        --------
+        greyanom.load : Load any saved detector or decision policy; the class comes from the file.
+        """
+        from greyanom._persist import load_detector
+
+        return load_detector(cls, path, device=device)
+
+    @classmethod
+    def _params_from_json(cls, params):
+        """Constructor keyword arguments from saved ``params`` (:func:`greyanom._persist.params_from_json`)."""
+        from greyanom._persist import params_from_json
+
+        return params_from_json(cls, params)
+
+    def _set_saved_state(self, state, arrays, device=None):
+        """Restore the learned state read from a model file (the counterpart of ``save``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be loaded from a file.")
+
+    def _restore_unpickled(self):
+        """Rebuild what ``__getstate__`` converted (torch devices, modules); ``self`` holds the state."""
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
+        state[_VERSION_KEY] = _greyanom_version()
+        return state
+
+    def __setstate__(self, state):
+        """Restore a pickled detector; refuse one without the learned state this version needs.
+
+        A fitted detector (one that holds a learned attribute) must hold every attribute of
+        :meth:`_required_attrs`; a pickle from another greyanom version that lacks one, or that
+        cannot be rebuilt, raises a ``ValueError`` naming the version that pickled it and the
+        version running, here rather than as an ``AttributeError`` in a later call. A
+        complete pickle from another version loads with a warning.
+        """
+        state = dict(state)
+        version = state.pop(_VERSION_KEY, None)
+        here = _greyanom_version()
+        name = type(self).__name__
+        super().__setstate__(state)
+        advice = "Refit it with this greyanom, or save models with .save(), whose file format is checked on load."
+        failure = None
+        try:
+            self._restore_unpickled()
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            failure = exc
+        learned = [key for key in vars(self) if key.endswith("_") and not key.startswith("_")]
+        missing = [key for key in self._required_attrs() if key not in vars(self)]
+        # a missing attribute explains an AttributeError of the rebuild; other failures speak for themselves
+        if learned and missing and (failure is None or isinstance(failure, AttributeError)):
+            raise ValueError(
+                f"this {name} was pickled by {_made_by(version)} without the learned attribute(s) {missing} "
+                f"that greyanom {here} needs to use it. {advice}"
+            ) from failure
+        if failure is not None:
+            raise ValueError(
+                f"this {name} was pickled by {_made_by(version)} and cannot be restored by greyanom {here}: "
+                f"{failure}. {advice}"
+            ) from failure
+        if version != here:
+            warnings.warn(
+                f"this {name} was pickled by {_made_by(version)} and is loaded by greyanom {here}; "
+                "its results may differ. Prefer .save() / .load().",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -330,20 +330,25 @@ class DecisionPolicy:
 
     # -- persistence --------------------------------------------------------------
     def save(self, path):
-        """Write the fitted policy to ``path`` as JSON (no pickling).
+        """Write the fitted policy to ``path``: the model-file container, atomically, no pickling.
+
+        The policy's parameters and its whole state (JSON) go into the same safetensors
+        container as the detectors' files (:mod:`greyanom._persist`: format version, integrity
+        hash, a temporary file renamed into place), so :func:`greyanom.load` reads it too.
 
         Parameters
         ----------
         path : str or path-like
+            File to write (conventionally ``*.safetensors``); its folder must exist.
 
         Returns
         -------
         path : pathlib.Path
         """
+        from greyanom._persist import save_arrays
+
         self._check_fitted()
         doc = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
             "params": {"review_fpr": float(self.review_fpr), "reject_fpr": float(self.reject_fpr)},
             "state": {
                 "calibration_scores": self.calibration_scores_.tolist(),
@@ -354,13 +359,11 @@ class DecisionPolicy:
                 "fnr": self.fnr_,
             },
         }
-        path = Path(path)
-        path.write_text(json.dumps(doc), encoding="utf-8")
-        return path
+        return save_arrays(path, {}, {"class": type(self).__name__, **doc})
 
     @classmethod
     def load(cls, path):
-        """Read a policy written by :meth:`save`.
+        """Read a policy written by :meth:`save`, or a JSON policy of earlier greyanom versions.
 
         Parameters
         ----------
@@ -375,9 +378,17 @@ class DecisionPolicy:
         ValueError
             The file is not a greyanom decision policy, or was written by a newer format version.
         """
+        from greyanom._persist import is_json_file, load_arrays
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"path {str(path)!r} does not exist.")
+        if not is_json_file(path):
+            try:
+                _, config = load_arrays(path, cls.__name__)
+            except ValueError as exc:
+                raise ValueError(f"{str(path)!r} is not a greyanom decision policy: {exc}") from exc
+            return cls._from_doc({"params": dict(config["params"]), "state": dict(config["state"])}, path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -390,6 +401,10 @@ class DecisionPolicy:
                 f"{str(path)!r} has format version {version!r}; this greyanom reads up to "
                 f"{_FORMAT_VERSION}: upgrade greyanom."
             )
+        return cls._from_doc(doc, path)
+
+    @classmethod
+    def _from_doc(cls, doc, path):
         try:
             policy = cls(**doc["params"])
             policy._check_bands()

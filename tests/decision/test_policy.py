@@ -141,11 +141,28 @@ def test_bad_use(rng):
         DecisionPolicy().fit(rng.normal(size=300), y=np.zeros(300, int), max_fnr=0.01)
 
 
+def _legacy_doc(policy):
+    """A policy as greyanom wrote it before the model-file container: a JSON document, format 1."""
+    return {
+        "format": "greyanom-decision-policy",
+        "format_version": 1,
+        "params": {"review_fpr": policy.review_fpr, "reject_fpr": policy.reject_fpr},
+        "state": {
+            "calibration_scores": policy.calibration_scores_.tolist(),
+            "review_threshold": policy.review_threshold_,
+            "reject_threshold": policy.reject_threshold_,
+            "conformal_review_threshold": policy.conformal_review_threshold_,
+            "false_review_rate": policy.false_review_rate_,
+            "fnr": policy.fnr_,
+        },
+    }
+
+
 def test_save_load_roundtrip_and_refusals(tmp_path, rng):
     scores = np.concatenate([rng.normal(size=300), rng.normal(2, size=50)])
     y = np.r_[np.zeros(300, int), np.ones(50, int)]
     policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.01).fit(scores, y=y, max_fnr=0.05)
-    path = policy.save(tmp_path / "policy.json")
+    path = policy.save(tmp_path / "policy.safetensors")
     back = DecisionPolicy.load(path)
     s = rng.normal(size=100) * 2
     np.testing.assert_array_equal(back.decide(s), policy.decide(s))
@@ -153,7 +170,7 @@ def test_save_load_roundtrip_and_refusals(tmp_path, rng):
     assert back.review_threshold_ == policy.review_threshold_ and back.fnr_ == policy.fnr_
     assert back.review_fpr == 0.1 and back.reject_fpr == 0.01
 
-    doc = json.loads(path.read_text())
+    doc = _legacy_doc(policy)
     newer = dict(doc, format_version=doc["format_version"] + 1)
     (tmp_path / "newer.json").write_text(json.dumps(newer))
     with pytest.raises(ValueError, match="format version"):
@@ -178,3 +195,82 @@ def test_decision_table():
     assert t.loc["bad"].tolist() == [1, 1, 1, 3]
     with pytest.raises(ValueError, match="PASS/REVIEW/REJECT"):
         decision_table(["OK"], [0])
+
+
+def _assert_same_policy(a, b):
+    assert type(b) is DecisionPolicy
+    np.testing.assert_array_equal(a.calibration_scores_, b.calibration_scores_)
+    for name in ("review_fpr", "reject_fpr", "review_threshold_", "reject_threshold_", "conformal_review_threshold_",
+                 "false_review_rate_", "fnr_", "n_calibration_"):
+        assert getattr(a, name) == getattr(b, name), name
+
+
+def test_policy_file_is_the_model_container_and_greyanom_load_reads_it(tmp_path, rng):
+    import greyanom
+    from greyanom._persist import read_config
+
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.01).fit(rng.normal(size=200))
+    path = policy.save(tmp_path / "policy.safetensors")
+    info = read_config(path)  # the detectors' container: format version, hash, class name
+    assert info["class"] == "DecisionPolicy" and info["greyanom_version"] == greyanom.__version__
+    assert info["config"]["state"]["review_threshold"] == policy.review_threshold_
+    _assert_same_policy(policy, greyanom.load(path))
+    with pytest.raises(ValueError, match="device"):
+        greyanom.load(path, device="cpu")
+
+
+def test_policy_state_flows_through_the_container_unchanged(tmp_path, rng, monkeypatch):
+    # a field added to the policy's JSON state (e.g. a model binding) is written as given
+    from greyanom import _persist
+
+    seen = {}
+    real = _persist.save_arrays
+
+    def spy(path, arrays, config):
+        seen.update(config)
+        return real(path, arrays, config)
+
+    monkeypatch.setattr(_persist, "save_arrays", spy)
+    policy = DecisionPolicy().fit(rng.normal(size=200))
+    path = policy.save(tmp_path / "p.safetensors")
+    assert _persist.read_config(path)["config"]["state"] == seen["state"]
+    assert seen["state"]["calibration_scores"] == policy.calibration_scores_.tolist()
+
+
+def test_json_policy_of_the_first_format_still_loads(tmp_path, rng):
+    import greyanom
+
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(rng.normal(size=200))
+    old = tmp_path / "policy.json"
+    old.write_text(json.dumps(_legacy_doc(policy)), encoding="utf-8")
+    _assert_same_policy(policy, DecisionPolicy.load(old))
+    _assert_same_policy(policy, greyanom.load(old))
+
+
+def test_policy_save_is_atomic(tmp_path, rng, monkeypatch):
+    import os
+
+    path = tmp_path / "policy.safetensors"
+    first = DecisionPolicy().fit(rng.normal(size=200))
+    first.save(path)
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        DecisionPolicy(review_fpr=0.2).fit(rng.normal(size=300)).save(path)
+    assert path.read_bytes() == before  # the old policy is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.safetensors"]  # no temporary file left
+    monkeypatch.undo()
+    _assert_same_policy(first, DecisionPolicy.load(path))
+
+
+def test_policy_load_refuses_a_detector_file(tmp_path, rng):
+    from greyanom import PCADetector
+
+    det = PCADetector(n_components=2).fit(rng.normal(size=(30, 4)))
+    path = det.save(tmp_path / "pca.safetensors")
+    with pytest.raises(ValueError, match="not a greyanom decision policy"):
+        DecisionPolicy.load(path)

@@ -260,3 +260,36 @@ def test_scales_are_calibrated_and_can_be_switched_off(data):
     assert one.norm_.shape == (1, 64, 64)
     # the calibrated training heatmaps peak near 1 in the median image
     assert 0.8 < float(np.median(det.decision_scores_)) < 2.5
+
+
+def test_embed_is_the_pca_coordinates_of_the_registered_images(fitted, data):
+    X = data.X_test[:6]
+    Z = fitted.embed(X)
+    assert Z.shape == (6, fitted.n_components_) and np.isfinite(Z).all()
+    aligned, _ = fitted._register(fitted._validated(X), fitted.reference_.astype(np.float64))
+    expected = (aligned.reshape(6, -1) - fitted.mean_.ravel()) @ fitted.components_.astype(np.float64).T
+    np.testing.assert_allclose(Z, expected, rtol=1e-6, atol=1e-6)
+    # registration first: a shifted copy embeds near the image, far nearer than without registration
+    shifted = np.roll(X, (2, -3), axis=(1, 2))
+    drift = np.linalg.norm(fitted.embed(shifted) - Z, axis=1)
+
+    def unregistered(A):
+        flat = fitted._normalise(fitted._validated(A)).reshape(len(A), -1) - fitted.mean_.ravel()
+        return flat @ fitted.components_.astype(np.float64).T
+
+    naive = np.linalg.norm(unregistered(shifted) - unregistered(X), axis=1)
+    assert np.median(drift) < 0.5 * np.median(naive)
+
+
+def test_embed_feeds_the_feature_drift_monitor(fitted, data):
+    from greyanom.drift import FeatureDriftMonitor
+
+    monitor = FeatureDriftMonitor(fitted.embed(data.X_train))
+    result = monitor.test(fitted.embed(data.X_test))
+    assert result.drifted.shape == (fitted.n_components_,)
+
+
+def test_embed_without_modes_is_a_clear_error(data):
+    det = RegisteredPixelDetector(n_components=0).fit(data.X_train[:10])
+    with pytest.raises(ValueError, match="n_components"):
+        det.embed(data.X_test[:2])

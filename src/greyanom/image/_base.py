@@ -10,7 +10,6 @@ and carry the greyanom version.
 
 from __future__ import annotations
 
-import warnings
 from abc import abstractmethod
 
 import numpy as np
@@ -22,16 +21,8 @@ from greyanom.image._reduce import REDUCTION_CONSTRAINTS, reduce_error_maps
 
 __all__ = ["BaseImageDetector"]
 
-#: Key of the greyanom version in a pickled detector's state.
-_VERSION_KEY = "_greyanom_version"
 #: Key listing the attributes that were torch devices when pickled.
 _DEVICES_KEY = "_greyanom_devices"
-
-
-def _greyanom_version():
-    from greyanom import __version__
-
-    return __version__
 
 
 class BaseImageDetector(BaseDetector):
@@ -60,6 +51,7 @@ class BaseImageDetector(BaseDetector):
 
     _parameter_constraints: dict = {**BaseDetector._parameter_constraints, **REDUCTION_CONSTRAINTS}
     _explanation_class = ImageExplanation
+    _fitted_attrs = ("image_shape_",)
     #: whether 2-D input is a table of rows (``_fit_rows`` / ``_explain_rows``)
     _accepts_rows = False
 
@@ -181,13 +173,6 @@ class BaseImageDetector(BaseDetector):
 
         return params_to_json(self)
 
-    @classmethod
-    def _params_from_json(cls, params):
-        """Constructor keyword arguments from saved ``params`` (:func:`greyanom._persist.params_from_json`)."""
-        from greyanom._persist import params_from_json
-
-        return params_from_json(cls, params)
-
     def _base_json_state(self):
         state = {
             "image_shape_": None if self.image_shape_ is None else [int(v) for v in self.image_shape_],
@@ -244,41 +229,12 @@ class BaseImageDetector(BaseDetector):
         }
         return save_arrays(path, self._state_arrays(), config)
 
-    @classmethod
-    def load(cls, path, *, device=None):
-        """Load a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or path-like
-            A file written by :meth:`save`.
-        device : str, optional
-            Device to load onto (e.g. ``"cpu"`` for a model fitted on a GPU). By default
-            the device it was fitted on, or the CPU with a warning when that was CUDA and
-            CUDA is not available here.
-
-        Returns
-        -------
-        detector : instance of this class
-
-        Raises
-        ------
-        ValueError
-            If the file is not a saved detector of this class (a pickle, a foreign
-            safetensors file, another detector); nothing in it is executed.
-        """
-        from greyanom._persist import load_arrays
-
-        arrays, config = load_arrays(path, cls.__name__)
-        params = cls._params_from_json(dict(config["params"]))
-        if device is not None and "device" in params:
-            params["device"] = str(device)
-        det = cls(**params)
-        state = dict(config["state"])
-        det._set_base_json_state(state, device=device)
-        det._set_json_state(state)
-        det._set_state_arrays(arrays)
-        return det
+    def _set_saved_state(self, state, arrays, device=None):
+        """Restore a model file's state (the hook of :meth:`BaseDetector.load <greyanom.base.BaseDetector.load>`)."""
+        state = dict(state)
+        self._set_base_json_state(state, device=device)
+        self._set_json_state(state)
+        self._set_state_arrays(arrays)
 
     # -- pickling -----------------------------------------------------------------------
     def _pickle_torch_state(self, state):
@@ -288,43 +244,23 @@ class BaseImageDetector(BaseDetector):
         """Rebuild what ``_pickle_torch_state`` replaced; ``self`` already holds ``state``."""
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns the live __dict__
+        state = super().__getstate__()  # a copy, with the greyanom version (BaseDetector)
         devices = [name for name, value in state.items() if type(value).__module__ == "torch" and type(value).__name__ == "device"]
         for name in devices:
             state[name] = str(state[name])
         self._pickle_torch_state(state)
         state[_DEVICES_KEY] = devices
-        state[_VERSION_KEY] = _greyanom_version()
         return state
 
-    def __setstate__(self, state):
-        state = dict(state)
-        version = state.pop(_VERSION_KEY, None)
-        devices = state.pop(_DEVICES_KEY, [])
-        here = _greyanom_version()
-        name = type(self).__name__
-        super().__setstate__(state)
-        try:
-            if devices:
-                from greyanom._optional import device_or_cpu
+    def _restore_unpickled(self):
+        # called by BaseDetector.__setstate__, which turns a failure into a ValueError naming both versions
+        devices = self.__dict__.pop(_DEVICES_KEY, [])
+        if devices:
+            from greyanom._optional import device_or_cpu
 
-                for attr in devices:
-                    setattr(self, attr, device_or_cpu(getattr(self, attr), name))
-            self._restore_torch_state(state)
-        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
-            made_by = "an unknown greyanom version" if version is None else f"greyanom {version}"
-            raise ValueError(
-                f"this {name} was pickled by {made_by} and cannot be restored by greyanom {here}: {exc}. "
-                "Refit it, or save models with .save(), whose file format is checked on load."
-            ) from exc
-        if version != here:
-            warnings.warn(
-                f"this {name} was pickled by "
-                f"{'an unknown greyanom version' if version is None else 'greyanom ' + str(version)}"
-                f" and is loaded by greyanom {here}; its results may differ. Prefer .save() / .load().",
-                UserWarning,
-                stacklevel=2,
-            )
+            for attr in devices:
+                setattr(self, attr, device_or_cpu(getattr(self, attr), type(self).__name__))
+        self._restore_torch_state(self.__dict__)
 
 
 def _ndim(X):

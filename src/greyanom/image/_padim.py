@@ -68,7 +68,10 @@ class PaDiMDetector(BasePatchDetector):
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``.
     random_state : int, RandomState instance or None, default=None
-        Seed of the channel subset (``n_features``).
+        Seeds the channel subset (``n_features`` below the backbone's channels) and
+        the folds of the cross-fitting that sets ``offset_``. The same seed gives the same
+        numbers. With ``None`` the subsets draw from NumPy's global random state and vary from
+        fit to fit, while the folds use a fixed seed (0).
 
     Attributes
     ----------
@@ -124,6 +127,7 @@ class PaDiMDetector(BasePatchDetector):
     True
     """
 
+    _fitted_attrs = ("channel_index_", "mean_", "precision_", "shrinkage_")
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],

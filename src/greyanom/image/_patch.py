@@ -34,6 +34,7 @@ class BasePatchDetector(BaseImageDetector):
     (saving, loading and pickling are :class:`BaseImageDetector`'s).
     """
 
+    _fitted_attrs = ("feature_stages_", "device_", "feature_shape_")
     _parameter_constraints: dict = {
         **BaseImageDetector._parameter_constraints,
         "feature_stages": ["array-like"],

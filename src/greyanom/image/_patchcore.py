@@ -66,7 +66,10 @@ class PatchCoreDetector(BasePatchDetector):
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``.
     random_state : int, RandomState instance or None, default=None
-        Seeds the coreset's projection and first patch.
+        Seeds the coreset's projection and first patch, and
+        the folds of the cross-fitting that sets ``offset_``. The same seed gives the same
+        numbers. With ``None`` the coresets draw from NumPy's global random state and vary from
+        fit to fit, while the folds use a fixed seed (0).
 
     Attributes
     ----------
@@ -119,6 +122,7 @@ class PatchCoreDetector(BasePatchDetector):
     True
     """
 
+    _fitted_attrs = ("coreset_indices_", "memory_bank_")
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         "coreset_fraction": [Interval(numbers.Real, 0, 1, closed="right")],

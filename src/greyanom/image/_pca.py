@@ -60,7 +60,10 @@ class PCADetector(BaseImageDetector):
     batch_size : int, default=256
         Images scored per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
-        Seed of the randomized SVD.
+        Seeds the randomized SVD (``svd_solver="randomized"``, or ``"auto"`` on large data) and
+        the folds of the cross-fitting that sets ``offset_``. The same seed gives the same
+        numbers. With ``None`` the SVD's draws draw from NumPy's global random state and vary from
+        fit to fit, while the folds use a fixed seed (0).
 
     Attributes
     ----------
@@ -140,6 +143,7 @@ class PCADetector(BaseImageDetector):
     _accepts_rows = True
     #: learned arrays saved by ``save`` (and restored by ``load``)
     _arrays = ("mean_", "components_", "singular_values_", "explained_variance_", "explained_variance_ratio_")
+    _fitted_attrs = (*_arrays, "n_components_")
 
     # -- fitting --------------------------------------------------------------------
     def _fit_rows(self, X):

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.extmath import randomized_svd
-from sklearn.utils.validation import check_random_state
+from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom.base import ImageExplanation
 from greyanom.image import _align
@@ -120,7 +120,10 @@ class RegisteredPixelDetector(BaseImageDetector):
     batch_size : int, default=64
         Images processed per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
-        Seed of the randomized SVD of the PCA modes (``n_components > 0``).
+        Seeds the randomized SVD of the PCA modes (``n_components > 0``) and
+        the folds of the cross-fitting that sets ``offset_``. The same seed gives the same
+        numbers. With ``None`` the SVD's draws draw from NumPy's global random state and vary from
+        fit to fit, while the folds use a fixed seed (0).
 
     Attributes
     ----------
@@ -196,6 +199,7 @@ class RegisteredPixelDetector(BaseImageDetector):
     _explanation_class = RegisteredExplanation
     _array_names = ("reference_", "median_", "std_", "norm_", "scale_calibration_", "mean_", "components_",
                     "train_shifts_")
+    _fitted_attrs = (*_array_names, "n_components_")
 
     def __init__(
         self,
@@ -382,6 +386,42 @@ class RegisteredPixelDetector(BaseImageDetector):
             ``reconstruction`` (n, H, W) and ``shift`` (n, 2).
         """
         return super().explain(X)
+
+    def embed(self, X):
+        """Coordinates of the registered images on the PCA modes, for drift monitoring.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8), of the training size.
+
+        Returns
+        -------
+        Z : ndarray of shape (n, ``n_components_``)
+            ``(aligned - mean_) @ components_.T``, with ``aligned`` each image normalised and
+            registered to ``reference_`` as in scoring: a shifted copy of an image embeds
+            where the image does. Feed them to :class:`~greyanom.drift.FeatureDriftMonitor`.
+
+        Raises
+        ------
+        ValueError
+            If the detector has no PCA modes (``n_components_ == 0``).
+        """
+        check_is_fitted(self)
+        if self.n_components_ == 0:
+            raise ValueError(
+                "embed needs PCA modes, but this RegisteredPixelDetector has n_components_=0; "
+                "fit it with n_components >= 1 (and at least 3 images)."
+            )
+        images = self._validated(X)
+        reference = self.reference_.astype(np.float64)
+        V = self.components_.astype(np.float64)
+
+        def one_batch(batch):
+            aligned, _ = self._register(batch, reference)
+            return {"z": (aligned.reshape(len(batch), -1) - self.mean_.ravel()) @ V.T}
+
+        return self._map_batches(one_batch, images, self.batch_size)["z"]
 
     # -- persistence hooks (interface of BaseImageDetector.save / load) ----------------
     def _state_arrays(self):

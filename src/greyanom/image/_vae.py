@@ -192,7 +192,8 @@ class ConvVAEDetector(BaseImageDetector):
     random_state : int, RandomState instance or None, default=None
         Seeds the weight initialisation, the validation split, shuffling, augmentation
         and reparameterisation noise (a private ``torch.Generator``; the global RNGs are
-        never seeded). Training on the CPU with the same seed gives the same model.
+        never seeded). Training on the CPU with the same seed gives the same model. With
+        ``None`` the draws come from NumPy's global random state and vary from fit to fit.
 
     Attributes
     ----------
@@ -297,6 +298,12 @@ class ConvVAEDetector(BaseImageDetector):
         "random_state": ["random_state"],
     }
     _explanation_class = VAEExplanation
+    _fitted_attrs = ("device_", "module_", "validation_indices_", "reference_", "feature_shape_", "residual_mean_",
+                     "residual_std_", "heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_")
+
+    def _required_attrs(self):
+        names = super()._required_attrs()
+        return (*names, "feature_mean_", "feature_std_") if getattr(self, "input_space", None) == "features" else names
 
     def __init__(
         self,

@@ -94,7 +94,10 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         Sets ``offset_`` from the training trace scores (see :class:`~greyanom.BaseDetector`)
         and ``wafer_threshold_`` from the cross-fitted training wafer scores.
     random_state : int, RandomState instance or None, default=None
-        Accepted for the common contract; the fits are deterministic and do not use it.
+        Seeds the assignment of wafers to the ``cv`` folds of the cross-fitting (the held-out
+        scores that set ``wafer_threshold_`` and ``offset_``); the same seed gives the same
+        numbers. ``None`` uses a fixed seed (0), so that the limits do not change from fit to
+        fit. The trace fits themselves are deterministic and do not use it.
 
     Attributes
     ----------

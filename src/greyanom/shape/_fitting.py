@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._validation import plain_key_columns
 from greyanom.shape._frames import (
     STATUSES,
     _is_dask,
@@ -207,6 +208,7 @@ class NormalModelFitMixin:
         flat = res.reset_index()
         wafers = flat[list(tk)].drop_duplicates()
         if X is not None and not _is_dask(X) and isinstance(X, pd.DataFrame):
+            X = plain_key_columns(X, [*tk, self.lot_key])  # as prepare_frame keys the traces
             wafers = X[list(tk)].drop_duplicates()
         order = pd.MultiIndex.from_frame(wafers) if len(tk) > 1 else pd.Index(wafers[tk[0]])
         if self.lot_key is not None and isinstance(X, pd.DataFrame):

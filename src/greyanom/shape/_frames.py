@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from greyanom._validation import plain_key_columns
 from greyanom.shape._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
 from greyanom.shape._scoring import (
     COL,
@@ -124,11 +125,11 @@ def prepare_frame(X, cfg, name="X", return_keys=False):
             f"got {type(X).__name__}."
         )
     check_columns(X.columns, cfg, name)
-    df = X[required_columns(cfg)]
+    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time)]
+    df = plain_key_columns(X[required_columns(cfg)], key_cols)  # categorical keys as plain labels
     for col in (cfg.time, cfg.value) + ((cfg.start_time,) if cfg.start_time is not None else ()):
         if not pd.api.types.is_numeric_dtype(df[col]):
             raise TypeError(f"{name}[{col!r}] must be numeric, got dtype {df[col].dtype}.")
-    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time)]
     if key_cols and df[key_cols].isna().any().any():
         bad = [c for c in key_cols if df[c].isna().any()]
         raise ValueError(f"{name} has missing values in key column(s) {bad}; every row needs its keys.")
