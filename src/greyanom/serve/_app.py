@@ -583,6 +583,9 @@ def serve(
     from greyanom.serve._records import Records
 
     read_config(model)  # fail here, once, rather than in every worker
+    from greyanom.decision import DecisionPolicy
+
+    DecisionPolicy.load(policy).check_model(model, allow_unbound=bool(app_kwargs.get("allow_unbound_policy")))
     Records(db_url).close()  # create the tables before the workers race to
     made_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

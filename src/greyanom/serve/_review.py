@@ -188,9 +188,13 @@ def _as_png(data):
 
     from PIL import Image
 
-    im = Image.open(io.BytesIO(data))
-    if im.mode not in ("L", "I;16", "1"):
-        im = im.convert("I;16") if im.mode.startswith("I") else im.convert("L")
+    import numpy as np
+
+    from greyanom.serve._images import _to_gray
+
+    # the kept bytes decoded as the service decoded them, shown as 16-bit grayscale
+    gray = _to_gray(Image.open(io.BytesIO(data)))
+    im = Image.fromarray(np.round(gray * 65535.0).astype(np.uint16))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
