@@ -286,7 +286,8 @@ class DecisionPolicy:
                 raise ValueError(
                     "the decision policy records no model (fitted without model=, or an old file); its thresholds "
                     f"may be on another score scale than this {model_class}'s. Refit it with "
-                    "DecisionPolicy.fit(scores, model=detector), or allow an unbound policy explicitly."
+                    "DecisionPolicy.fit(scores, model=detector), or allow an unbound policy explicitly "
+                    "(greyanom serve --allow-unbound-policy)."
                 )
             return digest
         if (self.model_class_, bound_hash) != (model_class, digest):
