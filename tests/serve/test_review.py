@@ -247,6 +247,9 @@ def test_session_cookie_login(client, setup):
     r = client.post("/review/login", content="token=wrong-token-0123456789",
                     headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
     assert r.status_code == 401 and "Unknown token" in r.text
+    r = client.post("/review/login", content="token=" + "x" * 5000,
+                    headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+    assert r.status_code == 413
     r = client.post("/review/login", content=f"token={TOKENS['alice']}",
                     headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/review"

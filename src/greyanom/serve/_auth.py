@@ -84,7 +84,10 @@ class TokenStore:
 
     Parameters
     ----------
-    entries : list of (token, role, name)
+    entries : list of (line, token, role, name)
+        ``line`` numbers the entry in messages (never the token).
+    source : str, default="the token list"
+        Where the entries come from, for messages.
 
     Raises
     ------

@@ -21,6 +21,8 @@ logger = logging.getLogger("greyanom.serve")
 
 #: Longest note kept with a review.
 MAX_NOTE = 2000
+#: Largest login form body read.
+MAX_LOGIN_BYTES = 4096
 
 
 class ReviewIn(BaseModel):
@@ -160,7 +162,12 @@ def install_review(app, service, tokens, error):
     async def login(request: Request):
         if tokens is None:
             return RedirectResponse("/review", status_code=303)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_LOGIN_BYTES:
+                return HTMLResponse(render_login("The form is too large."), status_code=413)
+        form = parse_qs(raw.decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0].strip()
         principal = tokens.authenticate(token)
         if principal is None:
