@@ -157,7 +157,7 @@ class TokenStore:
         return found
 
     def session_cookie(self, token, *, now=None):
-        """A signed cookie value for a valid token: ``token id . expiry . HMAC`` (no token)."""
+        """A signed session cookie value for a valid token: its id, an expiry and an HMAC, not the token."""
         expires = int((time.time() if now is None else now) + SESSION_SECONDS)
         payload = f"{_token_id(token)}.{expires}"
         return f"{payload}.{self._sign(payload)}"

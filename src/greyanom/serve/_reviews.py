@@ -56,7 +56,7 @@ class ReviewStore:
             return review.to_dict()
 
     def inspection(self, inspection_id):
-        """The record of an inspection with its reviews (oldest first) and ``has_image``; or None."""
+        """The record of an inspection with its reviews (oldest first), ``image_url`` and ``queued``; or None."""
         with self.records.session() as session:
             rec = session.get(Inspection, int(inspection_id))
             if rec is None:
