@@ -22,7 +22,7 @@ from greyanom.serve._audit import AuditLog  # noqa: E402
 from greyanom.serve._auth import TokenStore  # noqa: E402
 from greyanom.serve._images import ImageError, decode_image, heatmap_png  # noqa: E402
 from greyanom.serve._records import AuditEvent, Heatmap, Inspection, InspectionImage, Records, Review  # noqa: E402
-from greyanom.serve._reviews import ReviewStore  # noqa: E402
+from greyanom.serve._review_store import ReviewStore  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

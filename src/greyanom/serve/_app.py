@@ -122,7 +122,7 @@ class InspectionService:
         from greyanom.serve._audit import AuditLog
         from greyanom.serve._metrics import ServiceMetrics, score_buckets
         from greyanom.serve._records import Records
-        from greyanom.serve._reviews import ReviewMetrics, ReviewStore
+        from greyanom.serve._review_store import ReviewMetrics, ReviewStore
 
         if isinstance(model, (str, os.PathLike)):
             self.detector = greyanom.load(model)
