@@ -145,8 +145,8 @@ def _train(name, data, folder):
     det.fit(data["train"])
     fit_s = time.perf_counter() - t0
     calib = det.score(data["calib"])
-    policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.01).fit(calib)
-    return det, det.save(folder / f"{name}.safetensors"), policy.save(folder / f"{name}-policy.json"), fit_s
+    policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.01).fit(calib, model=det)
+    return det, det.save(folder / f"{name}.safetensors"), policy.save(folder / f"{name}-policy.safetensors"), fit_s
 
 
 def main(argv=None):

@@ -17,7 +17,8 @@ production host the same files are served with ``greyanom serve --model ... --po
 # Train and calibrate
 # -------------------
 # PaDiM on small synthetic wafer images. The decision policy is calibrated on anomaly
-# scores of normal images the detector did not train on, so its false-alarm rates hold.
+# scores of normal images the detector did not train on, so its false-alarm rates hold,
+# and bound to the detector (``model=``): the service refuses it for any other model.
 import io
 import json
 import tempfile
@@ -34,8 +35,9 @@ from greyanom.decision import DecisionPolicy
 data = make_wafer_images(n_train=100, n_test=12, image_size=64, random_state=0)
 train, calibration = data.X_train[:40], data.X_train[40:]
 detector = PaDiMDetector(random_state=0).fit(train)
-policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(detector.score(calibration))
+policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(detector.score(calibration), model=detector)
 print(f"REVIEW from {policy.review_threshold_:.3f}, REJECT from {policy.reject_threshold_:.3f}")
+print(f"bound to {policy.model_class_} {policy.model_hash_[:19]}")
 
 # %%
 # Save
@@ -51,11 +53,25 @@ policy_path = policy.save(folder / "policy.safetensors")
 # -----------------
 # ``create_app`` builds the FastAPI app that ``greyanom serve`` runs under uvicorn. The
 # records go to an in-memory SQLite database here; by default they go to a SQLite file.
+# A token file gives the camera an ``inspect`` token, an inspector a ``review`` token
+# and the operator an ``admin`` token; every route but ``/healthz`` then needs one.
+import secrets  # noqa: E402
+
 from fastapi.testclient import TestClient  # noqa: E402
 
 from greyanom.serve import create_app  # noqa: E402
 
-client = TestClient(create_app(model_path, policy_path, db_url="sqlite://"))
+tokens = {role: secrets.token_hex(16) for role in ("inspect", "review", "admin")}
+token_file = folder / "tokens.txt"
+token_file.write_text(f"{tokens['inspect']} inspect camera\n{tokens['review']} review alice\n"
+                      f"{tokens['admin']} admin ops\n")
+token_file.chmod(0o600)
+client = TestClient(create_app(model_path, policy_path, db_url="sqlite://", token_file=token_file))
+
+
+def as_(role):
+    return {"Authorization": f"Bearer {tokens[role]}"}
+
 
 
 def png(image):
@@ -74,15 +90,18 @@ for name, index in (("normal", normal), (data.defect_types_test[defect], defect)
         "/api/v1/inspect",
         params={"wafer_id": "WF-2024-001234", "inspection_point": index},
         content=png(data.X_test[index]),
-        headers={"content-type": "application/octet-stream"},
+        headers={"content-type": "application/octet-stream", **as_("inspect")},
     )
     answers[name] = response.json()
 print(json.dumps(answers, indent=1))
 
 # %%
 # Bad input is answered, not a crash: here an image of the wrong size.
-wrong = client.post("/api/v1/inspect", params={"wafer_id": "W", "inspection_point": 0}, content=png(np.zeros((32, 32))))
+wrong = client.post("/api/v1/inspect", params={"wafer_id": "W", "inspection_point": 0}, content=png(np.zeros((32, 32))),
+                    headers=as_("inspect"))
 print(wrong.status_code, wrong.json())
+# and so is a request without a token, or with the wrong role
+print(client.get("/api/v1/inspections").status_code, client.get("/api/v1/inspections", headers=as_("inspect")).json())
 
 # %%
 # Look at the heatmaps
@@ -91,7 +110,7 @@ print(wrong.status_code, wrong.json())
 # the model's training statistics), so a normal image stays dark and a defect glows.
 fig, axes = plt.subplots(2, 2, figsize=(6, 6), layout="constrained")
 for col, (name, answer) in enumerate(answers.items()):
-    heat = Image.open(io.BytesIO(client.get(answer["heatmap_url"]).content))
+    heat = Image.open(io.BytesIO(client.get(answer["heatmap_url"], headers=as_("review")).content))
     index = answer["inspection_point"]
     axes[0, col].imshow(data.X_test[index], cmap="gray", vmin=0, vmax=1)
     axes[0, col].set_title(f"{name}: {answer['decision']}\nscore {answer['anomaly_score']:.3f}", fontsize="small")
@@ -106,6 +125,21 @@ plt.show()
 # The records and the metrics
 # ---------------------------
 # Every answer is a committed row; ``/metrics`` is Prometheus text for a dashboard.
-records = client.get("/api/v1/inspections", params={"wafer_id": "WF-2024-001234"}).json()["inspections"]
-print([(r["id"], r["decision"], round(r["anomaly_score"], 3)) for r in records])
-print("\n".join(line for line in client.get("/metrics").text.splitlines() if line.startswith("greyanom_decisions_total")))
+records = client.get("/api/v1/inspections", params={"wafer_id": "WF-2024-001234"}, headers=as_("review"))
+print([(r["id"], r["decision"], round(r["anomaly_score"], 3)) for r in records.json()["inspections"]])
+metrics = client.get("/metrics", headers=as_("admin")).text
+print("\n".join(line for line in metrics.splitlines() if line.startswith("greyanom_decisions_total")))
+
+# %%
+# Human review
+# ------------
+# An inspector looks at the defective image (on the review page ``/review``, or through
+# the API) and posts a verdict; the inspector is the token's name. The stats estimate the
+# false rejects from the verdicts, and the audit trail keeps who did what.
+defect_answer = answers[data.defect_types_test[defect]]
+review = client.post(f"/api/v1/inspections/{defect_answer['id']}/review",
+                     json={"verdict": "defect", "note": "confirmed"}, headers=as_("review"))
+print(review.status_code, review.json())
+stats = client.get("/api/v1/stats", headers=as_("admin")).json()
+print({k: stats[k] for k in ("decisions", "reviews", "queued", "reviewed_fraction", "reject_override_rate")})
+print(client.get("/api/v1/audit", headers=as_("admin")).json()["events"][0])

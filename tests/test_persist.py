@@ -182,3 +182,22 @@ def test_file_sha256_changes_with_content(tmp_path):
     a.write_bytes(b"x")
     b.write_bytes(b"y")
     assert _persist.file_sha256(a) != _persist.file_sha256(b)
+
+
+@pytest.mark.parametrize("name", ["vae", "padim"])
+def test_model_hash_is_the_same_for_the_object_and_its_file(name, request, images, tmp_path):
+    from sklearn.base import clone
+
+    det = request.getfixturevalue(name)
+    path = det.save(tmp_path / f"{name}.safetensors")
+    digest = _persist.model_hash(det)
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    assert _persist.model_hash(path) == digest
+    if name == "padim":  # the VAE fixture uses the deprecated n_threads, which load renames to n_jobs
+        assert _persist.model_hash(greyanom.load(path)) == digest
+    # another constructor parameter with the same learned state: another hash
+    changed = clone(det).set_params(random_state=1)
+    changed.__dict__.update({k: v for k, v in det.__dict__.items() if k.endswith("_")})
+    assert _persist.model_hash(changed) != digest
+    with pytest.raises(TypeError, match="fitted greyanom detector"):
+        _persist.model_hash(object())

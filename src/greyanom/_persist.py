@@ -34,7 +34,7 @@ import numpy as np
 
 __all__ = [
     "save_arrays", "load_arrays", "read_config", "load", "load_detector", "file_sha256", "params_to_json",
-    "params_from_json", "is_json_file", "MODEL_CLASSES",
+    "params_from_json", "is_json_file", "model_hash", "MODEL_CLASSES",
 ]
 
 _FORMAT = "greyanom-detector"
@@ -74,6 +74,60 @@ def _payload_sha256(config_text, arrays):
         digest.update(f"\0{name}\0{value.dtype.str}\0{value.shape}\0".encode())
         digest.update(memoryview(value.reshape(-1).view(np.uint8)))  # no copy of large arrays
     return digest.hexdigest()
+
+
+#: Learned state that says where a model runs, not what it computes: left out of :func:`model_hash`.
+_PLACEMENT_STATE = ("device_",)
+
+
+def model_hash(model):
+    """Content hash of a fitted detector or of its model file: the same value for both.
+
+    The SHA-256 covers what :meth:`save` writes: the class name, the constructor
+    parameters (``get_params``), the JSON learned state and every learned array (name,
+    dtype, shape, bytes), in a canonical order. It leaves out the device the model was on
+    (``device_``), so a model fitted on a GPU and its file loaded on a CPU hash alike, and
+    the greyanom version that wrote the file. Any change of a parameter (a dtype, a
+    reduction) or of a learned value changes it.
+
+    Parameters
+    ----------
+    model : fitted detector, str or path-like
+        A fitted greyanom detector (one with ``save``), or a file its ``save`` wrote
+        (read and integrity-checked, not unpickled).
+
+    Returns
+    -------
+    digest : str
+        ``"sha256:"`` and 64 hex digits.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is neither a path nor a greyanom detector that can be saved.
+    ValueError
+        If the file is not a greyanom model file or is damaged.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> from greyanom import PCADetector
+    >>> from greyanom._persist import model_hash
+    >>> det = PCADetector(n_components=2).fit(np.random.default_rng(0).normal(size=(30, 5)))
+    >>> path = det.save(pathlib.Path(tempfile.mkdtemp()) / "pca.safetensors")
+    >>> model_hash(det) == model_hash(path)
+    True
+    """
+    if isinstance(model, (str, os.PathLike)):
+        arrays, config = load_arrays(model, read_config(model)["class"])
+    elif callable(getattr(model, "_save_payload", None)):
+        arrays, config = model._save_payload()
+    else:
+        raise TypeError(f"model must be a fitted greyanom detector or its model file, got {type(model).__name__}.")
+    state = {k: v for k, v in dict(config["state"]).items() if k not in _PLACEMENT_STATE}
+    canonical = {"class": config["class"], "params": dict(config["params"]), "state": state}
+    text = json.dumps(canonical, sort_keys=True, allow_nan=True)
+    return "sha256:" + _payload_sha256(text, {str(k): np.asarray(v) for k, v in arrays.items()})
 
 
 def file_sha256(path, *, chunk_size=1 << 20):

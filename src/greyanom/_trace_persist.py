@@ -195,15 +195,21 @@ class TracePersistMixin:
         >>> bool((MultiwayPCADetector.load(path).score_wafers(df) == det.score_wafers(df)).all())
         True
         """
+        from greyanom._persist import save_arrays
+
+        return save_arrays(path, *self._save_payload())
+
+    def _save_payload(self):
+        """``(arrays, config)`` as :meth:`save` writes them (also hashed by ``_persist.model_hash``)."""
         from sklearn.utils.validation import check_is_fitted
 
-        from greyanom._persist import params_to_json, save_arrays
+        from greyanom._persist import params_to_json
 
         check_is_fitted(self, self._saved_attrs[0])
         params = params_to_json(self)
         arrays = {}
         state = {name: pack(name, getattr(self, name), arrays) for name in self._saved_attrs}
-        return save_arrays(path, arrays, {"class": type(self).__name__, "params": params, "state": state})
+        return arrays, {"class": type(self).__name__, "params": params, "state": state}
 
     def _set_saved_state(self, state, arrays, device=None):
         """Restore ``_saved_attrs`` from a model file (the hook of :meth:`BaseDetector.load <greyanom.base.BaseDetector.load>`)."""

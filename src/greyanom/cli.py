@@ -94,20 +94,40 @@ def _add_serve_parser(sub):
             "Run the inspection service (greyanom.serve): POST /api/v1/inspect with the raw PNG or TIFF "
             "bytes of one grayscale image answers its anomaly score, PASS/REVIEW/REJECT decision, "
             "confidence and heatmap link; every answer is first committed to the records database. "
-            "Also GET /api/v1/heatmaps/{id}.png, /api/v1/inspections, /api/v1/model, /healthz, /metrics."
+            "Also GET /api/v1/heatmaps/{id}.png, /api/v1/inspections, /api/v1/model, /healthz, /metrics, "
+            "the human review of inspections (POST /api/v1/inspections/{id}/review, the review page /review) "
+            "and GET /api/v1/stats."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    # defaults written into the help texts (ArgumentDefaultsHelpFormatter printed "(default: None)"
+    # after the required options)
     serve.add_argument("--model", required=True, metavar="PATH", help="model file written by a detector's save()")
-    serve.add_argument("--policy", required=True, metavar="PATH", help="decision policy written by DecisionPolicy.save()")
-    serve.add_argument("--db", default="sqlite:///greyanom-inspections.db", metavar="URL", help="SQLAlchemy database URL")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8080, help="TCP port")
-    serve.add_argument("--workers", type=int, default=1, metavar="N", help="uvicorn worker processes")
-    serve.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per inference")
+    serve.add_argument("--policy", required=True, metavar="PATH",
+                       help="decision policy written by DecisionPolicy.save(), fitted with model= this model")
+    serve.add_argument("--allow-unbound-policy", action="store_true",
+                       help="accept a policy that records no model (logged as a warning); a policy bound to "
+                       "another model is always refused")
+    serve.add_argument("--db", default="sqlite:///greyanom-inspections.db", metavar="URL",
+                       help="SQLAlchemy database URL (default: %(default)s)")
+    serve.add_argument("--token-file", default=None, metavar="PATH",
+                       help="access tokens, one 'TOKEN ROLE [NAME]' a line, roles inspect, review, admin; "
+                       "without it the service has no access control and binds loopback only")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on; 0.0.0.0 (every interface) needs --token-file (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="uvicorn worker processes (default: %(default)s)")
+    serve.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch threads per inference (default: %(default)s)")
     serve.add_argument("--resize", action="store_true", help="resize images of another size (default: answer 422)")
-    serve.add_argument("--max-body-mb", type=float, default=4.0, metavar="MB", help="larger bodies are answered 413")
-    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    serve.add_argument("--max-body-mb", type=float, default=4.0, metavar="MB",
+                       help="larger bodies are answered 413 (default: %(default)s)")
+    serve.add_argument("--keep-images", action="store_true",
+                       help="also keep the raw image of PASS inspections (REVIEW and REJECT images are always kept)")
+    serve.add_argument("--audit-sample", type=float, default=0.0, metavar="F",
+                       help="fraction of PASS and REJECT inspections put in the review queue beside every REVIEW "
+                       "(default: %(default)s)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (uvicorn's access log: method, path, status; never a token)")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -122,6 +142,10 @@ def _run_serve(args, parser):
         parser.error("--workers and --threads must be at least 1.")
     if not args.max_body_mb > 0:
         parser.error(f"--max-body-mb must be positive, got {args.max_body_mb}.")
+    if not 0.0 <= args.audit_sample <= 1.0:
+        parser.error(f"--audit-sample must be a fraction in [0, 1], got {args.audit_sample}.")
+    if args.token_file is not None and not Path(args.token_file).is_file():
+        parser.error(f"--token-file {args.token_file!r} is not a file.")
     try:
         from greyanom.serve import serve
     except ImportError as exc:
@@ -129,7 +153,9 @@ def _run_serve(args, parser):
     try:
         serve(args.model, args.policy, db_url=args.db, host=args.host, port=args.port, workers=args.workers,
               threads=args.threads, resize=args.resize, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-              access_log=args.access_log, log_level="debug" if args.verbose else "info")
+              access_log=args.access_log, log_level="debug" if args.verbose else "info",
+              token_file=args.token_file, allow_unbound_policy=args.allow_unbound_policy,
+              keep_images=args.keep_images, audit_sample=args.audit_sample)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return 0

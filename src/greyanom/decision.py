@@ -31,6 +31,9 @@ import numpy as np
 __all__ = ["DecisionPolicy", "calibrate", "decision_table", "format_decision_tables", "min_calibration_size"]
 
 _FORMAT = "greyanom-decision-policy"
+#: The last version of the JSON policy file, read for files written before policies moved into
+#: the model-file container (where the model binding, ``model``, is part of the config); such
+#: files load unbound.
 _FORMAT_VERSION = 1
 
 PASS, REVIEW, REJECT = "PASS", "REVIEW", "REJECT"
@@ -122,6 +125,12 @@ class DecisionPolicy:
         without tuning, larger after labelled tuning).
     fnr_ : float or None
         With labels: the fraction of labelled anomalies below ``review_threshold_`` (PASSed).
+    model_class_ : str or None
+        Class of the detector the calibration scores came from (``fit(..., model=)``);
+        None for an unbound policy.
+    model_hash_ : str or None
+        Its content hash (:func:`greyanom._persist.model_hash`: the same for the fitted
+        detector and its saved file); None for an unbound policy.
 
     See Also
     --------
@@ -169,7 +178,7 @@ class DecisionPolicy:
             )
         return review, reject
 
-    def fit(self, calibration_scores, y=None, *, max_fnr=None):
+    def fit(self, calibration_scores, y=None, *, max_fnr=None, model=None):
         """Set the thresholds from anomaly scores of normal items the detector did not train on.
 
         Parameters
@@ -183,6 +192,11 @@ class DecisionPolicy:
             Labelled tuning: move the REVIEW threshold down (never up) until at most this
             fraction of the labelled anomalies PASS. The REJECT band is untouched; the price
             is ``false_review_rate_``.
+        model : fitted detector, str or path-like, optional
+            The detector the scores come from (or its saved file): the policy records its
+            class and content hash, and ``greyanom serve`` refuses to apply it to any other
+            model. Thresholds are only meaningful on the scale of the model that made
+            the scores.
 
         Returns
         -------
@@ -196,6 +210,7 @@ class DecisionPolicy:
         """
         review, reject = self._check_bands()
         scores, _ = _as_scores(calibration_scores, "calibration_scores", allow_inf=False)
+        binding = (None, None) if model is None else _model_identity(model, "model")
         anomalies = None
         if y is not None:
             labels = np.asarray(y).ravel()
@@ -240,7 +255,50 @@ class DecisionPolicy:
                 self.review_threshold_ = tuned
             self.fnr_ = float(np.mean(anomalies < self.review_threshold_))
         self.false_review_rate_ = float(self._p_of(np.array([self.review_threshold_]))[0])
+        self.model_class_, self.model_hash_ = binding
         return self
+
+    def check_model(self, model, *, allow_unbound=False):
+        """Check that this policy was calibrated on ``model``; return the model's hash.
+
+        Parameters
+        ----------
+        model : fitted detector, str or path-like
+            The detector (or its saved file) the policy is about to be applied to.
+        allow_unbound : bool, default=False
+            Accept a policy that records no model (fitted without ``model=``, or read from
+            a version-1 file).
+
+        Returns
+        -------
+        model_hash : str
+            The content hash of ``model``.
+
+        Raises
+        ------
+        ValueError
+            If the policy is bound to another model (class or content hash), or is unbound
+            and ``allow_unbound`` is False.
+        """
+        self._check_fitted()
+        model_class, digest = _model_identity(model, "model")
+        bound_hash = getattr(self, "model_hash_", None)
+        if bound_hash is None:
+            if not allow_unbound:
+                raise ValueError(
+                    "the decision policy records no model (fitted without model=, or an old file); its thresholds "
+                    f"may be on another score scale than this {model_class}'s. Refit it with "
+                    "DecisionPolicy.fit(scores, model=detector), or allow an unbound policy explicitly "
+                    "(greyanom serve --allow-unbound-policy)."
+                )
+            return digest
+        if (self.model_class_, bound_hash) != (model_class, digest):
+            raise ValueError(
+                f"the decision policy was calibrated on a {self.model_class_} ({bound_hash[:19]}), not on this "
+                f"{model_class} ({digest[:19]}): its thresholds do not apply to this model's scores. Calibrate a "
+                "policy for this model with DecisionPolicy.fit(scores, model=detector)."
+            )
+        return digest
 
     def _threshold_for(self, rate):
         """Smallest float ``t`` with ``p(t) <= rate``, so that ``score >= t`` iff ``p(score) <= rate``.
@@ -358,6 +416,7 @@ class DecisionPolicy:
                 "false_review_rate": self.false_review_rate_,
                 "fnr": self.fnr_,
             },
+            "model": {"class": getattr(self, "model_class_", None), "hash": getattr(self, "model_hash_", None)},
         }
         return save_arrays(path, {}, {"class": type(self).__name__, **doc})
 
@@ -388,7 +447,9 @@ class DecisionPolicy:
                 _, config = load_arrays(path, cls.__name__)
             except ValueError as exc:
                 raise ValueError(f"{str(path)!r} is not a greyanom decision policy: {exc}") from exc
-            return cls._from_doc({"params": dict(config["params"]), "state": dict(config["state"])}, path)
+            return cls._from_doc(
+                {"params": dict(config["params"]), "state": dict(config["state"]), "model": config.get("model")}, path
+            )
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -396,7 +457,7 @@ class DecisionPolicy:
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
             raise ValueError(f"{str(path)!r} is not a greyanom decision policy file.")
         version = doc.get("format_version")
-        if not isinstance(version, int) or version > _FORMAT_VERSION:
+        if not isinstance(version, int) or version < 1 or version > _FORMAT_VERSION:
             raise ValueError(
                 f"{str(path)!r} has format version {version!r}; this greyanom reads up to "
                 f"{_FORMAT_VERSION}: upgrade greyanom."
@@ -419,12 +480,32 @@ class DecisionPolicy:
             policy.conformal_review_threshold_ = float(state["conformal_review_threshold"])
             policy.false_review_rate_ = float(state["false_review_rate"])
             policy.fnr_ = None if state["fnr"] is None else float(state["fnr"])
+            # files written before the binding existed (JSON format 1, early containers) load unbound
+            binding = doc.get("model") or {"class": None, "hash": None}
+            policy.model_class_, policy.model_hash_ = binding["class"], binding["hash"]
+            if (policy.model_class_ is None) != (policy.model_hash_ is None) or not all(
+                v is None or isinstance(v, str) for v in (policy.model_class_, policy.model_hash_)
+            ):
+                raise ValueError("the model binding must hold a class name and a hash, or neither")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{str(path)!r} is a damaged greyanom decision policy: {exc}") from exc
         return policy
 
     def __repr__(self):
         return f"DecisionPolicy(review_fpr={self.review_fpr!r}, reject_fpr={self.reject_fpr!r})"
+
+
+def _model_identity(model, name):
+    """``(class name, content hash)`` of a fitted detector or a model file."""
+    import os
+
+    from greyanom._persist import model_hash, read_config
+
+    if isinstance(model, (str, os.PathLike)):
+        return str(read_config(model)["class"]), model_hash(model)
+    if not callable(getattr(model, "_save_payload", None)):
+        raise TypeError(f"{name} must be a fitted greyanom detector or its model file, got {type(model).__name__}.")
+    return type(model).__name__, model_hash(model)
 
 
 def decision_table(decisions, y_true, *, labels=None):

@@ -274,3 +274,47 @@ def test_policy_load_refuses_a_detector_file(tmp_path, rng):
     path = det.save(tmp_path / "pca.safetensors")
     with pytest.raises(ValueError, match="not a greyanom decision policy"):
         DecisionPolicy.load(path)
+
+
+def test_policy_binds_to_the_model_it_was_calibrated_on(tmp_path, rng):
+    from greyanom import PCADetector
+
+    X = rng.normal(size=(120, 6))
+    det = PCADetector(n_components=2).fit(X[:60])
+    other = PCADetector(n_components=3).fit(X[:60])  # another parameter: another model
+    policy = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(det.score(X[60:]), model=det)
+    assert policy.model_class_ == "PCADetector" and policy.model_hash_.startswith("sha256:")
+    model_path = det.save(tmp_path / "pca.safetensors")
+    # the fitted object and its saved file are the same model
+    assert policy.check_model(det) == policy.check_model(model_path) == policy.model_hash_
+    back = DecisionPolicy.load(policy.save(tmp_path / "policy.safetensors"))
+    assert (back.model_class_, back.model_hash_) == (policy.model_class_, policy.model_hash_)
+    assert back.check_model(model_path) == policy.model_hash_
+    with pytest.raises(ValueError, match="calibrated on a PCADetector"):
+        back.check_model(other)
+    # a learned value changed: another hash
+    refit = PCADetector(n_components=2).fit(X[1:61])
+    with pytest.raises(ValueError, match="not on this PCADetector"):
+        back.check_model(refit)
+
+
+def test_unbound_policies_and_version_1_files(tmp_path, rng):
+    from greyanom import PCADetector
+
+    det = PCADetector(n_components=2).fit(rng.normal(size=(60, 4)))
+    unbound = DecisionPolicy(review_fpr=0.1, reject_fpr=0.02).fit(rng.normal(size=200))
+    assert unbound.model_hash_ is None and unbound.model_class_ is None
+    with pytest.raises(ValueError, match="records no model"):
+        unbound.check_model(det)
+    assert unbound.check_model(det, allow_unbound=True).startswith("sha256:")
+    # a JSON file written before the binding existed (format version 1) loads unbound
+    (tmp_path / "v1.json").write_text(json.dumps(_legacy_doc(unbound)))
+    v1 = DecisionPolicy.load(tmp_path / "v1.json")
+    assert v1.model_hash_ is None and v1.review_threshold_ == unbound.review_threshold_
+    # half a binding is a damaged file
+    half = DecisionPolicy().fit(rng.normal(size=200))
+    half.model_class_, half.model_hash_ = "PCADetector", None
+    with pytest.raises(ValueError, match="damaged"):
+        DecisionPolicy.load(half.save(tmp_path / "half.safetensors"))
+    with pytest.raises(TypeError, match="fitted greyanom detector"):
+        DecisionPolicy().fit(rng.normal(size=300), model=object())

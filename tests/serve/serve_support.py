@@ -60,7 +60,8 @@ def _trained():
         det.fit(train)
         model_path = det.save(folder / f"{name}.safetensors")
         scores = det.score(np.stack([to_uint8(x) for x in calib]).astype(np.float32) / 255.0)
-        policy_path = DecisionPolicy(review_fpr=0.2, reject_fpr=0.05).fit(scores).save(folder / f"{name}-policy.json")
+        policy = DecisionPolicy(review_fpr=0.2, reject_fpr=0.05).fit(scores, model=det)
+        policy_path = policy.save(folder / f"{name}-policy.json")
         out[name] = (model_path, policy_path)
     return out
 

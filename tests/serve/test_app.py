@@ -143,6 +143,22 @@ def test_drift_gauge_is_the_monitor_on_recent_scores(models, tmp_path):
         assert expected.p_value < 0.01  # the shifted images did drift
 
 
+def _blank_png(height, width):
+    """A valid 8-bit grayscale PNG of zeros, built without an image library (small compressed)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (width + 1), []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize(
     "case, status, code",
     [
@@ -155,6 +171,8 @@ def test_drift_gauge_is_the_monitor_on_recent_scores(models, tmp_path):
         ("jpeg", 415, "unsupported_format"),
         ("multipage", 422, "multi_page"),
         ("float_out_of_range", 422, "bad_range"),
+        ("multipart", 422, "not_an_image"),
+        ("huge_png", 422, "too_large"),
     ],
 )
 def test_bad_images_are_json_errors(padim_client, normal_png, case, status, code):
@@ -181,11 +199,20 @@ def test_bad_images_are_json_errors(padim_client, normal_png, case, status, code
         frames = [Image.fromarray(gray), Image.fromarray(gray)]
         frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
         body = buf.getvalue()
+    elif case == "multipart":  # curl -F file=@image.png
+        body = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="w.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n" + normal_png + b"\r\n--xyz--\r\n")
+    elif case == "huge_png":
+        body = _blank_png(10000, 10000)
     else:
         body = png_bytes(np.full((SIZE, SIZE), 3.0, np.float32), fmt="TIFF")
     r = _inspect(padim_client, body)
     assert r.status_code == status, r.text
     assert r.json()["error"] == code and r.json()["message"]
+    if case == "multipart":
+        assert "--data-binary" in r.json()["message"]
+    if case == "huge_png":
+        assert "10000x10000" in r.json()["message"]
     assert _inspect(padim_client, normal_png).status_code == 200  # still answering
 
 

@@ -44,3 +44,65 @@ def test_serve_refuses_a_damaged_model(models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--model", str(bad), "--policy", str(models["padim"][1]), "--port", "1"])
     assert "not a greyanom detector file" in capsys.readouterr().err
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_serve_refusals_are_one_line(models, tmp_path, capsys):
+    padim_model, padim_policy = models["padim"]
+    vae_policy = models["vae"][1]
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--model", str(padim_model), "--policy", str(padim_policy),
+              "--db", "sqlite:////nonexistent/dir/x.db"])
+    assert exc.value.code == 2
+    line = _one_line_error(capsys)
+    assert "cannot open the records database" in line and "'/nonexistent/dir' does not exist" in line
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", str(padim_model), "--policy", str(vae_policy), "--db", "sqlite://"])
+    assert "calibrated on a ConvVAEDetector" in _one_line_error(capsys)
+    with pytest.raises(SystemExit):  # refused before anything binds
+        main(["serve", "--model", str(padim_model), "--policy", str(padim_policy), "--host", "0.0.0.0"])
+    assert "binds loopback only" in _one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", str(padim_model), "--policy", str(padim_policy),
+              "--token-file", str(tmp_path / "absent.txt")])
+    assert "--token-file" in _one_line_error(capsys)
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", str(padim_model), "--policy", str(padim_policy), "--audit-sample", "2"])
+    assert "--audit-sample" in _one_line_error(capsys)
+
+
+def test_serve_refuses_an_unbound_policy_unless_allowed(models, tmp_path, capsys, monkeypatch):
+    import greyanom
+    from greyanom.decision import DecisionPolicy
+
+    from serve_support import normal_images
+
+    padim_model = models["padim"][0]
+    scores = greyanom.load(padim_model).score(normal_images(30, 3))
+    unbound = DecisionPolicy(review_fpr=0.2, reject_fpr=0.05).fit(scores).save(tmp_path / "unbound.json")
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", str(padim_model), "--policy", str(unbound), "--db", "sqlite://"])
+    line = _one_line_error(capsys)
+    assert "records no model" in line and "--allow-unbound-policy" in line
+    started = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.update(app=app, **options))
+    assert main(["serve", "--model", str(padim_model), "--policy", str(unbound), "--db", "sqlite://",
+                 "--allow-unbound-policy", "--port", "8999"]) == 0
+    assert started["app"].state.service.describe()["policy_bound"] is False
+    assert started["host"] == "127.0.0.1" and started["port"] == 8999
+
+
+def test_serve_help_has_no_none_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out
+    for option in ("--token-file", "--allow-unbound-policy", "--keep-images", "--audit-sample"):
+        assert option in out

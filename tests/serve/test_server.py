@@ -51,6 +51,7 @@ def _start(model, policy, db, *extra, timeout=90):
 
 
 def _stop(proc):
+    """Stop the server (SIGTERM, then SIGKILL); return what it wrote."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -58,7 +59,9 @@ def _stop(proc):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    output = proc.stdout.read().decode("utf-8", "replace")
     proc.stdout.close()
+    return output
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +163,25 @@ def test_two_workers_survive_one_killed_worker(models, tmp_path):
         assert len(alive) >= 2
     finally:
         _stop(proc)
+
+
+def test_token_file_guards_the_real_server_and_no_token_is_logged(models, tmp_path):
+    token = "tok-server-admin-0123456789abcdef"
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"{token} admin operator\ntok-server-inspect-0123456789 inspect camera\n")
+    tokens.chmod(0o600)
+    proc, url = _start(*models["padim"], tmp_path / "records.db", "--token-file", str(tokens), "--access-log")
+    try:
+        body = png_bytes(to_uint8(normal_images(1, 7)[0]))
+        assert _post(url, body, "T", 1).status_code == 401
+        r = httpx.post(f"{url}/api/v1/inspect", params={"wafer_id": "T", "inspection_point": 1}, content=body,
+                       headers={"Authorization": "Bearer tok-server-inspect-0123456789"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
+        metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert metrics.status_code == 200 and "greyanom_review_reviewed_fraction" in metrics.text
+        assert httpx.get(f"{url}/docs", timeout=10).status_code == 401
+    finally:
+        output = _stop(proc)
+    assert '"POST /api/v1/inspect?wafer_id=T&inspection_point=1 HTTP/1.1" 200' in output  # the access log ran
+    assert token not in output and "tok-server-inspect" not in output

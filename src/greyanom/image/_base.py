@@ -219,15 +219,19 @@ class BaseImageDetector(BaseDetector):
         --------
         load : Read the file back; nothing in it is executed.
         """
-        check_is_fitted(self)
         from greyanom._persist import save_arrays
 
+        return save_arrays(path, *self._save_payload())
+
+    def _save_payload(self):
+        """``(arrays, config)`` as :meth:`save` writes them (also hashed by ``_persist.model_hash``)."""
+        check_is_fitted(self)
         config = {
             "class": type(self).__name__,
             "params": self._json_params(),
             "state": {**self._base_json_state(), **self._json_state()},
         }
-        return save_arrays(path, self._state_arrays(), config)
+        return self._state_arrays(), config
 
     def _set_saved_state(self, state, arrays, device=None):
         """Restore a model file's state (the hook of :meth:`BaseDetector.load <greyanom.base.BaseDetector.load>`)."""

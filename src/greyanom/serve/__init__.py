@@ -3,7 +3,10 @@
 ``greyanom serve --model MODEL --policy POLICY`` (or :func:`serve`) answers
 ``POST /api/v1/inspect`` with the anomaly score, the PASS / REVIEW / REJECT decision of a
 :class:`~greyanom.decision.DecisionPolicy`, its confidence and a heatmap link, commits a
-record of every answer to a SQLAlchemy database first, and exports Prometheus metrics.
+record of every answer to a SQLAlchemy database first, and exports Prometheus metrics. With a
+token file every route but ``/healthz`` needs a bearer token of the right role; inspectors
+review REVIEW inspections on the review page (``/review``) or through the API, and every
+change is kept in an audit table.
 FastAPI, uvicorn, SQLAlchemy and prometheus-client are imported only here, never by
 ``import greyanom``.
 """
@@ -15,16 +18,25 @@ for _module in ("fastapi", "sqlalchemy", "prometheus_client"):
 del _module
 
 from greyanom.serve._app import DEFAULT_MAX_BODY_BYTES, InspectionService, create_app, serve  # noqa: E402
+from greyanom.serve._audit import AuditLog  # noqa: E402
+from greyanom.serve._auth import TokenStore  # noqa: E402
 from greyanom.serve._images import ImageError, decode_image, heatmap_png  # noqa: E402
-from greyanom.serve._records import Heatmap, Inspection, Records  # noqa: E402
+from greyanom.serve._records import AuditEvent, Heatmap, Inspection, InspectionImage, Records, Review  # noqa: E402
+from greyanom.serve._review_store import ReviewStore  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "AuditEvent",
+    "AuditLog",
     "Heatmap",
     "ImageError",
     "Inspection",
+    "InspectionImage",
     "InspectionService",
     "Records",
+    "Review",
+    "ReviewStore",
+    "TokenStore",
     "create_app",
     "decode_image",
     "heatmap_png",

@@ -71,13 +71,28 @@ class InspectionService:
     model_version : str, optional
         Overrides the version (by default a content hash of the model file plus the
         greyanom version).
+    allow_unbound_policy : bool, default=False
+        Accept a policy fitted without ``model=`` (logged as a warning). A policy bound to
+        another model is always refused.
+    keep_images : bool, default=False
+        Also keep the raw image of PASS inspections (REVIEW and REJECT images are always
+        kept for review).
+    audit_sample : float in [0, 1], default=0.0
+        Fraction of PASS and REJECT inspections put in the review queue beside every
+        REVIEW (their images are kept).
+    random_state : int or None, default=None
+        Seeds the audit sample.
 
     Attributes
     ----------
     detector : BaseImageDetector
     policy : DecisionPolicy
     model_version, policy_version : str
+    model_hash : str
+        :func:`greyanom._persist.model_hash` of the served model.
     records : Records
+    reviews : ReviewStore
+    audit : AuditLog
     metrics : ServiceMetrics
     """
 
@@ -94,12 +109,20 @@ class InspectionService:
         drift_alpha=0.01,
         threads=1,
         model_version=None,
+        allow_unbound_policy=False,
+        keep_images=False,
+        audit_sample=0.0,
+        random_state=None,
     ):
+        import random
+
         import greyanom
         from greyanom.decision import DecisionPolicy
         from greyanom.drift import ScoreDriftMonitor
+        from greyanom.serve._audit import AuditLog
         from greyanom.serve._metrics import ServiceMetrics, score_buckets
         from greyanom.serve._records import Records
+        from greyanom.serve._review_store import ReviewMetrics, ReviewStore
 
         if isinstance(model, (str, os.PathLike)):
             self.detector = greyanom.load(model)
@@ -117,6 +140,15 @@ class InspectionService:
             self.policy_version = f"unsaved+greyanom-{greyanom.__version__}"
         if not hasattr(self.policy, "review_threshold_"):
             raise TypeError("policy must be a fitted DecisionPolicy.")
+        self.model_hash = self.policy.check_model(model, allow_unbound=allow_unbound_policy)
+        if getattr(self.policy, "model_hash_", None) is None:
+            logger.warning("the decision policy is not bound to a model; its thresholds are applied to %s %s "
+                           "unchecked (--allow-unbound-policy).", type(self.detector).__name__, self.model_hash[:19])
+        if isinstance(audit_sample, bool) or not 0.0 <= float(audit_sample) <= 1.0:
+            raise ValueError(f"audit_sample must be a fraction in [0, 1], got {audit_sample!r}.")
+        self.keep_images = bool(keep_images)
+        self.audit_sample = float(audit_sample)
+        self._audit_rng = random.Random(random_state)
         if heatmap_vmax <= 0:
             raise ValueError(f"heatmap_vmax must be positive, got {heatmap_vmax!r}.")
         if drift_window < 2 or drift_every < 1 or drift_every > drift_window:
@@ -128,6 +160,8 @@ class InspectionService:
         self.heatmap_vmax = float(heatmap_vmax)
         self._set_threads(threads)
         self.records = Records(db_url)
+        self.reviews = ReviewStore(self.records)
+        self.audit = AuditLog(self.records)
         self.metrics = ServiceMetrics(
             score_buckets(
                 getattr(self.policy, "calibration_scores_", ()), self.policy.review_threshold_, self.policy.reject_threshold_
@@ -135,6 +169,8 @@ class InspectionService:
             model_class=type(self.detector).__name__,
             model_version=self.model_version,
         )
+        self.review_metrics = ReviewMetrics(self.metrics)
+        self.metrics.before_render.append(lambda: self.review_metrics.update(self.reviews.stats()))
         self._lut = colormap_lut()
         self._heat_range = self._display_range()
         self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha, policy=self.policy)
@@ -204,6 +240,7 @@ class InspectionService:
         confidence = float(self.policy.confidence(np.array([score]))[0])
         png = heatmap_png(self.normalize(explanation.heatmap[0]), self._lut, vmax=self.heatmap_vmax)
         latent = getattr(explanation, "latent_mean", None)
+        queued, keep = self._review_fate(decision)
         elapsed_ms = 1000.0 * (time.perf_counter() - t0)
         t1 = time.perf_counter()
         record = self.records.add(
@@ -216,6 +253,8 @@ class InspectionService:
             policy_version=self.policy_version,
             inference_time_ms=elapsed_ms,
             heatmap_png=png,
+            image=body if keep else None,
+            queued=queued,
         )
         self.metrics.database.observe(time.perf_counter() - t1)
         self.metrics.inference.observe(elapsed_ms / 1000.0)
@@ -236,6 +275,14 @@ class InspectionService:
         if latent is not None:
             answer["latent_vector"] = [float(v) for v in latent[0]]
         return answer
+
+    def _review_fate(self, decision):
+        """``(queued, keep image)``: every REVIEW is queued; PASS and REJECT in the audit sample."""
+        if decision == "REVIEW":
+            return True, True
+        with self._lock:
+            sampled = self.audit_sample > 0 and self._audit_rng.random() < self.audit_sample
+        return sampled, sampled or decision == "REJECT" or self.keep_images
 
     def _observe_drift(self, score):
         with self._lock:
@@ -260,6 +307,8 @@ class InspectionService:
         out = {
             "class": type(det).__name__,
             "model_version": self.model_version,
+            "model_hash": self.model_hash,
+            "policy_bound": getattr(pol, "model_hash_", None) is not None,
             "policy_version": self.policy_version,
             "greyanom_version": greyanom.__version__,
             "image_shape": list(self.image_shape),
@@ -302,14 +351,17 @@ async def _read_body(request, limit):
     return b"".join(chunks)
 
 
-def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **service_kwargs):
+def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_file=None, **service_kwargs):
     """The inspection service as a FastAPI app.
 
     Endpoints: ``POST /api/v1/inspect?wafer_id=...&inspection_point=...`` (raw PNG or TIFF
     bytes; the case study's contract), ``GET /api/v1/heatmaps/{id}.png``,
     ``GET /api/v1/inspections?wafer_id=...``, ``GET /api/v1/model``, ``GET /healthz`` and
-    ``GET /metrics`` (Prometheus text). Every error is a JSON object
-    ``{"error": code, "message": ..., "status": ...}``.
+    ``GET /metrics`` (Prometheus text); the review routes ``POST
+    /api/v1/inspections/{id}/review``, ``GET /api/v1/inspections/{id}``,
+    ``GET /api/v1/inspections/{id}/image.png``, ``GET /api/v1/review/queue``,
+    ``GET /api/v1/stats``, ``GET /api/v1/audit`` and the review page ``/review``. Every
+    error is a JSON object ``{"error": code, "message": ..., "status": ...}``.
 
     Parameters
     ----------
@@ -319,9 +371,15 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **servic
         See :class:`InspectionService`.
     max_body_bytes : int, default=4 MiB
         Larger request bodies are answered 413 without being read whole.
+    token_file : str or path-like, optional
+        Bearer tokens and their roles, ``TOKEN ROLE [NAME]`` a line (see
+        :mod:`greyanom.serve._auth`). Then every route but ``/healthz`` needs a token
+        (``/metrics`` the admin role). None: no access control, which :func:`serve`
+        allows on loopback only.
     **service_kwargs
         ``db_url``, ``resize``, ``heatmap_vmax``, ``drift_window``, ``drift_every``,
-        ``drift_alpha``, ``threads``, ``model_version``: see :class:`InspectionService`.
+        ``drift_alpha``, ``threads``, ``model_version``, ``allow_unbound_policy``,
+        ``keep_images``, ``audit_sample``, ``random_state``: see :class:`InspectionService`.
 
     Returns
     -------
@@ -331,7 +389,7 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **servic
     Examples
     --------
     >>> from greyanom.serve import create_app  # doctest: +SKIP
-    >>> app = create_app("model.safetensors", "policy.json", db_url="sqlite://")  # doctest: +SKIP
+    >>> app = create_app("model.safetensors", "policy.safetensors", db_url="sqlite://")  # doctest: +SKIP
     """
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -341,6 +399,10 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **servic
 
     if int(max_body_bytes) < 1:
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}.")
+    from greyanom.serve._auth import AuthMiddleware, token_store
+    from greyanom.serve._review import install_review
+
+    tokens = token_store(token_file)
     service = InspectionService(model, policy, **service_kwargs)
     metrics = service.metrics
 
@@ -442,6 +504,10 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, **servic
         content, content_type = metrics.render()
         return Response(content=content, media_type=content_type)
 
+    install_review(app, service, tokens, _error)
+    if tokens is not None:
+        app.add_middleware(AuthMiddleware, tokens=tokens,
+                           on_denied=lambda status: metrics.rejected.labels(reason=f"http_{status}").inc())
     return app
 
 
@@ -474,7 +540,8 @@ def serve(
     db_url : str, default="sqlite:///greyanom-inspections.db"
         SQLAlchemy URL of the records database, shared by all workers.
     host : str, default="127.0.0.1"
-        Interface to listen on; ``0.0.0.0`` exposes the service to the network.
+        Interface to listen on; ``0.0.0.0`` exposes the service to the network, which
+        needs ``token_file`` (without one the service binds loopback only).
     port : int, default=8080
     workers : int, default=1
         uvicorn worker processes. Each loads the model; uvicorn restarts a worker that
@@ -482,7 +549,8 @@ def serve(
         the Prometheus metrics of all workers are aggregated through a shared folder
         (``PROMETHEUS_MULTIPROC_DIR``, a temporary one unless set).
     access_log : bool, default=False
-        uvicorn's per-request access log.
+        uvicorn's per-request access log (method, path and status; never a header, so
+        never a token).
     log_level : str, default="info"
     **app_kwargs
         Passed to :func:`create_app` (``resize``, ``max_body_bytes``, ``threads``, ...).
@@ -495,6 +563,17 @@ def serve(
     uvicorn = import_optional("uvicorn", "serve", "greyanom serve")
     if int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers!r}.")
+    from greyanom.serve._auth import is_loopback
+
+    if app_kwargs.get("token_file") is None:
+        if not is_loopback(host):
+            raise ValueError(
+                f"without a token file the service binds loopback only, not {host!r}: give --token-file "
+                "(TOKEN ROLE [NAME] a line) to listen on other interfaces."
+            )
+        logger.warning("no token file: serving without access control on loopback (%s) only.", host)
+    else:
+        app_kwargs["token_file"] = str(Path(app_kwargs["token_file"]))
     config = {"model": str(Path(model)), "policy": str(Path(policy)), "db_url": db_url, **app_kwargs}
     options = {"host": host, "port": int(port), "access_log": bool(access_log), "log_level": log_level}
     if int(workers) == 1:
@@ -504,6 +583,9 @@ def serve(
     from greyanom.serve._records import Records
 
     read_config(model)  # fail here, once, rather than in every worker
+    from greyanom.decision import DecisionPolicy
+
+    DecisionPolicy.load(policy).check_model(model, allow_unbound=bool(app_kwargs.get("allow_unbound_policy")))
     Records(db_url).close()  # create the tables before the workers race to
     made_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -8,6 +8,7 @@ HTTP status and a message for the client.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -77,6 +78,23 @@ def _to_gray(im):
     raise ImageError(f"unsupported pixel mode {im.mode!r}; send an 8- or 16-bit grayscale image.", code="bad_mode")
 
 
+def _header_size(data):
+    """``(height, width)`` from a PNG's IHDR chunk without decoding, or None for other bytes."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    return None
+
+
+def _multipart_hint(data):
+    """A message for a multipart form upload sent where the raw image bytes belong, or None."""
+    head = bytes(data[:512])
+    if head.startswith(b"--") and b"content-disposition" in head.lower():
+        return ("the body is a multipart form upload (curl -F); send the raw image bytes as the body instead, "
+                "e.g. curl --data-binary @image.png -H 'Content-Type: application/octet-stream'.")
+    return None
+
+
 def decode_image(data, image_shape, *, resize=False):
     """Decode a PNG or TIFF grayscale image from bytes into the model's input.
 
@@ -101,8 +119,10 @@ def decode_image(data, image_shape, *, resize=False):
     ------
     ImageError
         400 for an empty body; 415 for an image of another format (JPEG, ...); 422 for
-        bytes that are not an image, a truncated image, a colour or transparent image,
-        a multi-page TIFF or an image of the wrong size.
+        bytes that are not an image (with a hint for a multipart form upload), a
+        truncated image, a colour or transparent image, a multi-page TIFF, an image of
+        the wrong size, or one of more than 64 times the model's pixels (``too_large``,
+        from the image header, before decoding).
 
     Examples
     --------
@@ -117,6 +137,13 @@ def decode_image(data, image_shape, *, resize=False):
     if not data:
         raise ImageError("the request body is empty; send the raw PNG or TIFF bytes of one image.", status=400, code="empty_body")
     h, w = (int(v) for v in image_shape)
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > _MAX_RESIZE_FACTOR * h * w:
+        raise ImageError(
+            f"the image is {size[0]}x{size[1]} pixels (HxW), more than {_MAX_RESIZE_FACTOR} times the model's "
+            f"{h}x{w}; it is not decoded. Send images of {h}x{w}.",
+            code="too_large",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -140,8 +167,11 @@ def decode_image(data, image_shape, *, resize=False):
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("the body is not a PNG or TIFF image.", code="not_an_image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        hint = _multipart_hint(data)
+        raise ImageError(hint or "the body is not a PNG or TIFF image.", code="not_an_image") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"the image is too large to decode: {exc}", code="too_large") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"the image cannot be decoded (truncated or damaged): {exc}", code="damaged_image") from None
     gray = _to_gray(im)
     if gray.shape != (h, w):

@@ -58,6 +58,8 @@ class ServiceMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        #: callables run before each exposition (the review gauges refresh from the database)
+        self.before_render = []
         # in multiprocess mode the values go to files and /metrics collects them; in one
         # process they live in this app's own registry (two apps never share metrics)
         self.registry = None if self.multiprocess else CollectorRegistry()
@@ -122,6 +124,8 @@ class ServiceMetrics:
         """The Prometheus text exposition and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+        for hook in self.before_render:
+            hook()
         if self.multiprocess:
             from prometheus_client import multiprocess
 

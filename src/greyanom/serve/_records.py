@@ -1,4 +1,5 @@
-"""The inspection records: one SQLAlchemy table of answered inspections and one of heatmaps.
+"""The inspection records: SQLAlchemy tables of answered inspections, heatmaps, kept raw
+images, human reviews and the audit trail.
 
 SQLite is the embedded default; any SQLAlchemy URL (``postgresql+psycopg://...``) works the
 same way. A record and its heatmap are committed in one transaction before the service
@@ -9,11 +10,18 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, LargeBinary, String, create_engine, event, select
+from sqlalchemy import (
+    Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, select,
+)
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["Inspection", "Heatmap", "Records"]
+__all__ = ["Inspection", "Heatmap", "InspectionImage", "Review", "AuditEvent", "Records", "utc"]
+
+
+def utc(value):
+    """A datetime from the database as an aware UTC datetime (SQLite returns naive ones)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=_dt.timezone.utc)
 
 
 class _Base(DeclarativeBase):
@@ -39,9 +47,7 @@ class Inspection(_Base):
 
     def to_dict(self):
         """The record as JSON values (``created_at`` in ISO 8601, UTC)."""
-        created = self.created_at
-        if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
-            created = created.replace(tzinfo=_dt.timezone.utc)
+        created = utc(self.created_at)
         return {
             "id": self.id,
             "wafer_id": self.wafer_id,
@@ -64,6 +70,78 @@ class Heatmap(_Base):
 
     inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"), primary_key=True)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class InspectionImage(_Base):
+    """The raw image of an inspection, kept for human review (table ``inspection_images``).
+
+    Every REVIEW and REJECT image is kept, PASS images with ``keep_images``. ``queued``
+    marks the inspections of the review queue: every REVIEW, and the audit sample of PASS
+    and REJECT.
+    """
+
+    __tablename__ = "inspection_images"
+
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    queued: Mapped[bool] = mapped_column(Boolean, index=True)
+
+
+class Review(_Base):
+    """One inspector's verdict on an inspection (table ``reviews``); several per inspection are kept."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"), index=True)
+    inspector: Mapped[str] = mapped_column(String(128), index=True)
+    verdict: Mapped[str] = mapped_column(String(8))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    def to_dict(self):
+        """The review as JSON values."""
+        return {
+            "id": self.id,
+            "inspection_id": self.inspection_id,
+            "inspector": self.inspector,
+            "verdict": self.verdict,
+            "note": self.note,
+            "created_at": utc(self.created_at).isoformat(),
+        }
+
+
+class AuditEvent(_Base):
+    """One change made by someone (table ``audit``): reviews now, registry changes later.
+
+    Generic on purpose: the time, the actor's name and role, the action (``"review"``,
+    ``"login"``, ``"promote"``, ...), its target (``"inspection:42"``, ``"model:..."``) and
+    a JSON detail.
+    """
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(String(128), index=True)
+    detail: Mapped[str] = mapped_column(Text)
+
+    def to_dict(self):
+        """The event as JSON values (``detail`` parsed)."""
+        import json
+
+        return {
+            "id": self.id,
+            "created_at": utc(self.created_at).isoformat(),
+            "actor": self.actor,
+            "role": self.role,
+            "action": self.action,
+            "target": self.target,
+            "detail": json.loads(self.detail),
+        }
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -105,17 +183,43 @@ class Records:
 
                 kwargs["poolclass"] = StaticPool  # one in-memory database for every thread
         self.url = url
-        self.engine = create_engine(url, **kwargs)
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except Exception as exc:  # a malformed URL or a missing driver
+            raise ValueError(f"cannot use the records database URL {url!r}: {exc}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            _Base.metadata.create_all(self.engine)
-        except OperationalError:  # another worker created the tables at the same moment
-            _Base.metadata.create_all(self.engine)
+            try:
+                _Base.metadata.create_all(self.engine)
+            except OperationalError:  # another worker created the tables at the same moment
+                _Base.metadata.create_all(self.engine)
+        except Exception as exc:  # one line for the command line, not a driver traceback
+            self.engine.dispose()
+            shown = self.engine.url.render_as_string(hide_password=True)
+            reason = getattr(exc, "orig", None) or exc
+            hint = ""
+            database = self.engine.url.database
+            if self.engine.dialect.name == "sqlite" and database and database != ":memory:":
+                from pathlib import Path
+
+                folder = Path(database).expanduser().parent
+                if not folder.is_dir():
+                    hint = f"; the folder {str(folder)!r} does not exist"
+            raise ValueError(f"cannot open the records database {shown}: {reason}{hint}.") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
-    def add(self, *, heatmap_png=None, **fields):
-        """Insert an inspection (and its heatmap) and commit; return the record as a dict."""
+    @property
+    def session(self):
+        """The ``sessionmaker`` of this database (for the review and audit stores)."""
+        return self._session
+
+    def add(self, *, heatmap_png=None, image=None, queued=False, **fields):
+        """Insert an inspection (its heatmap, its raw image) and commit; return the record as a dict.
+
+        ``image`` (the request body) is kept in ``inspection_images`` when given, with
+        ``queued`` marking it for the review queue.
+        """
         with self._session.begin() as session:
             rec = Inspection(created_at=_dt.datetime.now(_dt.timezone.utc), **fields)
             session.add(rec)
@@ -123,6 +227,8 @@ class Records:
             if heatmap_png is not None:
                 rec.heatmap = str(rec.id)
                 session.add(Heatmap(inspection_id=rec.id, png=heatmap_png))
+            if image is not None:
+                session.add(InspectionImage(inspection_id=rec.id, data=bytes(image), queued=bool(queued)))
             out = rec.to_dict()
         return out
 
