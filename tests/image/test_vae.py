@@ -376,8 +376,8 @@ def test_torchscript_export_is_checked_on_the_detector_device(fitted, images, tm
 
 def test_torchscript_export_detects_mismatch(fitted, images, tmp_path, monkeypatch):
     det = pickle.loads(pickle.dumps(fitted))
-    real = det._aligned_outputs
-    monkeypatch.setattr(det, "_aligned_outputs", lambda x: {**real(x), "heatmap": real(x)["heatmap"] + 1.0})
+    real = det._explain_images
+    monkeypatch.setattr(det, "_explain_images", lambda x, f: {**real(x, f), "heatmap": real(x, f)["heatmap"] + 1.0})
     with pytest.raises(RuntimeError, match="heatmap differs"):
         det.export_torchscript(tmp_path / "vae.pt", check_images=images[:2])
 

@@ -528,13 +528,26 @@ class ConvVAEDetector(BaseImageDetector):
             out["shift"] = shifts
         return out
 
-    def _aligned_outputs(self, images):
-        """Score, heatmap and reconstruction of images taken as registered (what the export computes)."""
-        from greyanom.image._torch._infer import score_images
+    def estimate_shifts(self, X):
+        """Shifts that register images onto ``reference_`` (``register=True``), for the TorchScript export.
 
-        batch = int(self.batch_size)
-        return score_images(self._scorer(), images, batch, self.device_, fields=("score", "heatmap", "reconstruction"),
-                            front_batch=self._route().front_batch(self.device_, batch))
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8) of the training size.
+
+        Returns
+        -------
+        shifts : ndarray of shape (n, 2)
+            The ``(dy, dx)`` translation (pixels) that moves each image onto the reference:
+            ``explain(X).shift``, by windowed FFT phase correlation on the host.
+        """
+        check_is_fitted(self)
+        if self.reference_ is None:
+            raise ValueError("estimate_shifts needs a detector fitted with register=True.")
+        from greyanom.image._vae_routes import Registration
+
+        return Registration().shifts(self._validated(X), self.reference_)
 
     def _score(self, X):
         return self._explain_images(self._validated(X), ("score",))["score"]
@@ -636,10 +649,12 @@ class ConvVAEDetector(BaseImageDetector):
         normalisation and score reduction set now). For ``input_space="features"`` it holds
         the frozen EfficientNet-Lite0 front end (traced for ``image_shape_``) and returns an
         empty reconstruction ``(n, 0, H, W)``: that VAE reconstructs features, not pixels.
-        With ``register=True`` it takes images **already registered** onto ``reference_``
-        (shift them by ``greyanom.image._align.estimate_shifts`` and ``apply_shifts``, or by
-        the tool's own alignment) and returns heatmaps in the reference frame: the shift
-        estimation (FFT phase correlation on the host) is not part of the export.
+        With ``register=True`` it is called as ``module(x, shifts)`` with the shifts of
+        :meth:`estimate_shifts`: it moves the images onto the reference, and the
+        reconstruction and heatmap back into each image's frame, as :meth:`explain` does,
+        so its score is the detector's. The shift estimation (FFT phase correlation with
+        scikit-image, on the host) is not part of the export; ``module(x)`` alone takes the
+        images as registered already (no shift).
 
         Parameters
         ----------

@@ -4,9 +4,11 @@ The exported module is the detector's own scorer (:class:`greyanom.image._torch.
 on a CPU copy, scripted: the network, the residual z-score, the upsampling and blur of feature
 maps, the score blur and the reduction. For ``input_space="features"`` the frozen EfficientNet-
 Lite0 front end is traced for the detector's image size (its "same" padding depends on the
-size) and scripted inside the module. With ``register=True`` the module takes images already
-registered onto ``reference_`` and answers in the reference frame; the shift estimation (FFT
-phase correlation, scikit-image) stays with the caller.
+size) and scripted inside the module. With ``register=True`` the module takes the images and
+their shifts onto ``reference_`` (``module(x, shifts)``, shifts from
+:meth:`ConvVAEDetector.estimate_shifts`): moving the images and the heatmaps is in the module,
+the shift estimation (FFT phase correlation with scikit-image, on the host) is not. Without
+shifts it takes the images as registered already.
 """
 
 from __future__ import annotations
@@ -73,9 +75,14 @@ def export_torchscript(det, path, check_images=None, rtol=None, atol=None):
     rtol = default[0] if rtol is None else rtol
     atol = default[1] if atol is None else atol
     with ieee_float32(torch), det._threads():
-        expected = det._aligned_outputs(images)  # the eager scorer on the same device
+        expected = det._explain_images(images, ("score", "heatmap", "reconstruction"))  # eager, same device
+        shifts = None if det.reference_ is None else det.estimate_shifts(images)
         with torch.inference_mode():
-            recon, score, heat = loaded(torch.from_numpy(np.ascontiguousarray(images))[:, None].to(device))
+            x = torch.from_numpy(np.ascontiguousarray(images))[:, None].to(device)
+            if shifts is None:
+                recon, score, heat = loaded(x)
+            else:
+                recon, score, heat = loaded(x, torch.from_numpy(shifts).to(device))
     checks = [("heatmap", heat[:, 0], expected["heatmap"]), ("score", score, expected["score"])]
     if expected["reconstruction"] is not None:
         checks.insert(0, ("reconstruction", recon[:, 0], expected["reconstruction"]))

@@ -11,7 +11,7 @@ is :mod:`greyanom.image._torch._post`, shared with the patch detectors.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,8 +87,22 @@ class VAEScorer(nn.Module):
         """Heatmaps ``(n, H, W)`` → scores ``(n,)``: the score blur, then the reduction."""
         return _post.reduce_maps(_post.gaussian_blur(heat, self.score_kernel), self.reduction, self.k)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, shifts: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(n, 1, H, W)`` → ``(reconstruction, score, heatmap)``.
+
+        With ``shifts`` ``(n, 2)`` (``register=True``: the shifts that move each image onto the
+        reference), the images are moved before the network and the reconstruction and
+        heatmap moved back, so the score is reduced in each image's own frame.
+        """
+        if shifts is not None:
+            x = shift_images(x[:, 0], shifts)[:, None]
         recon, heat, _, _ = self.maps(self.front(x))
+        if shifts is not None:
+            heat = shift_images(heat, -shifts)
+            if recon.shape[1] > 0:
+                recon = shift_images(recon[:, 0], -shifts)[:, None]
         return recon, self.reduce(heat), heat.unsqueeze(1)
 
 
@@ -103,10 +117,13 @@ def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     Linear interpolation with the border value repeated outside: the device form of
     ``scipy.ndimage.shift(..., order=1, mode="nearest")`` (:func:`greyanom.image._align.apply_shifts`).
     """
-    n, h, w = x.shape
-    dev, dt = x.device, torch.float64
-    ys = torch.arange(h, device=dev, dtype=dt)[None, :, None] - shifts[:, 0, None, None].to(dt)
-    xs = torch.arange(w, device=dev, dtype=dt)[None, None, :] - shifts[:, 1, None, None].to(dt)
+    n = x.shape[0]
+    h = x.shape[1]
+    w = x.shape[2]
+    dev = x.device
+    s = shifts.to(device=dev, dtype=torch.float64)
+    ys = torch.arange(h, device=dev, dtype=torch.float64)[None, :, None] - s[:, 0, None, None]
+    xs = torch.arange(w, device=dev, dtype=torch.float64)[None, None, :] - s[:, 1, None, None]
     # normalised coordinates of align_corners=True: -1 and 1 are the centres of the edge pixels
     gy = (2.0 * ys / max(h - 1, 1) - 1.0).expand(n, h, w)
     gx = (2.0 * xs / max(w - 1, 1) - 1.0).expand(n, h, w)
