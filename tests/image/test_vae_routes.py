@@ -261,3 +261,25 @@ def test_registered_vae_exports_with_the_shifts_as_input(tmp_path):
     assert not np.allclose(unshifted.numpy(), e.score, rtol=1e-3)
     with pytest.raises(ValueError, match="register=True"):
         ConvVAEDetector(**TINY).fit(X).estimate_shifts(test)
+
+
+# -- inference_dtype ------------------------------------------------------------------------------------------
+def test_bfloat16_inference_is_calibrated_recorded_and_close_to_float32(tmp_path, torch_device):
+    rng = np.random.default_rng(8)
+    X = np.clip(np.stack([_texture(32, rng) for _ in range(20)]), 0, 1).astype(np.float32)
+    params = {**TINY, "device": torch_device, "smoothing_sigma": 1.0}
+    f32 = ConvVAEDetector(**params).fit(X)
+    b16 = ConvVAEDetector(**params, inference_dtype="bfloat16").fit(X)
+    assert (f32.calibration_dtype_, b16.calibration_dtype_) == ("float32", "bfloat16")
+    s32, s16 = f32.score(X), b16.score(X)
+    assert s16.dtype == np.float64 and not np.array_equal(s16, s32)
+    if torch_device == "cpu":  # one seed, one model on the CPU: only the scoring dtype differs
+        np.testing.assert_allclose(s16, s32, rtol=0.1)
+    assert b16.explain(X[:2]).heatmap.dtype == np.float32
+    with pytest.raises(ValueError, match="calibrated"):
+        pickle.loads(pickle.dumps(f32)).set_params(inference_dtype="bfloat16").score(X)
+    loaded = ConvVAEDetector.load(b16.save(tmp_path / "b16.safetensors"))
+    assert loaded.calibration_dtype_ == "bfloat16"
+    np.testing.assert_allclose(loaded.score(X), s16, rtol=1e-6)
+    with pytest.raises(ValueError, match="float32"):
+        b16.export_torchscript(tmp_path / "b16.pt")

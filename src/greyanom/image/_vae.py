@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from greyanom._optional import import_optional, import_torch, resolve_device
 from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
-from greyanom.image._base import BaseImageDetector
+from greyanom.image._base import TORCH_CONSTRAINTS, BaseImageDetector
 from greyanom.image._reduce import check_sigma
 
 __all__ = ["ConvVAEDetector", "VAEExplanation"]
@@ -87,6 +87,7 @@ _CONSTRAINTS = {
     "feature_channels": [tuple, list],
     "residual_normalization": [StrOptions({"none", "std"})],
     "register": ["boolean"],
+    "inference_dtype": TORCH_CONSTRAINTS["inference_dtype"],
     "device": "no_validation",
     "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
     "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"deprecated"}), None],
@@ -209,6 +210,13 @@ class ConvVAEDetector(BaseImageDetector):
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
+    inference_dtype : {"float32", "bfloat16"}, default="float32"
+        Dtype the VAE (and, for ``input_space="features"``, the backbone) runs in when
+        scoring (autocast); the residual, its z-score, the upsampling, blurs and reduction
+        stay in float32. Training is unaffected (mixed precision on CUDA as always). The
+        fitted detector records the dtype its ``offset_``, ``residual_std_`` and
+        ``heatmap_scale_`` were calibrated with (``calibration_dtype_``) and refuses to
+        score in another one: refit after changing it. The TorchScript export is float32.
     n_jobs : int or None, default=None
         CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
         afterwards), with the meaning every image detector gives it: ``None`` keeps
@@ -261,6 +269,8 @@ class ConvVAEDetector(BaseImageDetector):
         :meth:`normalize_heatmap` to display heatmaps on one scale for all images.
     image_shape_ : tuple of int
         ``(H, W)`` of the training images.
+    calibration_dtype_ : str
+        The ``inference_dtype`` that ``offset_`` was calibrated with.
     offset_, threshold_ : float
         See :class:`~greyanom.base.BaseDetector`; set on the scores of the validation images
         (held out from training), so ``predict`` flags about ``contamination`` of new normals.
@@ -331,6 +341,7 @@ class ConvVAEDetector(BaseImageDetector):
         topk_fraction=0.05,
         contamination="auto",
         device="auto",
+        inference_dtype="float32",
         n_jobs=None,
         n_threads="deprecated",
         verbose=False,
@@ -363,6 +374,7 @@ class ConvVAEDetector(BaseImageDetector):
         self.topk_fraction = topk_fraction
         self.contamination = contamination
         self.device = device
+        self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs
         self.n_threads = n_threads
         self.verbose = verbose
@@ -471,10 +483,12 @@ class ConvVAEDetector(BaseImageDetector):
         # per-element residual mean and standard deviation on the held-out normal images
         # (the validation split): the mean takes out what the network gets wrong on every
         # normal image (blur of a fixed pattern), the std what varies from image to image
-        mean, var = residual_moments(self.module_, inputs[val_idx], batch, self.device_)
+        dtype = str(self.inference_dtype)
+        mean, var = residual_moments(self.module_, inputs[val_idx], batch, self.device_, inference_dtype=dtype)
         self.residual_mean_ = np.asarray(mean, dtype=np.float32)
         self.residual_std_ = _floored_std(var, pixels=route.pixel_maps).astype(np.float32)
-        val_heat = score_images(self._scorer(), None, batch, self.device_, inputs=inputs[val_idx], fields=("heatmap",))
+        val_heat = score_images(self._scorer(), None, batch, self.device_, inputs=inputs[val_idx], fields=("heatmap",),
+                                inference_dtype=dtype)
         self.heatmap_scale_ = float(max(np.percentile(val_heat["heatmap"], _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
 
@@ -514,7 +528,7 @@ class ConvVAEDetector(BaseImageDetector):
             smoothing_sigma=float(self.smoothing_sigma), topk_fraction=float(self.topk_fraction),
         )
 
-    def _explain_images(self, images, fields=("heatmap",)):
+    def _explain_images(self, images, fields=_EXPLANATION_FIELDS):
         """``fields`` of :class:`VAEExplanation` for validated images, computed on ``device_``."""
         from greyanom.image._torch._infer import score_images
         from greyanom.image._vae_routes import Registration
@@ -523,7 +537,8 @@ class ConvVAEDetector(BaseImageDetector):
             shifts = None if self.reference_ is None else Registration().shifts(images, self.reference_)
             batch = int(self.batch_size)
             out = score_images(self._scorer(), images, batch, self.device_, shifts=shifts, fields=fields,
-                               front_batch=self._route().front_batch(self.device_, batch))
+                               front_batch=self._route().front_batch(self.device_, batch),
+                               inference_dtype=str(getattr(self, "inference_dtype", "float32")))
         if "shift" in fields:
             out["shift"] = shifts
         return out
@@ -549,8 +564,8 @@ class ConvVAEDetector(BaseImageDetector):
 
         return Registration().shifts(self._validated(X), self.reference_)
 
-    def _score(self, X):
-        return self._explain_images(self._validated(X), ("score",))["score"]
+    def _score_images(self, images):
+        return self._explain_images(images, ("score",))["score"]
 
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
@@ -566,8 +581,7 @@ class ConvVAEDetector(BaseImageDetector):
             ``reconstruction`` and ``heatmap`` (n, H, W), ``latent_mean`` and
             ``latent_logvar`` (n, latent_dim), ``score`` (n,) equal to ``score(X)``.
         """
-        check_is_fitted(self)
-        return VAEExplanation(**self._explain_images(self._validated(X), _EXPLANATION_FIELDS))
+        return super().explain(X)
 
     def embed(self, X):
         """Latent means of images, for drift monitoring (:class:`~greyanom.drift.FeatureDriftMonitor`).

@@ -58,6 +58,11 @@ def _scripted(det, torch):
 def export_torchscript(det, path, check_images=None, rtol=None, atol=None):
     """Write ``det``'s scorer as TorchScript to ``path`` and check it on ``det.device_``; see the method."""
     torch = import_torch(type(det).__name__)
+    if getattr(det, "inference_dtype", "float32") != "float32":
+        raise ValueError(
+            f"export_torchscript writes a float32 module; this detector has inference_dtype={det.inference_dtype!r} "
+            "and its offset_ was calibrated in it. Export a detector fitted with inference_dtype='float32'."
+        )
     if check_images is None:
         check_images = np.random.default_rng(0).random((4, *det.image_shape_), dtype=np.float32)
     images = det._validated(check_images)

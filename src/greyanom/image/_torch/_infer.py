@@ -67,12 +67,14 @@ class VAEScorer(nn.Module):
         self.reduction = str(reduction)
         self.k = _post.topk_count(float(topk_fraction), self.image_size[0] * self.image_size[1])
 
-    def maps(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network inputs → ``(reconstruction, heatmap (n, H, W), mu, logvar)`` (eval mode, z = mu)."""
+    def network(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The VAE with ``z = mu``: ``(output, mu, logvar)`` in float32 (the output before the sigmoid)."""
         logits, mu, logvar = self.vae(inputs)
-        out = logits.float()
-        if self.bernoulli:
-            out = torch.sigmoid(out)
+        return logits.float(), mu.float(), logvar.float()
+
+    def post(self, inputs: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Network inputs and output → ``(reconstruction, heatmap (n, H, W))``, in float32."""
+        out = torch.sigmoid(logits) if self.bernoulli else logits
         resid = inputs.float() - out
         if self.normalize:
             heat = _post.squared_zscore_map(resid, self.residual_mean, self.inv_var)
@@ -81,7 +83,7 @@ class VAEScorer(nn.Module):
         if self.upsample:
             heat = _post.gaussian_blur(_post.upsample_maps(heat, self.image_size), self.map_kernel)
             out = out[:, :0, :1, :1].expand(-1, -1, self.image_size[0], self.image_size[1])
-        return out, heat, mu.float(), logvar.float()
+        return out, heat
 
     def reduce(self, heat: torch.Tensor) -> torch.Tensor:
         """Heatmaps ``(n, H, W)`` → scores ``(n,)``: the score blur, then the reduction."""
@@ -98,7 +100,9 @@ class VAEScorer(nn.Module):
         """
         if shifts is not None:
             x = shift_images(x[:, 0], shifts)[:, None]
-        recon, heat, _, _ = self.maps(self.front(x))
+        inputs = self.front(x)
+        logits, _, _ = self.network(inputs)
+        recon, heat = self.post(inputs, logits)
         if shifts is not None:
             heat = shift_images(heat, -shifts)
             if recon.shape[1] > 0:
@@ -132,7 +136,10 @@ def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return out[:, 0]
 
 
-def score_images(scorer, images, batch_size, device, *, inputs=None, shifts=None, fields=("score",), front_batch=None):
+def score_images(
+    scorer, images, batch_size, device, *, inputs=None, shifts=None, fields=("score",), front_batch=None,
+    inference_dtype="float32",
+):
     """Run ``scorer`` over ``images`` batch by batch on ``device``; copy back only ``fields``.
 
     Parameters
@@ -155,6 +162,9 @@ def score_images(scorer, images, batch_size, device, *, inputs=None, shifts=None
     front_batch : int, optional
         Images per pass of the front end (the backbone runs one image at a time on the CPU,
         which measured fastest there); by default ``batch_size``.
+    inference_dtype : {"float32", "bfloat16"}
+        The dtype the backbone and the VAE run in (autocast); the residual, the maps and the
+        reduction stay in float32.
 
     Returns
     -------
@@ -173,10 +183,14 @@ def score_images(scorer, images, batch_size, device, *, inputs=None, shifts=None
                 if s is not None:
                     x = shift_images(x, s)
                 x = x[:, None]
-                x = torch.cat([scorer.front(x[i : i + front_batch]) for i in range(0, x.shape[0], front_batch)])
+                with _post.autocast_network(device, inference_dtype):
+                    x = torch.cat([scorer.front(x[i : i + front_batch]) for i in range(0, x.shape[0], front_batch)])
+                x = x.float()
             elif x.ndim == 3:
                 x = x[:, None]
-            recon, heat, mu, logvar = scorer.maps(x)
+            with _post.autocast_network(device, inference_dtype):
+                logits, mu, logvar = scorer.network(x)
+            recon, heat = scorer.post(x, logits)
             if s is not None:
                 heat = shift_images(heat, -s)
                 if recon.shape[1] > 0:
@@ -194,8 +208,10 @@ def score_images(scorer, images, batch_size, device, *, inputs=None, shifts=None
     return out
 
 
-def residual_moments(module, inputs, batch_size, device):
+def residual_moments(module, inputs, batch_size, device, inference_dtype="float32"):
     """Mean and variance of the residual ``x - x_hat`` per input element over ``inputs`` (z = mu).
+
+    The network runs in ``inference_dtype`` (as when scoring), the sums in float64.
 
     Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
     for features.
@@ -207,7 +223,8 @@ def residual_moments(module, inputs, batch_size, device):
         for start in range(0, len(inputs), batch_size):
             x = _post.to_device(inputs[start : start + batch_size], device)
             x = x[:, None] if x.ndim == 3 else x
-            logits, _, _ = module(x)
+            with _post.autocast_network(device, inference_dtype):
+                logits, _, _ = module(x)
             out = torch.sigmoid(logits.float()) if bernoulli else logits.float()
             r = (x - out).double()
             s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
