@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import numbers
 import warnings
-from pathlib import Path
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -20,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from greyanom._optional import import_optional, import_torch, resolve_device
 from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
+from greyanom.image import _vae_state
 from greyanom.image._base import TORCH_CONSTRAINTS, BaseImageDetector
 from greyanom.image._reduce import check_sigma
 
@@ -695,92 +695,28 @@ class ConvVAEDetector(BaseImageDetector):
 
         return export_torchscript(self, path, check_images, rtol, atol)
 
-    # -- persistence hooks (save, load and pickling are BaseImageDetector's) ---------------
+    # -- persistence hooks (save, load and pickling are BaseImageDetector's; the codec is _vae_state) ---
     def _state_arrays(self):
-        arrays = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
-        arrays["residual_mean_"] = self.residual_mean_
-        arrays["residual_std_"] = self.residual_std_
-        arrays["validation_indices_"] = np.asarray(self.validation_indices_, dtype=np.int64)
-        if self.reference_ is not None:
-            arrays["reference_"] = self.reference_
-        if self.feature_shape_ is not None:
-            arrays["feature_mean_"] = self.feature_mean_
-            arrays["feature_std_"] = self.feature_std_
-        return arrays
+        return _vae_state.state_arrays(self)
 
     def _set_state_arrays(self, arrays):
-        arrays = dict(arrays)
-        if not any(k.startswith("module.") for k in arrays):
-            # files written before the image seam hold only the network's weights
-            arrays = {f"module.{k}": v for k, v in arrays.items()}
-        module_arrays = {k[len("module.") :]: v for k, v in arrays.items() if k.startswith("module.")}
-        self.residual_std_ = arrays.get("residual_std_")
-        self.residual_mean_ = arrays.get("residual_mean_")
-        if (self.residual_std_ is None or self.residual_mean_ is None) and self.residual_normalization == "std":
-            raise ValueError(
-                "the saved ConvVAEDetector has no residual_mean_ / residual_std_; "
-                "it was saved before residual_normalization existed and scores raw residuals."
-            )
-        self.validation_indices_ = arrays.get("validation_indices_")
-        self.reference_ = arrays.get("reference_")
-        if self.register and self.reference_ is None:
-            raise ValueError("the saved ConvVAEDetector has register=True but no reference_ image.")
-        if self.feature_shape_ is not None:
-            self.feature_mean_ = arrays["feature_mean_"]
-            self.feature_std_ = arrays["feature_std_"]
-        self.module_ = self._built_module(module_arrays)
+        _vae_state.set_state_arrays(self, arrays)
 
     def _json_state(self):
-        return {
-            "heatmap_scale_": self.heatmap_scale_,
-            "n_params_": self.n_params_,
-            "best_epoch_": self.best_epoch_,
-            "n_epochs_": self.n_epochs_,
-            "history_": self.history_,
-            "feature_shape_": None if self.feature_shape_ is None else list(self.feature_shape_),
-        }
+        return _vae_state.json_state(self)
 
     def _set_json_state(self, state):
-        for key in ("heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_"):
-            setattr(self, key, state[key])
-        shape = state.get("feature_shape_")
-        self.feature_shape_ = None if shape is None else tuple(int(v) for v in shape)
+        _vae_state.set_json_state(self, state)
 
     @classmethod
     def _params_from_json(cls, params):
-        params = dict(params)
-        # files from before these options: raw residuals of the pixel VAE
-        params.setdefault("residual_normalization", "none")
-        params.setdefault("input_space", "pixels")
-        n_threads = params.pop("n_threads", "deprecated")
-        if n_threads not in (None, "deprecated") and params.get("n_jobs") is None:
-            params["n_jobs"] = n_threads
-        return super()._params_from_json(params)
-
-    def _built_module(self, arrays):
-        torch = import_torch(_CLASS)
-        module = self._route().new_module(self.image_shape_, self.feature_shape_)
-        state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"the saved weights do not match the saved architecture: {exc}") from exc
-        return module.to(self.device_).eval()
+        return super()._params_from_json(_vae_state.upgraded_params(params))
 
     def _pickle_torch_state(self, state):
-        module = state.pop("module_", None)
-        if module is not None:
-            state["_module_arrays"] = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        _vae_state.pickle_module(state)
 
     def _restore_torch_state(self, state):
-        arrays = self.__dict__.pop("_module_arrays", None)
-        if isinstance(self.__dict__.get("device_"), str):  # pickled before the image seam
-            from greyanom._optional import device_or_cpu
-
-            self.device_ = device_or_cpu(self.device_, _CLASS)
-        if arrays is not None:
-            self.module_ = self._built_module(arrays)
-
+        _vae_state.restore_module(self)
 
 def _smoothed(values, *, pixels):
     """A per-pixel map lightly blurred (one pixel) against the noise of few validation images."""
