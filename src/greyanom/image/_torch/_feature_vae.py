@@ -79,8 +79,9 @@ class FeatureVAE(_LatentCodec):
 class BackboneFeatures(nn.Module):
     """Images ``(n, 1, H, W)`` in [0, 1] → standardised frozen EfficientNet-Lite0 patch features.
 
-    The device form of :func:`greyanom.image._backbone.extract_patch_features` followed by the
-    feature VAE's per-channel standardisation: the grey image replicated to RGB and normalised,
+    The module form of :func:`greyanom.image._torch._backbone.patch_features` (so that the
+    TorchScript export can hold the network) followed by the feature VAE's per-channel
+    standardisation (the tests check it against ``extract_patch_features``): the grey image replicated to RGB and normalised,
     the tapped stages averaged over ``patch_size`` cells (stride 1), resized to the ``grid``
     (area averaging for a finer stage, bilinear upsampling for a coarser one) and concatenated,
     then ``(f - feature_mean) / feature_std`` per channel.
@@ -118,6 +119,7 @@ class BackboneFeatures(nn.Module):
         x = (x.expand(-1, 3, -1, -1) - self.rgb_mean) / self.rgb_std
         maps = []
         for fmap in self.net.stage_outputs(x, self.stages):
+            fmap = fmap.float()  # pooling and resizing in float32 whatever dtype the network ran in
             if self.patch_size > 1:
                 p = self.patch_size
                 fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2, count_include_pad=False)[
@@ -129,4 +131,4 @@ class BackboneFeatures(nn.Module):
                 else:
                     fmap = F.interpolate(fmap, size=self.grid, mode="bilinear", align_corners=False)
             maps.append(fmap)
-        return (torch.cat(maps, dim=1).float() - self.feature_mean) / self.feature_std
+        return (torch.cat(maps, dim=1) - self.feature_mean) / self.feature_std
