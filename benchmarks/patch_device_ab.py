@@ -51,7 +51,8 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="greyanom-ab-"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="greyanom-ab-")
+    tmp = Path(tmp_dir.name)
     _export(args.ref, tmp)
     sys.path.insert(0, str(tmp))
     before = importlib.import_module("greyanom_before")
@@ -81,6 +82,7 @@ def main():
         print(f"{name:18s} score({len(X_test)}): before {tb:.3f} s, after {ta:.3f} s, ratio after/before "
               f"{ta / tb:.3f}; per-call ratios {sorted(round(a / b, 3) for a, b in zip(times['after'], times['before']))}; "
               f"max rel. score diff {diff:.1e}")
+    tmp_dir.cleanup()
 
 
 if __name__ == "__main__":
