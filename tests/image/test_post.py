@@ -115,7 +115,7 @@ def test_zscore_helpers(torch_device):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_tensor_functions_are_torchscript_compilable():
-    for name in ("gaussian_kernel", "gaussian_blur", "upsample_maps", "topk_count", "reduce_maps",
+    for name in ("gaussian_kernel", "blur_matrix", "gaussian_blur", "upsample_maps", "topk_count", "reduce_maps",
                  "standardize", "squared_zscore_map"):
         torch.jit.script(getattr(_post, name))
     blur = torch.jit.script(_post.gaussian_blur)
