@@ -1,5 +1,12 @@
 """ConvVAEDetector: the convolutional β-VAE of the case study behind the detector contract.
 
+The class holds the parameters, the sklearn contract and the learned state; it calls by name
+the objects that do the work: a route per ``input_space`` and a registration
+(:mod:`greyanom.image._vae_routes`), one trainer (``_torch/_train.fit_network``), one scoring
+module for ``score``, ``explain`` and the TorchScript export (``_torch/_infer.VAEScorer``,
+on ``device_``), the export (:mod:`greyanom.image._vae_export`) and the file codec
+(:mod:`greyanom.image._vae_state`).
+
 ``torch`` is an optional extra: this module imports it only inside methods, so that
 ``from greyanom import ConvVAEDetector`` works without it and ``fit`` raises an
 ImportError that names the extra to install.

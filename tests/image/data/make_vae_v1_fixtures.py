@@ -1,7 +1,16 @@
-"""Save one tiny model per VAE route with the code before the route split (issue 18 part B)."""
-import json
-import numpy as np
+"""Save one tiny model per VAE route with the code before the route split (issue 18 part B).
+
+The committed files were written by commit 5ecaa5a (the single-class detector: SciPy blur,
+NumPy reduction), with their expected scores and heatmaps of two images; the tests check that
+today's code loads them and scores the same. Rerunning this script with today's code would
+test nothing: run it only from an export of that commit, from the repository root::
+
+    git archive 5ecaa5a | tar -x -C /tmp/old && PYTHONPATH=/tmp/old/src python tests/image/data/make_vae_v1_fixtures.py
+"""
 from pathlib import Path
+
+import numpy as np
+
 from greyanom import ConvVAEDetector
 
 out = Path("tests/image/data")
