@@ -287,3 +287,18 @@ def test_bfloat16_inference_is_calibrated_recorded_and_close_to_float32(tmp_path
     np.testing.assert_allclose(loaded.score(X), s16, rtol=1e-6)
     with pytest.raises(ValueError, match="float32"):
         b16.export_torchscript(tmp_path / "b16.pt")
+
+
+def test_bfloat16_feature_vae_calibrates_on_bfloat16_features():
+    X = _feature_data()[:10]
+    params = {**TINY_FEATURES, "max_epochs": 1}
+    f32 = ConvVAEDetector(**params).fit(X)
+    b16 = ConvVAEDetector(**params, inference_dtype="bfloat16").fit(X)
+    # training is the same (float32 features, one seed on the CPU) ...
+    for a, b in zip(f32.module_.state_dict().values(), b16.module_.state_dict().values()):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(f32.feature_mean_, b16.feature_mean_)
+    # ... the residual statistics come from the backbone and VAE in bfloat16, as scoring runs them
+    assert not np.array_equal(f32.residual_std_, b16.residual_std_)
+    assert 0.8 < float(np.median(b16.residual_std_ / f32.residual_std_)) < 1.25  # the same scale
+    assert np.isfinite(b16.score(X[:2])).all()

@@ -491,10 +491,13 @@ class ConvVAEDetector(BaseImageDetector):
         # (the validation split): the mean takes out what the network gets wrong on every
         # normal image (blur of a fixed pattern), the std what varies from image to image
         dtype = str(self.inference_dtype)
-        mean, var = residual_moments(self.module_, inputs[val_idx], batch, self.device_, inference_dtype=dtype)
+        val_inputs = inputs[val_idx]
+        if dtype != "float32":  # calibrate on inputs as scoring computes them (the backbone in dtype)
+            val_inputs = route.inputs(images[val_idx], self.device_, self, route.front_batch(self.device_, batch), dtype)
+        mean, var = residual_moments(self.module_, val_inputs, batch, self.device_, inference_dtype=dtype)
         self.residual_mean_ = np.asarray(mean, dtype=np.float32)
         self.residual_std_ = _floored_std(var, pixels=route.pixel_maps).astype(np.float32)
-        val_heat = score_images(self._scorer(), None, batch, self.device_, inputs=inputs[val_idx], fields=("heatmap",),
+        val_heat = score_images(self._scorer(), None, batch, self.device_, inputs=val_inputs, fields=("heatmap",),
                                 inference_dtype=dtype)
         self.heatmap_scale_ = float(max(np.percentile(val_heat["heatmap"], _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)

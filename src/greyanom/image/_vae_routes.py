@@ -50,6 +50,10 @@ class PixelRoute:
         """Network inputs of the (registered) training images and the learned state (none here)."""
         return images, {"feature_shape_": None}
 
+    def inputs(self, images, device, det, front_batch, inference_dtype):
+        """Network inputs of (registered) images: the images."""
+        return images
+
     def new_module(self, image_shape, feature_shape=None):
         from greyanom.image._torch._vae_module import ConvVAE
 
@@ -110,17 +114,9 @@ class FeatureRoute:
 
     def fit_inputs(self, images, train_idx, device, front_batch):
         """Standardised features of every image; the standardisation comes from the training rows."""
-        import torch
+        from greyanom.image._torch._infer import front_inputs
 
-        from greyanom.image._torch import _post
-
-        raw_front = self._backbone(device, images.shape[1:])
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(images), front_batch):
-                x = _post.to_device(images[start : start + front_batch], device)[:, None]
-                parts.append(_post.to_host(raw_front(x)))
-        raw = np.concatenate(parts)
+        raw = front_inputs(self._backbone(device, images.shape[1:]), images, device, front_batch)
         train_raw = raw[train_idx].astype(np.float64)
         mean = train_raw.mean(axis=(0, 2, 3)).astype(np.float32)
         std = train_raw.std(axis=(0, 2, 3))
@@ -133,6 +129,12 @@ class FeatureRoute:
         from greyanom.image._torch._feature_vae import FeatureVAE
 
         return FeatureVAE(tuple(feature_shape), self.channels, self.latent_dim, self.bottleneck_channels)
+
+    def inputs(self, images, device, det, front_batch, inference_dtype):
+        """Standardised features of (registered) images, the backbone in ``inference_dtype``."""
+        from greyanom.image._torch._infer import front_inputs
+
+        return front_inputs(self.front(device, det), images, device, front_batch, inference_dtype)
 
     def front(self, device, det):
         """Images → standardised features on ``device`` (the detector's ``feature_mean_``, ``feature_std_``)."""

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from greyanom.image._torch import _post
 
-__all__ = ["VAEScorer", "score_images", "shift_images", "residual_moments", "n_parameters"]
+__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_moments", "n_parameters"]
 
 
 class VAEScorer(nn.Module):
@@ -206,6 +206,17 @@ def score_images(
     if "score" in out:
         out["score"] = out["score"].astype(np.float64)
     return out
+
+
+def front_inputs(front, images, device, front_batch, inference_dtype="float32"):
+    """Network inputs ``front(images)`` on the host (float32), ``front_batch`` images per pass on ``device``."""
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(images), front_batch):
+            x = _post.to_device(images[start : start + front_batch], device)[:, None]
+            with _post.autocast_network(device, inference_dtype):
+                parts.append(_post.to_host(front(x)))
+    return np.concatenate(parts)
 
 
 def residual_moments(module, inputs, batch_size, device, inference_dtype="float32"):
