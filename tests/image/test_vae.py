@@ -339,6 +339,15 @@ def test_pickle_roundtrip(fitted, images, torch_device):
     np.testing.assert_allclose(again.score(images), det.score(images), rtol=0 if torch_device == "cpu" else 1e-5)
 
 
+def test_pickle_from_before_inference_dtype_scores_in_float32(fitted, images):
+    state = fitted.__getstate__()
+    del state["inference_dtype"], state["calibration_dtype_"]
+    det = ConvVAEDetector.__new__(ConvVAEDetector)
+    det.__setstate__(state)
+    assert det.get_params()["inference_dtype"] == "float32"
+    np.testing.assert_array_equal(det.score(images[:3]), fitted.score(images[:3]))
+
+
 @pytest.mark.parametrize("reduction, sigma", [("mean", 0.0), ("topk", 1.5), ("max", 2.0)])
 def test_torchscript_roundtrip(fitted, images, tmp_path, reduction, sigma):
     det = pickle.loads(pickle.dumps(fitted)).set_params(score_reduction=reduction, smoothing_sigma=sigma, topk_fraction=0.05)

@@ -232,6 +232,7 @@ def test_feature_vae_exports_torchscript_with_its_backbone(feature_vae, tmp_path
     loaded = _loaded(path)
     names = {name for name, _ in loaded.named_parameters()}
     assert any(name.startswith("front.net.") for name in names)  # the frozen backbone travels with it
+    assert not any(name.startswith(("front.net._fc", "front.net._conv_head", "front.net._blocks.11.")) for name in names)
     with torch.inference_mode():
         recon, score, heat = loaded(torch.from_numpy(X[3:7])[:, None])
     e = det.explain(X[3:7])

@@ -44,11 +44,24 @@ def ieee_float32(torch):
             f.fp32_precision = value
 
 
+def _prune_backbone(net, last_stage, torch):
+    """Drop what the features never use: the blocks after ``last_stage`` and the classifier head.
+
+    With stages (3, 5) this keeps 0.70M of the network's 4.65M parameters (a 3.2 MB file instead of
+    19.2 MB for the tiny feature VAE of the tests).
+    """
+    keep = net.stage_ends[last_stage - 1] + 1
+    net._blocks = torch.nn.ModuleList(list(net._blocks)[:keep])
+    for name in ("_conv_head", "_bn1", "_fc"):
+        delattr(net, name)
+
+
 def _scripted(det, torch):
     module = copy.deepcopy(det.module_).cpu().float().eval()
     scorer = det._scorer(device=torch.device("cpu"), module=module)
     if det.input_space == "features":
         front = copy.deepcopy(scorer.front).eval()  # a private copy of the shared backbone
+        _prune_backbone(front.net, max(front.stages), torch)
         example = torch.rand(2, 1, *det.image_shape_, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode(False), torch.no_grad():
             scorer.front = torch.jit.trace(front, example, check_trace=False)

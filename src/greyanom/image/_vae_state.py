@@ -107,6 +107,7 @@ def pickle_module(state):
 
 def restore_module(det):
     """Rebuild the network of an unpickled detector on its device."""
+    det.__dict__.setdefault("inference_dtype", "float32")  # pickled before the parameter existed
     arrays = det.__dict__.pop("_module_arrays", None)
     if isinstance(det.__dict__.get("device_"), str):  # pickled before the image seam
         from greyanom._optional import device_or_cpu
