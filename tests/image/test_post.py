@@ -1,5 +1,7 @@
 """The device post-processing (greyanom.image._torch._post) against the SciPy/NumPy host path."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
@@ -135,6 +137,14 @@ def test_to_device_and_back(torch_device):
     if torch_device == "cpu":  # no copy on the CPU for a contiguous float32 array
         b = np.ones((2, 2), np.float32)
         assert np.shares_memory(_post.to_device(b, "cpu").numpy(), b)
+    frozen = np.ones((2, 2), np.float32)
+    frozen.flags.writeable = False  # e.g. a decoded request buffer: copied, no torch warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = _post.to_device(frozen, torch_device)
+    assert _post.to_host(t).sum() == 4.0
+    if torch_device == "cpu":
+        assert not np.shares_memory(t.numpy(), frozen)
 
 
 def test_resolve_batch_size():

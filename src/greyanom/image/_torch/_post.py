@@ -211,13 +211,16 @@ def squared_zscore_map(
 def to_device(array, device, dtype=torch.float32):
     """A NumPy batch as a tensor on ``device``: pinned memory and a non-blocking copy on CUDA.
 
-    On the CPU the tensor shares the (contiguous, ``dtype``) array's memory: no copy.
+    On the CPU the tensor shares the (contiguous, ``dtype``, writable) array's memory: no
+    copy; a read-only array (a memory map, a buffer from a request) is copied once, since
+    torch tensors cannot be read-only.
     The copy to CUDA is ordered on the current stream, so kernels that use the tensor see
     the data; the pinned host buffer is kept alive by the caching allocator until then.
     """
     device = torch.device(device)
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np_dtype))
+    a = np.ascontiguousarray(array, dtype=np_dtype)
+    t = torch.from_numpy(a if a.flags.writeable else a.copy())
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
