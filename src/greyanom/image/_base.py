@@ -10,16 +10,28 @@ and carry the greyanom version.
 
 from __future__ import annotations
 
+import numbers
 from abc import abstractmethod
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from greyanom._validation import check_image_shape, check_images
 from greyanom.base import BaseDetector, ImageExplanation
 from greyanom.image._reduce import REDUCTION_CONSTRAINTS, reduce_error_maps
 
-__all__ = ["BaseImageDetector"]
+__all__ = ["BaseImageDetector", "INFERENCE_DTYPE_NAMES", "TORCH_CONSTRAINTS"]
+
+#: Values of ``inference_dtype``: the dtype the network of a torch detector runs in.
+INFERENCE_DTYPE_NAMES = ("float32", "bfloat16")
+#: ``_parameter_constraints`` entries shared by the torch image detectors: one meaning of
+#: ``batch_size`` (``"auto"``: 64 on CUDA, 32 on the CPU; see
+#: :func:`greyanom.image._torch._post.resolve_batch_size`) and of ``inference_dtype``.
+TORCH_CONSTRAINTS = {
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+    "inference_dtype": [StrOptions(set(INFERENCE_DTYPE_NAMES))],
+}
 
 #: Key listing the attributes that were torch devices when pickled.
 _DEVICES_KEY = "_greyanom_devices"
@@ -31,11 +43,16 @@ class BaseImageDetector(BaseDetector):
     Subclasses implement:
 
     * ``_fit_images(images)``: learn from a validated ``(n, H, W)`` float32 batch; return
-      the training heatmaps ``(n, H, W)`` when fitting already computed them (the patch
-      detectors reuse the training features), or ``None`` to have them computed by
-      ``_explain_images``. No subclass overrides ``fit`` or ``_fit``.
+      the training heatmaps ``(n, H, W)`` or directly the training scores ``(n,)`` when
+      fitting already computed them (the patch detectors reuse the training features and
+      reduce on the device), or ``None`` to have them computed by ``_score_images``. No
+      subclass overrides ``fit`` or ``_fit``.
     * ``_explain_images(images)``: a dict with at least ``"heatmap"`` (the per-pixel map
-      that is reduced to the score) and optionally ``"reconstruction"`` and other fields.
+      that is reduced to the score) and optionally ``"reconstruction"``, ``"score"`` (when
+      the detector reduced the heatmaps itself, e.g. on its device) and other fields.
+    * optionally ``_score_images(images)``: the scores alone; by default the reduction of
+      ``_explain_images``' heatmaps. The torch detectors override it to keep the maps on
+      their device and copy back only the scores.
     * Persistence hooks, used by :meth:`save`, :meth:`load` and pickling:
       ``_state_arrays()`` (name -> ndarray of the learned arrays),
       ``_set_state_arrays(arrays)``, ``_json_state()`` (learned scalars as JSON values) and
@@ -46,7 +63,14 @@ class BaseImageDetector(BaseDetector):
     implement ``_fit_rows(X)`` and ``_explain_rows(X)`` for 2-D input.
 
     Scores are reduced from the heatmap by :func:`~greyanom.image.reduce_error_maps` with
-    the detector's ``score_reduction``, ``smoothing_sigma`` and ``topk_fraction``.
+    the detector's ``score_reduction``, ``smoothing_sigma`` and ``topk_fraction`` (or its
+    device twin, :mod:`greyanom.image._torch._post`).
+
+    Detectors with an ``inference_dtype`` parameter (the torch detectors) record in ``fit``
+    the dtype their ``offset_`` was calibrated with as ``calibration_dtype_``; scoring with
+    another ``inference_dtype`` (after ``set_params``) is a ``ValueError``, because the
+    scores, and with them the false-alarm rate at ``offset_``, would move. Saved files
+    record it; files saved before it existed load as ``"float32"``.
     """
 
     _parameter_constraints: dict = {**BaseDetector._parameter_constraints, **REDUCTION_CONSTRAINTS}
@@ -86,12 +110,14 @@ class BaseImageDetector(BaseDetector):
             self._fit_rows(X)
             return self._reduce(self._explain_rows(X)["heatmap"])
         images = check_images(X, name="X")
+        if hasattr(self, "inference_dtype"):
+            self.calibration_dtype_ = str(self.inference_dtype)
         self.image_shape_ = tuple(int(v) for v in images.shape[1:])
         self.n_features_in_ = int(np.prod(self.image_shape_))
-        heatmaps = self._fit_images(images)
-        if heatmaps is None:
-            heatmaps = self._explain_images(images)["heatmap"]
-        return self._reduce(heatmaps)
+        out = self._fit_images(images)
+        if out is None:
+            return self._score_images(images)
+        return out if np.ndim(out) == 1 else self._reduce(out)
 
     def _fit_rows(self, X):
         raise NotImplementedError
@@ -99,7 +125,21 @@ class BaseImageDetector(BaseDetector):
     def _explain_rows(self, X):
         raise NotImplementedError
 
+    def _check_inference_dtype(self):
+        """Refuse to score in another dtype than the one ``offset_`` was calibrated with."""
+        if not hasattr(self, "inference_dtype"):
+            return
+        calibrated = getattr(self, "calibration_dtype_", "float32")  # pickles from before it existed
+        if self.inference_dtype != calibrated:
+            raise ValueError(
+                f"this {type(self).__name__} was calibrated (offset_, threshold_) with "
+                f"inference_dtype={calibrated!r} but now has inference_dtype={self.inference_dtype!r}: its "
+                "scores, and with them the false-alarm rate at offset_, would move. Refit it with the new "
+                f"inference_dtype, or set_params(inference_dtype={calibrated!r})."
+            )
+
     def _validated(self, X):
+        self._check_inference_dtype()
         if self.image_shape_ is None:
             return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         images = check_images(X, name="X")
@@ -119,8 +159,14 @@ class BaseImageDetector(BaseDetector):
             return self._explain_rows(X)
         return self._explain_images(X)
 
+    def _score_images(self, images):
+        return self._reduce(self._explain_images(images)["heatmap"])
+
     def _score(self, X):
-        return self._reduce(self._explain_validated(self._validated(X))["heatmap"])
+        images = self._validated(X)
+        if self.image_shape_ is None:
+            return self._reduce(self._explain_rows(images)["heatmap"])
+        return self._score_images(images)
 
     def explain(self, X):
         """Explain the anomaly scores of images.
@@ -140,7 +186,8 @@ class BaseImageDetector(BaseDetector):
         """
         check_is_fitted(self)
         fields = self._explain_validated(self._validated(X))
-        fields["score"] = self._reduce(fields["heatmap"])
+        if fields.get("score") is None:
+            fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
 
     def _map_batches(self, fn, images, batch_size):
@@ -183,6 +230,8 @@ class BaseImageDetector(BaseDetector):
             state["n_features_in_"] = int(self.n_features_in_)
         if getattr(self, "device_", None) is not None:
             state["device_"] = str(self.device_)
+        if hasattr(self, "calibration_dtype_"):
+            state["calibration_dtype_"] = str(self.calibration_dtype_)
         return state
 
     def _set_base_json_state(self, state, device=None):
@@ -194,6 +243,15 @@ class BaseImageDetector(BaseDetector):
             self.n_features_in_ = int(state["n_features_in_"])
         elif self.image_shape_ is not None:
             self.n_features_in_ = int(np.prod(self.image_shape_))
+        if hasattr(self, "inference_dtype"):
+            # files written before the dtype was recorded were calibrated in float32
+            dtype = state.get("calibration_dtype_", "float32")
+            if dtype not in INFERENCE_DTYPE_NAMES:
+                raise ValueError(
+                    f"the saved {type(self).__name__} has calibration_dtype_={dtype!r}; expected one of "
+                    f"{list(INFERENCE_DTYPE_NAMES)}."
+                )
+            self.calibration_dtype_ = dtype
         if device is not None:
             from greyanom._optional import resolve_device
 

@@ -2,8 +2,10 @@
 
 :class:`BasePatchDetector` turns images into EfficientNet-Lite0 patch features, asks the subclass
 for one anomaly value per feature cell, upsamples that map to the input size and smooths it
-(the heatmap), and reduces it to a score with the shared image reductions. It also holds the
-device handling; saving, loading and pickling are :class:`BaseImageDetector`'s.
+(the heatmap), and reduces it to a score with the shared image reductions. The whole path runs
+on the detector's device (:mod:`greyanom.image._torch._post`): ``score`` copies back only the
+scores, ``explain`` the heatmaps. It also holds the device handling; saving, loading and
+pickling are :class:`BaseImageDetector`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from greyanom._optional import device_or_cpu, resolve_device, torch_threads
 from greyanom.image import _backbone
-from greyanom.image._base import BaseImageDetector
-from greyanom.image._reduce import check_sigma, smooth_maps
+from greyanom.image._base import TORCH_CONSTRAINTS, BaseImageDetector
+from greyanom.image._reduce import check_sigma
 
 __all__ = ["BasePatchDetector"]
 
@@ -29,32 +31,37 @@ class BasePatchDetector(BaseImageDetector):
     """Base class of detectors that score pretrained patch features.
 
     Subclasses implement ``_fit_features(features, random_state)`` (learn from the
-    ``(n, C, h, w)`` training features), ``_patch_scores(features)`` (return ``(n, h, w)``
-    anomaly values), and ``_state_arrays()`` / ``_set_state_arrays(arrays)`` for persistence
-    (saving, loading and pickling are :class:`BaseImageDetector`'s).
+    ``(n, C, h, w)`` training features, a host array), ``_patch_map(features, arrays)``
+    (``(n, h, w)`` anomaly values of a feature tensor on the device, given the learned
+    arrays named in ``_device_arrays`` as tensors there), and ``_state_arrays()`` /
+    ``_set_state_arrays(arrays)`` for persistence (saving, loading and pickling are
+    :class:`BaseImageDetector`'s).
     """
 
     _fitted_attrs = ("feature_stages_", "device_", "feature_shape_")
     _parameter_constraints: dict = {
         **BaseImageDetector._parameter_constraints,
+        **TORCH_CONSTRAINTS,
         "feature_stages": ["array-like"],
         "feature_stride": [Interval(numbers.Integral, 1, None, closed="left")],
         "patch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "normalization": [StrOptions(set(_backbone.NORMALIZATIONS))],
         "heatmap_sigma": [Interval(numbers.Real, 0, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
         "device": "no_validation",  # resolve_device checks it in fit
         "random_state": ["random_state"],
     }
+    #: names of the learned arrays that ``_patch_map`` needs on the device
+    _device_arrays: tuple = ()
+
     # -- to implement -----------------------------------------------------------------
     @abstractmethod
     def _fit_features(self, features, random_state):
-        """Learn from training features of shape (n, C, h, w)."""
+        """Learn from training features of shape (n, C, h, w) (a host array)."""
 
     @abstractmethod
-    def _patch_scores(self, features):
-        """Anomaly value per feature cell, shape (n, h, w), float32."""
+    def _patch_map(self, features, arrays):
+        """Anomaly value per feature cell: tensor (n, C, h, w) -> (n, h, w), float32, on the device."""
 
     @abstractmethod
     def _state_arrays(self):
@@ -64,18 +71,120 @@ class BasePatchDetector(BaseImageDetector):
     def _set_state_arrays(self, arrays):
         """Restore learned arrays from ``_state_arrays`` output."""
 
-    # -- features ----------------------------------------------------------------------
-    def _features(self, images):
-        return _backbone.extract_patch_features(
-            images,
-            stages=self.feature_stages_,
-            feature_stride=self.feature_stride,
-            patch_size=self.patch_size,
-            normalization=self.normalization,
-            device=self.device_,
-            batch_size=self.batch_size,
-        )
+    # -- the device --------------------------------------------------------------------
+    def _batch(self):
+        from greyanom.image._torch._post import resolve_batch_size
 
+        return resolve_batch_size(self.batch_size, self.device_)
+
+    def _on_device(self):
+        """The learned arrays of ``_device_arrays`` as tensors on ``device_``, copied once and cached.
+
+        The cache holds the host arrays it copied and is rebuilt when one of them (or the
+        device) changes; pickles and saved files never contain it.
+        """
+        import torch
+
+        host = {name: getattr(self, name) for name in self._device_arrays}
+        cached = self.__dict__.get("_device_cache")
+        if (
+            cached is None
+            or cached[0] != str(self.device_)
+            or any(cached[1][name] is not host[name] for name in host)
+        ):
+            tensors = {name: torch.as_tensor(a).to(self.device_) for name, a in host.items()}
+            cached = self._device_cache = (str(self.device_), host, tensors)
+        return cached[2]
+
+    def _pickle_torch_state(self, state):
+        state.pop("_device_cache", None)
+
+    # -- features ----------------------------------------------------------------------
+    def _features_on_device(self, images):
+        """Patch features ``(n, C, h, w)`` of a host batch, left on the device (float32)."""
+        import torch
+
+        from greyanom.image._torch._post import to_device
+
+        step = 1 if self.device_.type == "cpu" else len(images)  # one image per pass measured fastest on a CPU
+        parts = [
+            _backbone.patch_features(
+                to_device(images[start : start + step], self.device_),
+                stages=self.feature_stages_,
+                feature_stride=self.feature_stride,
+                patch_size=self.patch_size,
+                normalization=self.normalization,
+                inference_dtype=self.inference_dtype,
+            )
+            for start in range(0, len(images), step)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _features(self, images):
+        """Patch features of host images as a host array ``(n, C, h, w)``, float32."""
+        from greyanom.image._torch._post import to_host
+
+        return self._map_batches(lambda b: {"f": to_host(self._features_on_device(b))}, images, self._batch())["f"]
+
+    # -- maps and scores on the device -------------------------------------------------
+    def _heatmaps(self, features):
+        """Heatmaps ``(n, H, W)`` of a feature tensor: patch map, upsampled, blurred; on the device."""
+        from greyanom.image._torch import _post
+
+        heat = _post.upsample_maps(self._patch_map(features, self._on_device()), list(self.image_shape_))
+        if self.heatmap_sigma > 0:
+            heat = _post.gaussian_blur(heat, _post.gaussian_kernel(float(self.heatmap_sigma)))
+        return heat
+
+    def _scores(self, heat):
+        """Scores ``(n,)`` of heatmaps on the device: the detector's blur and reduction."""
+        from greyanom.image._torch import _post
+
+        if self.smoothing_sigma > 0:
+            heat = _post.gaussian_blur(heat, _post.gaussian_kernel(float(self.smoothing_sigma)))
+        h, w = self.image_shape_
+        return _post.reduce_maps(heat, self.score_reduction, _post.topk_count(float(self.topk_fraction), h * w))
+
+    def _check_reduction(self):
+        check_sigma(self.smoothing_sigma, self.image_shape_)
+        check_sigma(self.heatmap_sigma, self.image_shape_, name="heatmap_sigma")
+
+    def _run(self, fn, arrays):
+        """``fn`` on batches of host ``arrays`` under the detector's threads and inference mode."""
+        import torch
+
+        with torch_threads(self.n_jobs), torch.inference_mode():
+            return self._map_batches(fn, arrays, self._batch())
+
+    def _scores_from_features(self, features):
+        """Scores of host features ``(n, C, h, w)``: to the device batch by batch, only scores back."""
+        from greyanom.image._torch._post import to_device, to_host
+
+        self._check_reduction()
+        out = self._run(lambda b: {"s": to_host(self._scores(self._heatmaps(to_device(b, self.device_))))}, features)
+        return _finite_scores(out["s"])
+
+    def _score_images(self, images):
+        from greyanom.image._torch._post import to_host
+
+        self._check_reduction()
+        out = self._run(lambda b: {"s": to_host(self._scores(self._heatmaps(self._features_on_device(b))))}, images)
+        return _finite_scores(out["s"])
+
+    def _explain_images(self, images):
+        from greyanom.image._torch._post import to_host
+
+        self._check_reduction()
+
+        def batch(b):
+            heat = self._heatmaps(self._features_on_device(b))
+            return {"heatmap": to_host(heat), "score": to_host(self._scores(heat))}
+
+        out = self._run(batch, images)
+        out["score"] = _finite_scores(out["score"])
+        return out
+
+    # -- fitting -----------------------------------------------------------------------
     def _heldout_scores(self, X, train_scores):
         """Cross-fitted scores on the features extracted in ``_fit``: no second feature extraction.
 
@@ -105,12 +214,11 @@ class BasePatchDetector(BaseImageDetector):
                 setattr(model, name, getattr(self, name))
             with torch_threads(self.n_jobs):
                 model._fit_features(features[train], check_random_state(self.random_state))
-                heat = model._map_batches(model._heatmap_batch, features[test], self.batch_size)["heatmap"]
-            out[test] = model._reduce(heat)
+            out[test] = model._scores_from_features(features[test])
         return out
 
     def _fit_images(self, images):
-        """Learn from validated images; return their heatmaps (reusing the training features)."""
+        """Learn from validated images; return their scores (reusing the training features)."""
         from sklearn.utils import check_random_state
 
         h, w = images.shape[1:]
@@ -140,21 +248,10 @@ class BasePatchDetector(BaseImageDetector):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self._fit_features(features, check_random_state(self.random_state))
-            self._heldout_features = features  # taken (and dropped) by _heldout_scores
-            return self._map_batches(self._heatmap_batch, features, self.batch_size)["heatmap"]
+        self._heldout_features = features  # taken (and dropped) by _heldout_scores
+        return self._scores_from_features(features)
 
-    # -- heatmaps ----------------------------------------------------------------------
-    def _heatmaps_from_patch_scores(self, patch_scores):
-        maps = _backbone.upsample_maps(patch_scores, self.image_shape_)
-        return smooth_maps(maps, self.heatmap_sigma).astype(np.float32, copy=False)
-
-    def _heatmap_batch(self, features):
-        return {"heatmap": self._heatmaps_from_patch_scores(self._patch_scores(features))}
-
-    def _explain_images(self, images):
-        with torch_threads(self.n_jobs):
-            return self._map_batches(lambda b: self._heatmap_batch(self._features(b)), images, self.batch_size)
-
+    # -- other outputs -----------------------------------------------------------------
     def patch_scores(self, X):
         """Anomaly value of each feature cell, before upsampling and smoothing.
 
@@ -168,10 +265,11 @@ class BasePatchDetector(BaseImageDetector):
         patch_scores : ndarray of shape (n, h, w)
             ``h = ceil(H / feature_stride)``, ``w = ceil(W / feature_stride)``.
         """
+        from greyanom.image._torch._post import to_host
+
         check_is_fitted(self)
         images = self._validated(X)
-        with torch_threads(self.n_jobs):
-            out = self._map_batches(lambda b: {"p": self._patch_scores(self._features(b))}, images, self.batch_size)
+        out = self._run(lambda b: {"p": to_host(self._patch_map(self._features_on_device(b), self._on_device()))}, images)
         return out["p"]
 
     def embed(self, X):
@@ -189,10 +287,11 @@ class BasePatchDetector(BaseImageDetector):
             feature grid: one backbone pass per image, no patch model. Feed them to
             :class:`~greyanom.drift.FeatureDriftMonitor`.
         """
+        from greyanom.image._torch._post import to_host
+
         check_is_fitted(self)
         images = self._validated(X)
-        with torch_threads(self.n_jobs):
-            out = self._map_batches(lambda b: {"f": self._features(b).mean(axis=(2, 3))}, images, self.batch_size)
+        out = self._run(lambda b: {"f": to_host(self._features_on_device(b).mean(dim=(2, 3)))}, images)
         return out["f"]
 
     # -- persistence hooks -------------------------------------------------------------
@@ -204,3 +303,14 @@ class BasePatchDetector(BaseImageDetector):
         self.feature_stages_ = _backbone.check_stages(self.feature_stages)
         if not hasattr(self, "device_"):
             self.device_ = device_or_cpu(self.device, type(self).__name__)
+
+
+def _finite_scores(scores):
+    """Scores as float64; a non-finite score (a degenerate model) is an error, never a silent NaN."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError(
+            f"{int((~np.isfinite(scores)).sum())} of {scores.size} scores are not finite: the fitted patch "
+            "model is degenerate (e.g. PaDiM with reg=0 and fewer images than channels)."
+        )
+    return scores

@@ -1,5 +1,12 @@
 """ConvVAEDetector: the convolutional β-VAE of the case study behind the detector contract.
 
+The class holds the parameters, the sklearn contract and the learned state; it calls by name
+the objects that do the work: a route per ``input_space`` and a registration
+(:mod:`greyanom.image._vae_routes`), one trainer (``_torch/_train.fit_network``), one scoring
+module for ``score``, ``explain`` and the TorchScript export (``_torch/_infer.VAEScorer``,
+on ``device_``), the export (:mod:`greyanom.image._vae_export`) and the file codec
+(:mod:`greyanom.image._vae_state`).
+
 ``torch`` is an optional extra: this module imports it only inside methods, so that
 ``from greyanom import ConvVAEDetector`` works without it and ``fit`` raises an
 ImportError that names the extra to install.
@@ -11,7 +18,6 @@ import dataclasses
 import logging
 import numbers
 import warnings
-from pathlib import Path
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -20,7 +26,8 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from greyanom._optional import import_optional, import_torch, resolve_device
 from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
-from greyanom.image._base import BaseImageDetector
+from greyanom.image import _vae_state
+from greyanom.image._base import TORCH_CONSTRAINTS, BaseImageDetector
 from greyanom.image._reduce import check_sigma
 
 __all__ = ["ConvVAEDetector", "VAEExplanation"]
@@ -29,10 +36,10 @@ logger = logging.getLogger("greyanom.vae")
 
 _AUGMENTATIONS = ("hflip", "vflip", "rot90", "rotate", "noise")
 _CLASS = "ConvVAEDetector"
-#: Average-pooling neighbourhood of the backbone features (as the patch detectors' default).
-_FEATURE_PATCH_SIZE = 3
 #: Quantile of held-out normal pixel errors that ``normalize_heatmap`` maps to 1.
 _HEATMAP_QUANTILE = 99.5
+#: What :meth:`ConvVAEDetector.explain` returns.
+_EXPLANATION_FIELDS = ("score", "heatmap", "reconstruction", "latent_mean", "latent_logvar", "shift")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,39 @@ class VAEExplanation(ImageExplanation):
     latent_mean: np.ndarray | None = None
     latent_logvar: np.ndarray | None = None
     shift: np.ndarray | None = None
+
+
+_CONSTRAINTS = {
+    **BaseImageDetector._parameter_constraints,
+    "channels": [tuple, list],
+    "latent_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+    "bottleneck_channels": [Interval(numbers.Integral, 1, None, closed="left"), None],
+    "beta": [Interval(numbers.Real, 0, None, closed="left")],
+    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+    "min_learning_rate": [Interval(numbers.Real, 0, None, closed="left")],
+    "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+    "kl_warmup_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
+    "grad_clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+    "early_stopping_patience": [Interval(numbers.Integral, 1, None, closed="left"), None],
+    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+    "augmentation": [tuple, list, None],
+    "rotation_degrees": [Interval(numbers.Real, 0, 180, closed="both")],
+    "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
+    "input_space": [StrOptions({"pixels", "features"})],
+    "feature_stages": [tuple, list],
+    "feature_stride": [Interval(numbers.Integral, 1, None, closed="left")],
+    "feature_channels": [tuple, list],
+    "residual_normalization": [StrOptions({"none", "std"})],
+    "register": ["boolean"],
+    "inference_dtype": TORCH_CONSTRAINTS["inference_dtype"],
+    "device": "no_validation",
+    "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
+    "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"deprecated"}), None],
+    "verbose": ["verbose"],
+    "random_state": ["random_state"],
+}
 
 
 class ConvVAEDetector(BaseImageDetector):
@@ -177,6 +217,13 @@ class ConvVAEDetector(BaseImageDetector):
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
+    inference_dtype : {"float32", "bfloat16"}, default="float32"
+        Dtype the VAE (and, for ``input_space="features"``, the backbone) runs in when
+        scoring (autocast); the residual, its z-score, the upsampling, blurs and reduction
+        stay in float32. Training is unaffected (mixed precision on CUDA as always). The
+        fitted detector records the dtype its ``offset_``, ``residual_std_`` and
+        ``heatmap_scale_`` were calibrated with (``calibration_dtype_``) and refuses to
+        score in another one: refit after changing it. The TorchScript export is float32.
     n_jobs : int or None, default=None
         CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
         afterwards), with the meaning every image detector gives it: ``None`` keeps
@@ -230,6 +277,8 @@ class ConvVAEDetector(BaseImageDetector):
         :meth:`normalize_heatmap` to display heatmaps on one scale for all images.
     image_shape_ : tuple of int
         ``(H, W)`` of the training images.
+    calibration_dtype_ : str
+        The ``inference_dtype`` that ``offset_`` was calibrated with.
     offset_, threshold_ : float
         See :class:`~greyanom.base.BaseDetector`; set on the scores of the validation images
         (held out from training), so ``predict`` flags about ``contamination`` of new normals.
@@ -267,36 +316,7 @@ class ConvVAEDetector(BaseImageDetector):
     (3,)
     """
 
-    _parameter_constraints: dict = {
-        **BaseImageDetector._parameter_constraints,
-        "channels": [tuple, list],
-        "latent_dim": [Interval(numbers.Integral, 1, None, closed="left")],
-        "bottleneck_channels": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "beta": [Interval(numbers.Real, 0, None, closed="left")],
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
-        "min_learning_rate": [Interval(numbers.Real, 0, None, closed="left")],
-        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "kl_warmup_epochs": [Interval(numbers.Integral, 0, None, closed="left")],
-        "grad_clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
-        "early_stopping_patience": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
-        "augmentation": [tuple, list, None],
-        "rotation_degrees": [Interval(numbers.Real, 0, 180, closed="both")],
-        "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
-        "input_space": [StrOptions({"pixels", "features"})],
-        "feature_stages": [tuple, list],
-        "feature_stride": [Interval(numbers.Integral, 1, None, closed="left")],
-        "feature_channels": [tuple, list],
-        "residual_normalization": [StrOptions({"none", "std"})],
-        "register": ["boolean"],
-        "device": "no_validation",
-        "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
-        "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"deprecated"}), None],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
-    }
+    _parameter_constraints: dict = _CONSTRAINTS
     _explanation_class = VAEExplanation
     _fitted_attrs = ("device_", "module_", "validation_indices_", "reference_", "feature_shape_", "residual_mean_",
                      "residual_std_", "heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_")
@@ -335,6 +355,7 @@ class ConvVAEDetector(BaseImageDetector):
         topk_fraction=0.05,
         contamination="auto",
         device="auto",
+        inference_dtype="float32",
         n_jobs=None,
         n_threads="deprecated",
         verbose=False,
@@ -367,17 +388,19 @@ class ConvVAEDetector(BaseImageDetector):
         self.topk_fraction = topk_fraction
         self.contamination = contamination
         self.device = device
+        self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs
         self.n_threads = n_threads
         self.verbose = verbose
         self.random_state = random_state
 
-    # -- checks -----------------------------------------------------------------------
-    def _checked_channels(self):
-        ch = self.channels
-        if len(ch) == 0 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1 for c in ch):
-            raise ValueError(f"channels must be a non-empty tuple of positive ints, got {ch!r}.")
-        return tuple(int(c) for c in ch)
+
+    # -- the parts the detector is made of ----------------------------------------------------
+    def _route(self):
+        """The route object (:mod:`greyanom.image._vae_routes`) of the current parameters."""
+        from greyanom.image._vae_routes import route_of
+
+        return route_of(self)
 
     def _checked_augmentation(self):
         if self.augmentation is None:
@@ -388,13 +411,17 @@ class ConvVAEDetector(BaseImageDetector):
             raise ValueError(f"augmentation must hold names from {_AUGMENTATIONS}, got {bad!r}.")
         return aug
 
-    def _arch(self):
-        return {
-            "image_shape": tuple(self.image_shape_),
-            "channels": self._checked_channels(),
-            "latent_dim": int(self.latent_dim),
-            "bottleneck_channels": None if self.bottleneck_channels is None else int(self.bottleneck_channels),
-        }
+    def _train_config(self, augmentation):
+        from greyanom.image._torch._train import TrainConfig
+
+        return TrainConfig(
+            max_epochs=int(self.max_epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
+            min_learning_rate=float(self.min_learning_rate), weight_decay=float(self.weight_decay),
+            beta=float(self.beta), kl_warmup_epochs=int(self.kl_warmup_epochs),
+            grad_clip_norm=None if self.grad_clip_norm is None else float(self.grad_clip_norm),
+            early_stopping_patience=None if self.early_stopping_patience is None else int(self.early_stopping_patience),
+            augmentation=augmentation, rotation_degrees=float(self.rotation_degrees), noise_std=float(self.noise_std),
+        )
 
     def _effective_n_jobs(self, warn=False):
         n_threads = getattr(self, "n_threads", "deprecated")
@@ -423,195 +450,64 @@ class ConvVAEDetector(BaseImageDetector):
                 f"min_learning_rate={self.min_learning_rate!r} is above learning_rate={self.learning_rate!r}: "
                 "the cosine schedule decays from learning_rate down to min_learning_rate."
             )
-        import_torch(_CLASS)
-        with self._threads(warn=True):
-            self._fit_torch(images)
-
-    def _check_sizes(self, channels, augmentation):
-        h, w = self.image_shape_
-        if self.input_space == "pixels":
-            stride = 2 ** len(channels)
-            if h % stride or w % stride:
-                raise ValueError(
-                    f"X has images of size {(h, w)}; with {len(channels)} stride-2 blocks (channels={channels}) "
-                    f"both sides must be divisible by {stride}."
-                )
-            if "rot90" in augmentation and h != w:
-                raise ValueError(f"augmentation 'rot90' needs square images, got size {(h, w)}.")
-            return
-        if augmentation:
-            raise ValueError(
-                f"augmentation={self.augmentation!r} is not supported with input_space='features' "
-                "(the features are extracted once, before training); use augmentation=None."
-            )
-        stride = self.feature_stride * 2 ** (len(self.feature_channels) - 1)
-        if h % stride or w % stride or min(h, w) < 32:
-            raise ValueError(
-                f"X has images of size {(h, w)}; input_space='features' with feature_stride={self.feature_stride} "
-                f"and {len(self.feature_channels) - 1} stride-2 blocks needs both sides divisible by {stride} "
-                "(and at least 32)."
-            )
-
-    def _raw_features(self, images):
-        from greyanom.image import _backbone
-
-        return _backbone.extract_patch_features(
-            images,
-            stages=_backbone.check_stages(self.feature_stages),
-            feature_stride=int(self.feature_stride),
-            patch_size=_FEATURE_PATCH_SIZE,
-            normalization="imagenet",
-            device=self.device_,
-            batch_size=int(self.batch_size),
-        )
-
-    def _standardised(self, feats):
-        return ((feats - self.feature_mean_[None, :, None, None]) / self.feature_std_[None, :, None, None]).astype(
-            np.float32
-        )
-
-    def _model_inputs(self, images):
-        """What the network sees: the images (n, H, W), or standardised backbone features."""
-        if self.input_space == "pixels":
-            return images
-        return self._standardised(self._raw_features(images))
-
-    def _new_module(self, feature_shape=None):
-        if self.input_space == "pixels":
-            from greyanom.image._torch._vae_module import ConvVAE
-
-            return ConvVAE(**self._arch())
-        from greyanom.image._torch._feature_vae import FeatureVAE
-
-        return FeatureVAE(
-            feature_shape=tuple(self.feature_shape_ if feature_shape is None else feature_shape),
-            channels=tuple(int(c) for c in self.feature_channels),
-            latent_dim=int(self.latent_dim),
-            bottleneck_channels=None if self.bottleneck_channels is None else int(self.bottleneck_channels),
-        )
-
-    def _prepared(self, images, train_idx, val_idx):
-        """Register (``register``) and turn into network inputs (``input_space``); learn how.
-
-        Returns the (registered) images and the network inputs. The reference and the
-        feature standardisation come from the training part only; the validation images
-        are treated as any new image would be.
-        """
-        if self.register:
-            from greyanom.image._align import apply_shifts, estimate_shifts, fit_reference
-
-            self.reference_, aligned_train = fit_reference(images[train_idx])
-            aligned = np.empty_like(images)
-            aligned[train_idx] = aligned_train
-            aligned[val_idx] = apply_shifts(images[val_idx], estimate_shifts(images[val_idx], self.reference_))
-            images = aligned
-        else:
-            self.reference_ = None
-        if self.input_space == "features":
-            raw = self._raw_features(images)
-            train_raw = raw[train_idx].astype(np.float64)
-            self.feature_mean_ = train_raw.mean(axis=(0, 2, 3)).astype(np.float32)
-            std = train_raw.std(axis=(0, 2, 3))
-            self.feature_std_ = np.maximum(std, 1e-6 * max(float(std.max()), 1e-12)).astype(np.float32)
-            inputs = self._standardised(raw)
-            self.feature_shape_ = tuple(int(v) for v in inputs.shape[1:])
-        else:
-            inputs = images
-            self.feature_shape_ = None
-        return images, inputs
-
-    def _fit_torch(self, images):
-        torch = import_torch(_CLASS)
-        from greyanom.image._torch._infer import n_parameters, residual_moments
-        from greyanom.image._torch._train import TrainConfig, train_vae
-
-        channels = self._checked_channels()
+        route = self._route()
         augmentation = self._checked_augmentation()
-        self._check_sizes(channels, augmentation)
+        route.check(self.image_shape_, augmentation)
         n = len(images)
         n_val = max(1, int(round(self.validation_fraction * n)))
         if n - n_val < 1:
             raise ValueError(f"X has {n} image(s); at least 2 are needed (validation_fraction={self.validation_fraction}).")
+        import_torch(_CLASS)
         self.device_ = resolve_device(self.device, _CLASS)
+        with self._threads(warn=True):
+            self._fit_torch(route, images, n_val, augmentation)
+
+    def _fit_torch(self, route, images, n_val, augmentation):
+        from greyanom.image._torch._infer import n_parameters, residual_moments, score_images
+        from greyanom.image._torch._train import fit_network
+        from greyanom.image._vae_routes import Registration
+
         rs = check_random_state(self.random_state)
-        perm = rs.permutation(n)
+        perm = rs.permutation(len(images))
         train_idx, val_idx = np.sort(perm[n_val:]), np.sort(perm[:n_val])
         self.validation_indices_ = val_idx
         seed = int(rs.randint(0, 2**31 - 1))
-        images, inputs = self._prepared(images, train_idx, val_idx)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # weight initialisation only, inside a forked RNG
-            module = self._new_module()
-        module.to(self.device_)
-        generator = torch.Generator(device=self.device_)
-        generator.manual_seed(seed)
-        config = TrainConfig(
-            max_epochs=int(self.max_epochs),
-            batch_size=int(self.batch_size),
-            learning_rate=float(self.learning_rate),
-            min_learning_rate=float(self.min_learning_rate),
-            weight_decay=float(self.weight_decay),
-            beta=float(self.beta),
-            kl_warmup_epochs=int(self.kl_warmup_epochs),
-            grad_clip_norm=None if self.grad_clip_norm is None else float(self.grad_clip_norm),
-            early_stopping_patience=None if self.early_stopping_patience is None else int(self.early_stopping_patience),
-            augmentation=augmentation,
-            rotation_degrees=float(self.rotation_degrees),
-            noise_std=float(self.noise_std),
-        )
-        x_all = torch.from_numpy(np.ascontiguousarray(inputs))
-        if x_all.ndim == 3:
-            x_all = x_all[:, None]
+        self.reference_ = None
+        if self.register:
+            self.reference_, images = Registration().fit(images, train_idx, val_idx)
+        batch = int(self.batch_size)
+        inputs, state = route.fit_inputs(images, train_idx, self.device_, route.front_batch(self.device_, batch))
+        for key, value in state.items():
+            setattr(self, key, value)
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=config.max_epochs, desc=_CLASS, unit="epoch")
+            progress = tqdm(total=int(self.max_epochs), desc=_CLASS, unit="epoch")
         try:
-            history, best_epoch, _ = train_vae(
-                module,
-                x_all[torch.from_numpy(train_idx)],
-                x_all[torch.from_numpy(val_idx)],
-                config,
-                generator=generator,
-                device=self.device_,
-                progress=progress,
+            self.module_, self.history_, self.best_epoch_ = fit_network(
+                lambda: route.new_module(self.image_shape_, self.feature_shape_), inputs, train_idx, val_idx,
+                self._train_config(augmentation), seed=seed, device=self.device_, progress=progress,
             )
         finally:
             if progress is not None:
                 progress.close()
-        self.module_ = module.eval()
-        self.history_ = history
-        self.best_epoch_ = int(best_epoch)
-        self.n_epochs_ = len(history["epoch"])
-        self.n_params_ = n_parameters(module)
+        self.n_epochs_ = len(self.history_["epoch"])
+        self.n_params_ = n_parameters(self.module_)
         # per-element residual mean and standard deviation on the held-out normal images
         # (the validation split): the mean takes out what the network gets wrong on every
         # normal image (blur of a fixed pattern), the std what varies from image to image
-        mean, var = residual_moments(module, inputs[val_idx], int(self.batch_size), self.device_)
-        pixels = self.input_space == "pixels"
+        dtype = str(self.inference_dtype)
+        val_inputs = inputs[val_idx]
+        if dtype != "float32":  # calibrate on inputs as scoring computes them (the backbone in dtype)
+            val_inputs = route.inputs(images[val_idx], self.device_, self, route.front_batch(self.device_, batch), dtype)
+        mean, var = residual_moments(self.module_, val_inputs, batch, self.device_, inference_dtype=dtype)
         self.residual_mean_ = np.asarray(mean, dtype=np.float32)
-        self.residual_std_ = _floored_std(var, pixels=pixels).astype(np.float32)
-        val_heat = self._explain_aligned(images[val_idx], inputs[val_idx])["heatmap"]
-        self.heatmap_scale_ = float(max(np.percentile(val_heat, _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
+        self.residual_std_ = _floored_std(var, pixels=route.pixel_maps).astype(np.float32)
+        val_heat = score_images(self._scorer(), None, batch, self.device_, inputs=val_inputs, fields=("heatmap",),
+                                inference_dtype=dtype)
+        self.heatmap_scale_ = float(max(np.percentile(val_heat["heatmap"], _HEATMAP_QUANTILE), np.finfo(np.float32).tiny))
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
-
-    def embed(self, X):
-        """Latent means of images, for drift monitoring (:class:`~greyanom.drift.FeatureDriftMonitor`).
-
-        Parameters
-        ----------
-        X : array-like of shape (n, H, W) or (n, 1, H, W)
-            Images in [0, 1] (or uint8).
-
-        Returns
-        -------
-        latent_mean : ndarray of shape (n, latent_dim)
-            The encoder's ``mu`` (eval mode), the same as ``explain(X).latent_mean``; one
-            decoder pass per image is spent as well.
-        """
-        check_is_fitted(self)
-        return self._explain_images(self._validated(X))["latent_mean"]
 
     def _heldout_scores(self, X, train_scores):
         """Scores of the validation images (``validation_indices_``), which the weights never trained on.
@@ -632,56 +528,61 @@ class ConvVAEDetector(BaseImageDetector):
             )
         return held
 
-    # -- scoring ----------------------------------------------------------------------
-    def _inv_var(self):
-        if self.residual_normalization == "none":
-            return None
-        return 1.0 / np.square(self.residual_std_, dtype=np.float32)
+    # -- scoring (on device_: only what is asked for comes back) ------------------------------
+    def _scorer(self, device=None, module=None):
+        """The scoring module of the current parameters on ``device`` (default ``device_``)."""
+        from greyanom.image._torch._infer import VAEScorer
 
-    def _residual_mean(self):
-        return None if self.residual_normalization == "none" else self.residual_mean_
-
-    def _explain_aligned(self, images, inputs=None):
-        """Explain images already in the reference frame (``inputs``: their network inputs)."""
-        from greyanom.image._torch._infer import infer_batches
-
-        if inputs is None:
-            inputs = self._model_inputs(images)
-        out = infer_batches(
-            self.module_,
-            inputs,
-            int(self.batch_size),
-            self.device_,
-            residual_mean=self._residual_mean(),
-            inv_var=self._inv_var(),
+        device = self.device_ if device is None else device
+        check_sigma(self.smoothing_sigma, self.image_shape_)
+        route = self._route()
+        std = self.residual_normalization == "std"
+        return VAEScorer(
+            route.front(device, self), self.module_ if module is None else module, self.image_shape_,
+            residual_mean=self.residual_mean_ if std else None,
+            inv_var=1.0 / np.square(self.residual_std_, dtype=np.float32) if std else None,
+            map_sigma=route.map_sigma, reduction=self.score_reduction,
+            smoothing_sigma=float(self.smoothing_sigma), topk_fraction=float(self.topk_fraction),
         )
-        if self.input_space == "features":
-            from greyanom.image import _backbone
-            from greyanom.image._reduce import smooth_maps
 
-            maps = _backbone.upsample_maps(out["heatmap"], self.image_shape_)
-            out["heatmap"] = smooth_maps(maps, self.feature_stride / 2.0).astype(np.float32, copy=False)
-            out["reconstruction"] = None
+    def _explain_images(self, images, fields=_EXPLANATION_FIELDS):
+        """``fields`` of :class:`VAEExplanation` for validated images, computed on ``device_``."""
+        from greyanom.image._torch._infer import score_images
+        from greyanom.image._vae_routes import Registration
+
+        with self._threads():
+            shifts = None if self.reference_ is None else Registration().shifts(images, self.reference_)
+            batch = int(self.batch_size)
+            out = score_images(self._scorer(), images, batch, self.device_, shifts=shifts, fields=fields,
+                               front_batch=self._route().front_batch(self.device_, batch),
+                               inference_dtype=str(getattr(self, "inference_dtype", "float32")))
+        if "shift" in fields:
+            out["shift"] = shifts
         return out
 
-    def _explain_images(self, images):
-        with self._threads():
-            shifts = None
-            if self.reference_ is not None:
-                from greyanom.image._align import apply_shifts, estimate_shifts
+    def estimate_shifts(self, X):
+        """Shifts that register images onto ``reference_`` (``register=True``), for the TorchScript export.
 
-                shifts = estimate_shifts(images, self.reference_)
-                images = apply_shifts(images, shifts)
-            out = self._explain_aligned(images)
-            if shifts is not None:
-                from greyanom.image._align import apply_shifts
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8) of the training size.
 
-                # back to each test image's own frame
-                out["heatmap"] = apply_shifts(out["heatmap"], -shifts)
-                if out["reconstruction"] is not None:
-                    out["reconstruction"] = apply_shifts(out["reconstruction"], -shifts)
-            out["shift"] = shifts
-            return out
+        Returns
+        -------
+        shifts : ndarray of shape (n, 2)
+            The ``(dy, dx)`` translation (pixels) that moves each image onto the reference:
+            ``explain(X).shift``, by windowed FFT phase correlation on the host.
+        """
+        check_is_fitted(self)
+        if self.reference_ is None:
+            raise ValueError("estimate_shifts needs a detector fitted with register=True.")
+        from greyanom.image._vae_routes import Registration
+
+        return Registration().shifts(self._validated(X), self.reference_)
+
+    def _score_images(self, images):
+        return self._explain_images(images, ("score",))["score"]
 
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
@@ -698,6 +599,24 @@ class ConvVAEDetector(BaseImageDetector):
             ``latent_logvar`` (n, latent_dim), ``score`` (n,) equal to ``score(X)``.
         """
         return super().explain(X)
+
+    def embed(self, X):
+        """Latent means of images, for drift monitoring (:class:`~greyanom.drift.FeatureDriftMonitor`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images in [0, 1] (or uint8).
+
+        Returns
+        -------
+        latent_mean : ndarray of shape (n, latent_dim)
+            The encoder's ``mu`` (eval mode), the same as ``explain(X).latent_mean``; one
+            decoder pass per image is spent as well.
+        """
+        check_is_fitted(self)
+        return self._explain_images(self._validated(X), ("latent_mean",))["latent_mean"]
+
 
     def normalize_heatmap(self, heatmap):
         """Put heatmaps on the training set's scale for display.
@@ -751,14 +670,22 @@ class ConvVAEDetector(BaseImageDetector):
         ax.legend(fontsize="small", ncol=2)
         return ax
 
-    # -- export and persistence -----------------------------------------------------------
-    def export_torchscript(self, path, *, check_images=None, rtol=1e-4, atol=1e-6):
+    # -- export -------------------------------------------------------------------------------
+    def export_torchscript(self, path, *, check_images=None, rtol=None, atol=None):
         """Write a TorchScript module for serving and check it against this estimator.
 
-        The module maps a float32 batch ``(n, 1, H, W)`` in [0, 1] to
+        Every route exports. The module maps a float32 batch ``(n, 1, H, W)`` in [0, 1] to
         ``(reconstruction, score, heatmap)`` with shapes ``(n, 1, H, W)``, ``(n,)`` and
-        ``(n, 1, H, W)``, computed as :meth:`explain` does (eval mode, z = mu, the same
-        score reduction).
+        ``(n, 1, H, W)``, computed as :meth:`explain` does (eval mode, z = mu, the residual
+        normalisation and score reduction set now). For ``input_space="features"`` it holds
+        the frozen EfficientNet-Lite0 front end (traced for ``image_shape_``) and returns an
+        empty reconstruction ``(n, 0, H, W)``: that VAE reconstructs features, not pixels.
+        With ``register=True`` it is called as ``module(x, shifts)`` with the shifts of
+        :meth:`estimate_shifts`: it moves the images onto the reference, and the
+        reconstruction and heatmap back into each image's frame, as :meth:`explain` does,
+        so its score is the detector's. The shift estimation (FFT phase correlation with
+        scikit-image, on the host) is not part of the export; ``module(x)`` alone takes the
+        images as registered already (no shift).
 
         Parameters
         ----------
@@ -766,8 +693,10 @@ class ConvVAEDetector(BaseImageDetector):
             Output file (``.pt``).
         check_images : array-like of shape (n, H, W), optional
             Images used to verify the export; by default four seeded random images.
-        rtol, atol : float
-            Tolerances of the check.
+        rtol, atol : float, optional
+            Tolerances of the check, which runs on ``device_`` with TF32 off. By default
+            ``rtol=1e-4, atol=1e-6`` on the CPU and ``rtol=1e-3, atol=1e-5`` on CUDA (the
+            scripted and the eager module may pick different kernels there).
 
         Returns
         -------
@@ -779,123 +708,32 @@ class ConvVAEDetector(BaseImageDetector):
             If the exported module's outputs differ from the estimator's.
         """
         check_is_fitted(self)
-        torch = import_torch(_CLASS)
-        if self.input_space != "pixels" or self.register:
-            raise ValueError(
-                "export_torchscript exports the pixel VAE without registration; this detector has "
-                f"input_space={self.input_space!r}, register={self.register!r}."
-            )
-        if check_images is None:
-            check_images = np.random.default_rng(0).random((4, *self.image_shape_), dtype=np.float32)
-        images = self._validated(check_images)
-        cpu_module = _copy_module_to_cpu(self.module_)
-        path = Path(path)
-        with warnings.catch_warnings():
-            # torch 2.13 marks TorchScript deprecated in favour of torch.export; serving
-            # stacks (TorchServe, libtorch, Triton) still load TorchScript files.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-            scripted = torch.jit.script(_scoring_with(self, cpu_module).eval())
-            scripted.save(str(path))
-            loaded = torch.jit.load(str(path), map_location="cpu")
-        with torch.inference_mode():
-            recon, score, heat = loaded(torch.from_numpy(images)[:, None])
-        expected = self.explain(images)
-        for name, got, want in (
-            ("reconstruction", recon[:, 0].numpy(), expected.reconstruction),
-            ("heatmap", heat[:, 0].numpy(), expected.heatmap),
-            ("score", score.numpy(), expected.score),
-        ):
-            if not np.allclose(got, want, rtol=rtol, atol=atol):
-                err = float(np.max(np.abs(got - want)))
-                raise RuntimeError(f"the TorchScript export's {name} differs from the estimator's (max abs diff {err:.3g}).")
-        return path
+        from greyanom.image._vae_export import export_torchscript
 
-    # -- persistence hooks (save, load and pickling are BaseImageDetector's) ---------------
+        return export_torchscript(self, path, check_images, rtol, atol)
+
+    # -- persistence hooks (save, load and pickling are BaseImageDetector's; the codec is _vae_state) ---
     def _state_arrays(self):
-        arrays = {f"module.{k}": v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
-        arrays["residual_mean_"] = self.residual_mean_
-        arrays["residual_std_"] = self.residual_std_
-        arrays["validation_indices_"] = np.asarray(self.validation_indices_, dtype=np.int64)
-        if self.reference_ is not None:
-            arrays["reference_"] = self.reference_
-        if self.feature_shape_ is not None:
-            arrays["feature_mean_"] = self.feature_mean_
-            arrays["feature_std_"] = self.feature_std_
-        return arrays
+        return _vae_state.state_arrays(self)
 
     def _set_state_arrays(self, arrays):
-        arrays = dict(arrays)
-        if not any(k.startswith("module.") for k in arrays):
-            # files written before the image seam hold only the network's weights
-            arrays = {f"module.{k}": v for k, v in arrays.items()}
-        module_arrays = {k[len("module.") :]: v for k, v in arrays.items() if k.startswith("module.")}
-        self.residual_std_ = arrays.get("residual_std_")
-        self.residual_mean_ = arrays.get("residual_mean_")
-        if (self.residual_std_ is None or self.residual_mean_ is None) and self.residual_normalization == "std":
-            raise ValueError(
-                "the saved ConvVAEDetector has no residual_mean_ / residual_std_; "
-                "it was saved before residual_normalization existed and scores raw residuals."
-            )
-        self.validation_indices_ = arrays.get("validation_indices_")
-        self.reference_ = arrays.get("reference_")
-        if self.register and self.reference_ is None:
-            raise ValueError("the saved ConvVAEDetector has register=True but no reference_ image.")
-        if self.feature_shape_ is not None:
-            self.feature_mean_ = arrays["feature_mean_"]
-            self.feature_std_ = arrays["feature_std_"]
-        self.module_ = self._built_module(module_arrays)
+        _vae_state.set_state_arrays(self, arrays)
 
     def _json_state(self):
-        return {
-            "heatmap_scale_": self.heatmap_scale_,
-            "n_params_": self.n_params_,
-            "best_epoch_": self.best_epoch_,
-            "n_epochs_": self.n_epochs_,
-            "history_": self.history_,
-            "feature_shape_": None if self.feature_shape_ is None else list(self.feature_shape_),
-        }
+        return _vae_state.json_state(self)
 
     def _set_json_state(self, state):
-        for key in ("heatmap_scale_", "n_params_", "best_epoch_", "n_epochs_", "history_"):
-            setattr(self, key, state[key])
-        shape = state.get("feature_shape_")
-        self.feature_shape_ = None if shape is None else tuple(int(v) for v in shape)
+        _vae_state.set_json_state(self, state)
 
     @classmethod
     def _params_from_json(cls, params):
-        params = dict(params)
-        # files from before these options: raw residuals of the pixel VAE
-        params.setdefault("residual_normalization", "none")
-        params.setdefault("input_space", "pixels")
-        n_threads = params.pop("n_threads", "deprecated")
-        if n_threads not in (None, "deprecated") and params.get("n_jobs") is None:
-            params["n_jobs"] = n_threads
-        return super()._params_from_json(params)
-
-    def _built_module(self, arrays):
-        torch = import_torch(_CLASS)
-        module = self._new_module()
-        state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"the saved weights do not match the saved architecture: {exc}") from exc
-        return module.to(self.device_).eval()
+        return super()._params_from_json(_vae_state.upgraded_params(params))
 
     def _pickle_torch_state(self, state):
-        module = state.pop("module_", None)
-        if module is not None:
-            state["_module_arrays"] = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+        _vae_state.pickle_module(state)
 
     def _restore_torch_state(self, state):
-        arrays = self.__dict__.pop("_module_arrays", None)
-        if isinstance(self.__dict__.get("device_"), str):  # pickled before the image seam
-            from greyanom._optional import device_or_cpu
-
-            self.device_ = device_or_cpu(self.device_, _CLASS)
-        if arrays is not None:
-            self.module_ = self._built_module(arrays)
-
+        _vae_state.restore_module(self)
 
 def _smoothed(values, *, pixels):
     """A per-pixel map lightly blurred (one pixel) against the noise of few validation images."""
@@ -915,22 +753,3 @@ def _floored_std(var, *, pixels):
     std = np.sqrt(np.maximum(_smoothed(var, pixels=pixels), 0.0))
     floor = max(0.1 * float(np.median(std)), 1e-6)
     return np.maximum(std, floor)
-
-
-def _copy_module_to_cpu(module):
-    import copy
-
-    return copy.deepcopy(module).cpu().float().eval()
-
-
-def _scoring_with(det, module):
-    from greyanom.image._torch._infer import ScoringModule
-
-    return ScoringModule(
-        module,
-        det.score_reduction,
-        float(det.smoothing_sigma),
-        float(det.topk_fraction),
-        residual_mean=det._residual_mean(),
-        inv_var=det._inv_var(),
-    )

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from greyanom._optional import import_optional
 from greyanom.image._backbone import NORMALIZATIONS, check_stages, feature_grid
 
-__all__ = ["extract_patch_features", "load_backbone", "pretrained_state_dict", "upsample_maps"]
+__all__ = ["extract_patch_features", "load_backbone", "patch_features", "pretrained_state_dict", "upsample_maps"]
 
 _EXTRA = "features"
 
@@ -67,7 +67,10 @@ def load_backbone(device="cpu"):
     network : greyanom.image._torch._efficientnet.EfficientNetLite0
         Shared: do not modify it.
     """
-    return _network_on(str(device))
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # one cached copy for "cuda" and "cuda:0"
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return _network_on(str(dev))
 
 
 def extract_patch_features(
@@ -79,6 +82,7 @@ def extract_patch_features(
     normalization="imagenet",
     device="cpu",
     batch_size=32,
+    inference_dtype="float32",
 ):
     """Patch features of grayscale images from the pretrained EfficientNet-Lite0.
 
@@ -106,44 +110,84 @@ def extract_patch_features(
         Images per forward pass on a GPU. On the CPU the network runs one image at a time,
         which measured fastest on a 2-core CPU (the activations of one 256x256 image stay
         in cache; batches of 4 to 32 were 2 to 4 times slower per image).
+    inference_dtype : {"float32", "bfloat16"}, default="float32"
+        Dtype the network runs in (autocast); the features come back in float32.
 
     Returns
     -------
     features : ndarray of shape (n, C, h, w), float32
         ``C`` is the sum of the tapped stages' channels.
+
+    See Also
+    --------
+    patch_features : The same on a tensor, leaving the features on the device.
     """
+    from greyanom.image._torch._post import to_device, to_host
+
     stages = check_stages(stages)
+    step = 1 if torch.device(device).type == "cpu" else int(batch_size)
+    parts = [
+        to_host(
+            patch_features(
+                to_device(images[start : start + step], device),
+                stages=stages,
+                feature_stride=feature_stride,
+                patch_size=patch_size,
+                normalization=normalization,
+                inference_dtype=inference_dtype,
+            )
+        )
+        for start in range(0, len(images), step)
+    ]
+    return np.concatenate(parts)
+
+
+def patch_features(
+    images, *, stages=(3, 5), feature_stride=8, patch_size=1, normalization="imagenet", inference_dtype="float32"
+):
+    """Patch features ``(n, C, h, w)`` of a float32 image tensor ``(n, H, W)``, on its device.
+
+    As :func:`extract_patch_features`, for one batch that is already on the device: the
+    network runs once on the whole batch (callers on the CPU pass one image at a time,
+    which measured fastest), in ``inference_dtype`` (autocast); pooling and resizing run
+    in float32 and the result stays on the device.
+    """
+    from greyanom.image._torch._post import autocast_network
+
+    stages = check_stages(stages)
+    device = images.device
     net = load_backbone(device)
     mean, std = NORMALIZATIONS[normalization]
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     grid = feature_grid(images.shape[1:], feature_stride)
-    if torch.device(device).type == "cpu":
-        batch_size = 1
-    parts = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]), dtype=torch.float32)
-            x = x.to(device)[:, None].expand(-1, 3, -1, -1)
-            x = (x - mean_t) / std_t
-            maps = []
-            for fmap in net.stage_outputs(x, stages):
-                if patch_size > 1:
-                    fmap = F.avg_pool2d(
-                        fmap, patch_size, stride=1, padding=patch_size // 2, count_include_pad=False
-                    )[..., : fmap.shape[-2], : fmap.shape[-1]]
-                if tuple(fmap.shape[-2:]) != grid:
-                    if fmap.shape[-2] >= grid[0] and fmap.shape[-1] >= grid[1]:
-                        fmap = F.adaptive_avg_pool2d(fmap, grid)
-                    else:
-                        fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
-                maps.append(fmap)
-            parts.append(torch.cat(maps, dim=1).float().cpu().numpy())
-    return np.concatenate(parts)
+        x = (images[:, None].expand(-1, 3, -1, -1) - mean_t) / std_t
+        with autocast_network(device, inference_dtype):
+            outputs = net.stage_outputs(x, stages)
+        maps = []
+        for fmap in outputs:
+            fmap = fmap.float()
+            if patch_size > 1:
+                fmap = F.avg_pool2d(fmap, patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)[
+                    ..., : fmap.shape[-2], : fmap.shape[-1]
+                ]
+            if tuple(fmap.shape[-2:]) != grid:
+                if fmap.shape[-2] >= grid[0] and fmap.shape[-1] >= grid[1]:
+                    fmap = F.adaptive_avg_pool2d(fmap, grid)
+                else:
+                    fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
+            maps.append(fmap)
+        return torch.cat(maps, dim=1)
 
 
 def upsample_maps(maps, size):
-    """Bilinearly resize patch maps ``(n, h, w)`` to ``size = (H, W)`` (float32)."""
+    """Bilinearly resize patch maps ``(n, h, w)`` to ``size = (H, W)`` (float32, on the host).
+
+    The host wrapper of :func:`greyanom.image._torch._post.upsample_maps`.
+    """
+    from greyanom.image._torch import _post
+
     with torch.inference_mode():
-        t = torch.as_tensor(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-        return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
+        t = torch.as_tensor(np.ascontiguousarray(maps, dtype=np.float32))
+        return _post.upsample_maps(t, [int(v) for v in size]).numpy()

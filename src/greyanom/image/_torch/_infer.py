@@ -1,86 +1,243 @@
-"""Deterministic batched inference and the TorchScript scoring module."""
+"""The VAE's scoring path on its device: one TorchScript-able module for every route, and its driver.
+
+:class:`VAEScorer` maps an image batch ``(n, 1, H, W)`` to ``(reconstruction, score,
+heatmap)``: the route's front end (the identity for pixels, the frozen backbone for features),
+the VAE with ``z = mu``, the residual (z-scored against held-out normals), the upsampling and
+blur of feature maps, the score blur and the reduction, all on the device the module lives on.
+``ConvVAEDetector`` scores and explains through :func:`score_images`, which copies back only
+what the caller asked for; ``export_torchscript`` scripts the same module. The post-processing
+is :mod:`greyanom.image._torch._post`, shared with the patch detectors.
+"""
 
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from greyanom.image._torch import _post
 
-__all__ = ["infer_batches", "residual_moments", "ScoringModule", "gaussian_kernel_1d", "n_parameters"]
-
-
-def _as_batch(array, device):
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return (x[:, None] if x.ndim == 3 else x).to(device)
+__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_moments", "n_parameters"]
 
 
-def _output(module, logits):
-    if getattr(module, "likelihood", "bernoulli") == "gaussian":
-        return logits.float()
-    return torch.sigmoid(logits.float())
-
-
-def infer_batches(module, inputs, batch_size, device, *, residual_mean=None, inv_var=None):
-    """Run ``module`` (eval mode, z = mu) batch by batch on images or feature maps.
+class VAEScorer(nn.Module):
+    """Image batch ``(n, 1, H, W)`` in [0, 1] → ``(reconstruction, score, heatmap)``, TorchScript-able.
 
     Parameters
     ----------
-    module : ConvVAE or FeatureVAE
-    inputs : ndarray of shape (n, H, W) (images) or (n, C, h, w) (features), float32
+    front : nn.Module
+        Images → network inputs: ``nn.Identity()`` for the pixel VAE,
+        :class:`~greyanom.image._torch._feature_vae.BackboneFeatures` for the feature VAE.
+    vae : ConvVAE or FeatureVAE
+        Scored in eval mode with ``z = mu``.
+    image_shape : tuple of int
+        ``(H, W)``.
+    residual_mean, inv_var : ndarray of one input's shape, or None
+        The residual z-score (``residual_normalization="std"``); ``None`` for the raw residual.
+    map_sigma : float
+        Fixed blur (pixels) of the upsampled feature map (``feature_stride / 2``); 0 for pixels.
+    reduction : {"mean", "max", "topk"}
+    smoothing_sigma, topk_fraction : float
+        The score reduction of :func:`greyanom.image.reduce_error_maps`.
+
+    Notes
+    -----
+    ``forward`` returns ``reconstruction`` ``(n, 1, H, W)`` (``(n, 0, H, W)``, empty, for the
+    feature VAE, which reconstructs features, not pixels), ``score`` ``(n,)`` and ``heatmap``
+    ``(n, 1, H, W)`` (before the score blur), all float32.
+    """
+
+    def __init__(self, front, vae, image_shape, *, residual_mean=None, inv_var=None, map_sigma=0.0,
+                 reduction="mean", smoothing_sigma=0.0, topk_fraction=0.01):
+        super().__init__()
+        self.front = front
+        self.vae = vae
+        self.bernoulli = getattr(vae, "likelihood", "bernoulli") == "bernoulli"
+        self.image_size: List[int] = [int(image_shape[0]), int(image_shape[1])]
+        self.normalize = inv_var is not None
+        device = next(vae.parameters()).device
+        self.register_buffer("residual_mean", _tensor(residual_mean, 0.0, device)[None])
+        self.register_buffer("inv_var", _tensor(inv_var, 1.0, device)[None])
+        self.upsample = not self.bernoulli  # the feature VAE's map lives on the feature grid
+        self.register_buffer("map_kernel", _post.gaussian_kernel(float(map_sigma)).to(device))
+        self.register_buffer("score_kernel", _post.gaussian_kernel(float(smoothing_sigma)).to(device))
+        self.reduction = str(reduction)
+        self.k = _post.topk_count(float(topk_fraction), self.image_size[0] * self.image_size[1])
+
+    def network(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The VAE with ``z = mu``: ``(output, mu, logvar)`` in float32 (the output before the sigmoid)."""
+        logits, mu, logvar = self.vae(inputs)
+        return logits.float(), mu.float(), logvar.float()
+
+    def post(self, inputs: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Network inputs and output → ``(reconstruction, heatmap (n, H, W))``, in float32."""
+        out = torch.sigmoid(logits) if self.bernoulli else logits
+        resid = inputs.float() - out
+        if self.normalize:
+            heat = _post.squared_zscore_map(resid, self.residual_mean, self.inv_var)
+        else:
+            heat = _post.squared_zscore_map(resid, None, None)
+        if self.upsample:
+            heat = _post.gaussian_blur(_post.upsample_maps(heat, self.image_size), self.map_kernel)
+            out = out[:, :0, :1, :1].expand(-1, -1, self.image_size[0], self.image_size[1])
+        return out, heat
+
+    def reduce(self, heat: torch.Tensor) -> torch.Tensor:
+        """Heatmaps ``(n, H, W)`` → scores ``(n,)``: the score blur, then the reduction."""
+        return _post.reduce_maps(_post.gaussian_blur(heat, self.score_kernel), self.reduction, self.k)
+
+    def forward(
+        self, x: torch.Tensor, shifts: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``(n, 1, H, W)`` → ``(reconstruction, score, heatmap)``.
+
+        With ``shifts`` ``(n, 2)`` (``register=True``: the shifts that move each image onto the
+        reference), the images are moved before the network and the reconstruction and
+        heatmap moved back, so the score is reduced in each image's own frame.
+        """
+        if shifts is not None:
+            x = shift_images(x[:, 0], shifts)[:, None]
+        inputs = self.front(x)
+        logits, _, _ = self.network(inputs)
+        recon, heat = self.post(inputs, logits)
+        if shifts is not None:
+            heat = shift_images(heat, -shifts)
+            if recon.shape[1] > 0:
+                recon = shift_images(recon[:, 0], -shifts)[:, None]
+        return recon, self.reduce(heat), heat.unsqueeze(1)
+
+
+def _tensor(values, fill, device):
+    values = np.full((1, 1, 1), fill, np.float32) if values is None else np.asarray(values, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
+
+def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translate each map of ``(n, H, W)`` by its row ``(dy, dx)`` of ``shifts``.
+
+    Linear interpolation with the border value repeated outside: the device form of
+    ``scipy.ndimage.shift(..., order=1, mode="nearest")`` (:func:`greyanom.image._align.apply_shifts`).
+    """
+    n = x.shape[0]
+    h = x.shape[1]
+    w = x.shape[2]
+    dev = x.device
+    s = shifts.to(device=dev, dtype=torch.float64)
+    ys = torch.arange(h, device=dev, dtype=torch.float64)[None, :, None] - s[:, 0, None, None]
+    xs = torch.arange(w, device=dev, dtype=torch.float64)[None, None, :] - s[:, 1, None, None]
+    # normalised coordinates of align_corners=True: -1 and 1 are the centres of the edge pixels
+    gy = (2.0 * ys / max(h - 1, 1) - 1.0).expand(n, h, w)
+    gx = (2.0 * xs / max(w - 1, 1) - 1.0).expand(n, h, w)
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
+    out = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[:, 0]
+
+
+def score_images(
+    scorer, images, batch_size, device, *, inputs=None, shifts=None, fields=("score",), front_batch=None,
+    inference_dtype="float32",
+):
+    """Run ``scorer`` over ``images`` batch by batch on ``device``; copy back only ``fields``.
+
+    Parameters
+    ----------
+    scorer : VAEScorer
+        On ``device``.
+    images : ndarray of shape (n, H, W), float32, or None
+        The images; ``None`` with ``inputs``.
     batch_size : int
     device : torch.device
-    residual_mean, inv_var : ndarray of one input's shape ``(C, h, w)``, optional
-        Mean and inverse variance of the residual on held-out normal inputs: the heatmap
-        becomes the mean over channels of ``(x - x_hat - residual_mean)^2 * inv_var`` (the
-        squared residual z-score) instead of the mean squared residual.
+    inputs : ndarray of shape (n, C, h, w), optional
+        Network inputs already computed (``fit`` has them): the front end is skipped.
+    shifts : ndarray of shape (n, 2), optional
+        Registration shifts (``register=True``): each image is moved onto the reference before
+        the network, its reconstruction and heatmap moved back before the score is reduced,
+        all on the device.
+    fields : tuple of str
+        Any of ``"score"``, ``"heatmap"``, ``"reconstruction"``, ``"latent_mean"``,
+        ``"latent_logvar"``.
+    front_batch : int, optional
+        Images per pass of the front end (the backbone runs one image at a time on the CPU,
+        which measured fastest there); by default ``batch_size``.
+    inference_dtype : {"float32", "bfloat16"}
+        The dtype the backbone and the VAE run in (autocast); the residual, the maps and the
+        reduction stay in float32.
 
     Returns
     -------
-    out : dict of float32 ndarray
-        ``heatmap`` ``(n, h, w)``, ``latent_mean`` and ``latent_logvar``
-        ``(n, latent_dim)``, and for images ``reconstruction`` ``(n, H, W)``.
+    out : dict of ndarray
+        ``score`` float64 ``(n,)``; the maps float32 ``(n, H, W)``; the latents ``(n, d)``.
     """
-    module.eval()
-    pixels = getattr(module, "likelihood", "bernoulli") == "bernoulli"
-    keys = ("reconstruction", "heatmap", "latent_mean", "latent_logvar") if pixels else ("heatmap", "latent_mean", "latent_logvar")
-    out = {key: [] for key in keys}
+    scorer.eval()
+    parts = {key: [] for key in fields if key != "shift"}
+    front_batch = batch_size if front_batch is None else front_batch
+    rows = images if inputs is None else inputs
     with torch.inference_mode():
-        weight = None if inv_var is None else torch.as_tensor(np.asarray(inv_var, dtype=np.float32), device=device)
-        offset = None if residual_mean is None else torch.as_tensor(np.asarray(residual_mean, dtype=np.float32), device=device)
-        for start in range(0, len(inputs), batch_size):
-            x = _as_batch(inputs[start : start + batch_size], device)
-            logits, mu, logvar = module(x)
-            recon = _output(module, logits)
-            resid = x - recon
-            if offset is not None:
-                resid = resid - offset
-            sq = resid**2
-            if weight is not None:
-                sq = sq * weight
-            if pixels:
-                out["reconstruction"].append(recon[:, 0].cpu().numpy())
-            out["heatmap"].append(sq.mean(dim=1).cpu().numpy())
-            out["latent_mean"].append(mu.float().cpu().numpy())
-            out["latent_logvar"].append(logvar.float().cpu().numpy())
-    return {key: np.concatenate(parts).astype(np.float32, copy=False) for key, parts in out.items()}
+        for start in range(0, len(rows), batch_size):
+            x = _post.to_device(rows[start : start + batch_size], device)
+            s = None if shifts is None else _post.to_device(shifts[start : start + batch_size], device, torch.float64)
+            if inputs is None:
+                if s is not None:
+                    x = shift_images(x, s)
+                x = x[:, None]
+                with _post.autocast_network(device, inference_dtype):
+                    x = torch.cat([scorer.front(x[i : i + front_batch]) for i in range(0, x.shape[0], front_batch)])
+                x = x.float()
+            elif x.ndim == 3:
+                x = x[:, None]
+            with _post.autocast_network(device, inference_dtype):
+                logits, mu, logvar = scorer.network(x)
+            recon, heat = scorer.post(x, logits)
+            if s is not None:
+                heat = shift_images(heat, -s)
+                if recon.shape[1] > 0:
+                    recon = shift_images(recon[:, 0], -s)[:, None]
+            got = {"heatmap": heat, "latent_mean": mu, "latent_logvar": logvar}
+            if "score" in parts:
+                got["score"] = scorer.reduce(heat)
+            if "reconstruction" in parts:
+                got["reconstruction"] = recon[:, 0] if recon.shape[1] > 0 else None
+            for key in parts:
+                parts[key].append(None if got[key] is None else _post.to_host(got[key]))
+    out = {key: None if not vals or vals[0] is None else np.concatenate(vals) for key, vals in parts.items()}
+    if "score" in out:
+        out["score"] = out["score"].astype(np.float64)
+    return out
 
 
-def residual_moments(module, inputs, batch_size, device):
+def front_inputs(front, images, device, front_batch, inference_dtype="float32"):
+    """Network inputs ``front(images)`` on the host (float32), ``front_batch`` images per pass on ``device``."""
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(images), front_batch):
+            x = _post.to_device(images[start : start + front_batch], device)[:, None]
+            with _post.autocast_network(device, inference_dtype):
+                parts.append(_post.to_host(front(x)))
+    return np.concatenate(parts)
+
+
+def residual_moments(module, inputs, batch_size, device, inference_dtype="float32"):
     """Mean and variance of the residual ``x - x_hat`` per input element over ``inputs`` (z = mu).
+
+    The network runs in ``inference_dtype`` (as when scoring), the sums in float64.
 
     Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
     for features.
     """
     module.eval()
+    bernoulli = getattr(module, "likelihood", "bernoulli") == "bernoulli"
     s1, s2, n = None, None, 0
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
-            x = _as_batch(inputs[start : start + batch_size], device)
-            logits, _, _ = module(x)
-            r = (x - _output(module, logits)).double()
+            x = _post.to_device(inputs[start : start + batch_size], device)
+            x = x[:, None] if x.ndim == 3 else x
+            with _post.autocast_network(device, inference_dtype):
+                logits, _, _ = module(x)
+            out = torch.sigmoid(logits.float()) if bernoulli else logits.float()
+            r = (x - out).double()
             s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
             s2 = (r * r).sum(dim=0) if s2 is None else s2 + (r * r).sum(dim=0)
             n += x.shape[0]
@@ -89,72 +246,6 @@ def residual_moments(module, inputs, batch_size, device):
     return mean.cpu().numpy(), var.cpu().numpy()
 
 
-def gaussian_kernel_1d(sigma, truncate=4.0):
-    """The 1-D kernel of ``scipy.ndimage.gaussian_filter`` (same radius and normalisation)."""
-    radius = int(truncate * float(sigma) + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
-    return (k / k.sum()).astype(np.float32)
-
-
-class ScoringModule(nn.Module):
-    """Image batch ``(n, 1, H, W)`` → ``(reconstruction, score, heatmap)``, TorchScript-able.
-
-    Reproduces ``ConvVAEDetector.explain``: eval mode, z = mu, heatmap = squared error
-    (of the residual less ``residual_mean``, times the inverse per-pixel residual
-    variance ``inv_var``, when given),
-    score = the detector's reduction of the (optionally Gaussian-blurred, border
-    ``reflect`` as in SciPy) heatmap.
-    """
-
-    def __init__(
-        self, vae, reduction: str, smoothing_sigma: float, topk_fraction: float, residual_mean=None, inv_var=None
-    ):
-        super().__init__()
-        self.vae = vae
-        self.reduction = reduction
-        h, w = vae.image_shape
-        self.k = max(1, int(round(topk_fraction * h * w)))
-        self.smooth = smoothing_sigma > 0
-        kernel = gaussian_kernel_1d(smoothing_sigma) if self.smooth else np.ones(1, np.float32)
-        self.radius = (len(kernel) - 1) // 2
-        if self.radius >= min(h, w):
-            raise ValueError(
-                f"smoothing_sigma={smoothing_sigma} gives a blur radius of {self.radius} pixels, too large "
-                f"for {h}x{w} images to export."
-            )
-        self.register_buffer("kernel", torch.from_numpy(kernel))
-        weight = np.ones((1, h, w), np.float32) if inv_var is None else np.asarray(inv_var, np.float32).reshape(1, h, w)
-        self.register_buffer("inv_var", torch.from_numpy(np.ascontiguousarray(weight))[None])
-        offset = np.zeros((1, h, w), np.float32) if residual_mean is None else np.asarray(residual_mean, np.float32)
-        self.register_buffer("residual_mean", torch.from_numpy(np.ascontiguousarray(offset.reshape(1, h, w)))[None])
-
-    def _blur(self, maps: torch.Tensor) -> torch.Tensor:
-        r = self.radius
-        k = self.kernel
-        # SciPy's "reflect" mode repeats the edge pixel: (d c b a | a b c d | d c b a).
-        x = torch.cat([maps[:, :, :, :r].flip(-1), maps, maps[:, :, :, -r:].flip(-1)], dim=3)
-        x = F.conv2d(x, k.view(1, 1, 1, -1))
-        x = torch.cat([x[:, :, :r, :].flip(-2), x, x[:, :, -r:, :].flip(-2)], dim=2)
-        return F.conv2d(x, k.view(1, 1, -1, 1))
-
-    def forward(self, x: torch.Tensor):
-        logits, _, _ = self.vae(x)
-        recon = torch.sigmoid(logits)
-        heat = (x - recon - self.residual_mean) ** 2 * self.inv_var
-        maps = self._blur(heat) if self.smooth else heat
-        flat = maps.flatten(1)
-        if self.reduction == "mean":
-            score = flat.mean(dim=1)
-        elif self.reduction == "max":
-            score = flat.amax(dim=1)
-        else:
-            score = torch.topk(flat, self.k, dim=1).values.mean(dim=1)
-        return recon, score, heat
-
-
 def n_parameters(module):
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
-
-

@@ -7,12 +7,13 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from greyanom.image._torch._augment import augment_batch
 from greyanom.image._torch._vae_module import vae_loss
 
-__all__ = ["TrainConfig", "train_vae", "kl_weight"]
+__all__ = ["TrainConfig", "fit_network", "train_vae", "kl_weight"]
 
 logger = logging.getLogger("greyanom.vae")
 
@@ -183,3 +184,51 @@ def train_vae(module, x_train, x_val, config, *, generator, device, progress=Non
         module.load_state_dict(best_state)
     module.eval()
     return history, best_epoch, stopped_early
+
+
+def fit_network(new_module, inputs, train_idx, val_idx, config, *, seed, device, progress=None):
+    """Build a network with a seeded initialisation, train it on ``inputs``, return it in eval mode.
+
+    The one trainer of every VAE route (skorch's ``module=``): ``new_module()`` builds the
+    route's network (``ConvVAE`` or ``FeatureVAE``) inside a forked RNG seeded with ``seed``
+    (the global RNGs are left as they were); a ``torch.Generator`` on ``device`` with the same
+    seed draws the shuffling, augmentation and reparameterisation noise.
+
+    Parameters
+    ----------
+    new_module : callable
+        Returns a fresh ``nn.Module`` on the CPU.
+    inputs : ndarray of shape (n, H, W) or (n, C, h, w), float32
+        Every network input (training and validation rows), on the host.
+    train_idx, val_idx : ndarray of int
+    config : TrainConfig
+    seed : int
+    device : torch.device
+    progress : tqdm-like or None
+
+    Returns
+    -------
+    module : nn.Module
+        Trained, in eval mode on ``device``.
+    history : dict of list
+    best_epoch : int
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weight initialisation only, inside a forked RNG
+        module = new_module()
+    module.to(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    if x_all.ndim == 3:
+        x_all = x_all[:, None]
+    history, best_epoch, _ = train_vae(
+        module,
+        x_all[torch.from_numpy(np.asarray(train_idx))],
+        x_all[torch.from_numpy(np.asarray(val_idx))],
+        config,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
+    return module.eval(), history, int(best_epoch)
