@@ -130,6 +130,26 @@ def cpu_agreement(det, test, tmp):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
+def _agreement(fitted, device, train, test, tmp, budget, report):
+    print("\n== agreement (max relative score difference) ==")
+    if device == "cuda":
+        for (dev, name), det in fitted.items():
+            if dev == "cuda" and budget.left(f"agreement {name}"):
+                diff = cpu_agreement(det, test[:32], tmp)
+                report["agreement"][f"{name} cuda-vs-cpu"] = diff
+                print(f"{name:18s} fitted on CUDA, scored on CUDA vs loaded on the CPU: {diff:.2e}")
+    else:
+        print("CUDA vs CPU: not measured (CUDA is absent)")
+    for name in ("PaDiM", "PatchCore"):
+        if (device, name) not in fitted or not budget.left(f"bfloat16 {name}"):
+            continue
+        bf16 = _detectors(device, quick=True)[name](inference_dtype="bfloat16").fit(train)
+        a, b = bf16.score(test), fitted[(device, name)].score(test)
+        diff = float(np.max(np.abs(a - b) / np.abs(b)))
+        report["agreement"][f"{name} bfloat16-vs-float32 on {device}"] = diff
+        print(f"{name:18s} inference_dtype bfloat16 vs float32 on {device}: {diff:.2e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-train", type=int, default=None, help="default 64 with CUDA, 12 without")
@@ -170,40 +190,28 @@ def main():
             report["backbone"][f"{device}/{dtype}"] = ips
             print(f"{device:5s} {dtype:9s} batch {64 if device == 'cuda' else 1:3d}: {ips:9.1f} img/s")
 
-    print(f"\n== detectors: fit on {n_train}, score {n_score} images (batch 64 on CUDA), batch-1 latency ==")
-    print(f"{'device':6s} {'detector':18s} {'fit_s':>7s} {'img/s':>9s} {'b1 P50 ms':>10s} {'b1 P99 ms':>10s} "
-          f"{'GPU peak MB':>12s}")
     fitted = {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # the GPU first, with its agreement figures; the CPU timings last (smaller, and the
+        # first to be skipped when the budget runs out)
         for device in devices:
+            n_fit, n_test = (n_train, n_score) if device == devices[0] else (min(n_train, 24), min(n_score, 32))
+            print(f"\n== {device}: fit on {n_fit}, score {n_test} images (batch 64 on CUDA), batch-1 latency ==")
+            print(f"{'device':6s} {'detector':18s} {'fit_s':>7s} {'img/s':>9s} {'b1 P50 ms':>10s} {'b1 P99 ms':>10s} "
+                  f"{'GPU peak MB':>12s}")
             for name, make in _detectors(device, quick=not cuda).items():
                 if not budget.left(f"{device} {name}"):
                     continue
-                det, fig = detector_figures(make, train, test, device, repeats if device == "cuda" else 3)
+                det, fig = detector_figures(
+                    make, train[:n_fit], test[:n_test], device, repeats if device == "cuda" else 3
+                )
                 fitted[(device, name)] = det
                 report["detectors"][f"{device}/{name}"] = fig
                 print(f"{device:6s} {name:18s} {fig['fit_s']:7.1f} {fig['score_img_per_s']:9.1f} "
                       f"{fig['b1_p50_ms']:10.1f} {fig['b1_p99_ms']:10.1f} {fig['gpu_peak_MB']:12.0f}")
-
-        print("\n== agreement (max relative score difference) ==")
-        if cuda:
-            for (device, name), det in fitted.items():
-                if device == "cuda" and budget.left(f"agreement {name}"):
-                    diff = cpu_agreement(det, test[:32], tmp)
-                    report["agreement"][f"{name} cuda-vs-cpu"] = diff
-                    print(f"{name:18s} fitted on CUDA, scored on CUDA vs loaded on the CPU: {diff:.2e}")
-        else:
-            print("CUDA vs CPU: not measured (CUDA is absent)")
-        device = devices[0]
-        for name in ("PaDiM", "PatchCore"):
-            if (device, name) not in fitted or not budget.left(f"bfloat16 {name}"):
-                continue
-            bf16 = _detectors(device, quick=True)[name](inference_dtype="bfloat16").fit(train)
-            a, b = bf16.score(test), fitted[(device, name)].score(test)
-            diff = float(np.max(np.abs(a - b) / np.abs(b)))
-            report["agreement"][f"{name} bfloat16-vs-float32 on {device}"] = diff
-            print(f"{name:18s} inference_dtype bfloat16 vs float32 on {device}: {diff:.2e}")
+            if device == devices[0]:
+                _agreement(fitted, devices[0], train, test, tmp, budget, report)
     if budget.skipped:
         print(f"\nbudget of {args.budget_s:.0f} s spent; skipped: {', '.join(budget.skipped)}")
     if args.json:
