@@ -107,6 +107,12 @@ def _add_serve_parser(sub):
     serve.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per inference")
     serve.add_argument("--resize", action="store_true", help="resize images of another size (default: answer 422)")
     serve.add_argument("--max-body-mb", type=float, default=4.0, metavar="MB", help="larger bodies are answered 413")
+    serve.add_argument("--max-batch", type=int, default=1, metavar="N",
+                       help="micro-batching: up to N concurrent requests share one forward pass (1: off)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                       help="with --max-batch > 1, longest wait for more requests after a batch's first")
+    serve.add_argument("--max-queue", type=int, default=128, metavar="N",
+                       help="with --max-batch > 1, images waiting for the model before 503 queue_full")
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
@@ -122,6 +128,10 @@ def _run_serve(args, parser):
         parser.error("--workers and --threads must be at least 1.")
     if not args.max_body_mb > 0:
         parser.error(f"--max-body-mb must be positive, got {args.max_body_mb}.")
+    if args.max_batch < 1 or args.max_queue < 1:
+        parser.error("--max-batch and --max-queue must be at least 1.")
+    if not 0 <= args.max_wait_ms < float("inf"):
+        parser.error(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}.")
     try:
         from greyanom.serve import serve
     except ImportError as exc:
@@ -129,6 +139,7 @@ def _run_serve(args, parser):
     try:
         serve(args.model, args.policy, db_url=args.db, host=args.host, port=args.port, workers=args.workers,
               threads=args.threads, resize=args.resize, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
               access_log=args.access_log, log_level="debug" if args.verbose else "info")
     except (ValueError, TypeError, FileNotFoundError) as exc:
         parser.error(str(exc))
