@@ -223,7 +223,7 @@ class InspectionService:
         return decode_image(body, self.image_shape, resize=self.resize)
 
     def explain_images(self, images):
-        """One ``explain`` of the stacked decoded images; one :class:`Explained` per image.
+        """One ``explain`` of the stacked decoded images; one ``Explained`` per image.
 
         The micro-batcher's function (several requests' images), and the single image's
         forward pass of :meth:`inspect`.
@@ -378,7 +378,7 @@ def create_app(
         Larger request bodies are answered 413 without being read whole.
     max_batch : int, default=1
         Dynamic micro-batching: up to this many concurrent requests share one forward
-        pass of the detector (see :class:`~greyanom.serve._batcher.MicroBatcher`); each
+        pass of the detector (one asyncio consumer, see the serving guide); each
         still gets its own record and answer. 1 (the default) turns batching off: every
         request runs its own forward pass in the thread pool, with no added wait.
     max_wait_ms : float, default=5.0
