@@ -214,7 +214,7 @@ class InspectionService:
             If the body is not a usable image (the caller answers with its status).
         """
         t0 = time.perf_counter()
-        explained = self.explain_images([self.decode(body)])[0]
+        explained = self.explain_images(self.decode(body)[None])[0]
         self.metrics.batch_size.observe(1)
         return self.answer(explained, wafer_id, inspection_point, started=t0)
 
@@ -223,13 +223,13 @@ class InspectionService:
         return decode_image(body, self.image_shape, resize=self.resize)
 
     def explain_images(self, images):
-        """One ``explain`` of the stacked decoded images; one ``Explained`` per image.
+        """One ``explain`` of the decoded images; one ``Explained`` per image.
 
-        The micro-batcher's function (several requests' images), and the single image's
-        forward pass of :meth:`inspect`.
+        ``images`` is a list of images (the micro-batcher's function: several requests'
+        images, stacked here) or an array of them (:meth:`inspect`: one image, not copied).
         """
         t0 = time.perf_counter()
-        explanation = self.detector.explain(np.stack(images))
+        explanation = self.detector.explain(images if isinstance(images, np.ndarray) else np.stack(images))
         forward_s = time.perf_counter() - t0
         latent = getattr(explanation, "latent_mean", None)
         return [
