@@ -85,8 +85,9 @@ class InspectionService:
         alert: KS p-value < 0.01).
     threads : int or None, default=1
         Torch threads per inference; requests run concurrently in uvicorn's thread pool,
-        so one thread each uses the cores without oversubscription. None leaves torch's
-        setting.
+        so one thread each uses the cores without oversubscription. With micro-batching
+        (``create_app(max_batch > 1)``) one batched forward pass runs at a time, with these
+        threads. None leaves torch's setting.
     model_version : str, optional
         Overrides the version (by default a content hash of the model file plus the
         greyanom version).
