@@ -74,9 +74,9 @@ def test_a_lone_request_waits_at_most_max_wait():
         return model.started[0] - t0
 
     # the batch does not start before the wait is over, waiting for company that never comes ...
-    assert run(lone(200)) >= 0.2
-    # ... and with no wait it starts at once (loose bound: a shared machine)
-    assert run(lone(0)) < 0.2
+    assert run(lone(1500)) >= 1.5
+    # ... and with no wait it starts at once (a loose bound: a shared machine)
+    assert run(lone(0)) < 1.0
 
 
 def test_max_wait_decides_whether_a_late_request_joins():
