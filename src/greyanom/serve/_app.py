@@ -234,7 +234,8 @@ class InspectionService:
         forward_s = time.perf_counter() - t0
         latent = getattr(explanation, "latent_mean", None)
         return [
-            Explained(float(explanation.score[i]), explanation.heatmap[i], None if latent is None else latent[i], forward_s)
+            Explained(float(explanation.score[i]), explanation.heatmap[i],
+                      None if latent is None else latent[i], forward_s)
             for i in range(len(images))
         ]
 
