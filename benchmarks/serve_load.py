@@ -6,14 +6,20 @@ For a PaDiM and a ConvVAE model on 256x256 synthetic wafer images (the case stud
 2. time the bare ``detector.score`` of one image (the model alone, torch threads = 1);
 3. start ``python -m greyanom serve`` on a free 127.0.0.1 port (one worker, SQLite records)
    and send ``--requests`` inspections from 1 and from 8 concurrent clients (httpx, keep-alive),
-   recording end-to-end latency per request, throughput and errors;
+   recording end-to-end latency per request, throughput and errors; with ``--max-batch N``
+   (N > 1) this is done for the service without micro-batching ("off", ``--max-batch 1``) and
+   with it ("on", ``--max-batch N --max-wait-ms W``), and with ``--src-before DIR`` also for the
+   service of another source tree ("before", e.g. the commit before a change): all their
+   servers run side by side, and the load alternates between them, ``--requests`` at a time,
+   in each of ``--rounds`` rounds (A/B in one run on one machine);
 4. time the bare score again (the model's latency is bracketed around the load);
-5. kill -9 the server in the middle of 8-client load, restart it on the same database and
-   check that every inspection that was answered 200 is a row.
+5. kill -9 the server (the last configuration) in the middle of 8-client load, restart it on
+   the same database and check that every inspection that was answered 200 is a row.
 
 All traffic goes to 127.0.0.1. Usage::
 
     PYTHONPATH=src python benchmarks/serve_load.py [--requests 1000] [--models padim,vae] [--json out.json]
+    PYTHONPATH=src python benchmarks/serve_load.py --max-batch 8 --max-wait-ms 5 --rounds 2 --requests 200
 
 The figures depend on the machine and on what else runs on it; the script prints the CPU
 count and the load average so that the numbers can be read in context.
@@ -60,14 +66,15 @@ def _percentiles(ms):
     return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)} | {"mean": float(a.mean())}
 
 
-def _start(model, policy, db, workers=1):
+def _start(model, policy, db, workers=1, extra=(), src=SRC):
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "greyanom", "serve", "--model", str(model), "--policy", str(policy),
-         "--db", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+         "--db", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+         *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -122,6 +129,31 @@ def _load(url, bodies, n_requests, n_clients, *, wafer="LOAD", stop=None):
     return results, time.perf_counter() - t0
 
 
+def _batch_counts(url):
+    """``(sum, count)`` of the server's ``greyanom_batch_size`` histogram ((0, 0) if it has none)."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(("greyanom_batch_size_sum", "greyanom_batch_size_count")):
+            values[line.split()[0]] = float(line.split()[1])
+    return values.get("greyanom_batch_size_sum", 0.0), values.get("greyanom_batch_size_count", 0.0)
+
+
+def _configs(args):
+    """The server configurations compared in one run: label -> (source tree, extra CLI arguments)."""
+    configs = {}
+    if args.src_before:
+        configs["before"] = (Path(args.src_before), ())
+    if args.max_batch > 1:
+        configs["off"] = (SRC, ("--max-batch", "1"))
+        configs["on"] = (SRC, ("--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                               "--max-queue", str(args.max_queue), "--threads", str(args.threads_on)))
+    else:
+        configs["default"] = (SRC, ())
+    return configs
+
+
 def _bare_score_ms(det, images, n):
     det.score(images[:1])  # warm-up
     out = []
@@ -157,6 +189,16 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, default=60)
     parser.add_argument("--n-calib", type=int, default=120)
     parser.add_argument("--kill-after", type=float, default=6.0, help="seconds of 8-client load before kill -9")
+    parser.add_argument("--no-kill", action="store_true", help="skip the kill -9 check")
+    parser.add_argument("--max-batch", type=int, default=1,
+                        help="N > 1: compare the service with micro-batching off and with --max-batch N")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-queue", type=int, default=128)
+    parser.add_argument("--threads-on", type=int, default=1,
+                        help="torch threads of the batching server (one forward pass at a time; the others: 1)")
+    parser.add_argument("--src-before", default=None, metavar="DIR",
+                        help="also load a server run from this source tree (the 'before' of an A/B)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over the configurations (order rotates)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -170,32 +212,61 @@ def main(argv=None):
     bodies = [_png(x) for x in gen.X_test]
     images = np.stack([np.round(x * 255) / 255 for x in gen.X_test]).astype(np.float32)
     report = {"machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "models": {}}
+    configs = _configs(args)
+    report["configs"] = {label: {"src": str(src), "serve_args": list(extra)} for label, (src, extra) in configs.items()}
     folder = Path(tempfile.mkdtemp(prefix="greyanom-serve-bench-"))
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         det, model_path, policy_path, fit_s = _train(name, data, folder)
         entry = {"fit_s": fit_s, "bare_score_before_ms": _percentiles(_bare_score_ms(det, images, 200)), "load": {}}
-        proc, url = _start(model_path, policy_path, folder / f"{name}.db")
-        try:
-            _load(url, bodies, 20, 1)  # warm-up of the server's model and connections
-            for n_clients in [int(c) for c in args.clients.split(",")]:
-                results, wall = _load(url, bodies, args.requests, n_clients)
-                ok = [r for r in results if r[0]]
-                entry["load"][n_clients] = {
-                    "requests": len(results),
-                    "errors": len(results) - len(ok),
-                    "throughput_per_s": len(results) / wall,
-                    "latency_ms": _percentiles([r[3] for r in ok]),
-                    # decode + score + decide + heatmap inside the server (its inference_time_ms)
-                    "server_inference_ms": _percentiles([r[4] for r in ok]),
-                }
-                print(f"{name} {n_clients} client(s): {entry['load'][n_clients]}", flush=True)
+        raw = {}
+        servers = {}
+        try:  # every configuration's server is up for the whole comparison; the load alternates
+            for label, (src, extra) in configs.items():
+                servers[label] = _start(model_path, policy_path, folder / f"{name}-{label}.db", extra=extra, src=src)
+                _load(servers[label][1], bodies, 20, 1)  # warm-up of the server's model and connections
+            for round_ in range(args.rounds):
+                labels = list(configs)
+                labels = labels[round_ % len(labels):] + labels[: round_ % len(labels)]  # alternate who goes first
+                for n_clients in [int(c) for c in args.clients.split(",")]:
+                    for label in labels:
+                        url = servers[label][1]
+                        before = _batch_counts(url)
+                        results, wall = _load(url, bodies, args.requests, n_clients)
+                        after = _batch_counts(url)
+                        slot = raw.setdefault((label, n_clients), {"results": [], "throughput": [], "batch": [0, 0]})
+                        slot["results"] += results
+                        slot["throughput"].append(len(results) / wall)
+                        slot["batch"][0] += after[0] - before[0]
+                        slot["batch"][1] += after[1] - before[1]
+                        print(f"{name} round {round_} {label} {n_clients} client(s): {len(results) / wall:.1f} req/s",
+                              flush=True)
         finally:
-            _stop(proc)
+            for proc, _ in servers.values():
+                _stop(proc)
+        for (label, n_clients), slot in raw.items():
+            ok = [r for r in slot["results"] if r[0]]
+            entry["load"][f"{label}/{n_clients}"] = {
+                "config": label,
+                "clients": n_clients,
+                "requests": len(slot["results"]),
+                "errors": len(slot["results"]) - len(ok),
+                # the median over rounds; every round's figure beside it
+                "throughput_per_s": float(np.median(slot["throughput"])),
+                "throughput_rounds": slot["throughput"],
+                "latency_ms": _percentiles([r[3] for r in ok]),
+                # decode + score + decide + heatmap inside the server (its inference_time_ms)
+                "server_inference_ms": _percentiles([r[4] for r in ok]),
+                "mean_batch_size": slot["batch"][0] / slot["batch"][1] if slot["batch"][1] else None,
+            }
         entry["bare_score_after_ms"] = _percentiles(_bare_score_ms(det, images, 200))
 
+        report["models"][name] = entry
+        if args.no_kill:
+            continue
         # kill -9 in the middle of 8-client load, restart, count the answered rows
         db = folder / f"{name}-kill.db"
-        proc, url = _start(model_path, policy_path, db)
+        src, extra = configs[list(configs)[-1]]
+        proc, url = _start(model_path, policy_path, db, extra=extra, src=src)
         stop = threading.Event()
         holder = {}
         loader = threading.Thread(target=lambda: holder.update(
@@ -208,7 +279,7 @@ def main(argv=None):
         loader.join()
         results, _ = holder["r"]
         answered = {r[1] for r in results if r[0]}
-        proc, url = _start(model_path, policy_path, db)  # restart on the same database
+        proc, url = _start(model_path, policy_path, db, extra=extra, src=src)  # restart on the same database
         try:
             import httpx
 
@@ -225,30 +296,37 @@ def main(argv=None):
             "failed_requests": sum(1 for r in results if not r[0]),
         }
         print(f"{name} kill -9: {entry['kill9']}", flush=True)
-        report["models"][name] = entry
     report["machine"]["loadavg_end"] = os.getloadavg()
 
     print()
     print(f"machine: {report['machine']['cpus']} CPUs, load average {report['machine']['loadavg_start'][0]:.1f} "
           f"at start, {report['machine']['loadavg_end'][0]:.1f} at end")
-    header = ("| model | clients | requests | errors | req/s | P50 ms | P95 ms | P99 ms | in-server P50 ms "
-              "| bare score P50 / P99 ms (before; after) |")
+    for label, cfg in report["configs"].items():
+        print(f"{label}: greyanom serve {' '.join(cfg['serve_args']) or '(defaults)'} from {cfg['src']}")
+    header = ("| model | config | clients | requests | errors | req/s (median; rounds) | P50 ms | P95 ms | P99 ms "
+              "| in-server P50 ms | mean batch | bare score P50 / P99 ms (before; after) |")
     print(header)
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 12)
     for name, entry in report["models"].items():
         bare, after = entry["bare_score_before_ms"], entry["bare_score_after_ms"]
-        for n_clients, res in entry["load"].items():
+        for res in entry["load"].values():
             lat = res["latency_ms"]
-            print(f"| {name} | {n_clients} | {res['requests']} | {res['errors']} | {res['throughput_per_s']:.1f} | "
-                  f"{lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {res['server_inference_ms']['p50']:.1f} | "
+            rounds = ", ".join(f"{t:.1f}" for t in res["throughput_rounds"])
+            batch = "-" if res["mean_batch_size"] is None else f"{res['mean_batch_size']:.2f}"
+            print(f"| {name} | {res['config']} | {res['clients']} | {res['requests']} | {res['errors']} | "
+                  f"{res['throughput_per_s']:.1f} ({rounds}) | {lat['p50']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | "
+                  f"{res['server_inference_ms']['p50']:.1f} | {batch} | "
                   f"{bare['p50']:.1f} / {bare['p99']:.1f}; {after['p50']:.1f} / {after['p99']:.1f} |")
     for name, entry in report["models"].items():
+        if "kill9" not in entry:
+            continue
         k = entry["kill9"]
         print(f"{name}: kill -9 under 8-client load: {k['answered']} answered 200, {k['answered_and_stored']} of them "
               f"in the database after the restart ({k['stored_rows']} rows; the rest were cut off or refused)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-    lost = sum(e["kill9"]["answered"] - e["kill9"]["answered_and_stored"] for e in report["models"].values())
+    lost = sum(e["kill9"]["answered"] - e["kill9"]["answered_and_stored"] for e in report["models"].values()
+               if "kill9" in e)
     return 1 if lost else 0
 
 

@@ -126,6 +126,14 @@ def _add_serve_parser(sub):
     serve.add_argument("--audit-sample", type=float, default=0.0, metavar="F",
                        help="fraction of PASS and REJECT inspections put in the review queue beside every REVIEW "
                        "(default: %(default)s)")
+    serve.add_argument("--max-batch", type=int, default=1, metavar="N",
+                       help="micro-batching: up to N concurrent requests share one forward pass (default: 1, off)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                       help="with --max-batch > 1, longest wait for more requests after a batch's first "
+                       "(default: %(default)s)")
+    serve.add_argument("--max-queue", type=int, default=128, metavar="N",
+                       help="with --max-batch > 1, images waiting for the model before 503 queue_full "
+                       "(default: %(default)s)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (uvicorn's access log: method, path, status; never a token)")
     serve.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -146,6 +154,10 @@ def _run_serve(args, parser):
         parser.error(f"--audit-sample must be a fraction in [0, 1], got {args.audit_sample}.")
     if args.token_file is not None and not Path(args.token_file).is_file():
         parser.error(f"--token-file {args.token_file!r} is not a file.")
+    if args.max_batch < 1 or args.max_queue < 1:
+        parser.error("--max-batch and --max-queue must be at least 1.")
+    if not 0 <= args.max_wait_ms < float("inf"):
+        parser.error(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}.")
     try:
         from greyanom.serve import serve
     except ImportError as exc:
@@ -155,7 +167,8 @@ def _run_serve(args, parser):
               threads=args.threads, resize=args.resize, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
               access_log=args.access_log, log_level="debug" if args.verbose else "info",
               token_file=args.token_file, allow_unbound_policy=args.allow_unbound_policy,
-              keep_images=args.keep_images, audit_sample=args.audit_sample)
+              keep_images=args.keep_images, audit_sample=args.audit_sample,
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return 0

@@ -12,7 +12,8 @@ def test_serve_help_lists_the_options(capsys):
         main(["serve", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model", "--policy", "--db", "--host", "--port", "--workers", "--resize", "--max-body-mb"):
+    for option in ("--model", "--policy", "--db", "--host", "--port", "--workers", "--resize", "--max-body-mb",
+                   "--max-batch", "--max-wait-ms", "--max-queue"):
         assert option in out
 
 
@@ -22,6 +23,9 @@ def test_serve_help_lists_the_options(capsys):
         (["--port", "0"], "--port must be in 1..65535"),
         (["--workers", "0"], "--workers and --threads must be at least 1"),
         (["--max-body-mb", "-1"], "--max-body-mb must be positive"),
+        (["--max-batch", "0"], "--max-batch and --max-queue must be at least 1"),
+        (["--max-queue", "0"], "--max-batch and --max-queue must be at least 1"),
+        (["--max-wait-ms", "-2"], "--max-wait-ms must be a finite number >= 0"),
     ],
 )
 def test_serve_bad_arguments(models, capsys, extra, message):
@@ -106,3 +110,17 @@ def test_serve_help_has_no_none_defaults(capsys):
     assert "(default: None)" not in out
     for option in ("--token-file", "--allow-unbound-policy", "--keep-images", "--audit-sample"):
         assert option in out
+
+
+def test_serve_batching_defaults_are_the_library_defaults():
+    """The CLI cannot import greyanom.serve for its defaults (that needs the extra): same values."""
+    import argparse
+
+    from greyanom.cli import _add_serve_parser
+    from greyanom.serve._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
+
+    parser = argparse.ArgumentParser()
+    _add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "m", "--policy", "p"])
+    assert (args.max_batch, args.max_wait_ms, args.max_queue) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS,
+                                                                   DEFAULT_MAX_QUEUE)

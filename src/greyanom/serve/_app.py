@@ -16,9 +16,19 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from greyanom.serve._batcher import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_WAIT_MS,
+    BatchedInspector,
+    BatcherClosed,
+    QueueFull,
+    check_batch_options,
+)
 from greyanom.serve._images import ImageError, colormap_lut, decode_image, heatmap_png
 
 __all__ = ["InspectionService", "create_app", "serve", "app_from_env", "DEFAULT_MAX_BODY_BYTES"]
@@ -36,6 +46,15 @@ def _version_of(path, prefix=""):
     from greyanom._persist import file_sha256
 
     return f"{prefix}sha256:{file_sha256(path)[:16]}+greyanom-{__version__}"
+
+
+class Explained(NamedTuple):
+    """One image's part of an ``explain`` call: what :meth:`InspectionService.answer` needs."""
+
+    score: float
+    heatmap: np.ndarray
+    latent: np.ndarray | None
+    forward_s: float  # wall time of the whole (batched) explain call
 
 
 class InspectionService:
@@ -66,8 +85,9 @@ class InspectionService:
         alert: KS p-value < 0.01).
     threads : int or None, default=1
         Torch threads per inference; requests run concurrently in uvicorn's thread pool,
-        so one thread each uses the cores without oversubscription. None leaves torch's
-        setting.
+        so one thread each uses the cores without oversubscription. With micro-batching
+        (``create_app(max_batch > 1)``) one batched forward pass runs at a time, with these
+        threads. None leaves torch's setting.
     model_version : str, optional
         Overrides the version (by default a content hash of the model file plus the
         greyanom version).
@@ -231,17 +251,50 @@ class InspectionService:
             If the body is not a usable image (the caller answers with its status).
         """
         t0 = time.perf_counter()
-        image = decode_image(body, self.image_shape, resize=self.resize)
-        explanation = self.detector.explain(image[None])
-        score = float(explanation.score[0])
+        explained = self.explain_images(self.decode(body)[None])[0]
+        self.metrics.batch_size.observe(1)
+        return self.answer(explained, wafer_id, inspection_point, body=body, started=t0)
+
+    def decode(self, body):
+        """The request body as a float image of the model's shape (raises :class:`ImageError`)."""
+        return decode_image(body, self.image_shape, resize=self.resize)
+
+    def explain_images(self, images):
+        """One ``explain`` of the decoded images; one ``Explained`` per image.
+
+        ``images`` is a list of images (the micro-batcher's function: several requests'
+        images, stacked here) or an array of them (:meth:`inspect`: one image, not copied).
+        """
+        t0 = time.perf_counter()
+        explanation = self.detector.explain(images if isinstance(images, np.ndarray) else np.stack(images))
+        forward_s = time.perf_counter() - t0
+        latent = getattr(explanation, "latent_mean", None)
+        return [
+            Explained(float(explanation.score[i]), explanation.heatmap[i],
+                      None if latent is None else latent[i], forward_s)
+            for i in range(len(images))
+        ]
+
+    def answer(self, explained, wafer_id, inspection_point, *, body=None, started=None, spent_s=0.0):
+        """Decide, render the heatmap, commit the record, observe; return the answer of one image.
+
+        ``body`` is the request's raw image, kept with the record when the decision (or the
+        audit sample, or ``keep_images``) says so.
+
+        ``inference_time_ms`` is ``spent_s`` plus the time since ``started`` (default: now):
+        :meth:`inspect` starts the clock before decoding; the micro-batcher passes the decode
+        time plus its batch's forward pass as ``spent_s``.
+        """
+        t0 = time.perf_counter() if started is None else started
+        score = explained.score
         if np.isnan(score):
             raise RuntimeError("the model returned a NaN anomaly score.")
         decision = str(self.policy.decide(np.array([score]))[0])
         confidence = float(self.policy.confidence(np.array([score]))[0])
-        png = heatmap_png(self.normalize(explanation.heatmap[0]), self._lut, vmax=self.heatmap_vmax)
-        latent = getattr(explanation, "latent_mean", None)
+        png = heatmap_png(self.normalize(explained.heatmap), self._lut, vmax=self.heatmap_vmax)
+        latent = explained.latent
         queued, keep = self._review_fate(decision)
-        elapsed_ms = 1000.0 * (time.perf_counter() - t0)
+        elapsed_ms = 1000.0 * (spent_s + time.perf_counter() - t0)
         t1 = time.perf_counter()
         record = self.records.add(
             wafer_id=wafer_id,
@@ -273,7 +326,7 @@ class InspectionService:
             "inference_time_ms": round(elapsed_ms, 3),
         }
         if latent is not None:
-            answer["latent_vector"] = [float(v) for v in latent[0]]
+            answer["latent_vector"] = [float(v) for v in latent]
         return answer
 
     def _review_fate(self, decision):
@@ -351,7 +404,17 @@ async def _read_body(request, limit):
     return b"".join(chunks)
 
 
-def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_file=None, **service_kwargs):
+def create_app(
+    model,
+    policy,
+    *,
+    max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+    token_file=None,
+    max_batch=DEFAULT_MAX_BATCH,
+    max_wait_ms=DEFAULT_MAX_WAIT_MS,
+    max_queue=DEFAULT_MAX_QUEUE,
+    **service_kwargs,
+):
     """The inspection service as a FastAPI app.
 
     Endpoints: ``POST /api/v1/inspect?wafer_id=...&inspection_point=...`` (raw PNG or TIFF
@@ -376,6 +439,17 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_fi
         :mod:`greyanom.serve._auth`). Then every route but ``/healthz`` needs a token
         (``/metrics`` the admin role). None: no access control, which :func:`serve`
         allows on loopback only.
+    max_batch : int, default=1
+        Dynamic micro-batching: up to this many concurrent requests share one forward
+        pass of the detector (one asyncio consumer, see the serving guide); each
+        still gets its own record and answer. 1 (the default) turns batching off: every
+        request runs its own forward pass in the thread pool, with no added wait.
+    max_wait_ms : float, default=5.0
+        With batching on, the longest a batch waits for more requests after its first
+        one arrived; requests that queued while the previous batch ran are taken at once.
+    max_queue : int, default=128
+        With batching on, the most images waiting for the model; further requests are
+        answered 503 ``queue_full`` (with ``Retry-After: 1``).
     **service_kwargs
         ``db_url``, ``resize``, ``heatmap_vmax``, ``drift_window``, ``drift_every``,
         ``drift_alpha``, ``threads``, ``model_version``, ``allow_unbound_policy``,
@@ -384,7 +458,8 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_fi
     Returns
     -------
     app : fastapi.FastAPI
-        With the service as ``app.state.service``.
+        With the service as ``app.state.service`` and the micro-batcher (None when
+        ``max_batch`` is 1) as ``app.state.batched``.
 
     Examples
     --------
@@ -403,12 +478,20 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_fi
     from greyanom.serve._review import install_review
 
     tokens = token_store(token_file)
+    max_batch, max_wait_ms, max_queue = check_batch_options(max_batch, max_wait_ms, max_queue)
     service = InspectionService(model, policy, **service_kwargs)
     metrics = service.metrics
+    batched = None
+    if max_batch > 1:
+        batched = BatchedInspector(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        if batched is not None:
+            batched.start()
         yield
+        if batched is not None:
+            await batched.close()
         service.records.close()
 
     app = FastAPI(
@@ -418,6 +501,7 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_fi
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.batched = batched
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request, exc):
@@ -463,7 +547,15 @@ def create_app(model, policy, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, token_fi
             metrics.rejected.labels(reason="too_large").inc()
             return _error(413, "too_large", f"the body has {exc.args[0]} bytes or more; the limit is {int(max_body_bytes)}.")
         try:
-            return await run_in_threadpool(service.inspect, body, wafer_id, inspection_point)
+            if batched is None:
+                return await run_in_threadpool(service.inspect, body, wafer_id, inspection_point)
+            return await batched.inspect(body, wafer_id, inspection_point)
+        except (QueueFull, BatcherClosed) as exc:
+            code = "queue_full" if isinstance(exc, QueueFull) else "shutting_down"
+            metrics.rejected.labels(reason=code).inc()
+            response = _error(503, code, str(exc))
+            response.headers["Retry-After"] = "1"
+            return response
         except ImageError as exc:
             metrics.rejected.labels(reason=exc.code).inc()
             return _error(exc.status, exc.code, str(exc))
@@ -553,7 +645,8 @@ def serve(
         never a token).
     log_level : str, default="info"
     **app_kwargs
-        Passed to :func:`create_app` (``resize``, ``max_body_bytes``, ``threads``, ...).
+        Passed to :func:`create_app` (``resize``, ``max_body_bytes``, ``threads``, ``max_batch``,
+        ``max_wait_ms``, ``max_queue``, ...). Each worker batches its own requests.
     """
     import shutil
     import tempfile

@@ -16,6 +16,8 @@ __all__ = ["ServiceMetrics"]
 
 #: Latency buckets (seconds): fine below the case study's 50 ms budget, coarse above.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Images per forward pass: every size up to 8 (the usual ``--max-batch``), then powers of two.
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128)
 
 
 def score_buckets(calibration_scores, review_threshold, reject_threshold):
@@ -115,6 +117,24 @@ class ServiceMetrics:
             **reg,
         )
         self.drift_p_value.set(1.0)
+        self.batch_size = Histogram(
+            "greyanom_batch_size",
+            "Images per forward pass of the model (always 1 without micro-batching, --max-batch 1).",
+            buckets=BATCH_SIZE_BUCKETS,
+            **reg,
+        )
+        self.batch_queue_depth = Gauge(
+            "greyanom_batch_queue_depth",
+            "Images waiting for the model in the micro-batch queue (summed over workers; 0 without batching).",
+            **({"multiprocess_mode": "livesum"} if self.multiprocess else {}),
+            **reg,
+        )
+        self.batch_queue_wait = Histogram(
+            "greyanom_batch_queue_wait_seconds",
+            "Time an image waited in the micro-batch queue before its forward pass started.",
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
         self.model_info = Gauge(
             "greyanom_model_info", "The served model (value 1).", ["model_class", "model_version"], **gauge_mode, **reg
         )
