@@ -319,7 +319,7 @@ def _model_class(name, path):
 
     if not isinstance(name, str) or name not in MODEL_CLASSES:
         raise ValueError(f"{str(path)!r} holds a {name!r}, which is not a greyanom model class {MODEL_CLASSES}.")
-    for module in ("greyanom", "greyanom.image", "greyanom.shape"):
+    for module in ("greyanom", "greyanom.image", "greyanom.traces"):
         cls = getattr(importlib.import_module(module), name, None)
         if cls is not None:
             break

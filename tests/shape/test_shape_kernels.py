@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greyanom.shape import _kernels as K
+from greyanom.traces import _kernels as K
 
 _spec = importlib.util.spec_from_file_location("shape_naive", pathlib.Path(__file__).with_name("naive.py"))
 naive = importlib.util.module_from_spec(_spec)

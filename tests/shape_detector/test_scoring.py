@@ -8,7 +8,7 @@ import pytest
 
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape._scoring import FitConfig, NormalModel, nominal_start, trace_origins
+from greyanom.traces._scoring import FitConfig, NormalModel, nominal_start, trace_origins
 
 
 @pytest.fixture(scope="module")

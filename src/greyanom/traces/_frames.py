@@ -16,8 +16,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from greyanom.shape._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
-from greyanom.shape._scoring import (
+from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
+from greyanom.traces._scoring import (
     COL,
     N_CURVE,
     RESULT_FLOAT,
@@ -57,7 +57,7 @@ _CLOCK = "__greyanom_clock_origin__"
 
 
 def _engine():
-    import greyanom.shape as shape
+    import greyanom.traces as shape
 
     return shape
 

@@ -1,4 +1,4 @@
-"""The result object of :func:`greyanom.shape.fit_traces`."""
+"""The result object of :func:`greyanom.traces.fit_traces`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from greyanom.shape import _kernels
-from greyanom.shape.traces import Traces
+from greyanom.traces import _kernels
+from greyanom.traces._ragged import Traces
 
 __all__ = ["SignatureFit", "STATUS_MESSAGES", "PARAM_NAMES", "GENERAL_NAMES"]
 
@@ -90,7 +90,7 @@ class SignatureFit:
         NaN where ``params`` has NaN.
     gradient : ndarray of shape (n_traces, 6) or None
         Gradient of :attr:`cost` with respect to ``params`` at the solution (what
-        :func:`~greyanom.shape.objective_terms` returns there with the same ``prior`` and
+        :func:`~greyanom.traces.objective_terms` returns there with the same ``prior`` and
         ``noise_sd``): about zero at an interior optimum, non-zero at an active bound
         (``omega = 0``, ``|phi| = pi/2``) or where the fit stopped early.
     """

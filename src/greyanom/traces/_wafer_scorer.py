@@ -1,4 +1,4 @@
-"""Wafer-level scoring shared by the trace detectors (pandas side of :mod:`greyanom._wafer_model`).
+"""Wafer-level scoring shared by the trace detectors (pandas side of :mod:`greyanom.traces._wafer_model`).
 
 A detector that mixes in :class:`WaferScoringMixin` provides ``_wafer_features(X)``, which
 returns a :class:`WaferFeatures` (one row per wafer, one column per (group, feature), the lot
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from greyanom import _wafer_model as wm
+from greyanom.traces import _wafer_model as wm
 from greyanom.base import threshold_from_scores
 
 __all__ = ["WaferFeatures", "WaferScoringMixin", "WAFER_STATUSES"]

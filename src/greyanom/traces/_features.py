@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from greyanom._wafer_frames import WaferFeatures, as_index
-from greyanom.shape._scoring import CURVE_COLS, SEGMENT_COLS
+from greyanom.traces._wafer_scorer import WaferFeatures, as_index
+from greyanom.traces._scoring import CURVE_COLS, SEGMENT_COLS
 
 __all__ = ["TraceAnalysis", "wafer_features", "WAFER_FEATURES"]
 

@@ -9,8 +9,8 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._trace_persist import TracePersistMixin
-from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
+from greyanom.traces._persist import TracePersistMixin
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
 from greyanom.base import BaseDetector
 
 __all__ = ["MultiwayPCADetector", "resample_traces"]
@@ -122,7 +122,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
 
     Attributes
     ----------
-    wafer_model_ : greyanom._wafer_model.WaferModel
+    wafer_model_ : greyanom.traces._wafer_model.WaferModel
         The frozen scaler and PCA model.
     wafer_columns_ : pandas.MultiIndex
         The unfolded variables.

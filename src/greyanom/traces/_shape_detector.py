@@ -9,12 +9,12 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._trace_persist import TracePersistMixin
-from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
+from greyanom.traces._persist import TracePersistMixin
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
 from greyanom.base import BaseDetector
-from greyanom.shape._fitting import NormalModelFitMixin
-from greyanom.shape._views import TraceViewsMixin
-from greyanom.shape._wafer import TraceAnalysis
+from greyanom.traces._fitting import NormalModelFitMixin
+from greyanom.traces._views import TraceViewsMixin
+from greyanom.traces._features import TraceAnalysis
 
 __all__ = ["ShapeSignatureDetector"]
 
@@ -114,7 +114,7 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         Anomaly-score control limit, ``-offset_``.
     n_groups_ : int
         Number of groups with a normal model.
-    wafer_model_ : greyanom._wafer_model.WaferModel
+    wafer_model_ : greyanom.traces._wafer_model.WaferModel
         The frozen wafer model (robust per-lot scaler, PCA) on the wafer features.
     wafer_columns_ : pandas.MultiIndex
         The wafer features, ``group_keys + ("feature",)``: the fitted curve at 8 points of
@@ -129,8 +129,8 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
 
     See Also
     --------
-    greyanom.shape.fit_traces : the per-trace signature fit.
-    greyanom.shape.fit_lot : the hierarchical fit of one lot.
+    greyanom.traces.fit_traces : the per-trace signature fit.
+    greyanom.traces.fit_lot : the hierarchical fit of one lot.
 
     Notes
     -----

@@ -2,9 +2,9 @@
 
 :class:`NormalModelFitMixin` gives :class:`~greyanom.ShapeSignatureDetector` its ``_fit`` (the
 normal model of every group), ``_heldout_scores`` (cross-fitted trace scores for ``offset_``)
-and ``_analyse`` (one row per trace, from :func:`greyanom.shape._frames.analyse_frame`). The
-pandas and dask work lives in :mod:`greyanom.shape._frames`, the array maths in
-:mod:`greyanom.shape._scoring`.
+and ``_analyse`` (one row per trace, from :func:`greyanom.traces._frames.analyse_frame`). The
+pandas and dask work lives in :mod:`greyanom.traces._frames`, the array maths in
+:mod:`greyanom.traces._scoring`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
-from greyanom.shape._frames import (
+from greyanom.traces._frames import (
     STATUSES,
     _is_dask,
     analyse_frame,
@@ -27,8 +27,8 @@ from greyanom.shape._frames import (
     prepare_frame,
     required_columns,
 )
-from greyanom.shape._scoring import FitConfig, NormalModel
-from greyanom.shape._wafer import wafer_features
+from greyanom.traces._scoring import FitConfig, NormalModel
+from greyanom.traces._features import wafer_features
 
 __all__ = ["NormalModelFitMixin"]
 
@@ -71,7 +71,7 @@ class NormalModelFitMixin:
         check_columns(columns, self._cfg(), name)
 
     def _prepare(self, X, name="X", return_keys=False):
-        """Validate a long frame (or Traces); see :func:`greyanom.shape._frames.prepare_frame`."""
+        """Validate a long frame (or Traces); see :func:`greyanom.traces._frames.prepare_frame`."""
         return prepare_frame(X, self._cfg(), name, return_keys)
 
     def _initial_lots(self, lots_in_order):
@@ -143,7 +143,7 @@ class NormalModelFitMixin:
         fitted on the other folds only. This refits the normal models ``cv`` times, so it
         costs about ``cv`` fits. A dask DataFrame is computed into pandas for these fits.
         """
-        from greyanom._wafer_model import make_folds
+        from greyanom.traces._wafer_model import make_folds
 
         check_is_fitted(self, "normal_model_")
         if _is_dask(X):

@@ -1,11 +1,11 @@
 """Numba kernels of the shape-signature fit.
 
 Every function here takes plain NumPy arrays and scalars and never validates: the public
-wrappers in :mod:`greyanom.shape._fit` prepare the input. Only the batch drivers
+wrappers in :mod:`greyanom.traces._fit` prepare the input. Only the batch drivers
 (``fit_batch`` and ``terms_batch``) are ``parallel=True`` and loop over traces with
 ``prange``; the per-trace functions are serial. The batch drivers (``fit_batch``,
 ``terms_batch``, ``predict_batch``) and the status and regime codes are this module's
-interface to :mod:`greyanom.shape._fit`; every other kernel is private (``_`` prefix).
+interface to :mod:`greyanom.traces._fit`; every other kernel is private (``_`` prefix).
 
 Two parametrisations of the same model are used (indices in brackets):
 
@@ -41,7 +41,7 @@ FASTMATH = {"nsz", "arcp", "afn"}
 #: |kappa tau^2| below which C, S and dS/dkappa use their power series.
 SERIES_CUT = 0.1
 
-#: Status codes (see ``greyanom.shape._result.STATUS_MESSAGES``).
+#: Status codes (see ``greyanom.traces._result.STATUS_MESSAGES``).
 ST_MAXITER = 0
 ST_GTOL = 1
 ST_FTOL = 2

@@ -1,6 +1,6 @@
 """Per-trace views of the shape detector: explanations, signatures, the paper's table, changes.
 
-:class:`TraceViewsMixin` reads the per-trace analysis (a :class:`~greyanom.shape.TraceAnalysis`
+:class:`TraceViewsMixin` reads the per-trace analysis (a :class:`~greyanom.traces.TraceAnalysis`
 or the rows that ``_analyse`` returns) and lays it out; it fits nothing itself except in
 :meth:`~TraceViewsMixin.explain_change`, which needs the two traces' data.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from greyanom.shape._frames import _as_tuple, _engine, _is_dask
-from greyanom.shape._hierarchy import PARAMS
-from greyanom.shape._scoring import change_split
+from greyanom.traces._frames import _as_tuple, _engine, _is_dask
+from greyanom.traces._hierarchy import PARAMS
+from greyanom.traces._scoring import change_split
 
 __all__ = ["TraceViewsMixin"]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 
-from greyanom.shape import _kernels
-from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
-from greyanom.shape.traces import Traces
+from greyanom.traces import _kernels
+from greyanom.traces._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
+from greyanom.traces._ragged import Traces
 
 __all__ = ["fit_traces", "objective_terms", "numba_threads", "CRITICAL_TOL", "DEGENERATE_TOL"]
 
@@ -65,7 +65,7 @@ def numba_threads(n_jobs, n_items=None):
 def _check_traces(traces):
     if not isinstance(traces, Traces):
         raise TypeError(
-            f"traces must be a greyanom.shape.Traces (see Traces.from_arrays / from_frame), "
+            f"traces must be a greyanom.traces.Traces (see Traces.from_arrays / from_frame), "
             f"got {type(traces).__name__}."
         )
     return traces
@@ -196,7 +196,7 @@ def fit_traces(
     Examples
     --------
     >>> import numpy as np
-    >>> from greyanom.shape import Traces, fit_traces
+    >>> from greyanom.traces import Traces, fit_traces
     >>> t = np.linspace(0.0, 20.0, 150)
     >>> z = 2.0 * np.exp(-0.3 * t / 2) * np.cos(1.2 * t - 0.4) + 0.05 * t + 1.0
     >>> fit = fit_traces(Traces.from_arrays([t], [z]))
