@@ -17,6 +17,8 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._crossfit import cross_fit
+
 from greyanom.traces._frames import (
     STATUSES,
     _is_dask,
@@ -143,8 +145,6 @@ class NormalModelFitMixin:
         fitted on the other folds only. This refits the normal models ``cv`` times, so it
         costs about ``cv`` fits. A dask DataFrame is computed into pandas for these fits.
         """
-        from greyanom.traces._wafer_model import make_folds
-
         check_is_fitted(self, "normal_model_")
         if _is_dask(X):
             X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
@@ -161,20 +161,20 @@ class NormalModelFitMixin:
             df.groupby(list(tk), sort=False)[self.lot_key].first().reindex(uniq).astype(str).to_numpy()
             if self.lot_key is not None else np.zeros(len(uniq), dtype=str)
         )
-        folds = make_folds(lot_of, self.cv, self.random_state)
-        fold_of_row = pd.Series(folds, index=uniq).reindex(wafer).to_numpy()
-        scores = []
-        for k in np.unique(folds):
+        codes = pd.Index(uniq).get_indexer(wafer)
+
+        def fit_score(train, test):
             sub = clone(self)
-            table = fit_frame(df[fold_of_row != k], cfg)
+            table = fit_frame(df[np.isin(codes, train)], cfg)
             if gk:
                 table = table.set_index(list(gk))
             else:
                 table.index = pd.Index(["all"], name="group")
             sub.normal_model_ = table[table["error"].isna()].drop(columns="error")
-            res = sub._analyse(df[fold_of_row == k], warn=False)  # fit reports the statuses
-            scores.append(res["score"])
-        out = pd.concat(scores)
+            res = sub._analyse(df[np.isin(codes, test)], warn=False)  # fit reports the statuses
+            return res["score"]
+
+        out = pd.concat([s for _, s in cross_fit(fit_score, len(uniq), self.cv, self.random_state, groups=lot_of)])
         return out[out.notna()].to_numpy(dtype=np.float64)
 
     def _fit_dask(self, X, cfg):
