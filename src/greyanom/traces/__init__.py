@@ -34,7 +34,7 @@ _LAZY = {
     "objective_terms": "_fit",
     "GENERAL_NAMES": "_result",
     "PARAM_NAMES": "_result",
-    "STATUS_MESSAGES": "_result",
+    "STATUS_MESSAGES": "_status",
     "SignatureFit": "_result",
     "TraceAnalysis": "_features",
     "MultiwayPCADetector": "_multiway",

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from greyanom.traces import _kernels
+from greyanom.traces._status import STATUS_MESSAGES
 from greyanom.traces._ragged import Traces
 
 __all__ = ["SignatureFit", "STATUS_MESSAGES", "PARAM_NAMES", "GENERAL_NAMES"]
@@ -17,15 +18,6 @@ PARAM_NAMES = ("gamma", "R", "omega", "y", "phi", "c")
 #: General (all-regime) parameter order, aligned position by position with PARAM_NAMES.
 GENERAL_NAMES = ("gamma", "A", "kappa", "y", "B", "c")
 
-STATUS_MESSAGES = {
-    _kernels.ST_MAXITER: "The maximum number of iterations was reached.",
-    _kernels.ST_GTOL: "The scaled gradient fell below the tolerance.",
-    _kernels.ST_FTOL: "The relative reduction of the objective fell below the tolerance.",
-    _kernels.ST_XTOL: "The step fell below the tolerance.",
-    _kernels.ST_FEW: "Too few points for the free parameters (6 without a prior, 1 with one).",
-    _kernels.ST_NONFINITE: "The objective is not finite at the starting point.",
-    _kernels.ST_RANGE: "The fit overflows in the units of the data (values near the floating-point limits).",
-}
 
 
 @dataclass(frozen=True, repr=False)
