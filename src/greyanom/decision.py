@@ -580,8 +580,9 @@ def _calibrate_wafers(detector, X, *, cv, random_state):
 
     if not isinstance(X, pd.DataFrame):
         raise TypeError(f"method='score_wafers' needs a pandas DataFrame of traces, got {type(X).__name__}.")
-    keys = detector.trace_keys
-    keys = [keys] if isinstance(keys, str) else list(keys)
+    from greyanom.traces._keys import normalise_keys
+
+    keys = list(normalise_keys(detector.trace_keys)[0])
     missing = [k for k in keys if k not in X.columns]
     if missing:
         raise ValueError(f"X lacks the trace_keys column(s) {missing} of the detector.")

@@ -18,9 +18,10 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom._crossfit import cross_fit
+from greyanom.traces._keys import normalise_keys
+from greyanom.traces._status import TRACE_STATUSES
 
 from greyanom.traces._frames import (
-    STATUSES,
     _is_dask,
     analyse_frame,
     check_columns,
@@ -40,14 +41,7 @@ class NormalModelFitMixin:
 
     # -- input handling ---------------------------------------------------------------------
     def _keys(self):
-        tk = (self.trace_keys,) if isinstance(self.trace_keys, str) else tuple(self.trace_keys)
-        gk = (self.group_keys,) if isinstance(self.group_keys, str) else tuple(self.group_keys)
-        if not tk:
-            raise ValueError("trace_keys must name at least one column, got ().")
-        overlap = set(tk) & set(gk)
-        if overlap:
-            raise ValueError(f"trace_keys and group_keys share column(s) {sorted(overlap)}.")
-        return tk, gk
+        return normalise_keys(self.trace_keys, self.group_keys)
 
     def _cfg(self):
         tk, gk = self._keys()
@@ -219,5 +213,5 @@ class NormalModelFitMixin:
     def _warn_statuses(status):
         counts = status[status != "ok"].value_counts()
         if len(counts):
-            msg = ", ".join(f"{n} {s!r} ({STATUSES[s]})" for s, n in counts.items())
+            msg = ", ".join(f"{n} {s!r} ({TRACE_STATUSES[s]})" for s, n in counts.items())
             warnings.warn(f"ShapeSignatureDetector: {msg}.", UserWarning, stacklevel=4)

@@ -4,7 +4,7 @@ Module-level functions, so that dask can ship them to workers: the sort and cut 
 into chunks of flat arrays (``_split_chunks``, once per partition), the normal model of one group
 (``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk_steps``, arrays
 framed once per partition) and the partition drivers. The statuses of traces live in
-:data:`STATUSES`, the one table the engine and the detector share.
+:mod:`greyanom.traces._status`, the one table of the trace side.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from greyanom.traces._keys import key_tuple
+from greyanom.traces._status import OUT_OF_RANGE
 from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
 from greyanom.traces._scoring import (
     COL,
@@ -30,24 +32,10 @@ from greyanom.traces._scoring import (
     write_features,
 )
 
-__all__ = ["STATUSES", "N_CURVE"]
+__all__ = ["N_CURVE"]
 
 _logger = logging.getLogger(__name__)
 
-#: Per-trace statuses of ``signatures`` and ``explain``.
-STATUSES = {
-    "ok": "fitted and scored",
-    "not_converged": "scored, but the signature fit did not report convergence",
-    "too_short": "fewer than min_points finite samples: not fitted, score NaN",
-    "unknown_group": "the group has no normal model: not fitted, score NaN",
-    "fit_failed": "the signature fit returned non-finite parameters: score NaN",
-    "out_of_range": (
-        "the values overflow the fit in the group's units (e.g. a trace scaled by 1e200): not fitted, "
-        "score NaN, its wafer's 'unfitted' flag is set"
-    ),
-}
-#: Fit statuses of values outside the floating-point range of the fit (ST_NONFINITE, ST_RANGE).
-_RANGE = (-2, -3)
 
 _NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS], "t_start", "t_tol"]
 #: Columns of the wafer-clock offsets in ``normal_model_`` (after ``t_tol``).
@@ -64,14 +52,6 @@ def _engine():
 
 def _is_dask(X):
     return hasattr(X, "__dask_graph__") and hasattr(X, "map_partitions")
-
-
-def _as_tuple(key, n):
-    if n == 0:
-        return ()
-    if n == 1 and not isinstance(key, tuple):
-        return (key,)
-    return tuple(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +311,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
         npts = fit.n_points.astype(np.float64)
         good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
         status[ok[~good]] = "fit_failed"
-        status[ok[~good & np.isin(np.asarray(fit.status), _RANGE)]] = "out_of_range"
+        status[ok[~good & np.isin(np.asarray(fit.status), OUT_OF_RANGE)]] = "out_of_range"
         status[ok[good & ~success]] = "not_converged"
         g = ok[good]
         if g.size:
@@ -440,7 +420,7 @@ def learn_clock(stats, cfg):
         return {}
     grouped = use.groupby(gk, sort=True)
     gcode = grouped.ngroup().to_numpy()
-    keys = [_as_tuple(k, len(gk)) for k in grouped.size().index]
+    keys = [key_tuple(k, len(gk)) for k in grouped.size().index]
     wafer = use.groupby(tk, sort=False).ngroup().to_numpy()
     first = use["min"].to_numpy(dtype=np.float64)
     interval = (use["max"].to_numpy(dtype=np.float64) - first) / (use["count"].to_numpy() - 1)

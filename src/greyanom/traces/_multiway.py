@@ -10,17 +10,11 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from greyanom.traces._persist import TracePersistMixin
-from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, wafer_lots
 from greyanom.base import BaseDetector
+from greyanom.traces._keys import normalise_keys, wafer_index
 
 __all__ = ["MultiwayPCADetector", "resample_traces"]
-
-
-def _keys(value, name):
-    keys = (value,) if isinstance(value, str) else tuple(value)
-    if name == "trace_keys" and not keys:
-        raise ValueError("trace_keys must name at least one column, got ().")
-    return keys
 
 
 def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
@@ -69,7 +63,7 @@ def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
         block.columns = pd.MultiIndex.from_tuples([(*g, f) for f in feat], names=[*gk, "feature"])
         blocks.append(block)
     out = pd.concat(blocks, axis=1)
-    out.index = as_index(out.index, trace_keys)
+    out.index = wafer_index(out.index, trace_keys)
     return out
 
 
@@ -202,7 +196,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
     def _check_frame(self, X, name="X"):
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"{name} must be a long-format pandas DataFrame, got {type(X).__name__}.")
-        tk, gk = _keys(self.trace_keys, "trace_keys"), _keys(self.group_keys, "group_keys")
+        tk, gk = normalise_keys(self.trace_keys, self.group_keys)
         need = [self.time, self.value, *tk, *gk] + ([self.lot_key] if self.lot_key is not None else [])
         missing = [c for c in need if c not in X.columns]
         if missing:

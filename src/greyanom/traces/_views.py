@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from greyanom.traces._frames import _as_tuple, _engine, _is_dask
+from greyanom.traces._frames import _engine, _is_dask
+from greyanom.traces._keys import key_tuple
 from greyanom.traces._hierarchy import PARAMS
 from greyanom.traces._scoring import change_split
 
@@ -165,7 +166,7 @@ class TraceViewsMixin:
         if _is_dask(X):
             X = X.compute()
         df = self._prepare(X)
-        bkey, akey = _as_tuple(before, len(tk)), _as_tuple(after, len(tk))
+        bkey, akey = key_tuple(before, len(tk)), key_tuple(after, len(tk))
         keyidx = pd.MultiIndex.from_frame(df[list(tk)])
         sel = df[keyidx.isin([bkey, akey])]
         for k, nm in ((bkey, "before"), (akey, "after")):
@@ -177,7 +178,7 @@ class TraceViewsMixin:
         rows = []
         groups = res.index.droplevel(list(tk)).unique() if gk else [()]
         for g in groups:
-            g = _as_tuple(g, len(gk))
+            g = key_tuple(g, len(gk))
             kb, ka = (*g, *bkey), (*g, *akey)
             if kb not in res.index or ka not in res.index:
                 continue

@@ -18,16 +18,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from greyanom.traces import _wafer_model as wm
 from greyanom.base import threshold_from_scores
+from greyanom.traces._keys import normalise_keys
+from greyanom.traces._status import WAFER_STATUSES
 
-__all__ = ["WaferFeatures", "WaferScoringMixin", "WAFER_STATUSES"]
+__all__ = ["WaferFeatures", "WaferScoringMixin"]
 
-#: Per-wafer statuses of ``explain_wafers`` (column ``status``).
-WAFER_STATUSES = {
-    "ok": "every group present and usable",
-    "missing_group": "a (step, sensor) group has no trace for this wafer: its features are set to the clip value",
-    "unfitted": "a trace could not be fitted: its features are set to the clip value and its status flag is raised",
-    "new_lot": "the wafer's lot was not seen in training: scaled with the pooled (or its own) lot centre",
-}
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,6 @@ def wafer_lots(df, trace_keys, lot_key, index):
     return lots.reindex(index).astype(str).to_numpy()
 
 
-def as_index(index, trace_keys):
-    """A wafer index with the names of ``trace_keys`` (MultiIndex only for several keys)."""
-    if len(trace_keys) == 1 and isinstance(index, pd.MultiIndex):
-        index = index.get_level_values(0)
-    if len(trace_keys) == 1:
-        return pd.Index(index, name=trace_keys[0])
-    return pd.MultiIndex.from_tuples(list(index), names=list(trace_keys))
-
-
 #: Parameter constraints of the wafer model, shared by the detectors that use it.
 WAFER_MODEL_CONSTRAINTS = {
     "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -82,8 +68,7 @@ class WaferScoringMixin:
     """``score_wafers``, ``predict_wafers``, ``explain_wafers`` from a shared wafer model."""
 
     def _wafer_keys(self):
-        tk = self.trace_keys
-        return (tk,) if isinstance(tk, str) else tuple(tk)
+        return normalise_keys(self.trace_keys)[0]
 
     def _fit_wafer_model(self, wf):
         """Fit the wafer model on training features; set the columns, limit and held-out scores."""
