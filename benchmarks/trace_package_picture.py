@@ -25,7 +25,7 @@ def trace_modules(root):
     root = Path(root)
     pkg = root / "traces" if (root / "traces" / "_kernels.py").exists() else root / "shape"
     files = sorted(pkg.glob("*.py")) + [root / m for m in ROOT_TRACE_MODULES if (root / m).exists()]
-    return [f for f in files if f.name != "__init__.py" or pkg.name == "traces"]
+    return files
 
 
 def picture(root):
