@@ -86,7 +86,7 @@ def _scipy_loop(traces, start, kind):
 def run(n_traces=20000, n_scipy=400, large=131200, seed=0):
     import numba
 
-    from greyanom.shape import fit_traces
+    from greyanom.traces import fit_traces
 
     warnings.simplefilter("ignore")
     traces, truth, nominal = make_lot_traces(n_traces, random_state=seed)

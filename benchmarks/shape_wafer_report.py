@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 from greyanom import MultiwayPCADetector, ShapeSignatureDetector
 from greyanom.datasets import PI_FAULTS, load_lam9600, make_pi_lots
-from greyanom.shape import Traces, fit_traces
+from greyanom.traces import Traces, fit_traces
 from shape_detector_report import _rst  # the sibling script's rst table writer (same folder)
 
 TERMS = ["fit", "gamma", "R", "omega", "y", "phi", "c"]

@@ -5,7 +5,7 @@ Fitting shape signatures to PI-loop traces
 Simulate a lot of wafers whose temperature is held by a PI controller (the process (1) and
 controller (2) of the grey-box paper, integrated by :func:`scipy.integrate.solve_ivp`), fit
 the damped, linearly driven oscillator to every trace with
-:func:`greyanom.shape.fit_traces`, and read the loop back from the signatures.
+:func:`greyanom.traces.fit_traces`, and read the loop back from the signatures.
 """
 
 # %%
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from greyanom.datasets import simulate_pi_loop
-from greyanom.shape import Traces, control, fit_traces
+from greyanom.traces import Traces, control, fit_traces
 
 rng = np.random.default_rng(0)
 nominal = dict(tau_p=8.0, k_p=1.5, k_c=2.0, tau_I=3.0, q1=0.01, q2=1.0)

@@ -71,7 +71,7 @@ class ShapeWaferTime:
 
     def setup(self):
         from greyanom import MultiwayPCADetector
-        from greyanom.shape import Traces, fit_traces
+        from greyanom.traces import Traces, fit_traces
 
         warnings.simplefilter("ignore")
         self.df = make_pi_lots(n_lots=8, wafers_per_lot=10, sensors=("v", "u"), random_state=0)

@@ -1,4 +1,4 @@
-"""asv benchmarks of the shape-signature engine (``greyanom.shape.fit_traces``).
+"""asv benchmarks of the shape-signature engine (``greyanom.traces.fit_traces``).
 
 The traces come from a lot of simulated PI loops (first-order process under PI control,
 the paper's (1)-(2)) whose process gains, time constants, integral times, set points and
@@ -49,13 +49,13 @@ def make_lot_traces(n_traces, *, n_points=150, spread=0.1, noise_sd=NOISE_SD, ra
 
     Returns
     -------
-    traces : greyanom.shape.Traces
+    traces : greyanom.traces.Traces
     truth : ndarray of shape (n_traces, 6)
         True signatures at each trace's ``x = min t``.
     nominal : ndarray of shape (n_traces, 6)
         The nominal loop's signature at each trace's ``x`` (the warm start of the peers).
     """
-    from greyanom.shape import Traces
+    from greyanom.traces import Traces
 
     rng = np.random.default_rng(random_state)
     n = n_traces
@@ -95,7 +95,7 @@ class FitTraces:
     timeout = 300
 
     def setup(self, n_jobs):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         self.traces, self.truth, _ = make_lot_traces(2000)
         with warnings.catch_warnings():
@@ -103,28 +103,28 @@ class FitTraces:
             fit_traces(self.traces[:10], n_jobs=n_jobs)  # JIT warm-up outside the timer
 
     def time_fit_traces(self, n_jobs):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_traces(self.traces, n_jobs=n_jobs)
 
     def peakmem_fit_traces(self, n_jobs):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit_traces(self.traces, n_jobs=n_jobs)
 
     def track_success_rate(self, n_jobs):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return float(fit_traces(self.traces, n_jobs=n_jobs).success.mean())
 
     def track_mean_iterations(self, n_jobs):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -137,7 +137,7 @@ class FitTracesWithPrior:
     timeout = 300
 
     def setup(self):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         self.traces, self.truth, _ = make_lot_traces(2000)
         self.prior = (self.truth.mean(axis=0), self.truth.std(axis=0) + 1e-3)
@@ -146,7 +146,7 @@ class FitTracesWithPrior:
             fit_traces(self.traces[:10], prior=self.prior, noise_sd=NOISE_SD, init=self.truth[:10])
 
     def time_fit_with_prior(self):
-        from greyanom.shape import fit_traces
+        from greyanom.traces import fit_traces
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

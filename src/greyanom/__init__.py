@@ -29,7 +29,7 @@ __all__ = [
 # The trace detector pulls in Numba and its kernels, so it is imported on first use and
 # ``import greyanom`` stays light. None of the image detectors imports torch at module level:
 # a detector that needs an extra raises an ImportError naming it when it is fitted or loaded.
-_LAZY = {"MultiwayPCADetector": "greyanom._multiway", "ShapeSignatureDetector": "greyanom.shape._detector"}
+_LAZY = {"MultiwayPCADetector": "greyanom.traces._multiway", "ShapeSignatureDetector": "greyanom.traces._shape_detector"}
 
 __all__ += list(_LAZY)
 

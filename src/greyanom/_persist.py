@@ -377,7 +377,7 @@ def _model_class(name, path):
 
     if not isinstance(name, str) or name not in MODEL_CLASSES:
         raise ValueError(f"{str(path)!r} holds a {name!r}, which is not a greyanom model class {MODEL_CLASSES}.")
-    for module in ("greyanom", "greyanom.image", "greyanom.shape", "greyanom.decision"):
+    for module in ("greyanom", "greyanom.image", "greyanom.traces", "greyanom.decision"):
         cls = getattr(importlib.import_module(module), name, None)
         if cls is not None:
             break

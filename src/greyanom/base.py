@@ -84,19 +84,6 @@ def threshold_from_scores(train_scores, contamination):
     return np.percentile(s, 100.0 * (1.0 - contamination))
 
 
-def _splitter(cv, random_state, n, what="items"):
-    """A shuffled KFold for an int ``cv``, or ``cv`` itself when it is a splitter."""
-    from sklearn.model_selection import KFold
-
-    if hasattr(cv, "split"):
-        return cv
-    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
-        raise ValueError(f"cv must be an integer >= 2 or a splitter with split(), got {cv!r}.")
-    if n < cv:
-        raise ValueError(f"cv={cv} folds need at least {cv} {what}, got {n}.")
-    return KFold(n_splits=int(cv), shuffle=True, random_state=random_state)
-
-
 def _fit_clone(detector, X):
     """An unfitted clone of ``detector`` fitted on ``X``.
 
@@ -122,7 +109,8 @@ def cross_fit_scores(detector, X, *, cv=5, random_state=None):
     """Anomaly scores of every item of ``X`` from clones that did not fit on it.
 
     ``X`` is split into ``cv`` shuffled folds over its first axis (rows, or images); a clone of
-    ``detector`` is fitted on all folds but one and scores the one left out.
+    ``detector`` is fitted on all folds but one and scores the one left out
+    (:func:`greyanom._crossfit.cross_fit`, the loop every held-out score in greyanom uses).
 
     Parameters
     ----------
@@ -156,12 +144,15 @@ def cross_fit_scores(detector, X, *, cv=5, random_state=None):
     from sklearn.utils import _safe_indexing
     from sklearn.utils.validation import _num_samples
 
+    from greyanom._crossfit import cross_fit
+
+    def fit_score(train, test):
+        return _score_clone(_fit_clone(detector, _safe_indexing(X, train)), _safe_indexing(X, test))
+
     n = _num_samples(X)
-    splitter = _splitter(cv, random_state, n)
     out = np.full(n, np.nan)
-    for train, test in splitter.split(np.zeros(n)):
-        model = _fit_clone(detector, _safe_indexing(X, train))
-        out[test] = _score_clone(model, _safe_indexing(X, test))
+    for test, scores in cross_fit(fit_score, n, cv, random_state):
+        out[test] = scores
     return out
 
 

@@ -671,23 +671,25 @@ def _calibrate_wafers(detector, X, *, cv, random_state):
     """Wafer-fold cross-fitting: held-out ``score_wafers`` of every wafer, in order of appearance."""
     import pandas as pd
 
-    from greyanom.base import _fit_clone, _splitter
+    from greyanom._crossfit import cross_fit
+    from greyanom.base import _fit_clone
 
     if not isinstance(X, pd.DataFrame):
         raise TypeError(f"method='score_wafers' needs a pandas DataFrame of traces, got {type(X).__name__}.")
-    keys = detector.trace_keys
-    keys = [keys] if isinstance(keys, str) else list(keys)
+    from greyanom.traces._keys import normalise_keys
+
+    keys = list(normalise_keys(detector.trace_keys)[0])
     missing = [k for k in keys if k not in X.columns]
     if missing:
         raise ValueError(f"X lacks the trace_keys column(s) {missing} of the detector.")
     row_keys = pd.MultiIndex.from_frame(X[keys])
     wafers = row_keys.unique()  # order of first appearance
-    splitter = _splitter(cv, random_state, len(wafers), "wafers")
-    parts = []
-    for train, test in splitter.split(np.zeros(len(wafers))):
+
+    def fit_score(train, test):
         model = _fit_clone(detector, X[row_keys.isin(wafers[train])])
-        parts.append(model.score_wafers(X[row_keys.isin(wafers[test])]))
-    scores = pd.concat(parts)
+        return model.score_wafers(X[row_keys.isin(wafers[test])])
+
+    scores = pd.concat([part for _, part in cross_fit(fit_score, len(wafers), cv, random_state, what="wafers")])
     if len(keys) == 1:
         order = wafers.get_level_values(0)
     else:

@@ -1,4 +1,4 @@
-"""Slow, obviously correct NumPy references of the kernels in ``greyanom.shape._kernels``.
+"""Slow, obviously correct NumPy references of the kernels in ``greyanom.traces._kernels``.
 
 Each function mirrors one kernel but is written the plain way (complex square roots,
 explicit Jacobians, ``numpy.linalg``), so that the kernels can be checked against it.

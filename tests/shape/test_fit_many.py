@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from greyanom.shape import _fit
-from greyanom.shape._hierarchy import _fit_lot, _fit_lot_steps
-from greyanom.shape.traces import Traces
+from greyanom.traces import _fit
+from greyanom.traces._hierarchy import _fit_lot, _fit_lot_steps
+from greyanom.traces._ragged import Traces
 
 
 def _traces(rng, n):
@@ -59,7 +59,7 @@ def test_split_chunks_sorts_once_like_groupby():
 
     import pandas as pd
 
-    from greyanom.shape._frames import _split_chunks
+    from greyanom.traces._frames import _split_chunks
 
     rng = np.random.default_rng(2)
     rows = [(g, lot, w, t, rng.normal(), 100.0 + i)

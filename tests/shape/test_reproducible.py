@@ -19,7 +19,7 @@ import numpy as np
 warnings.simplefilter("ignore")
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape import Traces, fit_traces
+from greyanom.traces import Traces, fit_traces
 
 train = make_pi_lots(n_lots=3, wafers_per_lot=6, sensors=("v", "u"), random_state=1)
 test = make_pi_lots(n_lots=3, wafers_per_lot=4, sensors=("v", "u"),

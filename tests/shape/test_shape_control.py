@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from greyanom.datasets import simulate_pi_loop
-from greyanom.shape import Traces, control, fit_traces
+from greyanom.traces import Traces, control, fit_traces
 
 finite = dict(allow_nan=False, allow_infinity=False)
 pos = lambda lo, hi: st.floats(lo, hi, **finite)  # noqa: E731

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
-from greyanom.shape import PARAM_NAMES, SignatureFit, Traces, fit_traces, objective_terms
+from greyanom.traces import PARAM_NAMES, SignatureFit, Traces, fit_traces, objective_terms
 
 
 def alpha(p, tau):
@@ -214,7 +214,7 @@ def test_n_jobs_sets_and_restores_numba_threads():
 
 
 def test_small_batches_run_on_one_thread_by_default():
-    from greyanom.shape._fit import SMALL_BATCH, numba_threads
+    from greyanom.traces._fit import SMALL_BATCH, numba_threads
 
     before = numba.get_num_threads()
     with numba_threads(None, SMALL_BATCH - 1) as n:

@@ -9,8 +9,8 @@ gradient to central differences of the documented objective.
 import numpy as np
 import pytest
 
-from greyanom.shape import Traces, fit_traces, objective_terms
-from greyanom.shape._fit import _terms, prior_gradient
+from greyanom.traces import Traces, fit_traces, objective_terms
+from greyanom.traces._fit import _terms, prior_gradient
 
 TRUE = np.array([0.25, 1.5, 0.6, 3.0, 0.4, 0.02])
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greyanom.shape import _kernels as K
+from greyanom.traces import _kernels as K
 
 _spec = importlib.util.spec_from_file_location("shape_naive", pathlib.Path(__file__).with_name("naive.py"))
 naive = importlib.util.module_from_spec(_spec)
@@ -287,3 +287,35 @@ def test_batch_drivers_match_reference():
         np.testing.assert_allclose(f[j], ref_f, rtol=1e-10)
         np.testing.assert_allclose(g[j], rg, rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(h[j], rh, rtol=1e-8, atol=1e-8)
+
+
+def test_fit_batch_is_the_serial_per_trace_fit_in_a_loop():
+    """The parallel driver only allocates and loops: each row equals ``_fit_one`` on that trace alone."""
+    rng = np.random.default_rng(4)
+    lengths = [0, 3, 40, 25, 60]
+    t = np.concatenate([np.sort(rng.uniform(0, 5, m)) for m in lengths])
+    z = np.concatenate([np.exp(-0.4 * np.arange(m)) * np.cos(np.arange(m)) + 0.01 * rng.normal(size=m) for m in lengths])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = len(lengths)
+    origin = np.full(n, np.nan)
+    init = np.zeros((n, 6))
+    has_init = np.zeros(n, dtype=bool)
+    mu = np.zeros((n, 6))
+    w = np.zeros((n, 6))
+    w[3] = 1.0 / np.array([1.0, 2.0, 1.0, 0.5, 1.0, 1.0]) ** 2  # one trace with a prior
+    noise = np.full(n, np.nan)
+    noise[3] = 0.01
+    opts = (6, 100, 1e-10, 1e-3, 1e-8)
+    for paper in (True, False):
+        batch = K.fit_batch(t, z, offsets, origin, paper, init, has_init, mu, w, noise, opts)
+        for j in range(n):
+            lo, hi = offsets[j], offsets[j + 1]
+            rows = [np.full(6, np.nan), np.full(6, np.nan), *[np.full((6, 6), np.nan) for _ in range(3)],
+                    np.full(6, np.nan), np.full(6, np.nan)]
+            scalars = K._fit_one(t[lo:hi], z[lo:hi], np.empty(hi - lo), np.empty(hi - lo), origin[j], paper, init[j],
+                                 has_init[j], mu[j], w[j], noise[j], opts, *rows)
+            p, pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov, jtr, grad = (b[j] for b in batch)
+            np.testing.assert_array_equal(np.array([status, n_iter, x, ssr, regime, s2]), np.array(scalars, dtype=float))
+            for got, want in zip((p, pp, hess, jtj, cov, jtr, grad), rows):
+                np.testing.assert_array_equal(got, want)
+        assert batch[2][0] == K.ST_FEW and batch[2][1] == K.ST_FEW and (batch[2][2:] >= 0).all()

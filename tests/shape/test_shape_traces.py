@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from greyanom.shape import Traces
+from greyanom.traces import Traces
 
 
 def _two():
@@ -118,3 +118,16 @@ def test_bad_types_and_keys():
 def test_short_traces_are_kept():
     tr = Traces.from_arrays([np.arange(2.0), np.arange(10.0)], [np.zeros(2), np.zeros(10)])
     np.testing.assert_array_equal(tr.n_points, [2, 10])
+
+
+def test_greyanom_shape_is_an_alias_of_greyanom_traces():
+    import greyanom.shape
+    import greyanom.shape.control
+    import greyanom.traces
+    from greyanom.shape.traces import Traces as OldTraces
+
+    assert OldTraces is Traces is greyanom.traces.Traces
+    assert greyanom.shape.control is greyanom.traces.control
+    assert greyanom.shape.__all__ == greyanom.traces.__all__
+    for name in greyanom.traces.__all__:
+        assert getattr(greyanom.shape, name) is getattr(greyanom.traces, name), name

@@ -7,7 +7,7 @@ from sklearn.base import clone
 
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape import Traces
+from greyanom.traces import Traces
 
 PARAMS = ["gamma", "R", "omega", "y", "phi", "c"]
 FAULTS = {"setpoint_offset": 1, "controller_gain": 1, "noise_burst": 1}

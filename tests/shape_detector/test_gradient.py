@@ -5,7 +5,7 @@ import pytest
 
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape import Traces, objective_terms
+from greyanom.traces import Traces, objective_terms
 
 PARAMS = ["gamma", "R", "omega", "y", "phi", "c"]
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from greyanom.shape import Traces
-from greyanom.shape._hierarchy import PARAMS, fit_lot
+from greyanom.traces import Traces
+from greyanom.traces._hierarchy import PARAMS, fit_lot
 
 
 def _alpha(t, s):

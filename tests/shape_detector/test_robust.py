@@ -7,7 +7,7 @@ import pytest
 
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape import Traces, fit_traces
+from greyanom.traces import Traces, fit_traces
 
 WAFERS = ["L02W00", "L02W01", "L02W02"]
 
@@ -162,7 +162,7 @@ def test_start_time_column_and_single_group_have_no_wafer_clock(two_sensors, lot
 
 
 def test_wafer_clock_rules():
-    from greyanom.shape._scoring import clock_offsets, clock_origins, wafer_clock
+    from greyanom.traces._scoring import clock_offsets, clock_origins, wafer_clock
 
     # lower median: with two votes the earlier wins, with three a late minority cannot move it
     assert wafer_clock([5.0, 7.0, 1.0, 1.5, 9.0], [0, 0, 1, 1, 1], np.zeros(5), 2).tolist() == [5.0, 1.5]

@@ -8,7 +8,7 @@ import pytest
 
 import greyanom
 from greyanom import MultiwayPCADetector, ShapeSignatureDetector
-from greyanom._trace_persist import pack, unpack
+from greyanom.traces._persist import pack, unpack
 from greyanom.datasets import make_pi_lots
 
 DETECTORS = {

@@ -88,3 +88,31 @@ def test_trace_model_files_are_checked_and_never_unpickled(lots, tmp_path):
         MultiwayPCADetector.load(bad)
     with pytest.raises(NotFittedError):
         ShapeSignatureDetector().save(tmp_path / "unfitted.safetensors")
+
+
+def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal(tmp_path):
+    """Model files written by greyanom before ``greyanom.shape`` became ``greyanom.traces`` load and score the same.
+
+    ``tests/traces_data`` holds a ShapeSignatureDetector and a MultiwayPCADetector fitted and saved by the code of
+    commit 5ecaa5a (the layout with ``greyanom/shape`` and the root ``_wafer_*`` modules), and their
+    ``score_wafers`` on the same simulated lots, written then.
+    """
+    from pathlib import Path
+
+    data = Path(__file__).parents[1] / "traces_data"
+    lots = make_pi_lots(n_lots=4, wafers_per_lot=5, sensors=("v",), n_points=(40, 60), faults={"setpoint_offset": 1},
+                        n_clean_lots=3, random_state=3)
+    expected = np.load(data / "expected_v0.npz")
+    for name, key in (("shape_v0.safetensors", "shape"), ("mpca_v0.safetensors", "mpca")):
+        det = greyanom.load(data / name)
+        s = det.score_wafers(lots)
+        np.testing.assert_array_equal(s.index.to_numpy().astype(str), expected[f"{key}_index"])
+        np.testing.assert_array_equal(s.to_numpy(), expected[key])
+    assert type(greyanom.load(data / "shape_v0.safetensors")) is greyanom.traces.ShapeSignatureDetector
+    # fitted again by this version's code (normal models, EM, cross-fitting, wafer model): the same numbers
+    fresh = {
+        "shape": ShapeSignatureDetector(n_initial_lots=3, random_state=0),
+        "mpca": MultiwayPCADetector(trace_keys=("wafer",), group_keys=("sensor",), random_state=0),
+    }
+    for key, det in fresh.items():
+        np.testing.assert_array_equal(det.fit(lots).score_wafers(lots).to_numpy(), expected[key])

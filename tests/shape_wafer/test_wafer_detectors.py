@@ -83,7 +83,7 @@ def test_analyse_once_views_agree(shape, analysis, lots):
 def test_wafer_methods_on_a_frame_run_no_lot_fits(shape, analysis, lots, monkeypatch):
     """The wafer features come from the normal-model-prior fits, so the wafer methods on a frame
     skip the lot EM and still give what the full analysis gives, unfitted traces included."""
-    import greyanom.shape._frames as frames
+    import greyanom.traces._frames as frames
 
     short = lots[~((lots["wafer"] == "L04W00") & (lots["sensor"] == "v"))
                  | (lots.groupby(["wafer", "sensor"]).cumcount() < 3)]

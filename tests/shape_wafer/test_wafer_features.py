@@ -6,9 +6,9 @@ import pytest
 
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import make_pi_lots
-from greyanom.shape._hierarchy import PARAMS
-from greyanom.shape._scoring import N_SEGMENTS, SEGMENT_COLS
-from greyanom.shape._wafer import WAFER_FEATURES
+from greyanom.traces._hierarchy import PARAMS
+from greyanom.traces._scoring import N_SEGMENTS, SEGMENT_COLS
+from greyanom.traces._features import WAFER_FEATURES
 
 
 @pytest.fixture(scope="module")

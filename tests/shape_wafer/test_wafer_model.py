@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from greyanom import _wafer_model as wm
+from greyanom.traces import _wafer_model as wm
 
 
 @pytest.fixture

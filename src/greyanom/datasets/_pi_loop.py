@@ -79,8 +79,8 @@ def simulate_pi_loop(
 
     See Also
     --------
-    greyanom.shape.control.oscillator_from_pi : the signature this loop should produce.
-    greyanom.shape.fit_traces : fit shape signatures to simulated traces.
+    greyanom.traces.control.oscillator_from_pi : the signature this loop should produce.
+    greyanom.traces.fit_traces : fit shape signatures to simulated traces.
 
     Notes
     -----

@@ -1,49 +1,18 @@
-"""Shape signatures: the grey-box oscillator model of PI-controlled sensor traces.
+"""Alias of :mod:`greyanom.traces`, kept so that code written before the trace package works.
 
-:class:`Traces` holds ragged traces, :func:`fit_traces` fits the paper's damped, linearly
-driven oscillator to every trace (all damping regimes) and returns a :class:`SignatureFit`;
-:mod:`greyanom.shape.control` maps shape signatures to and from PI-loop parameters.
+``greyanom.shape`` exports the same names as :mod:`greyanom.traces`, and
+``greyanom.shape.control`` / ``greyanom.shape.traces`` are the modules
+:mod:`greyanom.traces.control` and ``greyanom.traces._ragged`` (which defines :class:`Traces`).
+New code imports from :mod:`greyanom.traces`.
 """
 
-from greyanom.shape import control
-from greyanom.shape._hierarchy import LotFit, fit_lot
-from greyanom.shape._fit import CRITICAL_TOL, DEGENERATE_TOL, fit_traces, objective_terms
-from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
-from greyanom.shape.control import (
-    characteristic_polynomial,
-    is_oscillating,
-    is_stable,
-    ode_from_oscillator,
-    ode_from_pi,
-    oscillator_from_ode,
-    oscillator_from_pi,
-    pi_family,
-    pi_from_oscillator,
-)
-from greyanom.shape.traces import Traces
-from greyanom.shape._wafer import TraceAnalysis
+import sys
 
-__all__ = [
-    "CRITICAL_TOL",
-    "DEGENERATE_TOL",
-    "GENERAL_NAMES",
-    "LotFit",
-    "PARAM_NAMES",
-    "STATUS_MESSAGES",
-    "SignatureFit",
-    "characteristic_polynomial",
-    "control",
-    "is_oscillating",
-    "is_stable",
-    "ode_from_oscillator",
-    "ode_from_pi",
-    "oscillator_from_ode",
-    "oscillator_from_pi",
-    "pi_family",
-    "pi_from_oscillator",
-    "TraceAnalysis",
-    "Traces",
-    "fit_lot",
-    "fit_traces",
-    "objective_terms",
-]
+from greyanom.traces import *  # noqa: F403 - the alias re-exports the package's public names
+from greyanom.traces import __all__, _ragged, control
+
+# ``import greyanom.shape.control`` and ``from greyanom.shape.traces import Traces`` keep working.
+sys.modules[__name__ + ".control"] = control
+sys.modules[__name__ + ".traces"] = _ragged
+traces = _ragged
+del sys

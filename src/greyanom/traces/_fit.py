@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 
-from greyanom.shape import _kernels
-from greyanom.shape._result import GENERAL_NAMES, PARAM_NAMES, STATUS_MESSAGES, SignatureFit
-from greyanom.shape.traces import Traces
+from greyanom.traces import _kernels
+from greyanom.traces._result import GENERAL_NAMES, PARAM_NAMES, SignatureFit
+from greyanom.traces._status import REGIMES, fit_messages
+from greyanom.traces._ragged import Traces
 
 __all__ = ["fit_traces", "objective_terms", "numba_threads", "CRITICAL_TOL", "DEGENERATE_TOL"]
 
@@ -27,8 +28,6 @@ CRITICAL_TOL = 1e-3
 DEGENERATE_TOL = 1e-8
 
 _MODELS = ("auto", "general", "paper")
-_REGIMES = np.array(["failed", "underdamped", "critical", "overdamped", "degenerate"])
-_MESSAGES = np.array([STATUS_MESSAGES[s] for s in range(-3, 4)])
 
 
 #: Below this many traces ``n_jobs=None`` runs on one thread: starting the parallel region
@@ -65,7 +64,7 @@ def numba_threads(n_jobs, n_items=None):
 def _check_traces(traces):
     if not isinstance(traces, Traces):
         raise TypeError(
-            f"traces must be a greyanom.shape.Traces (see Traces.from_arrays / from_frame), "
+            f"traces must be a greyanom.traces.Traces (see Traces.from_arrays / from_frame), "
             f"got {type(traces).__name__}."
         )
     return traces
@@ -196,7 +195,7 @@ def fit_traces(
     Examples
     --------
     >>> import numpy as np
-    >>> from greyanom.shape import Traces, fit_traces
+    >>> from greyanom.traces import Traces, fit_traces
     >>> t = np.linspace(0.0, 20.0, 150)
     >>> z = 2.0 * np.exp(-0.3 * t / 2) * np.cos(1.2 * t - 0.4) + 0.05 * t + 1.0
     >>> fit = fit_traces(Traces.from_arrays([t], [z]))
@@ -350,10 +349,10 @@ def _signature_fit(raw, keys):
         params=pd.DataFrame(raw.pp, index=keys, columns=_PARAM_INDEX),
         general=pd.DataFrame(general, index=keys, columns=_GENERAL_INDEX),
         x=raw.x,
-        regime=_REGIMES[raw.regime],
+        regime=REGIMES[raw.regime],
         status=raw.status,
         success=raw.success,
-        message=_MESSAGES[raw.status + 3],
+        message=fit_messages(raw.status),
         n_iter=raw.n_iter,
         cost=raw.cost,
         ssr=raw.ssr,
@@ -411,24 +410,10 @@ def _fit_arrays(
     noise_s2 = np.full(n, np.nan) if sigma is None else sigma**2
     min_points = 1 if prior is not None else 6
 
-    out_p = np.empty((n, 6))
-    out_pp = np.empty((n, 6))
-    status = np.empty(n, dtype=np.int64)
-    n_iter = np.empty(n, dtype=np.int64)
-    x = np.empty(n)
-    ssr = np.empty(n)
-    regime = np.empty(n, dtype=np.int64)
-    s2 = np.empty(n)
-    hess = np.empty((n, 6, 6))
-    jtj = np.empty((n, 6, 6))
-    cov = np.empty((n, 6, 6))
-    jtr = np.empty((n, 6))
-    grad = np.empty((n, 6))
+    opts = (min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL)
     with numba_threads(n_jobs, n):
-        _kernels.fit_batch(
-            traces.t, traces.z, traces.offsets, _origin(origin, n), paper, start, has_init, mu, w, noise_s2,
-            min_points, int(max_iter), float(tol), CRITICAL_TOL, DEGENERATE_TOL,
-            out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov, jtr, grad,
+        out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov, jtr, grad = _kernels.fit_batch(
+            traces.t, traces.z, traces.offsets, _origin(origin, n), paper, start, has_init, mu, w, noise_s2, opts,
         )
     n_pts = traces.n_points
     with np.errstate(divide="ignore", invalid="ignore"):

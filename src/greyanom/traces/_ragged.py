@@ -34,7 +34,7 @@ class Traces:
     nan_policy : {"raise", "omit"}, default="raise"
         What to do with samples whose time or value is NaN or infinite: raise a
         ``ValueError``, or drop those samples (a trace may then end up with too few points;
-        :func:`~greyanom.shape.fit_traces` reports that per trace).
+        :func:`~greyanom.traces.fit_traces` reports that per trace).
 
     Attributes
     ----------
@@ -66,7 +66,7 @@ class Traces:
     Examples
     --------
     >>> import numpy as np
-    >>> from greyanom.shape import Traces
+    >>> from greyanom.traces import Traces
     >>> tr = Traces.from_arrays([np.arange(5.0), np.arange(3.0)], [np.ones(5), np.zeros(3)])
     >>> len(tr), tr.n_points.tolist()
     (2, [5, 3])

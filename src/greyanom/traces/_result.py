@@ -1,4 +1,4 @@
-"""The result object of :func:`greyanom.shape.fit_traces`."""
+"""The result object of :func:`greyanom.traces.fit_traces`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from greyanom.shape import _kernels
-from greyanom.shape.traces import Traces
+from greyanom.traces import _kernels
+from greyanom.traces._status import STATUS_MESSAGES
+from greyanom.traces._ragged import Traces
 
 __all__ = ["SignatureFit", "STATUS_MESSAGES", "PARAM_NAMES", "GENERAL_NAMES"]
 
@@ -17,15 +18,6 @@ PARAM_NAMES = ("gamma", "R", "omega", "y", "phi", "c")
 #: General (all-regime) parameter order, aligned position by position with PARAM_NAMES.
 GENERAL_NAMES = ("gamma", "A", "kappa", "y", "B", "c")
 
-STATUS_MESSAGES = {
-    _kernels.ST_MAXITER: "The maximum number of iterations was reached.",
-    _kernels.ST_GTOL: "The scaled gradient fell below the tolerance.",
-    _kernels.ST_FTOL: "The relative reduction of the objective fell below the tolerance.",
-    _kernels.ST_XTOL: "The step fell below the tolerance.",
-    _kernels.ST_FEW: "Too few points for the free parameters (6 without a prior, 1 with one).",
-    _kernels.ST_NONFINITE: "The objective is not finite at the starting point.",
-    _kernels.ST_RANGE: "The fit overflows in the units of the data (values near the floating-point limits).",
-}
 
 
 @dataclass(frozen=True, repr=False)
@@ -90,7 +82,7 @@ class SignatureFit:
         NaN where ``params`` has NaN.
     gradient : ndarray of shape (n_traces, 6) or None
         Gradient of :attr:`cost` with respect to ``params`` at the solution (what
-        :func:`~greyanom.shape.objective_terms` returns there with the same ``prior`` and
+        :func:`~greyanom.traces.objective_terms` returns there with the same ``prior`` and
         ``noise_sd``): about zero at an interior optimum, non-zero at an active bound
         (``omega = 0``, ``|phi| = pi/2``) or where the fit stopped early.
     """

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from greyanom._wafer_frames import WaferFeatures, as_index
-from greyanom.shape._scoring import CURVE_COLS, SEGMENT_COLS
+from greyanom.traces._keys import wafer_index
+from greyanom.traces._wafer_scorer import WaferFeatures
+from greyanom.traces._scoring import CURVE_COLS, SEGMENT_COLS
 
 __all__ = ["TraceAnalysis", "wafer_features", "WAFER_FEATURES"]
 
@@ -81,7 +82,7 @@ def wafer_features(res, trace_keys, group_keys, lots_of_wafer, wafer_order, feat
     wide = wide[cols]
     wide.columns = pd.MultiIndex.from_tuples(cols, names=[*gcols, "feature"])
     wide = wide.reindex(wafer_order)
-    wide.index = as_index(wide.index, tk)
+    wide.index = wafer_index(wide.index, tk)
     bad = res.index[~fitted]
     bad_wafers = set(bad.droplevel(list(gk)) if gk else bad)
     missing = wide.isna().all(axis=1).to_numpy()

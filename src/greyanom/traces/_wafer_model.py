@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from greyanom import _crossfit
+
 __all__ = ["WaferModel", "fit_wafer_model", "wafer_terms", "cross_fit", "scale_rows"]
 
 _MAD = 1.4826
@@ -262,42 +264,20 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, **fit_kwargs):
     F = np.asarray(F, dtype=np.float64)
     n = F.shape[0]
     codes = _lot_codes(lots, n)
-    folds = make_folds(codes, n_splits, random_state)
+    folds = _crossfit.make_folds(n, n_splits, random_state, groups=codes)
     q = np.empty(n)
     t2 = np.empty(n)
-    for k in np.unique(folds):
-        test = folds == k
-        m = fit_wafer_model(F[~test], codes[~test], **fit_kwargs)
+
+    def fit_score(train, test):
+        m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
         Z, _ = scale_rows(m, F[test], codes[test])
-        _, _, q[test], t2[test] = wafer_terms(m, Z)
+        return wafer_terms(m, Z)[2:]
+
+    for test, (q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
+        q[test], t2[test] = q_k, t2_k
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
     wq = 0.0 if model.statistic == "t2" else 1.0 / dq
     wt = 0.0 if model.statistic == "q" else 1.0 / dt
     return model, q * wq + t2 * wt, folds
-
-
-def make_folds(codes, n_splits, random_state=None):
-    """Fold number of each row, stratified by lot (each lot spread over the folds).
-
-    ``random_state=None`` draws the folds from a fixed seed (0), as the detectors' default
-    cross-fitting does, so that fitting twice on the same data gives the same control limit.
-    """
-    if random_state is None:
-        random_state = 0
-    rng = np.random.default_rng(random_state if not isinstance(random_state, np.random.RandomState)
-                                else random_state.randint(2**31))
-    codes = np.asarray(codes)
-    n = codes.shape[0]
-    n_splits = int(min(n_splits, n))
-    if n_splits < 2:
-        raise ValueError(f"cross-fitting needs at least 2 rows, got {n}.")
-    folds = np.empty(n, dtype=np.int64)
-    start = 0
-    for lot in np.unique(codes):
-        idx = np.flatnonzero(codes == lot)
-        idx = idx[rng.permutation(idx.size)]
-        folds[idx] = (start + np.arange(idx.size)) % n_splits
-        start += idx.size
-    return folds

@@ -4,7 +4,7 @@
 :class:`~greyanom.MultiwayPCADetector` ``save`` and the hook of the shared ``load`` on top of
 :mod:`greyanom._persist` (one safetensors file, an integrity hash, nothing executed on load).
 Their learned state is frames, series and indexes keyed by wafers, groups and lots, and a
-frozen :class:`~greyanom._wafer_model.WaferModel`. The codec here writes every numeric column
+frozen :class:`~greyanom.traces._wafer_model.WaferModel`. The codec here writes every numeric column
 as an array and every label (index values, string columns, lot names) as JSON, with its dtype,
 so a loaded detector scores exactly as the saved one.
 """
@@ -101,7 +101,7 @@ def _unpack_values(doc, arrays):
 
 def pack(name, value, arrays):
     """The JSON description of one learned attribute; its arrays go into ``arrays``."""
-    from greyanom._wafer_model import WaferModel
+    from greyanom.traces._wafer_model import WaferModel
 
     if value is None or isinstance(value, (str, bool, numbers.Integral, numbers.Real, np.generic)):
         return {"kind": "scalar", "value": _json_value(value)}
@@ -134,7 +134,7 @@ def pack(name, value, arrays):
 
 def unpack(doc, arrays):
     """The value of an attribute described by :func:`pack`."""
-    from greyanom._wafer_model import WaferModel
+    from greyanom.traces._wafer_model import WaferModel
 
     kind = doc["kind"]
     if kind == "scalar":

@@ -1,11 +1,11 @@
 """Numba kernels of the shape-signature fit.
 
 Every function here takes plain NumPy arrays and scalars and never validates: the public
-wrappers in :mod:`greyanom.shape._fit` prepare the input. Only the batch drivers
+wrappers in :mod:`greyanom.traces._fit` prepare the input. Only the batch drivers
 (``fit_batch`` and ``terms_batch``) are ``parallel=True`` and loop over traces with
 ``prange``; the per-trace functions are serial. The batch drivers (``fit_batch``,
 ``terms_batch``, ``predict_batch``) and the status and regime codes are this module's
-interface to :mod:`greyanom.shape._fit`; every other kernel is private (``_`` prefix).
+interface to :mod:`greyanom.traces._fit`; every other kernel is private (``_`` prefix).
 
 Two parametrisations of the same model are used (indices in brackets):
 
@@ -31,6 +31,22 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# the codes the kernels write (one table: greyanom.traces._status)
+from greyanom.traces._status import (
+    RG_CRITICAL,
+    RG_DEGENERATE,
+    RG_FAILED,
+    RG_OVER,
+    RG_UNDER,
+    ST_FEW,
+    ST_FTOL,
+    ST_GTOL,
+    ST_MAXITER,
+    ST_NONFINITE,
+    ST_RANGE,
+    ST_XTOL,
+)
+
 #: fastmath without ``nnan``/``ninf``, so that NaN and inf checks keep working, and without
 #: ``reassoc`` and ``contract``: with ``reassoc`` the code compiled in a process and the code
 #: loaded from the cache in the next one rounded differently, and ill-conditioned fits turned
@@ -41,14 +57,6 @@ FASTMATH = {"nsz", "arcp", "afn"}
 #: |kappa tau^2| below which C, S and dS/dkappa use their power series.
 SERIES_CUT = 0.1
 
-#: Status codes (see ``greyanom.shape._result.STATUS_MESSAGES``).
-ST_MAXITER = 0
-ST_GTOL = 1
-ST_FTOL = 2
-ST_XTOL = 3
-ST_FEW = -1
-ST_NONFINITE = -2
-ST_RANGE = -3
 
 # Cold-start grid in normalised time (u in [0, 1]): decay rates (gamma / 2) and frequencies.
 GRID_RATES = np.array([-1.0, 0.0, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0])
@@ -940,35 +948,233 @@ def _spd_inverse(a, out):
     return True
 
 
-#: Regime codes written by ``fit_batch``.
-RG_FAILED = 0
-RG_UNDER = 1
-RG_CRITICAL = 2
-RG_OVER = 3
-RG_DEGENERATE = 4
+# The per-trace fit and its steps divide with IEEE semantics (``error_model="numpy"``: x / 0
+# is inf or NaN, which the status checks catch), as the body of a ``prange`` loop does; the
+# default Python error model would raise ZeroDivisionError from inside the batch.
+
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _prior_to_normal(prior_mu, prior_w, span, mean, sd, mu, w):
+    """Map a paper-space prior (mean, weights ``1 / sd^2``) to normalised units; True if any weight."""
+    bounded = False
+    for k in range(6):
+        if prior_w[k] > 0.0:
+            bounded = True
+    if bounded:
+        _to_normal(True, prior_mu, span, mean, sd, mu)
+        w[0] = prior_w[0] / (span * span)
+        w[1] = prior_w[1] * sd * sd
+        w[2] = prior_w[2] / (span * span)
+        w[3] = prior_w[3] * sd * sd
+        w[4] = prior_w[4]
+        w[5] = prior_w[5] * sd * sd / (span * span)
+    return bounded
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _start(u, v, paper, init, has_init, bounded, mu, w, is2, span, mean, sd, p):
+    """Write the start of the minimiser into ``p`` (normalised units).
+
+    The given ``init`` where there is one, else the cold-start grid; with a prior and no
+    ``init``, the prior mean when its objective beats the grid's start.
+    """
+    if has_init:
+        _to_normal(paper, init, span, mean, sd, p)
+        if paper:
+            _canonicalise(p)
+            if bounded and p[2] < 0.0:
+                p[2] = 0.0
+    else:
+        _grid_start(u, v, not paper, p)
+    if bounded and not has_init:
+        q = np.empty(6)
+        for k in range(6):
+            q[k] = mu[k]
+        _canonicalise(q)
+        if q[2] < 0.0:
+            q[2] = 0.0
+        jt = np.empty((6, 6))
+        jr = np.empty(6)
+        s6 = np.empty((6, 6))
+        hq = np.empty((6, 6))
+        gq = np.empty(6)
+        dq = np.empty(6)
+        fq, _ = _evaluate(True, u, v, q, mu, w, is2, hq, gq, dq, jt, jr, s6)
+        fp, _ = _evaluate(True, u, v, p, mu, w, is2, hq, gq, dq, jt, jr, s6)
+        if fq < fp or not math.isfinite(fp):
+            for k in range(6):
+                p[k] = q[k]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _regime(paper, p, critical_tol, degenerate_tol):
+    """Damping regime code of normalised parameters ``p``."""
+    if paper:
+        kn = p[2] * p[2]
+        amp = abs(p[1])
+    else:
+        kn = p[2]
+        amp = abs(p[1]) + abs(p[4])
+    if amp <= degenerate_tol:
+        return RG_DEGENERATE
+    if kn > critical_tol:
+        return RG_UNDER
+    if kn < -critical_tol:
+        return RG_OVER
+    return RG_CRITICAL
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _paper_signature(paper, q, regime, pp):
+    """The paper signature ``pp`` of fitted parameters ``q`` in original units (NaN where (11) has none)."""
+    for k in range(6):
+        pp[k] = q[k]
+    if not paper:
+        pp[1] = np.nan
+        pp[2] = np.nan
+        pp[4] = np.nan
+        if regime == RG_UNDER:
+            omega = math.sqrt(q[2])
+            pp[2] = omega
+            _to_polar(q[1], q[4] / omega, pp)
+        elif regime == RG_DEGENERATE:
+            pp[0] = np.nan
+            pp[1] = 0.0
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _to_original_terms(span, sd, jtj, jtr, so):
+    """Map ``J^T J``, ``J^T r`` and ``sum r H`` of the last evaluation from normalised to original units.
+
+    ``d(normalised p_k)/d(original p_k) = a_k`` and the residuals scale by ``sd``.
+    """
+    a = np.empty(6)
+    a[0] = span
+    a[1] = 1.0 / sd
+    a[2] = span
+    a[3] = 1.0 / sd
+    a[4] = 1.0
+    a[5] = span / sd
+    sd2 = sd * sd
+    for k in range(6):
+        jtr[k] *= sd2 * a[k]
+        for m in range(6):
+            akm = sd2 * a[k] * a[m]
+            jtj[k, m] *= akm
+            so[k, m] *= akm
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _write_terms(pp, jtj, jtr, so, prior_mu, prior_w, noise_s2, s2, bounded, out_hess, out_jtj, out_cov, out_jtr, out_grad):
+    """Objective Hessian ``K / s2 + W`` (``K = J^T J - sum r H``), gradient and Laplace covariance."""
+    hess = np.empty((6, 6))
+    gs2 = noise_s2 if noise_s2 > 0.0 else 1.0
+    for k in range(6):
+        out_jtr[k] = jtr[k]
+        out_grad[k] = -jtr[k] / gs2 + prior_w[k] * (pp[k] - prior_mu[k])
+        for m in range(6):
+            hess[k, m] = jtj[k, m] - so[k, m]
+            out_jtj[k, m] = jtj[k, m]
+            out_hess[k, m] = hess[k, m] / s2
+        out_hess[k, k] += prior_w[k]
+    cov = np.empty((6, 6))
+    if bounded or not math.isnan(noise_s2):
+        if _spd_inverse(out_hess, cov):
+            for k in range(6):
+                for m in range(6):
+                    out_cov[k, m] = cov[k, m]
+    elif math.isfinite(s2):
+        if _spd_inverse(hess, cov):
+            for k in range(6):
+                for m in range(6):
+                    out_cov[k, m] = cov[k, m] * s2
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _fit_one(t, z, u, v, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, opts, p_out, pp_out, out_hess, out_jtj,
+             out_cov, out_jtr, out_grad):
+    """Fit one trace and post-process it (serial); ``fit_batch`` calls it for every trace.
+
+    ``t``, ``z`` are the trace's samples and ``u``, ``v`` scratch of the same length;
+    ``origin``, ``init`` (6,), ``has_init``, ``prior_mu`` / ``prior_w`` (6,) and ``noise_s2``
+    are the trace's entries of the batch inputs (see :func:`fit_batch`); ``opts`` is
+    ``(min_points, max_iter, tol, critical_tol, degenerate_tol)``. The array outputs are the
+    trace's rows of the batch outputs, which the caller has filled with NaN.
+
+    Returns ``(status, n_iter, x, ssr, regime, s2)``.
+    """
+    min_points, max_iter, tol, critical_tol, degenerate_tol = opts
+    n = t.shape[0]
+    if n == 0:
+        return ST_FEW, 0, np.nan, np.nan, RG_FAILED, np.nan
+    x, span, mean, sd = _prepare(t, z, 0, n, u, v, origin)
+    if n < min_points:
+        return ST_FEW, 0, x, np.nan, RG_FAILED, np.nan
+    p = np.empty(6)
+    mu = np.zeros(6)
+    w = np.zeros(6)
+    bounded = _prior_to_normal(prior_mu, prior_w, span, mean, sd, mu, w)
+    is2 = 1.0
+    if bounded:
+        is2 = sd * sd / noise_s2
+    _start(u, v, paper, init, has_init, bounded, mu, w, is2, span, mean, sd, p)
+    jtj = np.empty((6, 6))
+    jtr = np.empty(6)
+    so = np.zeros((6, 6))
+    status, n_it, f, ssr = _minimise_terms(paper, u, v, p, mu, w, is2, bounded, max_iter, tol, jtj, jtr, so)
+    if status < 0:
+        return status, n_it, x, np.nan, RG_FAILED, np.nan
+    ssr *= sd * sd
+    if not math.isfinite(ssr):  # the fit is fine in scaled units, the data's units overflow
+        return ST_RANGE, n_it, x, np.nan, RG_FAILED, np.nan
+    regime = _regime(paper, p, critical_tol, degenerate_tol)
+    q = np.empty(6)
+    _from_normal(paper, p, span, mean, sd, q)
+    for k in range(6):
+        if not math.isfinite(q[k]):
+            return ST_RANGE, n_it, x, np.nan, RG_FAILED, np.nan
+    for k in range(6):
+        p_out[k] = q[k]
+    _paper_signature(paper, q, regime, pp_out)
+    # noise variance for the Hessian and covariance
+    s2 = noise_s2
+    if not (s2 > 0.0):
+        s2 = ssr / (n - 6) if n > 6 else np.nan
+    for k in range(6):
+        if not math.isfinite(pp_out[k]):
+            return status, n_it, x, ssr, regime, s2
+    # exact paper-space terms in original units
+    if paper:
+        _to_original_terms(span, sd, jtj, jtr, so)
+    else:
+        # general space: one evaluation in paper space (u is free again: reuse it for tau)
+        for i in range(n):
+            u[i] = t[i] - x
+        _pass_paper(u, z, pp_out, jtj, jtr, so)
+    _write_terms(pp_out, jtj, jtr, so, prior_mu, prior_w, noise_s2, s2, bounded, out_hess, out_jtj, out_cov, out_jtr,
+                 out_grad)
+    return status, n_it, x, ssr, regime, s2
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)
-def fit_batch(
-    t, z, offsets, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, min_points, max_iter, tol,
-    critical_tol, degenerate_tol,
-    out_p, out_pp, out_status, out_iter, out_x, out_ssr, out_regime, out_s2, out_hess, out_jtj,
-    out_cov, out_jtr, out_grad,
-):
-    """Fit every trace and post-process it; parallel over traces.
+def fit_batch(t, z, offsets, origin, paper, init, has_init, prior_mu, prior_w, noise_s2, opts):
+    """Fit every trace (CSR ``t``, ``z``, ``offsets``) with :func:`_fit_one`; parallel over traces.
 
-    Inputs: ``origin`` (n,) the time origin ``x`` of each trace (NaN: its first sample);
-    ``init`` (n, 6) starts in original units of the chosen space (used where
-    ``has_init``); ``prior_mu``/``prior_w`` (n, 6) the paper-space prior mean and weights
-    ``1 / sd^2`` in original units (weights zero: no prior); ``noise_s2`` (n,) the noise
-    variance, or NaN to estimate it as ``SSR / (n - 6)``.
+    Inputs per trace: ``origin`` (n,) the time origin ``x`` (NaN: its first sample); ``init``
+    (n, 6) starts in original units of the chosen space (used where ``has_init``);
+    ``prior_mu``/``prior_w`` (n, 6) the paper-space prior mean and weights ``1 / sd^2`` in
+    original units (weights zero: no prior); ``noise_s2`` (n,) the noise variance, or NaN to
+    estimate it as ``SSR / (n - 6)``. ``opts = (min_points, max_iter, tol, critical_tol,
+    degenerate_tol)``.
 
-    Outputs per trace: fitted-space parameters ``out_p`` and paper parameters ``out_pp``
-    (NaN where (11) has none), status, iterations, ``x``, SSR, regime code, the noise
-    variance used, the exact paper-space Hessian of the objective, ``J^T J`` and the
-    Laplace covariance (NaN where the Hessian is not SPD), ``J^T r`` (``r = z - alpha``) and
-    the gradient of the objective ``SSR / (2 s2) + sum_d w_d (s_d - mu_d)^2 / 2`` (``s2`` the
-    given ``noise_s2``, or 1 without one: the gradient of ``SSR / 2``).
+    Returns ``(p, pp, status, n_iter, x, ssr, regime, s2, hessian, jtj, covariance, jtr,
+    gradient)``: fitted-space parameters and paper parameters (NaN where (11) has none),
+    status, iterations, ``x``, SSR, regime code, the noise variance used, the exact
+    paper-space Hessian of the objective, ``J^T J`` and the Laplace covariance (NaN where the
+    Hessian is not SPD), ``J^T r`` (``r = z - alpha``) and the gradient of the objective
+    ``SSR / (2 s2) + sum_d w_d (s_d - mu_d)^2 / 2`` (``s2`` the given ``noise_s2``, or 1
+    without one: the gradient of ``SSR / 2``).
 
     The paper-space terms come from the minimiser's last accepted evaluation, mapped from
     normalised to original units (the map is diagonal and affine, so ``J^T J``, ``J^T r``
@@ -977,194 +1183,35 @@ def fit_batch(
     fit in general space is evaluated once in paper space at the returned signature.
     """
     n_traces = offsets.shape[0] - 1
-    u_all = np.empty(t.shape[0])
-    v_all = np.empty(t.shape[0])
+    out_p = np.full((n_traces, 6), np.nan)
+    out_pp = np.full((n_traces, 6), np.nan)
+    status = np.empty(n_traces, dtype=np.int64)
+    n_iter = np.empty(n_traces, dtype=np.int64)
+    x = np.empty(n_traces)
+    ssr = np.empty(n_traces)
+    regime = np.empty(n_traces, dtype=np.int64)
+    s2 = np.empty(n_traces)
+    hess = np.full((n_traces, 6, 6), np.nan)
+    jtj = np.full((n_traces, 6, 6), np.nan)
+    cov = np.full((n_traces, 6, 6), np.nan)
+    jtr = np.full((n_traces, 6), np.nan)
+    grad = np.full((n_traces, 6), np.nan)
+    u = np.empty(t.shape[0])
+    v = np.empty(t.shape[0])
     for j in prange(n_traces):
         lo = offsets[j]
         hi = offsets[j + 1]
-        n = hi - lo
-        for k in range(6):
-            out_p[j, k] = np.nan
-            out_pp[j, k] = np.nan
-            for m in range(6):
-                out_hess[j, k, m] = np.nan
-                out_jtj[j, k, m] = np.nan
-                out_cov[j, k, m] = np.nan
-        for k in range(6):
-            out_jtr[j, k] = np.nan
-            out_grad[j, k] = np.nan
-        out_iter[j] = 0
-        out_ssr[j] = np.nan
-        out_s2[j] = np.nan
-        out_regime[j] = RG_FAILED
-        if n == 0:
-            out_status[j] = ST_FEW
-            out_x[j] = np.nan
-            continue
-        x, span, mean, sd = _prepare(t, z, lo, hi, u_all, v_all, origin[j])
-        out_x[j] = x
-        if n < min_points:
-            out_status[j] = ST_FEW
-            continue
-        u = u_all[lo:hi]
-        v = v_all[lo:hi]
-        p = np.empty(6)
-        mu = np.zeros(6)
-        w = np.zeros(6)
-        bounded = False
-        for k in range(6):
-            if prior_w[j, k] > 0.0:
-                bounded = True
-        if bounded:
-            _to_normal(True, prior_mu[j], span, mean, sd, mu)
-            w[0] = prior_w[j, 0] / (span * span)
-            w[1] = prior_w[j, 1] * sd * sd
-            w[2] = prior_w[j, 2] / (span * span)
-            w[3] = prior_w[j, 3] * sd * sd
-            w[4] = prior_w[j, 4]
-            w[5] = prior_w[j, 5] * sd * sd / (span * span)
-        if has_init[j]:
-            _to_normal(paper, init[j], span, mean, sd, p)
-            if paper:
-                _canonicalise(p)
-                if bounded and p[2] < 0.0:
-                    p[2] = 0.0
-        else:
-            _grid_start(u, v, not paper, p)
-        is2 = 1.0
-        if bounded:
-            is2 = sd * sd / noise_s2[j]
-            if not has_init[j]:
-                # with a prior, start from the prior mean when it beats the data-only grid
-                q = np.empty(6)
-                for k in range(6):
-                    q[k] = mu[k]
-                _canonicalise(q)
-                if q[2] < 0.0:
-                    q[2] = 0.0
-                jt = np.empty((6, 6))
-                jr = np.empty(6)
-                s6 = np.empty((6, 6))
-                hq = np.empty((6, 6))
-                gq = np.empty(6)
-                dq = np.empty(6)
-                fq, _ = _evaluate(True, u, v, q, mu, w, is2, hq, gq, dq, jt, jr, s6)
-                fp, _ = _evaluate(True, u, v, p, mu, w, is2, hq, gq, dq, jt, jr, s6)
-                if fq < fp or not math.isfinite(fp):
-                    for k in range(6):
-                        p[k] = q[k]
-        jtj = np.empty((6, 6))
-        jtr = np.empty(6)
-        so = np.zeros((6, 6))
-        status, n_it, f, ssr = _minimise_terms(paper, u, v, p, mu, w, is2, bounded, max_iter, tol, jtj, jtr, so)
-        out_status[j] = status
-        out_iter[j] = n_it
-        if status < 0:
-            continue
-        ssr *= sd * sd
-        if not math.isfinite(ssr):  # the fit is fine in scaled units, the data's units overflow
-            out_status[j] = ST_RANGE
-            continue
-        out_ssr[j] = ssr
-        # regime, from the normalised parameters
-        if paper:
-            kn = p[2] * p[2]
-            amp = abs(p[1])
-        else:
-            kn = p[2]
-            amp = abs(p[1]) + abs(p[4])
-        if amp <= degenerate_tol:
-            regime = RG_DEGENERATE
-        elif kn > critical_tol:
-            regime = RG_UNDER
-        elif kn < -critical_tol:
-            regime = RG_OVER
-        else:
-            regime = RG_CRITICAL
-        out_regime[j] = regime
-        q = np.empty(6)
-        _from_normal(paper, p, span, mean, sd, q)
-        in_range = True
-        for k in range(6):
-            if not math.isfinite(q[k]):
-                in_range = False
-        if not in_range:
-            out_status[j] = ST_RANGE
-            out_ssr[j] = np.nan
-            out_regime[j] = RG_FAILED
-            continue
-        pp = np.empty(6)
-        for k in range(6):
-            out_p[j, k] = q[k]
-            pp[k] = q[k]
-        if not paper:
-            pp[1] = np.nan
-            pp[2] = np.nan
-            pp[4] = np.nan
-            if regime == RG_UNDER:
-                omega = math.sqrt(q[2])
-                pp[2] = omega
-                _to_polar(q[1], q[4] / omega, pp)
-            elif regime == RG_DEGENERATE:
-                pp[0] = np.nan
-                pp[1] = 0.0
-        for k in range(6):
-            out_pp[j, k] = pp[k]
-        # noise variance for the Hessian and covariance
-        s2 = noise_s2[j]
-        if not (s2 > 0.0):
-            s2 = ssr / (n - 6) if n > 6 else np.nan
-        out_s2[j] = s2
-        finite = True
-        for k in range(6):
-            if not math.isfinite(pp[k]):
-                finite = False
-        if not finite:
-            continue
-        # exact paper-space terms in original units
-        if paper:
-            # from the last evaluation: d(normalised p_k)/d(original p_k) = a_k, residuals * sd
-            a = np.empty(6)
-            a[0] = span
-            a[1] = 1.0 / sd
-            a[2] = span
-            a[3] = 1.0 / sd
-            a[4] = 1.0
-            a[5] = span / sd
-            sd2 = sd * sd
-            for k in range(6):
-                jtr[k] *= sd2 * a[k]
-                for m in range(6):
-                    akm = sd2 * a[k] * a[m]
-                    jtj[k, m] *= akm
-                    so[k, m] *= akm
-        else:
-            # general space: one evaluation in paper space (u_all is free again: reuse it for tau)
-            for i in range(lo, hi):
-                u_all[i] = t[i] - x
-            _pass_paper(u_all[lo:hi], z[lo:hi], pp, jtj, jtr, so)
-        # K = J^T J - sum r H; objective Hessian = K / s2 + W
-        hess = np.empty((6, 6))
-        gs2 = noise_s2[j] if noise_s2[j] > 0.0 else 1.0
-        for k in range(6):
-            out_jtr[j, k] = jtr[k]
-            out_grad[j, k] = -jtr[k] / gs2 + prior_w[j, k] * (pp[k] - prior_mu[j, k])
-            for m in range(6):
-                hess[k, m] = jtj[k, m] - so[k, m]
-                out_jtj[j, k, m] = jtj[k, m]
-                out_hess[j, k, m] = hess[k, m] / s2
-            out_hess[j, k, k] += prior_w[j, k]
-        cov = np.empty((6, 6))
-        if bounded or not math.isnan(noise_s2[j]):
-            if _spd_inverse(out_hess[j], cov):
-                for k in range(6):
-                    for m in range(6):
-                        out_cov[j, k, m] = cov[k, m]
-        elif math.isfinite(s2):
-            if _spd_inverse(hess, cov):
-                for k in range(6):
-                    for m in range(6):
-                        out_cov[j, k, m] = cov[k, m] * s2
+        st, it, xj, ssr_j, rg, s2_j = _fit_one(
+            t[lo:hi], z[lo:hi], u[lo:hi], v[lo:hi], origin[j], paper, init[j], has_init[j], prior_mu[j], prior_w[j],
+            noise_s2[j], opts, out_p[j], out_pp[j], hess[j], jtj[j], cov[j], jtr[j], grad[j],
+        )
+        status[j] = st
+        n_iter[j] = it
+        x[j] = xj
+        ssr[j] = ssr_j
+        regime[j] = rg
+        s2[j] = s2_j
+    return out_p, out_pp, status, n_iter, x, ssr, regime, s2, hess, jtj, cov, jtr, grad
 
 
 @njit(cache=True, fastmath=FASTMATH, parallel=True)

@@ -1,8 +1,8 @@
 """Array-level scoring of the shape detector: the frozen normal model, the configuration, the
 score terms, the time origins and the wafer features of fitted traces.
 
-No pandas here: the frames (:mod:`greyanom.shape._frames`) cut traces into arrays and call
-these functions; the detector (:mod:`greyanom.shape._detector`) holds the fitted tables.
+No pandas here: the frames (:mod:`greyanom.traces._frames`) cut traces into arrays and call
+these functions; the detector (:mod:`greyanom.traces._shape_detector`) holds the fitted tables.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from greyanom.shape._hierarchy import PARAMS
+from greyanom.traces import _kernels
+from greyanom.traces._fit import numba_threads, objective_terms
+from greyanom.traces._hierarchy import PARAMS
 
 __all__ = [
     "NormalModel",
@@ -370,9 +372,6 @@ def curve_at(fit, rows, times):
 
 def _predict(fit, rows, t, offsets):
     """Fitted curves of the ``rows`` of ``fit`` at flat times ``t`` (CSR ``offsets``)."""
-    from greyanom.shape import _kernels
-    from greyanom.shape._fit import numba_threads
-
     paper = fit.model == "paper"
     table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
     x = np.asarray(fit.x, dtype=np.float64)[rows]
@@ -391,7 +390,6 @@ def change_split(traces, before, after, terms_before, terms_after, model, origin
     exact contribution ``terms_after - terms_before`` (which also holds the change of each
     term's centring constant, the posterior variance).
     """
-    from greyanom.shape._fit import objective_terms
 
     _, grad, hess = objective_terms(
         traces, before[None], prior=(model.mu, model.sd), noise_sd=model.noise_sd, n_jobs=1, origin=[origin]

@@ -9,19 +9,14 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from greyanom._trace_persist import TracePersistMixin
 from greyanom._validation import plain_key_columns
-from greyanom._wafer_frames import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, as_index, wafer_lots
+from greyanom.traces._persist import TracePersistMixin
+from greyanom.traces import _wafer_scorer as ws
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_lots
 from greyanom.base import BaseDetector
+from greyanom.traces._keys import normalise_keys, wafer_index
 
 __all__ = ["MultiwayPCADetector", "resample_traces"]
-
-
-def _keys(value, name):
-    keys = (value,) if isinstance(value, str) else tuple(value)
-    if name == "trace_keys" and not keys:
-        raise ValueError("trace_keys must name at least one column, got ().")
-    return keys
 
 
 def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
@@ -70,11 +65,11 @@ def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
         block.columns = pd.MultiIndex.from_tuples([(*g, f) for f in feat], names=[*gk, "feature"])
         blocks.append(block)
     out = pd.concat(blocks, axis=1)
-    out.index = as_index(out.index, trace_keys)
+    out.index = wafer_index(out.index, trace_keys)
     return out
 
 
-class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
+class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     """Multiway PCA of process traces: the field's classic batch monitoring baseline.
 
     Each trace (one wafer, one ``group_keys`` group, e.g. one (step, sensor)) is resampled
@@ -125,7 +120,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
 
     Attributes
     ----------
-    wafer_model_ : greyanom._wafer_model.WaferModel
+    wafer_model_ : greyanom.traces._wafer_model.WaferModel
         The frozen scaler and PCA model.
     wafer_columns_ : pandas.MultiIndex
         The unfolded variables.
@@ -205,7 +200,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
     def _check_frame(self, X, name="X"):
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"{name} must be a long-format pandas DataFrame, got {type(X).__name__}.")
-        tk, gk = _keys(self.trace_keys, "trace_keys"), _keys(self.group_keys, "group_keys")
+        tk, gk = normalise_keys(self.trace_keys, self.group_keys)
         need = [self.time, self.value, *tk, *gk] + ([self.lot_key] if self.lot_key is not None else [])
         missing = [c for c in need if c not in X.columns]
         if missing:
@@ -236,9 +231,15 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         wf = self._wafer_features(X)
         if len(wf.features) < 2 * self.cv and len(wf.features) < 4:
             raise ValueError(f"X has {len(wf.features)} wafer(s); MultiwayPCADetector needs at least 4.")
-        heldout = self._fit_wafer_model(wf)
+        scorer = WaferScorer.fit(
+            wf, n_components=self.n_components, statistic=self.statistic, scale_floor=self.scale_floor,
+            clip=self.clip, new_lots=self.new_lots, cv=self.cv, contamination=self.contamination,
+            random_state=self.random_state,
+        )
+        for name, value in scorer.attributes().items():
+            setattr(self, name, value)
         self.n_features_ = len(self.wafer_columns_)
-        return heldout
+        return self.wafer_heldout_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):
         # the cross-fitted wafer scores computed in _fit (no refit)
@@ -264,6 +265,28 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         check_is_fitted(self, "wafer_model_")
         return self._score(X)
 
+    # -- wafer answers: the wafer scorer on the resampled traces ---------------------------------
+    def _wafer_scorer(self):
+        check_is_fitted(self, "wafer_model_")
+        return WaferScorer.of(self)
+
+    def score_wafers(self, X):
+        return self._wafer_scorer().score(self._wafer_features(X))
+
+    def predict_wafers(self, X):
+        return self._wafer_scorer().predict(self._wafer_features(X))
+
+    def explain_wafers(self, X):
+        return self._wafer_scorer().explain(self._wafer_features(X))
+
+    def explain_wafer_features(self, X):
+        return self._wafer_scorer().explain_features(self._wafer_features(X))
+
+    score_wafers.__doc__ = ws.SCORE_WAFERS_DOC
+    predict_wafers.__doc__ = ws.PREDICT_WAFERS_DOC
+    explain_wafers.__doc__ = ws.EXPLAIN_WAFERS_DOC
+    explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC
+
     def explain(self, X):
         """Per-group contributions to each wafer's score (the contract's ``explain``).
 
@@ -279,7 +302,7 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
             per group (the Q and T² contributions of its resampled points, summed; a tuple
             label for several group keys), which add up exactly to ``score``; then ``score``
             (equal to ``score(X)``) and ``status`` (see
-            :data:`greyanom._wafer_frames.WAFER_STATUSES`). The same table as
+            :data:`greyanom.traces._status.WAFER_STATUSES`). The same table as
             :meth:`explain_wafers`; :meth:`explain_wafer_features` splits it per point.
 
         Examples

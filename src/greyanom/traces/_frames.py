@@ -4,7 +4,7 @@ Module-level functions, so that dask can ship them to workers: the sort and cut 
 into chunks of flat arrays (``_split_chunks``, once per partition), the normal model of one group
 (``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk_steps``, arrays
 framed once per partition) and the partition drivers. The statuses of traces live in
-:data:`STATUSES`, the one table the engine and the detector share.
+:mod:`greyanom.traces._status`, the one table of the trace side.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import numpy as np
 import pandas as pd
 
 from greyanom._validation import plain_key_columns
-from greyanom.shape._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
-from greyanom.shape._scoring import (
+from greyanom.traces import _fit
+from greyanom.traces._keys import key_tuple
+from greyanom.traces._ragged import Traces
+from greyanom.traces._status import OUT_OF_RANGE
+from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
+from greyanom.traces._scoring import (
     COL,
     N_CURVE,
     RESULT_FLOAT,
@@ -31,24 +35,10 @@ from greyanom.shape._scoring import (
     write_features,
 )
 
-__all__ = ["STATUSES", "N_CURVE"]
+__all__ = ["N_CURVE"]
 
 _logger = logging.getLogger(__name__)
 
-#: Per-trace statuses of ``signatures`` and ``explain``.
-STATUSES = {
-    "ok": "fitted and scored",
-    "not_converged": "scored, but the signature fit did not report convergence",
-    "too_short": "fewer than min_points finite samples: not fitted, score NaN",
-    "unknown_group": "the group has no normal model: not fitted, score NaN",
-    "fit_failed": "the signature fit returned non-finite parameters: score NaN",
-    "out_of_range": (
-        "the values overflow the fit in the group's units (e.g. a trace scaled by 1e200): not fitted, "
-        "score NaN, its wafer's 'unfitted' flag is set"
-    ),
-}
-#: Fit statuses of values outside the floating-point range of the fit (ST_NONFINITE, ST_RANGE).
-_RANGE = (-2, -3)
 
 _NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAMS], "t_start", "t_tol"]
 #: Columns of the wafer-clock offsets in ``normal_model_`` (after ``t_tol``).
@@ -57,22 +47,8 @@ _CLOCK_COLS = ["t_clock", "t_offset", "t_offset_tol"]
 _CLOCK = "__greyanom_clock_origin__"
 
 
-def _engine():
-    import greyanom.shape as shape
-
-    return shape
-
-
 def _is_dask(X):
     return hasattr(X, "__dask_graph__") and hasattr(X, "map_partitions")
-
-
-def _as_tuple(key, n):
-    if n == 0:
-        return ()
-    if n == 1 and not isinstance(key, tuple):
-        return (key,)
-    return tuple(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +92,7 @@ def prepare_frame(X, cfg, name="X", return_keys=False):
     With ``return_keys``, also the key columns of every row before non-finite samples are
     dropped (so traces without a finite sample are not lost).
     """
-    shape = _engine()
-    if isinstance(X, shape.Traces):
+    if isinstance(X, Traces):
         X = X.to_frame(time=cfg.time, value=cfg.value)
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -200,15 +175,14 @@ class _Chunk:
 
     def traces(self, which=None):
         """:class:`Traces` of all traces, or of the trace indices ``which``."""
-        shape = _engine()
         if which is None or len(which) == len(self):
-            return shape.Traces(self.t, self.v, self.offsets)
+            return Traces(self.t, self.v, self.offsets)
         counts = self.n_points
         picked = np.zeros(len(self), dtype=bool)
         picked[which] = True
         keep = np.repeat(picked, counts)
         offsets = np.r_[0, np.cumsum(counts[which])].astype(np.int64)
-        return shape.Traces(self.t[keep], self.v[keep], offsets)
+        return Traces(self.t[keep], self.v[keep], offsets)
 
 
 def _split_chunks(part, by, cfg):
@@ -282,8 +256,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
     ``(A, n_points, status, prior)``, one row per trace. A generator of its fits
     (``_FitRequest``), so that the chunks of a partition fit together in one kernel call per
     step (``_fit._run_fits``)."""
-    shape = _engine()
-    request = shape._fit._FitRequest
+    request = _fit._FitRequest
     n = len(chunk)
     A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once per partition
     n_points = chunk.n_points
@@ -332,14 +305,14 @@ def _analyse_chunk_steps(chunk, model, cfg):
         npts = fit.n_points.astype(np.float64)
         good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
         status[ok[~good]] = "fit_failed"
-        status[ok[~good & np.isin(np.asarray(fit.status), _RANGE)]] = "out_of_range"
+        status[ok[~good & np.isin(np.asarray(fit.status), OUT_OF_RANGE)]] = "out_of_range"
         status[ok[good & ~success]] = "not_converged"
         g = ok[good]
         if g.size:
             xs = x[good]
             p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
             # the gradient under the normal model, from the fit kernel's last evaluation
-            grad = shape._fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
+            grad = _fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
             A[np.ix_(g, cols(*PARAMS))] = xs
             A[g, COL["ssr"]] = ssr[good]
             A[g, COL["p_eff"]] = p_eff
@@ -352,7 +325,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
             fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
-        write_features(A, ok, shape._fit._signature_fit(fit, None), traces)
+        write_features(A, ok, _fit._signature_fit(fit, None), traces)
     return A, n_points, status, prior
 
 
@@ -382,7 +355,7 @@ def _analyse_partition(part, models, cfg):
                              dataclasses.replace(cfg, group=key[: len(group_keys)]))
         for key, chunk in zip(keys, chunks)
     ]
-    done = list(_engine()._fit._run_fits(steps, cfg.n_jobs))
+    done = list(_fit._run_fits(steps, cfg.n_jobs))
     res = _chunk_frame(*(np.concatenate([d[i] for d in done]) for i in range(4)))
     # keys as Python objects, their dtypes inferred (the same from pandas and dask partitions)
     kdf = pd.DataFrame({c: part[c].to_numpy(dtype=object)[first_rows].tolist() for c in [*group_keys, *trace_keys]})
@@ -441,7 +414,7 @@ def learn_clock(stats, cfg):
         return {}
     grouped = use.groupby(gk, sort=True)
     gcode = grouped.ngroup().to_numpy()
-    keys = [_as_tuple(k, len(gk)) for k in grouped.size().index]
+    keys = [key_tuple(k, len(gk)) for k in grouped.size().index]
     wafer = use.groupby(tk, sort=False).ngroup().to_numpy()
     first = use["min"].to_numpy(dtype=np.float64)
     interval = (use["max"].to_numpy(dtype=np.float64) - first) / (use["count"].to_numpy() - 1)

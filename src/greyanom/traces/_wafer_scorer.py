@@ -1,0 +1,221 @@
+"""Wafer-level scoring shared by the trace detectors (pandas side of :mod:`greyanom.traces._wafer_model`).
+
+Each trace detector turns ``X`` into :class:`WaferFeatures` (one row per wafer, one column
+per (group, feature), the lot of each wafer and a status per wafer) and owns a
+:class:`WaferScorer`: the shared :class:`~greyanom.traces._wafer_model.WaferModel` with a
+cross-fitted control limit, which gives the scores, labels and exact explanations.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from greyanom.traces import _wafer_model as wm
+from greyanom.base import threshold_from_scores
+
+__all__ = ["WaferFeatures", "WaferScorer"]
+
+
+@dataclass(frozen=True)
+class WaferFeatures:
+    """Feature matrix of a set of wafers.
+
+    Attributes
+    ----------
+    features : pandas.DataFrame
+        Index the wafer keys; columns a MultiIndex ``group_keys + ("feature",)``. NaN where a
+        feature could not be computed (missing group, unfittable trace).
+    lots : ndarray of shape (n_wafers,)
+        Lot of each wafer (strings; all ``"all"`` without a lot key).
+    status : pandas.Series
+        Status of each wafer, see ``greyanom.traces._status.WAFER_STATUSES`` (before the ``new_lot`` check).
+    """
+
+    features: pd.DataFrame
+    lots: np.ndarray
+    status: pd.Series
+
+
+def wafer_lots(df, trace_keys, lot_key, index):
+    """Lot of each wafer of ``index`` (first lot value of its rows)."""
+    if lot_key is None:
+        return np.full(len(index), "all", dtype=object).astype(str)
+    lots = df.groupby(list(trace_keys), sort=False)[lot_key].first()
+    return lots.reindex(index).astype(str).to_numpy()
+
+
+#: Parameter constraints of the wafer model, shared by the detectors that use it.
+WAFER_MODEL_CONSTRAINTS = {
+    "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+    "statistic": [StrOptions({"q", "t2", "combined"})],
+    "scale_floor": [Interval(numbers.Real, 0, None, closed="left")],
+    "clip": [Interval(numbers.Real, 0, None, closed="neither")],
+    "new_lots": [StrOptions({"pooled", "self"})],
+    "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+}
+
+
+@dataclass(frozen=True)
+class WaferScorer:
+    """The fitted wafer model of a trace detector, and the wafer answers it gives.
+
+    A detector fits one with :meth:`fit` on the wafer features of its training data, keeps
+    its fields as learned attributes (:meth:`attributes`: ``wafer_model_``,
+    ``wafer_columns_``, ``n_components_``, ``wafer_heldout_scores_``, ``wafer_threshold_``)
+    and rebuilds it from them with :meth:`of`; ``score_wafers``, ``predict_wafers``,
+    ``explain_wafers`` and ``explain_wafer_features`` of both trace detectors call it by name
+    on the :class:`WaferFeatures` of ``X``.
+    """
+
+    model: wm.WaferModel
+    columns: pd.Index
+    n_components: int
+    heldout: pd.Series
+    threshold: float
+    new_lots: str = "pooled"
+
+    @classmethod
+    def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state):
+        """Fit the wafer model on training features, with cross-fitted held-out scores and limit."""
+        # folds drawn on the wafers in key order, so the fit does not depend on the row order
+        order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
+        F = wf.features.iloc[order]
+        lots = np.asarray(wf.lots)[order]
+        usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
+        columns = F.columns[usable]
+        # a training wafer without a feature takes the feature's median (it is normal)
+        X = F[columns]
+        X = X.fillna(X.median()).to_numpy(dtype=np.float64)
+        # at most a fifth of the features go into the PCA subspace, so that Q keeps most
+        # directions (with few features, a component would absorb e.g. the noise level)
+        k = int(min(n_components, max(1, X.shape[1] // 5)))
+        model, heldout, _ = wm.cross_fit(
+            X, lots, n_splits=cv, random_state=random_state,
+            n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
+        )
+        return cls(
+            model=model,
+            columns=columns,
+            n_components=k,
+            heldout=pd.Series(heldout, index=F.index, name="score").reindex(wf.features.index),
+            threshold=float(threshold_from_scores(heldout, contamination)),
+            new_lots=new_lots,
+        )
+
+    @classmethod
+    def of(cls, detector):
+        """The scorer of a fitted detector (from its learned attributes)."""
+        return cls(
+            model=detector.wafer_model_,
+            columns=detector.wafer_columns_,
+            n_components=detector.n_components_,
+            heldout=detector.wafer_heldout_scores_,
+            threshold=detector.wafer_threshold_,
+            new_lots=detector.new_lots,
+        )
+
+    def attributes(self):
+        """The detector's learned attributes that hold this scorer."""
+        return {
+            "wafer_columns_": self.columns,
+            "n_components_": self.n_components,
+            "wafer_model_": self.model,
+            "wafer_heldout_scores_": self.heldout,
+            "wafer_threshold_": self.threshold,
+        }
+
+    def analyse(self, wf):
+        """Scores, contributions and statuses of the wafers of ``wf``."""
+        F = wf.features.reindex(columns=self.columns)
+        raw = F.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(raw)
+        model = self.model
+        Z, known = wm.scale_rows(
+            model, np.where(bad, 0.0, raw), wf.lots, new_lots=self.new_lots, min_lot_size=3
+        )
+        # a feature that could not be computed counts as the worst in-range value, never as normal
+        Z[bad] = model.clip
+        score, contrib, q, t2 = wm.wafer_terms(model, Z)
+        status = wf.status.copy()
+        status[(~known) & (status == "ok").to_numpy()] = "new_lot"
+        return score, contrib, status, F.index
+
+    def score(self, wf):
+        """Wafer scores (a Series indexed by the wafer keys)."""
+        score, _, _, index = self.analyse(wf)
+        return pd.Series(score, index=index, name="score")
+
+    def predict(self, wf):
+        """+1 under the control limit, -1 above it."""
+        s = self.score(wf)
+        return pd.Series(np.where(s.to_numpy() > self.threshold, -1, 1), index=s.index, name="label")
+
+    def explain(self, wf):
+        """Per-group contributions (they sum exactly to the score), ``score`` and ``status``."""
+        score, contrib, status, index = self.analyse(wf)
+        groups, codes = self._groups()
+        G = np.zeros((codes.size, len(groups)))
+        G[np.arange(codes.size), codes] = 1.0
+        out = pd.DataFrame(contrib @ G, index=index, columns=pd.Index(groups, tupleize_cols=False))
+        out["score"] = score
+        out["status"] = status.to_numpy()
+        return out
+
+    def explain_features(self, wf):
+        """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
+        _, contrib, _, index = self.analyse(wf)
+        return pd.DataFrame(contrib, index=index, columns=self.columns)
+
+    def _groups(self):
+        labels = [c[:-1] if len(c) > 2 else c[0] for c in self.columns]
+        groups = list(dict.fromkeys(labels))
+        pos = {g: i for i, g in enumerate(groups)}
+        return groups, np.array([pos[g] for g in labels], dtype=np.int64)
+
+
+#: Docstrings of the wafer methods, shared by the two trace detectors (which delegate to a
+#: :class:`WaferScorer`).
+SCORE_WAFERS_DOC = """Wafer-level anomaly score (higher = more anomalous), one per wafer.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces (the columns named by the detector's parameters).
+
+        Returns
+        -------
+        scores : pandas.Series
+            Indexed by ``trace_keys``; ``Q / delta_Q`` (``statistic``) under the wafer model
+            (about 1 for held-out normal wafers with the default ``statistic="q"``). Never NaN:
+            every wafer of ``X`` has a score.
+        """
+PREDICT_WAFERS_DOC = """+1 for wafers under the wafer control limit ``wafer_threshold_``, -1 above it.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces.
+
+        Returns
+        -------
+        labels : pandas.Series of int
+        """
+EXPLAIN_WAFERS_DOC = """Per-group contributions to the wafer score; each row sums exactly to ``score_wafers``.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces.
+
+        Returns
+        -------
+        explanation : pandas.DataFrame
+            One row per wafer; one column per group (the feature contributions of the group
+            summed; a tuple label for several group keys), then ``score`` and ``status``.
+        """
+EXPLAIN_WAFER_FEATURES_DOC = """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
