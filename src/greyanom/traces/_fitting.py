@@ -31,7 +31,7 @@ from greyanom.traces._frames import (
     required_columns,
 )
 from greyanom.traces._scoring import FitConfig, NormalModel
-from greyanom.traces._features import wafer_features
+from greyanom.traces._features import LEVEL_FEATURES, wafer_features
 
 __all__ = ["NormalModelFitMixin"]
 
@@ -128,7 +128,7 @@ class NormalModelFitMixin:
             raise ValueError("no training trace could be scored; check min_points and the data.")
         self.train_scores_ = scores[ok]
         self.train_status_ = train["status"]
-        self._fit_wafer_model(self._wafer_table(train, train_frame))
+        self._fit_wafer_model(self._wafer_table(train, train_frame), LEVEL_FEATURES, self.level_weight)
         return self.train_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):

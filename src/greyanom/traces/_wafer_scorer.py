@@ -70,8 +70,12 @@ class WaferScoringMixin:
     def _wafer_keys(self):
         return normalise_keys(self.trace_keys)[0]
 
-    def _fit_wafer_model(self, wf):
-        """Fit the wafer model on training features; set the columns, limit and held-out scores."""
+    def _fit_wafer_model(self, wf, level_features=(), level_weight=0.0):
+        """Fit the wafer model on training features; set the columns, limit and held-out scores.
+
+        ``level_features`` names the features (last column level) that the max-type level
+        term runs over, weighted by ``level_weight`` (see :func:`greyanom.traces._wafer_model.cross_fit`).
+        """
         # folds drawn on the wafers in key order, so the fit does not depend on the row order
         order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
         F = wf.features.iloc[order]
@@ -82,8 +86,10 @@ class WaferScoringMixin:
         # at most a fifth of the features go into the PCA subspace, so that Q keeps most
         # directions (with few features, a component would absorb e.g. the noise level)
         self.n_components_ = int(min(self.n_components, max(1, X.shape[1] // 5)))
+        level_mask = self.wafer_columns_.get_level_values(-1).isin(list(level_features))
         model, heldout, _ = wm.cross_fit(
             X, lots, n_splits=self.cv, random_state=self.random_state,
+            level_mask=level_mask, level_weight=level_weight,
             n_components=self.n_components_, scale_floor=self.scale_floor, clip=self.clip,
             statistic=self.statistic,
         )
@@ -125,8 +131,10 @@ class WaferScoringMixin:
         Returns
         -------
         scores : pandas.Series
-            Indexed by ``trace_keys``; ``Q / delta_Q`` (``statistic``) under the wafer model
-            (about 1 for held-out normal wafers with the default ``statistic="q"``). Never NaN: every wafer of ``X`` has a score.
+            Indexed by ``trace_keys``; ``Q / delta_Q`` (``statistic``) under the wafer model,
+            plus the weighted level term where the detector has one (about 1 for held-out
+            normal wafers with the default ``statistic="q"`` alone). Never NaN: every wafer
+            of ``X`` has a score.
         """
         score, _, _, index = self._wafer_analysis(X)
         return pd.Series(score, index=index, name="score")
