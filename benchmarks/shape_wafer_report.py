@@ -130,7 +130,7 @@ def lam(path, seeds=range(5)):
         for name, s, lim, sec in (
             ("ShapeSignatureDetector (wafer level)", s_shape, shape.wafer_threshold_, t_shape),
             ("MultiwayPCADetector", s_mpca.reindex(s_shape.index), mpca.wafer_threshold_, t_mpca),
-            ("max|z| of trace means and sds", s_maxz.reindex(s_shape.index), lim_maxz, t_maxz),
+            ("max abs z of trace means, sds", s_maxz.reindex(s_shape.index), lim_maxz, t_maxz),
         ):
             v = s.to_numpy()
             rows.append({
@@ -168,7 +168,7 @@ def lam(path, seeds=range(5)):
     n_split = len(seeds)
     flagged = pd.concat(flags, axis=1)
     short = {"ShapeSignatureDetector (wafer level)": "shape", "MultiwayPCADetector": "MPCA",
-             "max|z| of trace means and sds": "max|z|"}
+             "max abs z of trace means, sds": "max z"}
     counts = pd.DataFrame({
         f"{short[m]} flagged": flagged.loc[:, [c for c in flagged.columns if c[1] == m]].sum(axis=1).map(
             lambda v: f"{int(v)} / {n_split}")
