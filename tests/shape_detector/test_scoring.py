@@ -22,7 +22,7 @@ def det(lots):
 
 
 def test_normal_models_are_frozen_dataclasses(det):
-    models = det._models()
+    models = det._analyser().models()
     assert set(models) == {("u",), ("v",)}
     m = models[("v",)]
     assert isinstance(m, NormalModel)
@@ -34,7 +34,7 @@ def test_normal_models_are_frozen_dataclasses(det):
 
 
 def test_config_is_frozen_and_picklable(det):
-    cfg = det._cfg()
+    cfg = det._analyser().cfg
     assert isinstance(cfg, FitConfig) and cfg.group_keys == ("sensor",) and cfg.lot_fits
     assert pickle.loads(pickle.dumps(cfg)) == cfg  # dask ships it to workers
     with pytest.raises(dataclasses.FrozenInstanceError):

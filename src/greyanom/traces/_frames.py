@@ -16,7 +16,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from greyanom.traces import _fit
 from greyanom.traces._keys import key_tuple
+from greyanom.traces._ragged import Traces
 from greyanom.traces._status import OUT_OF_RANGE
 from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
 from greyanom.traces._scoring import (
@@ -42,12 +44,6 @@ _NM_COLS = ["noise_sd", *[f"mu_{p}" for p in PARAMS], *[f"sd_{p}" for p in PARAM
 _CLOCK_COLS = ["t_clock", "t_offset", "t_offset_tol"]
 #: Internal column that carries each trace's wafer-clock origin into the work units.
 _CLOCK = "__greyanom_clock_origin__"
-
-
-def _engine():
-    import greyanom.traces as shape
-
-    return shape
 
 
 def _is_dask(X):
@@ -95,8 +91,7 @@ def prepare_frame(X, cfg, name="X", return_keys=False):
     With ``return_keys``, also the key columns of every row before non-finite samples are
     dropped (so traces without a finite sample are not lost).
     """
-    shape = _engine()
-    if isinstance(X, shape.Traces):
+    if isinstance(X, Traces):
         X = X.to_frame(time=cfg.time, value=cfg.value)
     if not isinstance(X, pd.DataFrame):
         raise TypeError(
@@ -179,15 +174,14 @@ class _Chunk:
 
     def traces(self, which=None):
         """:class:`Traces` of all traces, or of the trace indices ``which``."""
-        shape = _engine()
         if which is None or len(which) == len(self):
-            return shape.Traces(self.t, self.v, self.offsets)
+            return Traces(self.t, self.v, self.offsets)
         counts = self.n_points
         picked = np.zeros(len(self), dtype=bool)
         picked[which] = True
         keep = np.repeat(picked, counts)
         offsets = np.r_[0, np.cumsum(counts[which])].astype(np.int64)
-        return shape.Traces(self.t[keep], self.v[keep], offsets)
+        return Traces(self.t[keep], self.v[keep], offsets)
 
 
 def _split_chunks(part, by, cfg):
@@ -261,8 +255,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
     ``(A, n_points, status, prior)``, one row per trace. A generator of its fits
     (``_FitRequest``), so that the chunks of a partition fit together in one kernel call per
     step (``_fit._run_fits``)."""
-    shape = _engine()
-    request = shape._fit._FitRequest
+    request = _fit._FitRequest
     n = len(chunk)
     A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once per partition
     n_points = chunk.n_points
@@ -318,7 +311,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
             xs = x[good]
             p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
             # the gradient under the normal model, from the fit kernel's last evaluation
-            grad = shape._fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
+            grad = _fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
             A[np.ix_(g, cols(*PARAMS))] = xs
             A[g, COL["ssr"]] = ssr[good]
             A[g, COL["p_eff"]] = p_eff
@@ -331,7 +324,7 @@ def _analyse_chunk_steps(chunk, model, cfg):
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":
             fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
-        write_features(A, ok, shape._fit._signature_fit(fit, None), traces)
+        write_features(A, ok, _fit._signature_fit(fit, None), traces)
     return A, n_points, status, prior
 
 
@@ -361,7 +354,7 @@ def _analyse_partition(part, models, cfg):
                              dataclasses.replace(cfg, group=key[: len(group_keys)]))
         for key, chunk in zip(keys, chunks)
     ]
-    done = list(_engine()._fit._run_fits(steps, cfg.n_jobs))
+    done = list(_fit._run_fits(steps, cfg.n_jobs))
     res = _chunk_frame(*(np.concatenate([d[i] for d in done]) for i in range(4)))
     # keys as Python objects, their dtypes inferred (the same from pandas and dask partitions)
     kdf = pd.DataFrame({c: part[c].to_numpy(dtype=object)[first_rows].tolist() for c in [*group_keys, *trace_keys]})

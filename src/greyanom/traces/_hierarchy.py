@@ -26,6 +26,8 @@ import logging
 import numpy as np
 import pandas as pd
 
+from greyanom.traces._fit import _FitRequest, _run_fits, _signature_fit
+
 __all__ = ["LotFit", "fit_lot", "PARAMS"]
 
 #: Signature parameters in the paper's order.
@@ -129,8 +131,6 @@ def fit_lot(
     ValueError
         If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
     """
-    from greyanom.traces._fit import _signature_fit
-
     lot = _fit_lot(
         traces, init=init, update=update, max_iter=max_iter, tol=tol, min_sd=min_sd, n_jobs=n_jobs,
         fit_kwargs=fit_kwargs,
@@ -143,8 +143,6 @@ def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_
 
     Every E-step reads the kernel's arrays directly (no frames per iteration).
     """
-    from greyanom.traces._fit import _run_fits
-
     (res,) = _run_fits([_fit_lot_steps(traces, init=init, update=update, max_iter=max_iter, tol=tol,
                                        min_sd=min_sd, fit_kwargs=fit_kwargs)], n_jobs)
     return res
@@ -155,8 +153,6 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
     receives the fit, so that the lots of one analysis fit together (``_fit._run_fits``).
     Returns the :class:`LotFit`; raises ``ValueError`` as :func:`fit_lot` does.
     """
-    from greyanom.traces._fit import _FitRequest
-
     def fit_of(**kw):
         return _FitRequest(traces, {**kw, **fit_kwargs})
 

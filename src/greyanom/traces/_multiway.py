@@ -10,7 +10,8 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from greyanom.traces._persist import TracePersistMixin
-from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScoringMixin, wafer_lots
+from greyanom.traces import _wafer_scorer as ws
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_lots
 from greyanom.base import BaseDetector
 from greyanom.traces._keys import normalise_keys, wafer_index
 
@@ -67,7 +68,7 @@ def resample_traces(df, *, time, value, trace_keys, group_keys, n_points):
     return out
 
 
-class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
+class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     """Multiway PCA of process traces: the field's classic batch monitoring baseline.
 
     Each trace (one wafer, one ``group_keys`` group, e.g. one (step, sensor)) is resampled
@@ -226,9 +227,15 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         wf = self._wafer_features(X)
         if len(wf.features) < 2 * self.cv and len(wf.features) < 4:
             raise ValueError(f"X has {len(wf.features)} wafer(s); MultiwayPCADetector needs at least 4.")
-        heldout = self._fit_wafer_model(wf)
+        scorer = WaferScorer.fit(
+            wf, n_components=self.n_components, statistic=self.statistic, scale_floor=self.scale_floor,
+            clip=self.clip, new_lots=self.new_lots, cv=self.cv, contamination=self.contamination,
+            random_state=self.random_state,
+        )
+        for name, value in scorer.attributes().items():
+            setattr(self, name, value)
         self.n_features_ = len(self.wafer_columns_)
-        return heldout
+        return self.wafer_heldout_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):
         # the cross-fitted wafer scores computed in _fit (no refit)
@@ -253,3 +260,25 @@ class MultiwayPCADetector(WaferScoringMixin, TracePersistMixin, BaseDetector):
         """
         check_is_fitted(self, "wafer_model_")
         return self._score(X)
+
+    # -- wafer answers: the wafer scorer on the resampled traces ---------------------------------
+    def _wafer_scorer(self):
+        check_is_fitted(self, "wafer_model_")
+        return WaferScorer.of(self)
+
+    def score_wafers(self, X):
+        return self._wafer_scorer().score(self._wafer_features(X))
+
+    def predict_wafers(self, X):
+        return self._wafer_scorer().predict(self._wafer_features(X))
+
+    def explain_wafers(self, X):
+        return self._wafer_scorer().explain(self._wafer_features(X))
+
+    def explain_wafer_features(self, X):
+        return self._wafer_scorer().explain_features(self._wafer_features(X))
+
+    score_wafers.__doc__ = ws.SCORE_WAFERS_DOC
+    predict_wafers.__doc__ = ws.PREDICT_WAFERS_DOC
+    explain_wafers.__doc__ = ws.EXPLAIN_WAFERS_DOC
+    explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC

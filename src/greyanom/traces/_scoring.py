@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from greyanom.traces import _kernels
+from greyanom.traces._fit import numba_threads, objective_terms
 from greyanom.traces._hierarchy import PARAMS
 
 __all__ = [
@@ -372,9 +374,6 @@ def curve_at(fit, rows, times):
 
 def _predict(fit, rows, t, offsets):
     """Fitted curves of the ``rows`` of ``fit`` at flat times ``t`` (CSR ``offsets``)."""
-    from greyanom.traces import _kernels
-    from greyanom.traces._fit import numba_threads
-
     paper = fit.model == "paper"
     table = (fit.params if paper else fit.general).to_numpy(dtype=np.float64)[rows]
     x = np.asarray(fit.x, dtype=np.float64)[rows]
@@ -393,7 +392,6 @@ def change_split(traces, before, after, terms_before, terms_after, model, origin
     exact contribution ``terms_after - terms_before`` (which also holds the change of each
     term's centring constant, the posterior variance).
     """
-    from greyanom.traces._fit import objective_terms
 
     _, grad, hess = objective_terms(
         traces, before[None], prior=(model.mu, model.sd), noise_sd=model.noise_sd, n_jobs=1, origin=[origin]

@@ -7,19 +7,41 @@ import numbers
 import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, check_random_state
 
-from greyanom.traces._persist import TracePersistMixin
-from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferScoringMixin
 from greyanom.base import BaseDetector
-from greyanom.traces._fitting import NormalModelFitMixin
-from greyanom.traces._views import TraceViewsMixin
-from greyanom.traces._features import TraceAnalysis
+from greyanom.traces import _wafer_scorer as ws
+from greyanom.traces._analyser import TraceAnalyser
+from greyanom.traces._features import LEVEL_FEATURES
+from greyanom.traces._persist import TracePersistMixin
+from greyanom.traces._views import SIGNATURE_COLUMNS, TraceViews
+from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferScorer
 
 __all__ = ["ShapeSignatureDetector"]
 
+#: Parameter constraints (scikit-learn's ``_validate_params``).
+_CONSTRAINTS: dict = {
+    **BaseDetector._parameter_constraints,
+    "time": [str],
+    "value": [str],
+    "start_time": [str, None],
+    "trace_keys": [tuple, list, str],
+    "group_keys": [tuple, list, str],
+    "lot_key": [str, None],
+    "lot_prior": [StrOptions({"em", "mean", "normal"})],
+    "n_initial_lots": [Interval(numbers.Integral, 1, None, closed="left"), None],
+    "max_em_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+    "em_tol": [Interval(numbers.Real, 0, None, closed="neither")],
+    "min_points": [Interval(numbers.Integral, 1, None, closed="left")],
+    "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
+    "n_jobs": [numbers.Integral, None],
+    **WAFER_MODEL_CONSTRAINTS,
+    "level_weight": [Interval(numbers.Real, 0, None, closed="left")],
+    "random_state": ["random_state"],
+}
 
-class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringMixin, TracePersistMixin, BaseDetector):
+
+class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     """Grey-box anomaly detector for process traces run by PI control loops.
 
     Every trace (one (tool, sensor, step) group, one wafer) is summarised by its *shape
@@ -179,25 +201,7 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         "threshold_", "offset_",
     )
 
-    _parameter_constraints: dict = {
-        **BaseDetector._parameter_constraints,
-        "time": [str],
-        "value": [str],
-        "start_time": [str, None],
-        "trace_keys": [tuple, list, str],
-        "group_keys": [tuple, list, str],
-        "lot_key": [str, None],
-        "lot_prior": [StrOptions({"em", "mean", "normal"})],
-        "n_initial_lots": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "max_em_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "em_tol": [Interval(numbers.Real, 0, None, closed="neither")],
-        "min_points": [Interval(numbers.Integral, 1, None, closed="left")],
-        "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
-        "n_jobs": [numbers.Integral, None],
-        **WAFER_MODEL_CONSTRAINTS,
-        "level_weight": [Interval(numbers.Real, 0, None, closed="left")],
-        "random_state": ["random_state"],
-    }
+    _parameter_constraints: dict = _CONSTRAINTS
 
     def __init__(
         self,
@@ -249,46 +253,39 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         self.random_state = random_state
 
     def analyse(self, X):
-        """Fit and score every trace of ``X`` once.
+        return self._analyser().analysis(X)
 
-        Parameters
-        ----------
-        X : pandas.DataFrame, dask.dataframe.DataFrame or Traces
-            Long-format traces.
+    # -- the parts it owns: a trace analyser, trace views and a wafer scorer -------------------
+    def _analyser(self, fitted=True):
+        if fitted:
+            check_is_fitted(self, "normal_model_")
+        return TraceAnalyser.of(self)
 
-        Returns
-        -------
-        analysis : TraceAnalysis
-            Pass it instead of ``X`` to :meth:`score`, :meth:`explain`, :meth:`signatures`,
-            :meth:`signature_table`, :meth:`score_wafers`, :meth:`predict_wafers` and
-            :meth:`explain_wafers`: they read it and do not fit again.
+    def _wafer_scorer(self):
+        check_is_fitted(self, "wafer_model_")
+        return WaferScorer.of(self)
 
-        Examples
-        --------
-        >>> from greyanom import ShapeSignatureDetector
-        >>> from greyanom.datasets import make_pi_lots
-        >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, random_state=0)
-        >>> det = ShapeSignatureDetector(n_initial_lots=3, random_state=0).fit(df)
-        >>> a = det.analyse(df)
-        >>> bool((det.score(a) == det.score(df)).all())
-        True
-        """
-        check_is_fitted(self, "normal_model_")
-        if isinstance(X, TraceAnalysis):
-            return X
-        res = self._analyse(X)
-        frame = X if isinstance(X, pd.DataFrame) else None
-        return TraceAnalysis(res, self._wafer_table(res, frame))
+    def _keys(self):
+        return TraceAnalyser.of(self).keys
 
-    def _traces(self, X):
-        return X.traces if isinstance(X, TraceAnalysis) else self._analyse(X)
+    def _fit(self, X):
+        check_random_state(self.random_state)
+        analyser, train, train_wafers = self._analyser(fitted=False).fit(X)
+        self.normal_model_, self.n_groups_ = analyser.normal_model, len(analyser.normal_model)
+        self.train_scores_ = train["score"][train["score"].notna()]
+        self.train_status_ = train["status"]
+        scorer = WaferScorer.fit(
+            train_wafers, n_components=self.n_components, statistic=self.statistic,
+            scale_floor=self.scale_floor, clip=self.clip, new_lots=self.new_lots, cv=self.cv,
+            contamination=self.contamination, random_state=self.random_state,
+            level_features=LEVEL_FEATURES, level_weight=self.level_weight,
+        )
+        for name, value in scorer.attributes().items():
+            setattr(self, name, value)
+        return self.train_scores_.to_numpy()
 
-    def _wafer_features(self, X):
-        if isinstance(X, TraceAnalysis):
-            return X.wafers
-        # the wafer features come from the normal-model-prior fits alone: no lot fits
-        res = self._analyse(X, lot_fits=False)
-        return self._wafer_table(res, X if isinstance(X, pd.DataFrame) else None)
+    def _heldout_scores(self, X, train_scores):
+        return self._analyser().heldout_scores(X, self.cv, self.random_state)
 
     # -- the contract, with pandas results ---------------------------------------------------
     def score(self, X, y=None):
@@ -308,8 +305,7 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
             Indexed by ``group_keys + trace_keys``. About 0 for normal traces. NaN only for
             traces that could not be scored, with a warning that gives their status.
         """
-        check_is_fitted(self, "normal_model_")
-        return self._traces(X)["score"].rename("score")
+        return self._analyser().traces(X)["score"].rename("score")
 
     def _score(self, X):
         return self.score(X).to_numpy()
@@ -328,3 +324,42 @@ class ShapeSignatureDetector(TraceViewsMixin, NormalModelFitMixin, WaferScoringM
         """
         d = self.decision_function(X)
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
+
+    # -- per-trace views (TraceViews) and wafer answers (WaferScorer) ------------------------
+    def score_raw(self, X):
+        return TraceViews(self._analyser()).score_raw(X)
+
+    def explain(self, X):
+        return TraceViews(self._analyser()).explain(X)
+
+    def signatures(self, X):
+        return TraceViews(self._analyser()).signatures(X)
+
+    def signature_table(self, X, *, columns=SIGNATURE_COLUMNS):
+        return TraceViews(self._analyser()).signature_table(X, columns=columns)
+
+    def explain_change(self, X, before, after):
+        return TraceViews(self._analyser()).explain_change(X, before, after)
+
+    def score_wafers(self, X):
+        return self._wafer_scorer().score(self._analyser().wafer_features(X))
+
+    def predict_wafers(self, X):
+        return self._wafer_scorer().predict(self._analyser().wafer_features(X))
+
+    def explain_wafers(self, X):
+        return self._wafer_scorer().explain(self._analyser().wafer_features(X))
+
+    def explain_wafer_features(self, X):
+        return self._wafer_scorer().explain_features(self._analyser().wafer_features(X))
+
+    score_raw.__doc__ = TraceViews.score_raw.__doc__
+    explain.__doc__ = TraceViews.explain.__doc__
+    signatures.__doc__ = TraceViews.signatures.__doc__
+    signature_table.__doc__ = TraceViews.signature_table.__doc__
+    explain_change.__doc__ = TraceViews.explain_change.__doc__
+    analyse.__doc__ = TraceAnalyser.analysis.__doc__
+    score_wafers.__doc__ = ws.SCORE_WAFERS_DOC
+    predict_wafers.__doc__ = ws.PREDICT_WAFERS_DOC
+    explain_wafers.__doc__ = ws.EXPLAIN_WAFERS_DOC
+    explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC

@@ -1,8 +1,9 @@
 """Per-trace views of the shape detector: explanations, signatures, the paper's table, changes.
 
-:class:`TraceViewsMixin` reads the per-trace analysis (a :class:`~greyanom.traces.TraceAnalysis`
-or the rows that ``_analyse`` returns) and lays it out; it fits nothing itself except in
-:meth:`~TraceViewsMixin.explain_change`, which needs the two traces' data.
+:class:`TraceViews` reads the per-trace analysis of its :class:`~greyanom.traces._analyser.TraceAnalyser`
+(a :class:`~greyanom.traces.TraceAnalysis`, or ``X`` analysed by it) and lays it out; it fits
+nothing itself except in :meth:`TraceViews.explain_change`, which needs the two traces' data.
+The detector's methods of the same names call it and share its docstrings.
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from greyanom.traces._frames import _engine, _is_dask
+from greyanom.traces._frames import _is_dask
 from greyanom.traces._keys import key_tuple
 from greyanom.traces._hierarchy import PARAMS
+from greyanom.traces._ragged import Traces
 from greyanom.traces._scoring import change_split
 
-__all__ = ["TraceViewsMixin"]
+__all__ = ["TraceViews", "SIGNATURE_COLUMNS"]
+
+#: Default per-trace quantities of ``signature_table``.
+SIGNATURE_COLUMNS = (*PARAMS, "ssr", "score")
 
 
-class TraceViewsMixin:
-    """``score_raw``, ``explain``, ``signatures``, ``signature_table`` and ``explain_change``."""
+class TraceViews:
+    """``score_raw``, ``explain``, ``signatures``, ``signature_table`` and ``explain_change`` of an analyser."""
+
+    def __init__(self, analyser):
+        self.analyser = analyser
 
     def score_raw(self, X):
         """The paper's uncentred anomaly score (19), with the corrected D = 6 Gaussian prior.
@@ -35,7 +43,7 @@ class TraceViewsMixin:
             ``n/2 ln sigma*^2 + SSR/(2 sigma*^2) + sum_d [ln sigma*_S,d + z_d^2/2]``; its
             baseline depends on the trace length and the sensor's units (notes T11).
         """
-        return self._traces(X)["score_raw"].rename("score_raw")
+        return self.analyser.traces(X)["score_raw"].rename("score_raw")
 
     def explain(self, X):
         """Additive decomposition of the centred score, and its gradient.
@@ -59,7 +67,7 @@ class TraceViewsMixin:
             * ``dz_gamma`` ... ``dz_c``: the unit-free gradient, ``d_<p> * sigma*_S,<p>``.
             * ``status``.
         """
-        res = self._traces(X)
+        res = self.analyser.traces(X)
         out = res[["fit"]].copy()
         for p in PARAMS:
             out[p] = res[f"P_{p}"]
@@ -73,8 +81,8 @@ class TraceViewsMixin:
         return out
 
     def _sd_table(self, index):
-        tk, gk = self._keys()
-        nm = self.normal_model_[[f"sd_{p}" for p in PARAMS]]
+        tk, gk = self.analyser.keys
+        nm = self.analyser.normal_model[[f"sd_{p}" for p in PARAMS]]
         nm.columns = list(PARAMS)
         if gk:
             keys = index.droplevel(list(tk)) if len(index.names) > len(gk) else index
@@ -96,10 +104,10 @@ class TraceViewsMixin:
             ``n_points``, ``lot``, ``prior`` (``"lot"`` or ``"normal"``: the prior the signature
             was fitted with), ``score`` and ``status``.
         """
-        res = self._traces(X)
+        res = self.analyser.traces(X)
         return res[[*PARAMS, "ssr", "n_points", "lot", "prior", "score", "status"]]
 
-    def signature_table(self, X, *, columns=(*PARAMS, "ssr", "score")):
+    def signature_table(self, X, *, columns=SIGNATURE_COLUMNS):
         """The paper's layout: one row per wafer in time order, one column per (group, parameter).
 
         Parameters
@@ -115,7 +123,7 @@ class TraceViewsMixin:
             Index ``trace_keys`` (order of first appearance in ``X``); columns a MultiIndex
             ``group_keys + ("parameter",)``.
         """
-        tk, gk = self._keys()
+        tk, gk = self.analyser.keys
         if isinstance(columns, str):
             columns = (columns,)
         sig = self.signatures(X)
@@ -162,19 +170,18 @@ class TraceViewsMixin:
             ``z^2/2``) and ``contribution``. For the ``fit`` row ``before``/``after`` are the fit terms and
             ``gradient``/``taylor`` are 0 (the data part is inside the parameter gradients).
         """
-        tk, gk = self._keys()
+        tk, gk = self.analyser.keys
         if _is_dask(X):
             X = X.compute()
-        df = self._prepare(X)
+        df = self.analyser.prepare(X)
         bkey, akey = key_tuple(before, len(tk)), key_tuple(after, len(tk))
         keyidx = pd.MultiIndex.from_frame(df[list(tk)])
         sel = df[keyidx.isin([bkey, akey])]
         for k, nm in ((bkey, "before"), (akey, "after")):
             if not keyidx.isin([k]).any():
                 raise ValueError(f"{nm}={k!r} is not a {list(tk)} value of X.")
-        res = self._analyse(X)
-        models = self._models()
-        shape = _engine()
+        res = self.analyser.analyse(X)
+        models = self.analyser.models()
         rows = []
         groups = res.index.droplevel(list(tk)).unique() if gk else [()]
         for g in groups:
@@ -190,9 +197,10 @@ class TraceViewsMixin:
             m = np.ones(len(sel), dtype=bool)
             for c, v in zip([*gk, *tk], kb):
                 m &= (sel[c] == v).to_numpy()
-            tr = sel[m].sort_values(self.time)
-            traces = shape.Traces.from_arrays(
-                [tr[self.time].to_numpy(np.float64)], [tr[self.value].to_numpy(np.float64)]
+            time, value = self.analyser.cfg.time, self.analyser.cfg.value
+            tr = sel[m].sort_values(time)
+            traces = Traces.from_arrays(
+                [tr[time].to_numpy(np.float64)], [tr[value].to_numpy(np.float64)]
             )
             P = [f"P_{p}" for p in PARAMS]
             split = change_split(

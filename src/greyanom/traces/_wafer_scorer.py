@@ -1,10 +1,9 @@
 """Wafer-level scoring shared by the trace detectors (pandas side of :mod:`greyanom.traces._wafer_model`).
 
-A detector that mixes in :class:`WaferScoringMixin` provides ``_wafer_features(X)``, which
-returns a :class:`WaferFeatures` (one row per wafer, one column per (group, feature), the lot
-of each wafer and a status per wafer); the mixin fits the shared :class:`WaferModel` with
-cross-fitted control limits and gives ``score_wafers``, ``predict_wafers`` and
-``explain_wafers``.
+Each trace detector turns ``X`` into :class:`WaferFeatures` (one row per wafer, one column
+per (group, feature), the lot of each wafer and a status per wafer) and owns a
+:class:`WaferScorer`: the shared :class:`~greyanom.traces._wafer_model.WaferModel` with a
+cross-fitted control limit, which gives the scores, labels and exact explanations.
 """
 
 from __future__ import annotations
@@ -18,11 +17,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from greyanom.traces import _wafer_model as wm
 from greyanom.base import threshold_from_scores
-from greyanom.traces._keys import normalise_keys
-from greyanom.traces._status import WAFER_STATUSES
 
-__all__ = ["WaferFeatures", "WaferScoringMixin"]
-
+__all__ = ["WaferFeatures", "WaferScorer"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ class WaferFeatures:
     lots : ndarray of shape (n_wafers,)
         Lot of each wafer (strings; all ``"all"`` without a lot key).
     status : pandas.Series
-        Status of each wafer, see :data:`WAFER_STATUSES` (before the ``new_lot`` check).
+        Status of each wafer, see ``greyanom.traces._status.WAFER_STATUSES`` (before the ``new_lot`` check).
     """
 
     features: pd.DataFrame
@@ -64,14 +60,29 @@ WAFER_MODEL_CONSTRAINTS = {
 }
 
 
-class WaferScoringMixin:
-    """``score_wafers``, ``predict_wafers``, ``explain_wafers`` from a shared wafer model."""
+@dataclass(frozen=True)
+class WaferScorer:
+    """The fitted wafer model of a trace detector, and the wafer answers it gives.
 
-    def _wafer_keys(self):
-        return normalise_keys(self.trace_keys)[0]
+    A detector fits one with :meth:`fit` on the wafer features of its training data, keeps
+    its fields as learned attributes (:meth:`attributes`: ``wafer_model_``,
+    ``wafer_columns_``, ``n_components_``, ``wafer_heldout_scores_``, ``wafer_threshold_``)
+    and rebuilds it from them with :meth:`of`; ``score_wafers``, ``predict_wafers``,
+    ``explain_wafers`` and ``explain_wafer_features`` of both trace detectors call it by name
+    on the :class:`WaferFeatures` of ``X``.
+    """
 
-    def _fit_wafer_model(self, wf, level_features=(), level_weight=0.0):
-        """Fit the wafer model on training features; set the columns, limit and held-out scores.
+    model: wm.WaferModel
+    columns: pd.Index
+    n_components: int
+    heldout: pd.Series
+    threshold: float
+    new_lots: str = "pooled"
+
+    @classmethod
+    def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state,
+            level_features=(), level_weight=0.0):
+        """Fit the wafer model on training features, with cross-fitted held-out scores and limit.
 
         ``level_features`` names the features (last column level) that the max-type level
         term runs over, weighted by ``level_weight`` (see :func:`greyanom.traces._wafer_model.cross_fit`).
@@ -81,35 +92,55 @@ class WaferScoringMixin:
         F = wf.features.iloc[order]
         lots = np.asarray(wf.lots)[order]
         usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
-        self.wafer_columns_ = F.columns[usable]
-        X = self._impute_train(F[self.wafer_columns_])
+        columns = F.columns[usable]
+        # a training wafer without a feature takes the feature's median (it is normal)
+        X = F[columns]
+        X = X.fillna(X.median()).to_numpy(dtype=np.float64)
         # at most a fifth of the features go into the PCA subspace, so that Q keeps most
         # directions (with few features, a component would absorb e.g. the noise level)
-        self.n_components_ = int(min(self.n_components, max(1, X.shape[1] // 5)))
-        level_mask = self.wafer_columns_.get_level_values(-1).isin(list(level_features))
+        k = int(min(n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
-            X, lots, n_splits=self.cv, random_state=self.random_state,
-            level_mask=level_mask, level_weight=level_weight,
-            n_components=self.n_components_, scale_floor=self.scale_floor, clip=self.clip,
-            statistic=self.statistic,
+            X, lots, n_splits=cv, random_state=random_state,
+            level_mask=columns.get_level_values(-1).isin(list(level_features)), level_weight=level_weight,
+            n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
         )
-        self.wafer_model_ = model
-        self.wafer_heldout_scores_ = pd.Series(heldout, index=F.index, name="score").reindex(wf.features.index)
-        self.wafer_threshold_ = float(threshold_from_scores(heldout, self.contamination))
-        return self.wafer_heldout_scores_.to_numpy()
+        return cls(
+            model=model,
+            columns=columns,
+            n_components=k,
+            heldout=pd.Series(heldout, index=F.index, name="score").reindex(wf.features.index),
+            threshold=float(threshold_from_scores(heldout, contamination)),
+            new_lots=new_lots,
+        )
 
-    @staticmethod
-    def _impute_train(F):
-        # a training wafer without a feature takes the feature's median (it is normal)
-        return F.fillna(F.median()).to_numpy(dtype=np.float64)
+    @classmethod
+    def of(cls, detector):
+        """The scorer of a fitted detector (from its learned attributes)."""
+        return cls(
+            model=detector.wafer_model_,
+            columns=detector.wafer_columns_,
+            n_components=detector.n_components_,
+            heldout=detector.wafer_heldout_scores_,
+            threshold=detector.wafer_threshold_,
+            new_lots=detector.new_lots,
+        )
 
-    def _wafer_analysis(self, X):
-        """Scores, contributions and statuses of the wafers of ``X``."""
-        wf = X if isinstance(X, WaferFeatures) else self._wafer_features(X)
-        F = wf.features.reindex(columns=self.wafer_columns_)
+    def attributes(self):
+        """The detector's learned attributes that hold this scorer."""
+        return {
+            "wafer_columns_": self.columns,
+            "n_components_": self.n_components,
+            "wafer_model_": self.model,
+            "wafer_heldout_scores_": self.heldout,
+            "wafer_threshold_": self.threshold,
+        }
+
+    def analyse(self, wf):
+        """Scores, contributions and statuses of the wafers of ``wf``."""
+        F = wf.features.reindex(columns=self.columns)
         raw = F.to_numpy(dtype=np.float64)
         bad = ~np.isfinite(raw)
-        model = self.wafer_model_
+        model = self.model
         Z, known = wm.scale_rows(
             model, np.where(bad, 0.0, raw), wf.lots, new_lots=self.new_lots, min_lot_size=3
         )
@@ -120,8 +151,42 @@ class WaferScoringMixin:
         status[(~known) & (status == "ok").to_numpy()] = "new_lot"
         return score, contrib, status, F.index
 
-    def score_wafers(self, X):
-        """Wafer-level anomaly score (higher = more anomalous), one per wafer.
+    def score(self, wf):
+        """Wafer scores (a Series indexed by the wafer keys)."""
+        score, _, _, index = self.analyse(wf)
+        return pd.Series(score, index=index, name="score")
+
+    def predict(self, wf):
+        """+1 under the control limit, -1 above it."""
+        s = self.score(wf)
+        return pd.Series(np.where(s.to_numpy() > self.threshold, -1, 1), index=s.index, name="label")
+
+    def explain(self, wf):
+        """Per-group contributions (they sum exactly to the score), ``score`` and ``status``."""
+        score, contrib, status, index = self.analyse(wf)
+        groups, codes = self._groups()
+        G = np.zeros((codes.size, len(groups)))
+        G[np.arange(codes.size), codes] = 1.0
+        out = pd.DataFrame(contrib @ G, index=index, columns=pd.Index(groups, tupleize_cols=False))
+        out["score"] = score
+        out["status"] = status.to_numpy()
+        return out
+
+    def explain_features(self, wf):
+        """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
+        _, contrib, _, index = self.analyse(wf)
+        return pd.DataFrame(contrib, index=index, columns=self.columns)
+
+    def _groups(self):
+        labels = [c[:-1] if len(c) > 2 else c[0] for c in self.columns]
+        groups = list(dict.fromkeys(labels))
+        pos = {g: i for i, g in enumerate(groups)}
+        return groups, np.array([pos[g] for g in labels], dtype=np.int64)
+
+
+#: Docstrings of the wafer methods, shared by the two trace detectors (which delegate to a
+#: :class:`WaferScorer`).
+SCORE_WAFERS_DOC = """Wafer-level anomaly score (higher = more anomalous), one per wafer.
 
         Parameters
         ----------
@@ -136,11 +201,7 @@ class WaferScoringMixin:
             normal wafers with the default ``statistic="q"`` alone). Never NaN: every wafer
             of ``X`` has a score.
         """
-        score, _, _, index = self._wafer_analysis(X)
-        return pd.Series(score, index=index, name="score")
-
-    def predict_wafers(self, X):
-        """+1 for wafers under the wafer control limit ``wafer_threshold_``, -1 above it.
+PREDICT_WAFERS_DOC = """+1 for wafers under the wafer control limit ``wafer_threshold_``, -1 above it.
 
         Parameters
         ----------
@@ -151,11 +212,7 @@ class WaferScoringMixin:
         -------
         labels : pandas.Series of int
         """
-        s = self.score_wafers(X)
-        return pd.Series(np.where(s.to_numpy() > self.wafer_threshold_, -1, 1), index=s.index, name="label")
-
-    def explain_wafers(self, X):
-        """Per-group contributions to the wafer score; each row sums exactly to ``score_wafers``.
+EXPLAIN_WAFERS_DOC = """Per-group contributions to the wafer score; each row sums exactly to ``score_wafers``.
 
         Parameters
         ----------
@@ -168,23 +225,4 @@ class WaferScoringMixin:
             One row per wafer; one column per group (the feature contributions of the group
             summed; a tuple label for several group keys), then ``score`` and ``status``.
         """
-        score, contrib, status, index = self._wafer_analysis(X)
-        groups, codes = self._wafer_groups()
-        G = np.zeros((codes.size, len(groups)))
-        G[np.arange(codes.size), codes] = 1.0
-        out = pd.DataFrame(contrib @ G, index=index, columns=pd.Index(groups, tupleize_cols=False))
-        out["score"] = score
-        out["status"] = status.to_numpy()
-        return out
-
-    def _wafer_groups(self):
-        cols = self.wafer_columns_
-        labels = [c[:-1] if len(c) > 2 else c[0] for c in cols]
-        groups = list(dict.fromkeys(labels))
-        pos = {g: i for i, g in enumerate(groups)}
-        return groups, np.array([pos[g] for g in labels], dtype=np.int64)
-
-    def explain_wafer_features(self, X):
-        """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
-        score, contrib, _, index = self._wafer_analysis(X)
-        return pd.DataFrame(contrib, index=index, columns=self.wafer_columns_)
+EXPLAIN_WAFER_FEATURES_DOC = """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
