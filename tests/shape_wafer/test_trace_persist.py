@@ -109,10 +109,8 @@ def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal
         np.testing.assert_array_equal(s.index.to_numpy().astype(str), expected[f"{key}_index"])
         np.testing.assert_array_equal(s.to_numpy(), expected[key])
     assert type(greyanom.load(data / "shape_v0.safetensors")) is greyanom.traces.ShapeSignatureDetector
-    # fitted again by this version's code (normal models, EM, cross-fitting, wafer model): the same numbers
-    fresh = {
-        "shape": ShapeSignatureDetector(n_initial_lots=3, random_state=0),
-        "mpca": MultiwayPCADetector(trace_keys=("wafer",), group_keys=("sensor",), random_state=0),
-    }
-    for key, det in fresh.items():
-        np.testing.assert_array_equal(det.fit(lots).score_wafers(lots).to_numpy(), expected[key])
+    # fitted again by this version's code (normal models, EM, cross-fitting, wafer model): the same
+    # numbers for multiway PCA. The shape detector's wafer score changed by design in issue 19
+    # (the log_raw_sd feature and the level term), so its refit is not compared with v0.
+    det = MultiwayPCADetector(trace_keys=("wafer",), group_keys=("sensor",), random_state=0)
+    np.testing.assert_array_equal(det.fit(lots).score_wafers(lots).to_numpy(), expected["mpca"])

@@ -109,7 +109,8 @@ def test_wafer_limit_from_cross_fitted_training_scores(shape):
     ho = shape.wafer_heldout_scores_
     assert len(ho) == 32 and np.isfinite(ho).all()
     assert shape.wafer_threshold_ > np.median(ho)
-    assert np.median(ho) == pytest.approx(1.0)
+    # Q and the level term are each normalised to a held-out median of about 1
+    assert np.median(ho) == pytest.approx(1.0 + shape.level_weight, rel=0.25)
 
 
 def test_unfittable_and_empty_traces_raise_the_wafer_score(shape, lots):

@@ -98,3 +98,82 @@ def test_arrays_round_trip(data):
     m2 = wm.WaferModel.from_arrays(m.to_arrays(), list(m.lots), m.statistic)
     Z, _ = wm.scale_rows(m, F, lots)
     np.testing.assert_array_equal(wm.wafer_terms(m, Z)[0], wm.wafer_terms(m2, Z)[0])
+
+
+@pytest.fixture
+def wide():
+    """Many independent features; feature 5 has rare large excursions (a noisy sensor)."""
+    rng = np.random.default_rng(3)
+    n, p = 120, 150
+    F = rng.normal(size=(n, p))
+    F[:, 5] += np.where(rng.random(n) < 0.1, rng.normal(scale=8.0, size=n), 0.0)
+    lots = np.repeat(["a", "b"], n // 2)
+    return F, lots
+
+
+@pytest.mark.parametrize("statistic", ["q", "t2", "combined"])
+def test_level_term_is_exact_and_goes_to_the_argmax_feature(wide, statistic):
+    F, lots = wide
+    mask = np.zeros(F.shape[1], dtype=bool)
+    mask[::2] = True
+    m, heldout, _ = wm.cross_fit(F, lots, random_state=0, statistic=statistic, level_mask=mask, level_weight=0.5)
+    assert m.has_level and np.isfinite(heldout).all()
+    X = F[:10] + np.linspace(-3, 3, 10)[:, None]
+    Z, _ = wm.scale_rows(m, X, lots[:10])
+    score, contrib, q, t2 = wm.wafer_terms(m, Z)
+    np.testing.assert_allclose(contrib.sum(axis=1), score, rtol=1e-12, atol=1e-12)
+    base = {"q": q / m.delta_q, "t2": t2 / m.delta_t, "combined": q / m.delta_q + t2 / m.delta_t}[statistic]
+    naive = np.array([max(m.level_weights[j] * z[j] ** 2 for j in np.flatnonzero(mask)) for z in Z])
+    np.testing.assert_allclose(score, base + 0.5 * naive / m.delta_m, rtol=1e-12)
+    m0 = m.with_level(m.level_weights, m.delta_m, 0.0)  # the same model without the level term
+    s0, c0, _, _ = wm.wafer_terms(m0, Z)
+    extra = contrib - c0
+    arg = np.argmax(m.level_weights * Z**2, axis=1)
+    np.testing.assert_allclose(extra[np.arange(10), arg], score - s0, rtol=1e-12)
+    assert np.count_nonzero(np.abs(extra) > 1e-12, axis=1).max() == 1
+    assert mask[arg].all() and (m.level_weights[~mask] == 0).all()
+
+
+def test_level_weights_are_the_out_of_fold_spread_and_weigh_a_noisy_feature_down(wide):
+    F, lots = wide
+    mask = np.ones(F.shape[1], dtype=bool)
+    m, _, folds = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=1.0, scale_floor=0.5)
+    Zo = np.empty_like(F)
+    for k in range(5):  # naive out-of-fold scaled rows
+        fk = wm.fit_wafer_model(F[folds != k], lots[folds != k], n_components=4, scale_floor=0.5)
+        Zo[folds == k] = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
+    np.testing.assert_allclose(m.level_weights, 1.0 / (Zo**2).mean(axis=0), rtol=1e-12)
+    assert m.level_weights[5] < 0.5 * np.median(m.level_weights)  # the noisy feature counts less
+
+
+def test_level_term_catches_a_single_feature_shift_that_q_misses(wide):
+    F, lots = wide
+    rng = np.random.default_rng(4)
+    mask = np.ones(F.shape[1], dtype=bool)
+    normal = rng.normal(size=(200, F.shape[1]))
+    shifted = rng.normal(size=(200, F.shape[1]))
+    shifted[:, 11] += 5.5  # one feature moves; Q spreads it over 150 dimensions
+    new_lots = np.repeat(["a", "b"], 100)
+    flagged = {}
+    for w in (0.0, 1.0):
+        m, heldout, _ = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=w, scale_floor=0.5)
+        limit = np.quantile(heldout, 0.99)
+        s_n = wm.wafer_terms(m, wm.scale_rows(m, normal, new_lots)[0])[0]
+        s_f = wm.wafer_terms(m, wm.scale_rows(m, shifted, new_lots)[0])[0]
+        flagged[w] = ((s_f > limit).mean(), (s_n > limit).mean())
+    assert flagged[0.0][0] < 0.3 and flagged[1.0][0] > 0.75
+    assert flagged[1.0][1] < 0.05
+
+
+def test_arrays_round_trip_with_a_level_term_and_from_old_arrays(wide):
+    F, lots = wide
+    m, _, _ = wm.cross_fit(F, lots, random_state=0, level_mask=np.ones(F.shape[1], bool), level_weight=0.5)
+    m2 = wm.WaferModel.from_arrays(m.to_arrays(), list(m.lots), m.statistic)
+    Z, _ = wm.scale_rows(m, F, lots)
+    np.testing.assert_array_equal(wm.wafer_terms(m, Z)[0], wm.wafer_terms(m2, Z)[0])
+    old = {k: v for k, v in m.to_arrays().items() if k != "level_weights"}
+    old["scalars"] = old["scalars"][:3]  # arrays written before the level term
+    m3 = wm.WaferModel.from_arrays(old, list(m.lots), m.statistic)
+    assert not m3.has_level
+    no_level = m.with_level(m.level_weights, m.delta_m, 0.0)
+    np.testing.assert_array_equal(wm.wafer_terms(m3, Z)[0], wm.wafer_terms(no_level, Z)[0])

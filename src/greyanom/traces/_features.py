@@ -11,7 +11,7 @@ from greyanom.traces._keys import wafer_index
 from greyanom.traces._wafer_scorer import WaferFeatures
 from greyanom.traces._scoring import CURVE_COLS, SEGMENT_COLS
 
-__all__ = ["TraceAnalysis", "wafer_features", "WAFER_FEATURES"]
+__all__ = ["TraceAnalysis", "wafer_features", "WAFER_FEATURES", "LEVEL_FEATURES"]
 
 #: Per-trace columns of the analysis that become wafer features, per group.
 WAFER_FEATURES = (
@@ -20,11 +20,21 @@ WAFER_FEATURES = (
     "feat_y",
     "feat_c",
     "raw_mean",
+    "log_raw_sd",
     *SEGMENT_COLS,
     "duration",
     "n_points",
     "unfitted",
 )
+
+#: The per-trace level and spread features (a subset of :data:`WAFER_FEATURES`) over which the
+#: wafer score's max-type level term runs (``level_weight``): the trace's mean, the log sd of
+#: its samples and the log residual sd of its fit. The max|z| of per-(step, sensor) means and
+#: sds is a strong baseline on setpoint faults; the curve and residual-segment features are
+#: many and correlated, and a maximum over them picks up noise on normal wafers (development
+#: splits of LAM 9600, benchmarks/shape_wafer_report.py: AUROC 0.97-0.98 with every feature
+#: against 0.997 with these three), so they enter through Q only.
+LEVEL_FEATURES = ("raw_mean", "log_raw_sd", "log_sd")
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ RESULT_FLOAT += CURVE_COLS
 #: a wafer feature (what the curve smooths over: a late shift, a bump).
 N_SEGMENTS = 4
 SEGMENT_COLS = [f"res_{j}" for j in range(N_SEGMENTS)]
-RESULT_FLOAT += ["raw_mean", *SEGMENT_COLS]
+RESULT_FLOAT += ["raw_mean", "log_raw_sd", *SEGMENT_COLS]
 
 #: Column positions in the analysis array.
 COL = {c: i for i, c in enumerate(RESULT_FLOAT)}
@@ -322,7 +322,8 @@ def write_features(A, ok, fit, traces=None):
     """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c.
 
     With ``traces`` (the fitted traces, rows of ``fit``) also ``raw_mean``, the mean of the
-    trace's samples, and ``res_0`` ... ``res_{N_SEGMENTS-1}``, the mean residual
+    trace's samples, ``log_raw_sd``, the log of their standard deviation (``ddof=1``, floored
+    at 1e-12, so a constant trace stays finite), and ``res_0`` ... ``res_{N_SEGMENTS-1}``, the mean residual
     ``value - fitted curve`` of the samples in each of ``N_SEGMENTS`` equal segments of
     normalised step time ``u = (t - origin) / duration`` (0 for a segment without a sample).
     """
@@ -345,7 +346,7 @@ def write_features(A, ok, fit, traces=None):
 
 
 def _write_residual_features(A, g, good, fit, traces, x0, dur):
-    """``raw_mean`` and the segment residual means of rows ``g`` (``good`` rows of ``fit``)."""
+    """``raw_mean``, ``log_raw_sd`` and the segment residual means of rows ``g`` (``good`` rows of ``fit``)."""
     off = traces.offsets
     idx = np.flatnonzero(good)
     t = [traces.t[off[j]:off[j + 1]] for j in idx]
@@ -355,6 +356,7 @@ def _write_residual_features(A, g, good, fit, traces, x0, dur):
     pred = _predict(fit, good, np.concatenate(t), offsets)
     for r, (tj, vj) in enumerate(zip(t, v)):
         A[g[r], COL["raw_mean"]] = vj.mean()
+        A[g[r], COL["log_raw_sd"]] = np.log(max(vj.std(ddof=1), 1e-12)) if vj.size > 1 else np.log(1e-12)
         res = vj - pred[offsets[r]:offsets[r + 1]]
         u = (tj - x0[r]) / dur[r] if dur[r] > 0 else np.zeros_like(tj)
         seg = np.clip((u * N_SEGMENTS).astype(np.int64), 0, N_SEGMENTS - 1)

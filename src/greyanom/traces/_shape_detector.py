@@ -12,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from greyanom.base import BaseDetector
 from greyanom.traces import _wafer_scorer as ws
 from greyanom.traces._analyser import TraceAnalyser
+from greyanom.traces._features import LEVEL_FEATURES
 from greyanom.traces._persist import TracePersistMixin
 from greyanom.traces._views import SIGNATURE_COLUMNS, TraceViews
 from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferScorer
@@ -35,6 +36,7 @@ _CONSTRAINTS: dict = {
     "min_lot_size": [Interval(numbers.Integral, 2, None, closed="left")],
     "n_jobs": [numbers.Integral, None],
     **WAFER_MODEL_CONSTRAINTS,
+    "level_weight": [Interval(numbers.Real, 0, None, closed="left")],
     "random_state": ["random_state"],
 }
 
@@ -99,6 +101,15 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         the number used is ``n_components_``).
     statistic : {"q", "t2", "combined"}, default="q"
         Wafer score: Q (squared prediction error) of the scaled wafer features, T^2, or both.
+    level_weight : float >= 0, default=0.25
+        Weight of the max-type level term added to the wafer score: the largest squared
+        scaled level feature (``raw_mean``, ``log_raw_sd``, ``log_sd`` of every group), each
+        divided by its out-of-fold mean square on the training wafers, so noisy sensors weigh
+        less; normalised to a median of 1 on held-out training wafers. It catches a shift of
+        one trace's level or spread that Q spreads over many features. The whole term goes to
+        the feature that attains the maximum in ``explain_wafers``, so rows still sum exactly
+        to the score. 0: Q (T^2) alone. Chosen on development splits of LAM 9600 (see the
+        shape detector guide).
     scale_floor : float, default=0.5
         The robust (per-lot MAD) scale of a wafer feature is at least this fraction of its
         standard deviation in the lot.
@@ -138,11 +149,12 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     n_groups_ : int
         Number of groups with a normal model.
     wafer_model_ : greyanom.traces._wafer_model.WaferModel
-        The frozen wafer model (robust per-lot scaler, PCA) on the wafer features.
+        The frozen wafer model (robust per-lot scaler, PCA, level term) on the wafer features.
     wafer_columns_ : pandas.MultiIndex
         The wafer features, ``group_keys + ("feature",)``: the fitted curve at 8 points of
         normalised step time (``curve_0`` ... ``curve_7``), ``log_sd`` (log residual sd),
         ``feat_y`` and ``feat_c`` (level and slope), ``raw_mean`` (mean of the samples),
+        ``log_raw_sd`` (log sd of the samples),
         ``res_0`` ... ``res_3`` (mean residual per quarter of step time), ``duration``, ``n_points`` and
         ``unfitted`` (1 for a trace that could not be fitted), per group.
     wafer_heldout_scores_ : pandas.Series
@@ -212,6 +224,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         n_jobs=None,
         n_components=8,
         statistic="q",
+        level_weight=0.25,
         scale_floor=0.5,
         clip=8.0,
         new_lots="pooled",
@@ -234,6 +247,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         self.n_jobs = n_jobs
         self.n_components = n_components
         self.statistic = statistic
+        self.level_weight = level_weight
         self.scale_floor = scale_floor
         self.clip = clip
         self.new_lots = new_lots
@@ -267,6 +281,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
             train_wafers, n_components=self.n_components, statistic=self.statistic,
             scale_floor=self.scale_floor, clip=self.clip, new_lots=self.new_lots, cv=self.cv,
             contamination=self.contamination, random_state=self.random_state,
+            level_features=LEVEL_FEATURES, level_weight=self.level_weight,
         )
         for name, value in scorer.attributes().items():
             setattr(self, name, value)

@@ -18,10 +18,24 @@ with ``P`` the ``k`` principal directions of the scaled training rows and ``Λ``
 variances; ``δ_Q`` and ``δ_T`` are the medians of the cross-fitted training ``Q`` and ``T²``,
 so both statistics weigh the same on held-out normal wafers. Per-feature contributions
 ``e_j²`` (Q) and ``z_j (P Λ^{-1} P^\\top z)_j`` (T²) sum exactly to ``Q`` and ``T²``.
+
+With a level term (``level_weight`` ``w > 0`` and a set ``L`` of level features, see
+:func:`cross_fit`) the score adds a max-type statistic
+
+.. math::
+
+    M = \\max_{j \\in L} z_j^2 / s_j^2, \\qquad \\mathrm{score} = Q / δ_Q + w\\, M / δ_M
+
+where ``s_j`` is the root mean square of feature ``j``'s cross-fitted scaled values on the
+training wafers (its out-of-fold spread: a feature whose robust scale understates its
+spread on unseen normal wafers, e.g. a noisy sensor, is weighed down) and ``δ_M`` the median
+of the cross-fitted ``M``. The whole of ``w M / δ_M`` is the contribution of the feature that
+attains the maximum, so the contributions still sum exactly to the score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +78,13 @@ class WaferModel:
         Normalisers of Q and T² (1.0 until :func:`cross_fit` sets them).
     statistic : {"q", "t2", "combined"}
         The score: ``Q / delta_q``, ``T² / delta_t`` or their sum.
+    level_weights : ndarray of shape (p,) or None
+        ``1 / s_j²`` for the level features (``s_j`` their out-of-fold root mean square
+        scaled value), 0 for the others; ``None``: no level term.
+    delta_m : float
+        Normaliser of the level term ``M`` (median of the cross-fitted ``M``).
+    level_weight : float
+        Weight ``w`` of ``M / delta_m`` in the score (0: no level term).
     """
 
     lots: np.ndarray
@@ -77,6 +98,9 @@ class WaferModel:
     delta_q: float = 1.0
     delta_t: float = 1.0
     statistic: str = "q"
+    level_weights: np.ndarray | None = None
+    delta_m: float = 1.0
+    level_weight: float = 0.0
 
     @property
     def n_features(self):
@@ -84,27 +108,43 @@ class WaferModel:
 
     def with_deltas(self, delta_q, delta_t):
         """A copy with the Q and T² normalisers set."""
-        return WaferModel(
-            self.lots, self.lot_center, self.lot_scale, self.center, self.scale, self.components,
-            self.variances, self.clip, float(delta_q), float(delta_t), self.statistic,
+        return dataclasses.replace(self, delta_q=float(delta_q), delta_t=float(delta_t))
+
+    def with_level(self, level_weights, delta_m, level_weight):
+        """A copy with the level term set (see :func:`cross_fit`)."""
+        return dataclasses.replace(
+            self, level_weights=np.asarray(level_weights, dtype=np.float64), delta_m=float(delta_m),
+            level_weight=float(level_weight),
         )
+
+    @property
+    def has_level(self):
+        return self.level_weights is not None and self.level_weight > 0
 
     def to_arrays(self):
         """The model as a dict of arrays (for saving)."""
         return {
             "lot_center": self.lot_center, "lot_scale": self.lot_scale, "center": self.center, "scale": self.scale,
             "components": self.components, "variances": self.variances,
-            "scalars": np.array([self.clip, self.delta_q, self.delta_t]),
+            "scalars": np.array([self.clip, self.delta_q, self.delta_t, self.delta_m, self.level_weight]),
+            **({} if self.level_weights is None else {"level_weights": self.level_weights}),
         }
 
     @classmethod
     def from_arrays(cls, arrays, lots, statistic="q"):
-        """Inverse of :meth:`to_arrays`; ``lots`` is the list of lot labels."""
-        clip, dq, dt = (float(v) for v in arrays["scalars"])
+        """Inverse of :meth:`to_arrays`; ``lots`` is the list of lot labels.
+
+        Arrays written before the level term (three scalars, no ``level_weights``) give a
+        model without it.
+        """
+        clip, dq, dt, *level = (float(v) for v in arrays["scalars"])
+        dm, w = level if level else (1.0, 0.0)
+        weights = arrays.get("level_weights")
         return cls(
             np.asarray(lots, dtype=object).astype(str), np.asarray(arrays["lot_center"]),
             np.asarray(arrays["lot_scale"]), np.asarray(arrays["center"]), np.asarray(arrays["scale"]),
             np.asarray(arrays["components"]), np.asarray(arrays["variances"]), clip, dq, dt, statistic,
+            None if weights is None else np.asarray(weights), dm, w,
         )
 
 
@@ -222,15 +262,31 @@ def scale_rows(model, F, lots=None, *, new_lots="pooled", min_lot_size=3):
     return Z, known
 
 
+def level_term(model, Z):
+    """The level statistic ``M = max_j level_weights_j z_j²`` of scaled rows ``Z`` and its argmax.
+
+    Returns
+    -------
+    m : ndarray of shape (n,)
+    arg : ndarray of int of shape (n,)
+        The feature attaining the maximum in each row.
+    """
+    V = model.level_weights * Z**2
+    arg = V.argmax(axis=1)
+    return V[np.arange(V.shape[0]), arg], arg
+
+
 def wafer_terms(model, Z):
     """Score and exact per-feature contributions of scaled rows ``Z``.
 
     Returns
     -------
     score : ndarray of shape (n,)
-        ``Q / delta_q``, ``T² / delta_t`` or their sum (``model.statistic``).
+        ``Q / delta_q``, ``T² / delta_t`` or their sum (``model.statistic``), plus
+        ``level_weight * M / delta_m`` with a level term.
     contrib : ndarray of shape (n, p)
-        Per-feature contributions; each row sums to ``score`` (up to rounding).
+        Per-feature contributions; each row sums to ``score`` (up to rounding). The level
+        term goes whole to the feature that attains its maximum.
     q, t2 : ndarray of shape (n,)
     """
     P = model.components
@@ -243,16 +299,46 @@ def wafer_terms(model, Z):
     wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
     wt = 0.0 if model.statistic == "q" else 1.0 / model.delta_t
     contrib = cq * wq + ct * wt
-    return q * wq + t2 * wt, contrib, q, t2
+    score = q * wq + t2 * wt
+    if model.has_level:
+        m, arg = level_term(model, Z)
+        lv = model.level_weight * m / model.delta_m
+        contrib[np.arange(Z.shape[0]), arg] += lv
+        score = score + lv
+    return score, contrib, q, t2
 
 
-def cross_fit(F, lots=None, *, n_splits=5, random_state=None, **fit_kwargs):
+def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, level_weight=0.0, **fit_kwargs):
     """Fit on all rows and score each row from a model fitted without its fold.
 
     Rows are split into ``n_splits`` folds stratified by lot (shuffled with ``random_state``).
     The returned model has ``delta_q`` and ``delta_t`` set to the medians of the held-out
     Q and T², and ``heldout`` are the held-out scores under those normalisers: the scores to
     set a control limit from.
+
+    With ``level_weight > 0`` and a ``level_mask``, the model also gets the level term (see
+    the module docstring): the out-of-fold scaled rows give each level feature its weight
+    ``1 / s_j²`` and ``delta_m``. Those are learned from the held-out rows themselves, so the
+    held-out score of a fold then comes from a model fitted, level term and normalisers
+    included, by this same cross-fitting on the other folds (nested): the control limit is
+    made of scores of wafers that no part of the model saw.
+
+    Parameters
+    ----------
+    F : ndarray of shape (n_wafers, p)
+        Training features (finite).
+    lots : array-like of shape (n_wafers,) or None
+        Lot of each row.
+    n_splits : int
+        Folds.
+    random_state : int, RandomState or None
+        Seeds the folds (``None``: seed 0).
+    level_mask : array-like of bool of shape (p,) or None
+        The level features (those the max-type term runs over).
+    level_weight : float
+        Weight of the level term; 0 (default) or no level feature: Q / T² alone.
+    **fit_kwargs
+        Passed to :func:`fit_wafer_model`.
 
     Returns
     -------
@@ -264,20 +350,51 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, **fit_kwargs):
     F = np.asarray(F, dtype=np.float64)
     n = F.shape[0]
     codes = _lot_codes(lots, n)
+    level = level_mask is not None and level_weight > 0 and bool(np.any(level_mask))
+    model, folds, q, t2 = _fit_calibrated(
+        F, codes, n_splits, random_state, level_mask if level else None, level_weight, fit_kwargs
+    )
+    if not level:
+        wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
+        wt = 0.0 if model.statistic == "q" else 1.0 / model.delta_t
+        return model, q * wq + t2 * wt, folds
+
+    def fit_score(train, test):
+        m, *_ = _fit_calibrated(F[train], codes[train], n_splits, random_state, level_mask, level_weight, fit_kwargs)
+        Z, _ = scale_rows(m, F[test], codes[test])
+        return wafer_terms(m, Z)[0]
+
+    heldout = np.empty(n)
+    for test, s in _crossfit.cross_fit(fit_score, n, folds=folds):
+        heldout[test] = s
+    return model, heldout, folds
+
+
+def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, fit_kwargs):
+    """The model fitted on all rows with the normalisers (and level term) from its out-of-fold rows."""
+    n = F.shape[0]
     folds = _crossfit.make_folds(n, n_splits, random_state, groups=codes)
+    Zo = np.empty_like(F) if level_mask is not None else None
     q = np.empty(n)
     t2 = np.empty(n)
 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
         Z, _ = scale_rows(m, F[test], codes[test])
-        return wafer_terms(m, Z)[2:]
+        return Z, *wafer_terms(m, Z)[2:]
 
-    for test, (q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
+    for test, (Z, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
         q[test], t2[test] = q_k, t2_k
+        if Zo is not None:
+            Zo[test] = Z
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
-    wq = 0.0 if model.statistic == "t2" else 1.0 / dq
-    wt = 0.0 if model.statistic == "q" else 1.0 / dt
-    return model, q * wq + t2 * wt, folds
+    if Zo is not None:
+        # out-of-fold spread of each level feature; floored so a feature constant on every
+        # held-out training wafer (s = 0) cannot give a weight beyond 1e6
+        s2 = np.maximum((Zo**2).mean(axis=0), 1e-6)
+        weights = np.where(np.asarray(level_mask, dtype=bool), 1.0 / s2, 0.0)
+        m = (weights * Zo**2).max(axis=1)
+        model = model.with_level(weights, float(np.median(m)) or 1.0, level_weight)
+    return model, folds, q, t2

@@ -80,8 +80,13 @@ class WaferScorer:
     new_lots: str = "pooled"
 
     @classmethod
-    def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state):
-        """Fit the wafer model on training features, with cross-fitted held-out scores and limit."""
+    def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state,
+            level_features=(), level_weight=0.0):
+        """Fit the wafer model on training features, with cross-fitted held-out scores and limit.
+
+        ``level_features`` names the features (last column level) that the max-type level
+        term runs over, weighted by ``level_weight`` (see :func:`greyanom.traces._wafer_model.cross_fit`).
+        """
         # folds drawn on the wafers in key order, so the fit does not depend on the row order
         order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
         F = wf.features.iloc[order]
@@ -96,6 +101,7 @@ class WaferScorer:
         k = int(min(n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
             X, lots, n_splits=cv, random_state=random_state,
+            level_mask=columns.get_level_values(-1).isin(list(level_features)), level_weight=level_weight,
             n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
         )
         return cls(
@@ -190,9 +196,10 @@ SCORE_WAFERS_DOC = """Wafer-level anomaly score (higher = more anomalous), one p
         Returns
         -------
         scores : pandas.Series
-            Indexed by ``trace_keys``; ``Q / delta_Q`` (``statistic``) under the wafer model
-            (about 1 for held-out normal wafers with the default ``statistic="q"``). Never NaN:
-            every wafer of ``X`` has a score.
+            Indexed by ``trace_keys``; ``Q / delta_Q`` (``statistic``) under the wafer model,
+            plus the weighted level term where the detector has one (about 1 for held-out
+            normal wafers with the default ``statistic="q"`` alone). Never NaN: every wafer
+            of ``X`` has a score.
         """
 PREDICT_WAFERS_DOC = """+1 for wafers under the wafer control limit ``wafer_threshold_``, -1 above it.
 
