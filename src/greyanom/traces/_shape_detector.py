@@ -258,6 +258,11 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     def analyse(self, X):
         return self._analyser().analysis(X)
 
+    @classmethod
+    def _params_from_json(cls, params):
+        # a file saved before the level term holds a Q-only wafer model: say so in its params
+        return super()._params_from_json({"level_weight": 0.0, **params})
+
     # -- the parts it owns: a trace analyser, trace views and a wafer scorer -------------------
     def _analyser(self, fitted=True):
         if fitted:
