@@ -124,7 +124,8 @@ class BasePatchDetector(BaseImageDetector):
         """Patch features of host images as a host array ``(n, C, h, w)``, float32."""
         from greyanom.image._torch._post import to_host
 
-        return self._map_batches(lambda b: {"f": to_host(self._features_on_device(b))}, images, self._batch())["f"]
+        return self._map_batches(lambda b: {"f": to_host(self._features_on_device(b))}, images, self._batch(),
+                                 what="features")["f"]
 
     # -- maps and scores on the device -------------------------------------------------
     def _heatmaps(self, features):
