@@ -72,6 +72,10 @@ class Stage:
         self.n += n
         self.bar.update(n)
 
+    def set_postfix(self, **kwargs):
+        """Figures shown after the bar (e.g. losses); only where a bar is shown."""
+        self.bar.set_postfix(**kwargs)
+
     def phase(self, name):
         """Start the phase ``name`` (ends the previous one)."""
         self._phases.append([name, self._clock()])
