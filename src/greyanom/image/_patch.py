@@ -92,7 +92,8 @@ class BasePatchDetector(BaseImageDetector):
             or cached[0] != str(self.device_)
             or any(cached[1][name] is not host[name] for name in host)
         ):
-            tensors = {name: torch.as_tensor(a).to(self.device_) for name, a in host.items()}
+            # a loaded model's arrays may be read-only: copy those (torch warns on them)
+            tensors = {name: torch.as_tensor(_writable(a)).to(self.device_) for name, a in host.items()}
             cached = self._device_cache = (str(self.device_), host, tensors)
         return cached[2]
 
@@ -315,3 +316,9 @@ def _finite_scores(scores):
             "model is degenerate (e.g. PaDiM with reg=0 and fewer images than channels)."
         )
     return scores
+
+
+def _writable(a):
+    """``a`` as an array torch can share without a warning (a read-only one is copied)."""
+    a = np.asarray(a)
+    return a if a.flags.writeable else a.copy()
