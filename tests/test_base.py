@@ -132,3 +132,23 @@ class TestCheckImages:
             check_images(np.zeros((2, 4, 4), np.int64))
         with pytest.raises(TypeError, match="numeric"):
             check_images(np.array([["a"]] * 2, dtype=object).reshape(2, 1, 1))
+
+
+def test_top_level_help_is_short_and_shows_no_private_classes():
+    """help(greyanom) is a page (as help(sklearn)): the detectors are named, not rendered in full."""
+    import pydoc
+    import subprocess
+    import sys
+
+    import greyanom
+
+    text = pydoc.render_doc(greyanom, renderer=pydoc.plaintext)
+    assert len(text.splitlines()) < 150, len(text.splitlines())
+    assert "Mixin" not in text and "\nCLASSES\n" not in text
+    for name in greyanom._PUBLIC:  # every public class is named in the docstring and importable
+        assert f"{name} " in greyanom.__doc__ and name in dir(greyanom)
+        assert isinstance(getattr(greyanom, name), type)
+    # help stays light: it does not import the trace detectors' Numba kernels
+    code = "import sys, pydoc, greyanom; pydoc.render_doc(greyanom); print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
