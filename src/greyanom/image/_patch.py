@@ -210,13 +210,17 @@ class BasePatchDetector(BaseImageDetector):
         out = np.empty(n)
         seed = 0 if self.random_state is None else self.random_state  # deterministic folds, as in the base
         folds = KFold(cv, shuffle=True, random_state=seed).split(np.zeros(n))
-        for train, test in folds:
-            model = clone(self)
-            for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
-                setattr(model, name, getattr(self, name))
-            with torch_threads(self.n_jobs):
-                model._fit_features(features[train], check_random_state(self.random_state))
-            out[test] = model._scores_from_features(features[test])
+        from greyanom._progress import progress_stage
+
+        with progress_stage(f"{type(self).__name__} held-out folds", total=cv, unit="fold", verbose=False) as stage:
+            for train, test in folds:
+                model = clone(self)
+                for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
+                    setattr(model, name, getattr(self, name))
+                with torch_threads(self.n_jobs):
+                    model._fit_features(features[train], check_random_state(self.random_state))
+                out[test] = model._scores_from_features(features[test])
+                stage.update(1)
         return out
 
     def _fit_images(self, images):
