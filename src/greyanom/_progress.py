@@ -66,6 +66,7 @@ class Stage:
         self._clock = clock
         self.start = clock()
         self._phases = []  # [name, start]
+        self._stack = [self]  # on the outermost stage: the open stages, for its heartbeat
 
     def update(self, n=1):
         """Count ``n`` more items done."""
@@ -188,12 +189,10 @@ def progress_stage(desc, *, total=None, unit="it", verbose=None, logger=None):
     logger = logger or _logger
     outer = _open_stages.get()
     bars = _bars_wanted(verbose)
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=not bars, leave=False)
+    bar = tqdm(total=total, desc=desc, unit=unit or "it", disable=not bars, leave=False)
     stage = Stage(desc, total, unit, bar, [s.desc for s in outer], _clock)
     if outer:
         outer[0]._stack.append(stage)
-    else:
-        stage._stack = [stage]
     token = _open_stages.set(outer + (stage,))
     stop = thread = None
     if not outer and not bars and not _bars_wanted(None):
