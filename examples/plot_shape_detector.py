@@ -44,8 +44,8 @@ det.normal_model_[["noise_sd", "mu_gamma", "sd_gamma", "mu_omega", "sd_omega", "
 a = det.analyse(df)
 wafer_scores = det.score_wafers(a)
 fault = df.groupby("wafer", sort=False)["fault"].first().reindex(wafer_scores.index)
-ax = plot_score_series(wafer_scores, reference=det.wafer_heldout_scores_, labels=fault.notna())
-ax.set_yscale("symlog")
+ax = plot_score_series(wafer_scores, reference=det.wafer_heldout_scores_, labels=fault.notna(),
+                       yscale="symlog")
 plt.tight_layout()
 
 # %%

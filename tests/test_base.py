@@ -132,3 +132,17 @@ class TestCheckImages:
             check_images(np.zeros((2, 4, 4), np.int64))
         with pytest.raises(TypeError, match="numeric"):
             check_images(np.array([["a"]] * 2, dtype=object).reshape(2, 1, 1))
+
+
+def test_top_level_help_is_short_and_shows_no_private_classes():
+    """help(greyanom) is a page (as help(sklearn)): the detectors are named, not rendered in full."""
+    import pydoc
+
+    import greyanom
+
+    text = pydoc.render_doc(greyanom, renderer=pydoc.plaintext)
+    assert len(text.splitlines()) < 150, len(text.splitlines())
+    assert "Mixin" not in text and "\nCLASSES\n" not in text
+    for name in greyanom._PUBLIC:  # every public class is named in the docstring and importable
+        assert name in greyanom.__doc__ and name in dir(greyanom)
+        assert isinstance(getattr(greyanom, name), type)

@@ -61,3 +61,36 @@ def test_import_greyanom_does_not_import_matplotlib_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _overlaps(texts, renderer):
+    boxes = [t.get_window_extent(renderer) for t in texts if t.get_text()]
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_score_series_limits_read_apart_and_labels_do_not_collide(rng):
+    """Centred scores over decades: distinct limit lines with their values, uncrowded ticks."""
+    import pandas as pd
+
+    from greyanom.plotting import plot_score_series
+
+    ref = rng.normal(10.0, 2.0, size=200)
+    scores = pd.Series(np.r_[rng.normal(10.0, 2.0, size=20), -30.0, 2000.0, 150.0])
+    ax = plot_score_series(scores, reference=ref, labels=scores > 100, yscale="symlog")
+    limits = ax.lines[-2:]
+    styles = {(line.get_color(), line.get_linestyle()) for line in limits}
+    assert len(styles) == 2 and all(line.get_color() != "k" for line in limits)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[-2:] == [f"95 % limit ({np.quantile(ref, 0.95):.3g})", f"99 % limit ({np.quantile(ref, 0.99):.3g})"]
+    assert ax.get_yscale() == "symlog" and ax.yaxis.get_transform().linthresh == 10.0
+    fig = ax.figure
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert _overlaps(ax.get_yticklabels(), renderer) == []
+    assert _overlaps(ax.get_xticklabels(), renderer) == []
+    # the legend sits beside the axes, off the data
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+    with pytest.raises(ValueError, match="yscale"):
+        plot_score_series(scores, yscale="log")
+    plt.close("all")

@@ -117,4 +117,12 @@ def cross_fit(fit_score, n, cv=5, random_state=None, *, groups=None, folds=None,
             folds = make_folds(n, cv, random_state, groups=groups, what=what)
         folds = np.asarray(folds)
         splits = ((np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in np.unique(folds))
-    return [(test, fit_score(train, test)) for train, test in splits]
+    n_folds = len(np.unique(folds)) if folds is not None else cv.get_n_splits()
+    from greyanom._progress import progress_stage
+
+    results = []
+    with progress_stage("cross-fitting", total=n_folds, unit="fold", verbose=False) as stage:
+        for train, test in splits:
+            results.append((test, fit_score(train, test)))
+            stage.update(1)
+    return results

@@ -214,11 +214,17 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self : object
             The fitted detector.
         """
+        from greyanom._progress import progress_stage
+
         self._validate_params()
-        train_scores = self._fit(X)
-        self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
-        self.heldout_scores_ = np.asarray(self._heldout_scores(X, train_scores), dtype=np.float64)
-        self._set_offset(self.heldout_scores_)
+        # one line timing the whole fit, model and calibration; inner stages nest under it
+        with progress_stage(f"{type(self).__name__} fit", unit=None, verbose=False) as stage:
+            stage.phase("model")
+            train_scores = self._fit(X)
+            self.decision_scores_ = np.asarray(train_scores, dtype=np.float64)
+            stage.phase("held-out calibration")
+            self.heldout_scores_ = np.asarray(self._heldout_scores(X, train_scores), dtype=np.float64)
+            self._set_offset(self.heldout_scores_)
         return self
 
     #: folds of the default cross-fitting in :meth:`_heldout_scores`

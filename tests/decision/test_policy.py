@@ -318,3 +318,27 @@ def test_unbound_policies_and_version_1_files(tmp_path, rng):
         DecisionPolicy.load(half.save(tmp_path / "half.safetensors"))
     with pytest.raises(TypeError, match="fitted greyanom detector"):
         DecisionPolicy().fit(rng.normal(size=300), model=object())
+
+
+def test_serving_guide_says_how_many_calibration_scores_a_band_needs():
+    """The serving guide's counts are min_calibration_size's, and its snippet's case holds."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+    import pytest
+
+    from greyanom.decision import DecisionPolicy, min_calibration_size
+
+    text = Path(__file__).parents[2].joinpath("docs", "guide", "serving.rst").read_text()
+    text = " ".join(text.split())
+    counts = re.search(r"gives that number, (\d+) for ``review_fpr=0.05``, (\d+) for 0.01, (\d+) for "
+                       r"``reject_fpr=0.005`` and (\d+) for 0.001", text)
+    assert counts is not None, "the serving guide no longer states the counts"
+    assert [int(c) for c in counts.groups()] == [min_calibration_size(r) for r in (0.05, 0.01, 0.005, 0.001)]
+    assert "min_calibration_size(0.005)" in text and "reject_fpr=0.005" in text
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="at least 199 scores"):
+        DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(rng.normal(size=63))
+    DecisionPolicy(review_fpr=0.05, reject_fpr=0.005).fit(rng.normal(size=213))  # the snippet's 213
+    DecisionPolicy(review_fpr=0.05, reject_fpr=1 / 64).fit(rng.normal(size=63))  # "at least 1/(n+1)"

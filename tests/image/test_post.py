@@ -172,3 +172,35 @@ def test_network_dtype_and_autocast(torch_device):
         assert conv(x).dtype == torch.bfloat16
     with _post.autocast_network(torch_device, "float32"):
         assert conv(x).dtype == torch.float32
+
+
+def _frozen(a):
+    a = np.array(a, dtype=np.float32)
+    a.flags.writeable = False  # a loaded model's or a decoded request's buffer
+    return a
+
+
+def test_read_only_host_arrays_reach_torch_without_a_warning():
+    """Host → torch conversions copy read-only arrays instead of making torch warn."""
+    from greyanom.image._torch import _infer
+
+    maps = _frozen(_maps((2, 5, 6)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        up = _backbone.upsample_maps(maps, (10, 12))
+        t = _infer._tensor(_frozen(np.ones((1, 4, 4))), 0.0, "cpu")
+    assert up.shape == (2, 10, 12) and float(t.sum()) == 16.0
+
+
+def test_loaded_patch_detector_arrays_reach_torch_without_a_warning():
+    from greyanom.image._padim import PaDiMDetector
+
+    det = PaDiMDetector.__new__(PaDiMDetector)
+    det.device_ = torch.device("cpu")
+    det.mean_, det.precision_ = _frozen(np.zeros((3, 2))), _frozen(np.ones((3, 2, 2)))
+    det.channel_index_ = np.arange(2)
+    det.channel_index_.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensors = det._on_device()
+    assert float(tensors["precision_"].sum()) == 12.0

@@ -61,3 +61,17 @@ def test_fit_lot_errors():
         fit_lot(traces, update="newton")
     with pytest.raises(ValueError, match="init="):
         fit_lot(traces, update="mean")
+
+
+def test_fit_lot_says_what_a_run_without_convergence_means(caplog):
+    import logging
+
+    rng = np.random.default_rng(1)
+    traces, _ = _lot(rng, np.array([0.03, 0.2, 0.02, 0.1, 0.05, 0.001]), n_traces=10)
+    with caplog.at_level(logging.INFO, logger="greyanom"):
+        res = fit_lot(traces, update="laplace", max_iter=1, tol=1e-12)
+    assert not res.converged
+    (msg,) = [r.getMessage() for r in caplog.records if "did not converge" in r.getMessage()]
+    assert "in 1 iterations (last relative change " in msg and "tol 1e-12" in msg
+    assert "raise max_iter (max_em_iter on the trace detectors) or tol (em_tol)" in msg
+    assert "LotFit.converged is False" in msg

@@ -34,5 +34,5 @@ def test_trace_and_wafer_statuses_are_in_the_tables():
         a = det.analyse(short)
     assert "too_short" in set(a.traces["status"])
     assert set(a.traces["status"]) <= set(_status.TRACE_STATUSES)
-    wafer_status = set(det.explain_wafers(a)["status"])
+    wafer_status = set(det.wafer_status(a))
     assert {"missing_group", "unfitted"} <= wafer_status <= set(_status.WAFER_STATUSES)

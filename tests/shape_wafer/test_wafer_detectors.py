@@ -48,8 +48,11 @@ def _check_wafer_outputs(det, X, n_wafers, groups):
     assert isinstance(s, pd.Series) and s.index.name == "wafer" and len(s) == n_wafers
     assert np.isfinite(s.to_numpy()).all()
     e = det.explain_wafers(X)
-    assert list(e.columns) == [*groups, "score", "status"]
-    np.testing.assert_allclose(e[groups].sum(axis=1).to_numpy(), s.to_numpy(), rtol=1e-12, atol=1e-12)
+    assert list(e.columns) == groups  # the contributions alone: rows sum to the score
+    np.testing.assert_allclose(e.sum(axis=1).to_numpy(), s.to_numpy(), rtol=1e-12, atol=1e-12)
+    status = det.wafer_status(X)
+    assert status.name == "status" and status.index.equals(s.index)
+    assert set(status) <= {"ok", "missing_group", "unfitted", "new_lot"}
     p = det.predict_wafers(X)
     np.testing.assert_array_equal(p.to_numpy(), np.where(s.to_numpy() > det.wafer_threshold_, -1, 1))
     return s, e
@@ -67,8 +70,9 @@ def test_shape_wafer_scores_separate_every_fault_including_a_truncated_step(shap
     feat = shape.explain_wafer_features(analysis)
     np.testing.assert_allclose(feat.sum(axis=1), s, rtol=1e-12)
     # lots L04, L05 were not in training: pooled centre, status says so
-    assert (e.loc[e.index.str.startswith("L05"), "status"] == "new_lot").all()
-    assert (e.loc[e.index.str.startswith("L00"), "status"] == "ok").all()
+    status = shape.wafer_status(analysis)
+    assert (status[status.index.str.startswith("L05")] == "new_lot").all()
+    assert (status[status.index.str.startswith("L00")] == "ok").all()
 
 
 def test_analyse_once_views_agree(shape, analysis, lots):
@@ -100,7 +104,7 @@ def test_wafer_methods_on_a_frame_run_no_lot_fits(shape, analysis, lots, monkeyp
     with pytest.warns(UserWarning, match="too_short"):
         e = shape.explain_wafers(short)
     pd.testing.assert_frame_equal(e, shape.explain_wafers(full))
-    assert e.loc["L04W00", "status"] == "unfitted"
+    assert shape.wafer_status(short).loc["L04W00"] == "unfitted"
     with pytest.raises(AssertionError, match="a lot fit ran"):
         shape.analyse(lots)  # the per-trace analysis does fit the lots
 
@@ -123,7 +127,7 @@ def test_unfittable_and_empty_traces_raise_the_wafer_score(shape, lots):
     with pytest.warns(UserWarning, match="too_short"):
         s = shape.score_wafers(keep)
     assert s[w] > base[w] and s[w] > shape.wafer_threshold_
-    assert shape.explain_wafers(keep).loc[w, "status"] == "unfitted"
+    assert shape.wafer_status(keep).loc[w] == "unfitted"
     # a trace whose values are all NaN keeps its wafer in every output
     nan = one.copy()
     nan.loc[mask, "value"] = np.nan
@@ -133,8 +137,8 @@ def test_unfittable_and_empty_traces_raise_the_wafer_score(shape, lots):
     assert shape.score_wafers(a)[w] > shape.wafer_threshold_
     # a wafer missing a whole group
     gone = one[~mask]
-    e = shape.explain_wafers(gone)
-    assert e.loc[w, "status"] == "missing_group" and e.loc[w, "score"] > shape.wafer_threshold_
+    assert shape.wafer_status(gone).loc[w] == "missing_group"
+    assert shape.explain_wafers(gone).loc[w].sum() > shape.wafer_threshold_
 
 
 def test_heldout_trace_scores_come_from_wafer_folds(shape, lots):
@@ -148,7 +152,7 @@ def test_heldout_trace_scores_come_from_wafer_folds(shape, lots):
 def test_mpca_detects_faults_and_unseen_lots(mpca, lots, fault):
     test = lots[lots["lot"].isin(["L04", "L05"])]
     s, e = _check_wafer_outputs(mpca, test, 16, ["u", "v"])
-    assert (e["status"] == "new_lot").all()
+    assert (mpca.wafer_status(test) == "new_lot").all()
     f = fault.reindex(s.index)
     assert s[f == "setpoint_offset"].min() > s[f.isna()].max()
     np.testing.assert_allclose(mpca.score(test), s.to_numpy())
@@ -162,9 +166,8 @@ def test_mpca_detects_faults_and_unseen_lots(mpca, lots, fault):
 def test_mpca_missing_group_and_bad_input(mpca, lots):
     one = lots[lots["lot"] == "L00"]
     gone = one[~((one["wafer"] == "L00W00") & (one["sensor"] == "v"))]
-    e = mpca.explain_wafers(gone)
-    assert e.loc["L00W00", "status"] == "missing_group"
-    assert e.loc["L00W00", "score"] > mpca.explain_wafers(one).loc["L00W00", "score"]
+    assert mpca.wafer_status(gone).loc["L00W00"] == "missing_group"
+    assert mpca.score_wafers(gone).loc["L00W00"] > mpca.score_wafers(one).loc["L00W00"]
     with pytest.raises(TypeError, match="DataFrame"):
         mpca.score_wafers(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="column"):

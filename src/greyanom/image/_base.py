@@ -190,18 +190,19 @@ class BaseImageDetector(BaseDetector):
             fields["score"] = self._reduce(fields["heatmap"])
         return self._explanation_class(**fields)
 
-    def _map_batches(self, fn, images, batch_size):
+    def _map_batches(self, fn, images, batch_size, what="batches"):
         """Apply ``fn`` (returning a dict of arrays) to batches and concatenate.
 
         Work of more than one batch (feature extraction, long scoring) reports through
-        :func:`greyanom._progress.progress_stage`: a tqdm bar with ``verbose=True`` (or on a
-        terminal when the detector has no ``verbose``), and one timed INFO log line.
+        :func:`greyanom._progress.progress_stage` as the stage ``"<Detector> <what>"``: a tqdm
+        bar with ``verbose=True`` (or on a terminal when the detector has no ``verbose``), and
+        one timed log line (at ``DEBUG`` inside a fit, whose own line times the whole fit).
         """
         starts = range(0, len(images), batch_size)
         if len(starts) > 1:
             from greyanom._progress import progress_stage
 
-            with progress_stage(type(self).__name__, total=len(images), unit="img",
+            with progress_stage(f"{type(self).__name__} {what}", total=len(images), unit="img",
                                 verbose=getattr(self, "verbose", None)) as bar:
                 parts = []
                 for start in starts:

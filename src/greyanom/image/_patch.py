@@ -92,7 +92,8 @@ class BasePatchDetector(BaseImageDetector):
             or cached[0] != str(self.device_)
             or any(cached[1][name] is not host[name] for name in host)
         ):
-            tensors = {name: torch.as_tensor(a).to(self.device_) for name, a in host.items()}
+            # a loaded model's arrays may be read-only: copy those (torch warns on them)
+            tensors = {name: torch.as_tensor(_writable(a)).to(self.device_) for name, a in host.items()}
             cached = self._device_cache = (str(self.device_), host, tensors)
         return cached[2]
 
@@ -124,7 +125,8 @@ class BasePatchDetector(BaseImageDetector):
         """Patch features of host images as a host array ``(n, C, h, w)``, float32."""
         from greyanom.image._torch._post import to_host
 
-        return self._map_batches(lambda b: {"f": to_host(self._features_on_device(b))}, images, self._batch())["f"]
+        return self._map_batches(lambda b: {"f": to_host(self._features_on_device(b))}, images, self._batch(),
+                                 what="features")["f"]
 
     # -- maps and scores on the device -------------------------------------------------
     def _heatmaps(self, features):
@@ -208,13 +210,17 @@ class BasePatchDetector(BaseImageDetector):
         out = np.empty(n)
         seed = 0 if self.random_state is None else self.random_state  # deterministic folds, as in the base
         folds = KFold(cv, shuffle=True, random_state=seed).split(np.zeros(n))
-        for train, test in folds:
-            model = clone(self)
-            for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
-                setattr(model, name, getattr(self, name))
-            with torch_threads(self.n_jobs):
-                model._fit_features(features[train], check_random_state(self.random_state))
-            out[test] = model._scores_from_features(features[test])
+        from greyanom._progress import progress_stage
+
+        with progress_stage(f"{type(self).__name__} held-out folds", total=cv, unit="fold", verbose=False) as stage:
+            for train, test in folds:
+                model = clone(self)
+                for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
+                    setattr(model, name, getattr(self, name))
+                with torch_threads(self.n_jobs):
+                    model._fit_features(features[train], check_random_state(self.random_state))
+                out[test] = model._scores_from_features(features[test])
+                stage.update(1)
         return out
 
     def _fit_images(self, images):
@@ -314,3 +320,9 @@ def _finite_scores(scores):
             "model is degenerate (e.g. PaDiM with reg=0 and fewer images than channels)."
         )
     return scores
+
+
+def _writable(a):
+    """``a`` as an array torch can share without a warning (a read-only one is copied)."""
+    a = np.asarray(a)
+    return a if a.flags.writeable else a.copy()

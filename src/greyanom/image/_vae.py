@@ -479,19 +479,15 @@ class ConvVAEDetector(BaseImageDetector):
         inputs, state = route.fit_inputs(images, train_idx, self.device_, route.front_batch(self.device_, batch))
         for key, value in state.items():
             setattr(self, key, value)
-        progress = None
-        if self.verbose:
-            from tqdm.auto import tqdm
+        from greyanom._progress import progress_stage
 
-            progress = tqdm(total=int(self.max_epochs), desc=_CLASS, unit="epoch")
-        try:
+        # a bar with verbose=True; otherwise the epochs feed the fit's heartbeat and a DEBUG line
+        with progress_stage(f"{_CLASS} training", total=int(self.max_epochs), unit="epoch",
+                            verbose=bool(self.verbose)) as progress:
             self.module_, self.history_, self.best_epoch_ = fit_network(
                 lambda: route.new_module(self.image_shape_, self.feature_shape_), inputs, train_idx, val_idx,
                 self._train_config(augmentation), seed=seed, device=self.device_, progress=progress,
             )
-        finally:
-            if progress is not None:
-                progress.close()
         self.n_epochs_ = len(self.history_["epoch"])
         self.n_params_ = n_parameters(self.module_)
         # per-element residual mean and standard deviation on the held-out normal images

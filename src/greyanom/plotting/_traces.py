@@ -169,7 +169,11 @@ def plot_trace_fits(detector, X, traces, *, group=None, signatures=None, ax=None
     return ax
 
 
-def plot_score_series(scores, *, reference=None, limits=(0.95, 0.99), labels=None, ax=None):
+#: (colour, line style) of successive control limits: each limit reads apart from the others
+_LIMIT_STYLES = (("C1", "--"), ("C3", "-"), ("C4", "-."), ("C2", ":"))
+
+
+def plot_score_series(scores, *, reference=None, limits=(0.95, 0.99), labels=None, yscale="linear", ax=None):
     """Anomaly scores in time order with control limits.
 
     Parameters
@@ -180,15 +184,27 @@ def plot_score_series(scores, *, reference=None, limits=(0.95, 0.99), labels=Non
         Scores of normal traces that set the control limits (e.g. ``detector.train_scores_``
         or held-out normal scores); ``None`` uses ``scores`` itself.
     limits : sequence of float, default=(0.95, 0.99)
-        Quantiles of ``reference`` drawn as horizontal lines.
+        Quantiles of ``reference`` drawn as horizontal lines, each in its own colour and
+        line style, with its value in the legend.
     labels : array-like of bool or None
         Marks known anomalies (drawn in red).
+    yscale : {"linear", "symlog"}, default="linear"
+        ``"symlog"`` for scores that span decades and may be negative (centred scores): a
+        symmetric log axis whose linear part reaches the decade below the lowest limit, so
+        that the ticks around zero keep a decade apart (``ax.set_yscale("symlog")`` with its
+        default ``linthresh=2`` crowds them).
     ax : matplotlib Axes or None
 
     Returns
     -------
     ax : matplotlib Axes
+        The legend sits right of the axes, off the data; call ``figure.tight_layout()`` or
+        use a constrained layout to make room for it.
     """
+    if yscale not in ("linear", "symlog"):
+        raise ValueError(f"yscale must be 'linear' or 'symlog', got {yscale!r}.")
+    if len(limits) > len(_LIMIT_STYLES):
+        raise ValueError(f"limits takes at most {len(_LIMIT_STYLES)} quantiles, got {len(limits)}.")
     ax = _axes(ax, "plot_score_series", (9, 3))
     s = pd.Series(scores)
     x = np.arange(len(s))
@@ -199,9 +215,14 @@ def plot_score_series(scores, *, reference=None, limits=(0.95, 0.99), labels=Non
     if labels is not None:
         lab = np.asarray(labels, dtype=bool)
         ax.plot(x[lab], s.to_numpy(np.float64)[lab], "o", color="C3", ms=5, label="known anomaly")
-    for q, ls in zip(limits, ("--", ":", "-.")):
-        ax.axhline(np.quantile(ref, q), color="k", ls=ls, lw=1, label=f"{100 * q:g}% limit")
+    values = [float(np.quantile(ref, q)) for q in limits]
+    for q, v, (color, ls) in zip(limits, values, _LIMIT_STYLES):
+        ax.axhline(v, color=color, ls=ls, lw=1.5, label=f"{100 * q:g} % limit ({v:.3g})")
+    if yscale == "symlog":
+        positive = [v for v in values if v > 0]
+        base = min(positive) if positive else float(np.nanmax(np.abs(ref), initial=1.0)) or 1.0
+        ax.set_yscale("symlog", linthresh=10.0 ** np.floor(np.log10(base)), linscale=1.0)
     ax.set_xlabel("trace (time order)")
     ax.set_ylabel("anomaly score")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return ax

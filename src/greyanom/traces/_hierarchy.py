@@ -138,6 +138,18 @@ def fit_lot(
     return dataclasses.replace(lot, fit=_signature_fit(lot.fit, traces.keys))
 
 
+def _not_converged_message(update, max_iter, change, tol):
+    """What an EM run that hit ``max_iter`` means, and what to do about it."""
+    return (
+        f"fit_lot: the {update} update of the lot's prior did not converge in {max_iter} iterations "
+        f"(last relative change {change:.3g}, tol {tol:g}); the signatures and prior of the last "
+        "iteration are used (LotFit.converged is False). Harmless when the change is within a few "
+        "times tol: typically a parameter whose true spread over the lot is near zero, which EM "
+        "approaches slowly. Otherwise raise max_iter (max_em_iter on the trace detectors) or tol "
+        "(em_tol); LotFit.history shows how the spreads moved."
+    )
+
+
 def _fit_lot(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3, min_sd=None, n_jobs=None, fit_kwargs=None):
     """:func:`fit_lot` with the per-trace fits as plain arrays (``fit`` an ``_ArrayFit``).
 
@@ -231,7 +243,7 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
     else:
         final = yield fit_of(prior=(mu, sd), noise_sd=sigma, init=xinit)
     if not converged:
-        _logger.info("fit_lot: %s update did not converge in %d iterations", update, max_iter)
+        _logger.info("%s", _not_converged_message(update, max_iter, change, tol))
     return LotFit(
         fit=final,
         noise_sd=float(sigma),

@@ -279,12 +279,16 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     def explain_wafers(self, X):
         return self._wafer_scorer().explain(self._wafer_features(X))
 
+    def wafer_status(self, X):
+        return self._wafer_scorer().status(self._wafer_features(X))
+
     def explain_wafer_features(self, X):
         return self._wafer_scorer().explain_features(self._wafer_features(X))
 
     score_wafers.__doc__ = ws.SCORE_WAFERS_DOC
     predict_wafers.__doc__ = ws.PREDICT_WAFERS_DOC
     explain_wafers.__doc__ = ws.EXPLAIN_WAFERS_DOC
+    wafer_status.__doc__ = ws.WAFER_STATUS_DOC
     explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC
 
     def explain(self, X):
@@ -300,10 +304,10 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         explanation : pandas.DataFrame
             One row per wafer (index ``trace_keys``, the order of :meth:`score`); one column
             per group (the Q and T² contributions of its resampled points, summed; a tuple
-            label for several group keys), which add up exactly to ``score``; then ``score``
-            (equal to ``score(X)``) and ``status`` (see
-            :data:`greyanom.traces._status.WAFER_STATUSES`). The same table as
-            :meth:`explain_wafers`; :meth:`explain_wafer_features` splits it per point.
+            label for several group keys) and nothing else: ``explanation.sum(axis=1)``
+            equals ``score(X)`` exactly. The same table as :meth:`explain_wafers`;
+            :meth:`explain_wafer_features` splits it per point and :meth:`wafer_status` gives
+            each wafer's status.
 
         Examples
         --------
@@ -312,7 +316,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         >>> df = make_pi_lots(n_lots=4, wafers_per_lot=6, sensors=("v", "u"), random_state=0)
         >>> det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(df)
         >>> list(det.explain(df).columns)
-        ['u', 'v', 'score', 'status']
+        ['u', 'v']
         """
         check_is_fitted(self, "wafer_model_")
         return self.explain_wafers(X)

@@ -358,6 +358,9 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     def explain_wafers(self, X):
         return self._wafer_scorer().explain(self._analyser().wafer_features(X))
 
+    def wafer_status(self, X):
+        return self._wafer_scorer().status(self._analyser().wafer_features(X))
+
     def explain_wafer_features(self, X):
         return self._wafer_scorer().explain_features(self._analyser().wafer_features(X))
 
@@ -370,4 +373,5 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     score_wafers.__doc__ = ws.SCORE_WAFERS_DOC
     predict_wafers.__doc__ = ws.PREDICT_WAFERS_DOC
     explain_wafers.__doc__ = ws.EXPLAIN_WAFERS_DOC
+    wafer_status.__doc__ = ws.WAFER_STATUS_DOC
     explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC

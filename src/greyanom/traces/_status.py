@@ -52,7 +52,7 @@ TRACE_STATUSES = {
     ),
 }
 
-#: Per-wafer statuses of ``explain_wafers`` (column ``status``).
+#: Per-wafer statuses of ``wafer_status``.
 WAFER_STATUSES = {
     "ok": "every group present and usable",
     "missing_group": "a (step, sensor) group has no trace for this wafer: its features are set to the clip value",

@@ -68,7 +68,7 @@ class WaferScorer:
     its fields as learned attributes (:meth:`attributes`: ``wafer_model_``,
     ``wafer_columns_``, ``n_components_``, ``wafer_heldout_scores_``, ``wafer_threshold_``)
     and rebuilds it from them with :meth:`of`; ``score_wafers``, ``predict_wafers``,
-    ``explain_wafers`` and ``explain_wafer_features`` of both trace detectors call it by name
+    ``explain_wafers``, ``wafer_status`` and ``explain_wafer_features`` of both trace detectors call it by name
     on the :class:`WaferFeatures` of ``X``.
     """
 
@@ -162,15 +162,17 @@ class WaferScorer:
         return pd.Series(np.where(s.to_numpy() > self.threshold, -1, 1), index=s.index, name="label")
 
     def explain(self, wf):
-        """Per-group contributions (they sum exactly to the score), ``score`` and ``status``."""
-        score, contrib, status, index = self.analyse(wf)
+        """Per-group contributions: only them, so that ``sum(axis=1)`` is exactly the score."""
+        _, contrib, _, index = self.analyse(wf)
         groups, codes = self._groups()
         G = np.zeros((codes.size, len(groups)))
         G[np.arange(codes.size), codes] = 1.0
-        out = pd.DataFrame(contrib @ G, index=index, columns=pd.Index(groups, tupleize_cols=False))
-        out["score"] = score
-        out["status"] = status.to_numpy()
-        return out
+        return pd.DataFrame(contrib @ G, index=index, columns=pd.Index(groups, tupleize_cols=False))
+
+    def status(self, wf):
+        """Status of each wafer (``WAFER_STATUSES``), a Series named ``status``."""
+        _, _, status, index = self.analyse(wf)
+        return pd.Series(status.to_numpy(), index=index, name="status")
 
     def explain_features(self, wf):
         """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""
@@ -222,7 +224,23 @@ EXPLAIN_WAFERS_DOC = """Per-group contributions to the wafer score; each row sum
         Returns
         -------
         explanation : pandas.DataFrame
-            One row per wafer; one column per group (the feature contributions of the group
-            summed; a tuple label for several group keys), then ``score`` and ``status``.
+            One row per wafer (the index of ``score_wafers``); one column per group (the
+            feature contributions of the group summed; a tuple label for several group keys)
+            and nothing else, so that ``explanation.sum(axis=1)`` equals ``score_wafers(X)``
+            and ``explanation.idxmax(axis=1)`` names the group that weighs most. Each wafer's
+            status (a group missing, a trace not fitted, a new lot) is :meth:`wafer_status`.
+        """
+WAFER_STATUS_DOC = """Status of each wafer: whether its score rests on every group's fitted traces.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Long-format traces.
+
+        Returns
+        -------
+        status : pandas.Series of str
+            Indexed as ``score_wafers(X)``, named ``status``: ``"ok"``, ``"missing_group"``,
+            ``"unfitted"`` or ``"new_lot"`` (:data:`greyanom.traces._status.WAFER_STATUSES`).
         """
 EXPLAIN_WAFER_FEATURES_DOC = """Per-feature contributions (columns ``group_keys + ("feature",)``); rows sum to the score."""

@@ -189,5 +189,5 @@ def upsample_maps(maps, size):
     from greyanom.image._torch import _post
 
     with torch.inference_mode():
-        t = torch.as_tensor(np.ascontiguousarray(maps, dtype=np.float32))
+        t = _post.to_device(maps, "cpu")  # copies a read-only array (torch would warn)
         return _post.upsample_maps(t, [int(v) for v in size]).numpy()

@@ -111,8 +111,8 @@ class VAEScorer(nn.Module):
 
 
 def _tensor(values, fill, device):
-    values = np.full((1, 1, 1), fill, np.float32) if values is None else np.asarray(values, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+    values = np.full((1, 1, 1), fill, np.float32) if values is None else values
+    return _post.to_device(values, device)  # copies a read-only array (a loaded model's), torch would warn
 
 
 def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
