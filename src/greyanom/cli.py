@@ -46,8 +46,8 @@ DEMO_REASONS = {
 #: Printed and written beside the image results: the built-in generators have no unaligned set.
 DEMO_UNALIGNED_NOTE = (
     "unaligned parts (PaDiM or the feature VAE): no built-in data set; make_wafer_images and make_die_images "
-    "only shift and rotate slightly, which registration undoes, so this case is measured on MVTec AD and "
-    "magnetic tiles in docs/guide/choosing.rst"
+    "shift by 1-2 px and rotate by under 0.3 degrees, which the registered detector tolerates, so this case "
+    "is measured on MVTec AD and magnetic tiles in docs/guide/choosing.rst"
 )
 #: The trace part: the wafer-level shape detector beside the classic baseline.
 DEMO_TRACE_REASONS = {
