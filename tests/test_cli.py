@@ -36,14 +36,53 @@ def test_trace_part_scores_simulated_lots_and_names_the_parameters(tmp_path, cap
     assert text in capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
     assert set(cli.DEMO_TRACE_FAULTS) <= set(rows)
-    # full-size faults are separated and the largest explain term is the parameter they act on
-    assert all(float(rows[f][2]) >= 0.9 for f in cli.DEMO_TRACE_FAULTS)
-    assert rows["setpoint_slope"][4] == "c" and rows["noise_burst"][4] == "fit" and rows["outliers"][4] == "fit"
+    # full-size faults are separated by both wafer-level detectors (shape, then multiway PCA) and
+    # the shape detector's largest explain term is the parameter they act on
+    assert all(float(rows[f][2]) >= 0.9 and float(rows[f][4]) >= 0.9 for f in cli.DEMO_TRACE_FAULTS)
+    assert rows["setpoint_slope"][6] == "c" and rows["noise_burst"][6] == "fit" and rows["outliers"][6] == "fit"
+    for name, reason in cli.DEMO_TRACE_REASONS.items():
+        assert f"{name}: {reason}" in text
 
 
 def test_traces_auto_runs_only_with_all_detectors(tmp_path):
     assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "pca", "--no-plots", *TINY]) == 0
     assert not (tmp_path / "traces.txt").exists()
+
+
+def test_default_is_the_recommended_detector_beside_the_ones_it_beats():
+    assert cli._resolve_detectors("default") == ["registered", "pca", "padim"]
+    assert cli._resolve_detectors("pca", full=True) == list(cli.DEMO_DETECTORS) == cli._resolve_detectors("all")
+    assert set(cli.DEMO_REASONS) == set(cli.DEMO_DETECTORS)
+
+
+def test_results_carry_one_reason_line_per_detector(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--output", str(out), "--detectors", "registered,pca", "--no-plots", *TINY]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["detectors"]["registered"]["class"] == "RegisteredPixelDetector"
+    assert summary["unaligned_parts"] == cli.DEMO_UNALIGNED_NOTE
+    text = (out / "metrics.txt").read_text()
+    stdout = capsys.readouterr().out
+    for name in ("registered", "pca"):
+        assert summary["detectors"][name]["reason"] == cli.DEMO_REASONS[name]
+        assert f"{name}: {cli.DEMO_REASONS[name]}" in text and f"{name}: {cli.DEMO_REASONS[name]}" in stdout
+    assert cli.DEMO_UNALIGNED_NOTE in text
+
+
+def test_detector_whose_extra_is_missing_at_fit_is_skipped(tmp_path, monkeypatch, caplog):
+    import greyanom
+
+    class NeedsExtra(greyanom.PCADetector):
+        def fit(self, X):
+            raise ImportError("NeedsExtra needs the 'nothing' extra")
+
+    monkeypatch.setattr(greyanom, "NeedsExtraDetector", NeedsExtra, raising=False)
+    monkeypatch.setitem(cli.DEMO_DETECTORS, "padim", ("NeedsExtraDetector", {}))
+    with caplog.at_level(logging.INFO, logger="greyanom.cli"):
+        assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "padim,pca", "--no-plots", *TINY]) == 0
+    assert "skipping padim: NeedsExtra needs the 'nothing' extra" in caplog.text
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["detectors"]) == {"pca"}
+    assert cli.main(["demo", "--output", str(tmp_path), "--detectors", "padim", "--no-plots", *TINY]) == 1
 
 
 def test_unavailable_detectors_are_skipped(tmp_path, monkeypatch, caplog):
@@ -79,7 +118,7 @@ def _error_line(capsys, argv):
         (["--random-state", "-1"], "--random-state must be in [0, 2**32 - 1]"),
         (["--random-state", str(2**32)], "--random-state"),
         (["--image-size", "8"], "--image-size must be in [32, 1024]"),
-        (["--image-size", "100"], "multiple of 16 for the VAE"),
+        (["--image-size", "100", "--full"], "multiple of 16 for the VAE"),
         (["--target-fpr", "nan"], "--target-fpr must be in [0, 1)"),
         (["--target-fpr", "1"], "--target-fpr"),
     ],
@@ -177,7 +216,8 @@ def test_help_documents_every_option(capsys):
         cli.main(["demo", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--output", "--n-train", "--n-test", "--random-state", "--detectors", "--quick", "pca"):
+    for option in ("--output", "--n-train", "--n-test", "--random-state", "--detectors", "--full", "--quick", "pca",
+                   "registered"):
         assert option in text
 
 
