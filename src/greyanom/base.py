@@ -354,6 +354,34 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 names.extend(vars(klass).get(key, ()))
         return tuple(dict.fromkeys(names))
 
+    def save(self, path):
+        """Save the fitted detector: arrays in safetensors, parameters and state in JSON (no pickle).
+
+        The file also records the class, the greyanom version and a SHA-256 of its payload;
+        it is written to a temporary file and renamed into place.
+
+        Parameters
+        ----------
+        path : str or path-like
+            File to write (conventionally ``*.safetensors``); its folder must exist.
+
+        Returns
+        -------
+        path : pathlib.Path
+
+        See Also
+        --------
+        load : Read the file back; nothing in it is executed.
+        greyanom.load : Load any saved detector or decision policy.
+        """
+        from greyanom._persist import save_arrays
+
+        return save_arrays(path, *self._save_payload())
+
+    def _save_payload(self):
+        """``(arrays, config)`` as :meth:`save` writes them (also hashed by ``_persist.model_hash``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved to a file.")
+
     @classmethod
     def load(cls, path, *, device=None):
         """Load a detector written by its ``save``; nothing in the file is executed.

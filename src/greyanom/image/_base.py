@@ -262,26 +262,6 @@ class BaseImageDetector(BaseDetector):
 
             self.device_ = device_or_cpu(state["device_"], type(self).__name__)
 
-    def save(self, path):
-        """Save the fitted detector: arrays in safetensors, parameters and state in JSON (no pickle).
-
-        Parameters
-        ----------
-        path : str or path-like
-            File to write (conventionally ``*.safetensors``).
-
-        Returns
-        -------
-        path : pathlib.Path
-
-        See Also
-        --------
-        load : Read the file back; nothing in it is executed.
-        """
-        from greyanom._persist import save_arrays
-
-        return save_arrays(path, *self._save_payload())
-
     def _save_payload(self):
         """``(arrays, config)`` as :meth:`save` writes them (also hashed by ``_persist.model_hash``)."""
         check_is_fitted(self)

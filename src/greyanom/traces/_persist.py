@@ -157,7 +157,7 @@ def unpack(doc, arrays):
 
 
 class TracePersistMixin:
-    """``save`` and the ``load`` hook for the trace detectors (arrays in safetensors, the rest in JSON).
+    """The ``save`` and ``load`` hooks for the trace detectors (arrays in safetensors, the rest in JSON).
 
     A subclass lists its learned attributes in ``_saved_attrs``; ``load`` (one for every
     detector, :meth:`greyanom.base.BaseDetector.load`) restores exactly those, so every method
@@ -167,37 +167,6 @@ class TracePersistMixin:
 
     #: learned attributes written by ``save`` (all of them must exist once fitted)
     _saved_attrs: tuple = ()
-
-    def save(self, path):
-        """Save the fitted detector: arrays in safetensors, parameters and state in JSON (no pickle).
-
-        Parameters
-        ----------
-        path : str or path-like
-            File to write (conventionally ``*.safetensors``); its folder must exist.
-
-        Returns
-        -------
-        path : pathlib.Path
-
-        See Also
-        --------
-        load : Read the file back; nothing in it is executed.
-
-        Examples
-        --------
-        >>> import tempfile, pathlib
-        >>> from greyanom import MultiwayPCADetector
-        >>> from greyanom.datasets import make_pi_lots
-        >>> df = make_pi_lots(n_lots=3, wafers_per_lot=6, sensors=("v", "u"), random_state=0)
-        >>> det = MultiwayPCADetector(group_keys=("sensor",), random_state=0).fit(df)
-        >>> path = det.save(pathlib.Path(tempfile.mkdtemp()) / "mpca.safetensors")
-        >>> bool((MultiwayPCADetector.load(path).score_wafers(df) == det.score_wafers(df)).all())
-        True
-        """
-        from greyanom._persist import save_arrays
-
-        return save_arrays(path, *self._save_payload())
 
     def _save_payload(self):
         """``(arrays, config)`` as :meth:`save` writes them (also hashed by ``_persist.model_hash``)."""
