@@ -26,7 +26,8 @@ def files(tmp_path_factory):
         policy.save(folder / f"pca{k}-policy.safetensors")
         out[k] = (str(folder / f"pca{k}.safetensors"), str(folder / f"pca{k}-policy.safetensors"))
         if k == 2:
-            DecisionPolicy(review_fpr=0.05, reject_fpr=0.02).fit(det.heldout_scores_).save(folder / "unbound.safetensors")
+            unbound = DecisionPolicy(review_fpr=0.05, reject_fpr=0.02).fit(det.heldout_scores_)
+            unbound.save(folder / "unbound.safetensors")
     out["unbound"] = str(folder / "unbound.safetensors")
     return out
 

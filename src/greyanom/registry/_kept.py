@@ -25,7 +25,7 @@ class KeptImage(NamedTuple):
 
 
 def open_records(db):
-    """A :class:`~greyanom.serve.Records` of ``db`` (a URL or a ``Records``), refusing a SQLite file that does not exist.
+    """A :class:`~greyanom.serve.Records` of ``db`` (a URL or a ``Records``); a missing SQLite file is refused.
 
     Opening a missing SQLite file would create an empty database and hide a mistyped path.
     """

@@ -126,7 +126,8 @@ class RetrainReport:
                          f"p = {self.drift['p_value']:.3g}{' (drift)' if self.drift['drift'] else ''}")
         for label, figures in (("current  ", self.current), ("candidate", self.candidate)):
             if figures:
-                lines.append(f"  {label} AUROC {figures['auroc']:.3f}  FNR {figures['fnr']:.3f}  FPR {figures['fpr']:.3f}")
+                lines.append(f"  {label} AUROC {figures['auroc']:.3f}  FNR {figures['fnr']:.3f}  "
+                             f"FPR {figures['fpr']:.3f}")
         g = self.gate
         lines.append(f"  gate: AUROC >= current - {g['auroc_tolerance']:g}, FNR <= current + {g['fnr_tolerance']:g}, "
                      f"FPR <= current + {g['fpr_tolerance']:g}")
@@ -164,6 +165,48 @@ def _evaluate(detector, policy, X, y):
     flagged = np.asarray(policy.decide(scores)) != "PASS"
     return {"auroc": float(roc_auc_score(y, scores)), "fnr": float(np.mean(~flagged[y == 1])),
             "fpr": float(np.mean(flagged[y == 0]))}
+
+
+def _validate(items, detector, policy, shape, resize, eval_digests):
+    """``(kept (item, image) pairs, drop counts, drift figures)`` of the training candidates, in order.
+
+    Drops the unreadable, the duplicates (of an earlier one or of an evaluation image) and the
+    unreviewed images the production model and policy would REJECT (out of distribution).
+    """
+    from greyanom.drift import ScoreDriftMonitor
+
+    decoded, digests, n_unreadable = _decode_all(items, shape, resize)
+    seen, kept = set(eval_digests), []
+    for pair, digest in zip(decoded, digests):
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(pair)
+    counts = {"unreadable": n_unreadable, "duplicate": len(decoded) - len(kept), "out_of_distribution": 0}
+    if not kept:
+        return kept, counts, {}
+    scores = np.asarray(detector.score(np.stack([image for _, image in kept])), dtype=np.float64)
+    unreviewed = np.array([item.verdict is None for item, _ in kept])
+    ood = (np.asarray(policy.decide(scores)) == "REJECT") & unreviewed
+    counts["out_of_distribution"] = int(ood.sum())
+    kept = [pair for pair, out in zip(kept, ood) if not out]
+    drift = {}
+    if kept:
+        result = ScoreDriftMonitor(policy.calibration_scores_, policy=policy, pass_only=True).test(scores[~ood])
+        drift = {"statistic": float(result.statistic), "p_value": float(result.p_value), "drift": bool(result.drift)}
+    return kept, counts, drift
+
+
+def _gate(current, candidate, gate):
+    """The gate's objections to ``candidate`` against ``current`` (empty: it passes)."""
+    failures = []
+    if candidate["auroc"] < current["auroc"] - gate["auroc_tolerance"]:
+        failures.append(f"AUROC {candidate['auroc']:.3f} < current {current['auroc']:.3f} "
+                        f"- {gate['auroc_tolerance']:g}")
+    if candidate["fnr"] > current["fnr"] + gate["fnr_tolerance"]:
+        failures.append(f"FNR {candidate['fnr']:.3f} > current {current['fnr']:.3f} + {gate['fnr_tolerance']:g}")
+    if candidate["fpr"] > current["fpr"] + gate["fpr_tolerance"]:
+        failures.append(f"FPR {candidate['fpr']:.3f} > current {current['fpr']:.3f} + {gate['fpr_tolerance']:g}")
+    return failures
 
 
 def _check_count(value, name, *, allow_none=False):
@@ -249,7 +292,6 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     """
     import greyanom
     from greyanom.decision import DecisionPolicy
-    from greyanom.drift import ScoreDriftMonitor
     from greyanom.registry import ModelRegistry, data_hash
     from greyanom.registry._kept import kept_images, open_records
 
@@ -293,26 +335,8 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     counts["eval_defects"], counts["eval_normals"] = int(y_eval.sum()), int((y_eval == 0).sum())
 
     # -- training images: unreadable, duplicate, out of distribution
-    train, digests, counts["unreadable"] = _decode_all(train_reviewed + unreviewed, shape, resize)
-    seen, kept, n_duplicate = set(eval_digests), [], 0
-    for (item, image), digest in zip(train, digests):
-        if digest in seen:
-            n_duplicate += 1
-            continue
-        seen.add(digest)
-        kept.append((item, image))
-    counts["duplicate"] = n_duplicate
-    drift = {}
-    n_ood = 0
-    if kept:
-        X_all = np.stack([image for _, image in kept])
-        prod_scores = np.asarray(detector.score(X_all), dtype=np.float64)
-        reject = (np.asarray(policy.decide(prod_scores)) == "REJECT") & np.array([it.verdict is None for it, _ in kept])
-        n_ood = int(reject.sum())
-        kept = [k for k, r in zip(kept, reject) if not r]
-        result = ScoreDriftMonitor(policy.calibration_scores_, policy=policy, pass_only=True).test(prod_scores[~reject])
-        drift = {"statistic": float(result.statistic), "p_value": float(result.p_value), "drift": bool(result.drift)}
-    counts["out_of_distribution"] = n_ood
+    kept, dropped, drift = _validate(train_reviewed + unreviewed, detector, policy, shape, resize, eval_digests)
+    counts.update(dropped)
     if max_images is not None:
         kept = kept[:max_images]
     counts["used"] = len(kept)
@@ -337,13 +361,7 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     X_eval = np.stack([image for _, image in eval_images])
     current_fig = _evaluate(detector, policy, X_eval, y_eval)
     cand_fig = _evaluate(candidate, new_policy, X_eval, y_eval)
-    failures = []
-    if cand_fig["auroc"] < current_fig["auroc"] - gate["auroc_tolerance"]:
-        failures.append(f"AUROC {cand_fig['auroc']:.3f} < current {current_fig['auroc']:.3f} - {gate['auroc_tolerance']:g}")
-    if cand_fig["fnr"] > current_fig["fnr"] + gate["fnr_tolerance"]:
-        failures.append(f"FNR {cand_fig['fnr']:.3f} > current {current_fig['fnr']:.3f} + {gate['fnr_tolerance']:g}")
-    if cand_fig["fpr"] > current_fig["fpr"] + gate["fpr_tolerance"]:
-        failures.append(f"FPR {cand_fig['fpr']:.3f} > current {current_fig['fpr']:.3f} + {gate['fpr_tolerance']:g}")
+    failures = _gate(current_fig, cand_fig, gate)
     digest = data_hash(X_train)
     report = dict(name=name, base_version=base.version, since=since.isoformat(timespec="seconds"), counts=counts,
                   current=current_fig, candidate=cand_fig, gate=gate, failures=tuple(failures), drift=drift,
@@ -352,7 +370,7 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
         return RetrainReport(version=None, registered=False, message=(
             f"not registered: the candidate is worse than {name} {base.version} on the reviewed images "
             f"({'; '.join(failures)})."), **report)
-    metrics = {**{k: v for k, v in cand_fig.items()}, **{f"base_{k}": v for k, v in current_fig.items()},
+    metrics = {**cand_fig, **{f"base_{k}": v for k, v in current_fig.items()},
                "n_train": counts["used"], "n_eval_defects": counts["eval_defects"],
                "n_eval_normals": counts["eval_normals"]}
     description = (f"retrained after {base.version} on {counts['used']} kept images since "
