@@ -135,6 +135,16 @@ def test_retrain_validates_trains_gates_and_registers(fresh, scenario):
     assert "1 unreadable, 1 duplicate, 1 out of distribution" in text and "registered m 1.1.0" in text
 
 
+def test_max_images_takes_the_reviewed_normals_first(fresh):
+    db, root = fresh
+    full = retrain(db, root, name="m", min_images=40, min_defects=5)
+    capped = retrain(db, root, name="m", min_images=10, min_defects=5, max_images=60)
+    n_reviewed = full.counts["reviewed_normal_train"]
+    assert 0 < n_reviewed < 60 < full.counts["used"]
+    assert capped.counts["used"] == 60 and capped.counts["reviewed_normal_train"] == min(60, n_reviewed)
+    assert capped.data_hash != full.data_hash and capped.version == "1.2.0"
+
+
 def test_a_candidate_worse_on_the_reviewed_normals_is_refused(fresh):
     """A quiet spell (noise 0.008, not 0.03) fills the window: the candidate is too tight for the reviewed normals."""
     from greyanom.serve import InspectionService

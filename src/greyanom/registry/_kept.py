@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as _dt
 from typing import NamedTuple
 
-__all__ = ["KeptImage", "kept_images", "open_records"]
+__all__ = ["KeptImage", "image_data", "kept_images", "open_records"]
 
 
 class KeptImage(NamedTuple):
-    """One inspection whose raw image the service kept."""
+    """One inspection whose raw image the service kept (the bytes are read by :func:`image_data`)."""
 
     inspection_id: int
     created_at: _dt.datetime
@@ -21,7 +21,6 @@ class KeptImage(NamedTuple):
     anomaly_score: float
     model_version: str
     verdict: str | None  # the latest review verdict ("defect", "normal") or None
-    data: bytes
 
 
 def open_records(db):
@@ -55,6 +54,9 @@ def open_records(db):
 def kept_images(records, *, since=None):
     """Every inspection with a kept raw image (newer than ``since``), oldest first, with its latest verdict.
 
+    The image bytes are not read here (months of kept images need not fit in memory at once);
+    :func:`image_data` reads those of a few inspections.
+
     Parameters
     ----------
     records : Records
@@ -70,7 +72,7 @@ def kept_images(records, *, since=None):
     from greyanom.serve._records import Inspection, InspectionImage, Review, utc
 
     stmt = (select(Inspection.id, Inspection.created_at, Inspection.decision, Inspection.anomaly_score,
-                   Inspection.model_version, InspectionImage.data)
+                   Inspection.model_version)
             .join(InspectionImage, InspectionImage.inspection_id == Inspection.id)
             .order_by(Inspection.id))
     reviews = select(Review.inspection_id, Review.verdict).order_by(Review.id)
@@ -80,5 +82,17 @@ def kept_images(records, *, since=None):
     with records.session() as session:
         latest = {inspection_id: verdict for inspection_id, verdict in session.execute(reviews)}  # later ones win
         rows = session.execute(stmt).all()
-    return [KeptImage(int(i), utc(created), str(decision), float(score), str(version), latest.get(int(i)), bytes(data))
-            for i, created, decision, score, version, data in rows]
+    return [KeptImage(int(i), utc(created), str(decision), float(score), str(version), latest.get(int(i)))
+            for i, created, decision, score, version in rows]
+
+
+def image_data(records, inspection_ids):
+    """The kept image bytes of these inspections: a dict inspection id -> bytes (absent ids left out)."""
+    from sqlalchemy import select
+
+    from greyanom.serve._records import InspectionImage
+
+    ids = [int(i) for i in inspection_ids]
+    stmt = select(InspectionImage.inspection_id, InspectionImage.data).where(InspectionImage.inspection_id.in_(ids))
+    with records.session() as session:
+        return {int(i): bytes(data) for i, data in session.execute(stmt)}

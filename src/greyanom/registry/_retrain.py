@@ -140,14 +140,16 @@ def _digest(image):
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
-def _decode_all(items, shape, resize):
+def _decode_all(records, items, shape, resize):
     """``(images, digests, n_unreadable)`` of kept images, in order."""
+    from greyanom.registry._kept import image_data
     from greyanom.serve._images import ImageError, decode_image
 
+    data = image_data(records, [item.inspection_id for item in items])
     images, digests, bad = [], [], 0
     for item in items:
         try:
-            image = decode_image(item.data, shape, resize=resize)
+            image = decode_image(data.get(item.inspection_id, b""), shape, resize=resize)
         except ImageError as exc:
             logger.info("inspection %d: unreadable kept image dropped (%s)", item.inspection_id, exc)
             bad += 1
@@ -167,31 +169,42 @@ def _evaluate(detector, policy, X, y):
             "fpr": float(np.mean(flagged[y == 0]))}
 
 
-def _validate(items, detector, policy, shape, resize, eval_digests):
+def _validate(records, items, detector, policy, shape, resize, eval_digests, limit, chunk=256):
     """``(kept (item, image) pairs, drop counts, drift figures)`` of the training candidates, in order.
 
+    Reads, decodes and scores ``chunk`` images at a time and stops once ``limit`` are kept.
     Drops the unreadable, the duplicates (of an earlier one or of an evaluation image) and the
     unreviewed images the production model and policy would REJECT (out of distribution).
     """
     from greyanom.drift import ScoreDriftMonitor
 
-    decoded, digests, n_unreadable = _decode_all(items, shape, resize)
-    seen, kept = set(eval_digests), []
-    for pair, digest in zip(decoded, digests):
-        if digest not in seen:
-            seen.add(digest)
-            kept.append(pair)
-    counts = {"unreadable": n_unreadable, "duplicate": len(decoded) - len(kept), "out_of_distribution": 0}
-    if not kept:
-        return kept, counts, {}
-    scores = np.asarray(detector.score(np.stack([image for _, image in kept])), dtype=np.float64)
-    unreviewed = np.array([item.verdict is None for item, _ in kept])
-    ood = (np.asarray(policy.decide(scores)) == "REJECT") & unreviewed
-    counts["out_of_distribution"] = int(ood.sum())
-    kept = [pair for pair, out in zip(kept, ood) if not out]
+    seen, kept, scores = set(eval_digests), [], []
+    counts = {"unreadable": 0, "duplicate": 0, "out_of_distribution": 0}
+    for start in range(0, len(items), chunk):
+        if limit is not None and len(kept) >= limit:
+            break
+        decoded, digests, n_unreadable = _decode_all(records, items[start:start + chunk], shape, resize)
+        counts["unreadable"] += n_unreadable
+        fresh = []
+        for pair, digest in zip(decoded, digests):
+            if digest in seen:
+                counts["duplicate"] += 1
+            else:
+                seen.add(digest)
+                fresh.append(pair)
+        if not fresh:
+            continue
+        part = np.asarray(detector.score(np.stack([image for _, image in fresh])), dtype=np.float64)
+        ood = (np.asarray(policy.decide(part)) == "REJECT") & np.array([item.verdict is None for item, _ in fresh])
+        counts["out_of_distribution"] += int(ood.sum())
+        kept += [pair for pair, out in zip(fresh, ood) if not out]
+        scores.append(part[~ood])
+    if limit is not None:
+        kept = kept[:limit]
     drift = {}
     if kept:
-        result = ScoreDriftMonitor(policy.calibration_scores_, policy=policy, pass_only=True).test(scores[~ood])
+        result = ScoreDriftMonitor(policy.calibration_scores_, policy=policy, pass_only=True).test(
+            np.concatenate(scores)[: len(kept)])
         drift = {"statistic": float(result.statistic), "p_value": float(result.p_value), "drift": bool(result.drift)}
     return kept, counts, drift
 
@@ -266,7 +279,9 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     min_defects : int, default=10
         Fewest reviewed defects, and reviewed normals for evaluation, to judge by.
     max_images : int, optional
-        Most training images (reviewed normals first, then the newest).
+        Most training images (reviewed normals first, then the newest). Images are read,
+        decoded and scored 256 at a time, and reading stops once this many are usable; the
+        drop counts then cover the images read.
     auroc_tolerance, fnr_tolerance, fpr_tolerance : float, default=0.02, 0.01, 0.05
         The gate (the FNR tolerance is the case study's 1 %).
     eval_fraction : float in (0, 1), default=0.5
@@ -317,28 +332,25 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     records = open_records(db)
     try:
         items = kept_images(records, since=since)
+        defects = [it for it in items if it.verdict == "defect"]
+        normals = [it for it in items if it.verdict == "normal"]
+        order = np.random.default_rng(random_state).permutation(len(normals))
+        n_eval = int(math.ceil(eval_fraction * len(normals))) if normals else 0
+        eval_normals = [normals[i] for i in order[:n_eval]]
+        train_reviewed = [normals[i] for i in sorted(order[n_eval:])]
+        unreviewed = [it for it in reversed(items) if it.verdict is None and it.decision == "PASS"]  # newest first
+        counts = {"kept": len(items), "pass": len(train_reviewed) + len(unreviewed)}
+        # evaluation images first: a training image equal to one of them is a duplicate
+        eval_images, eval_digests, counts["eval_unreadable"] = _decode_all(records, defects + eval_normals, shape,
+                                                                           resize)
+        kept, dropped, drift = _validate(records, train_reviewed + unreviewed, detector, policy, shape, resize,
+                                         eval_digests, max_images)
     finally:
         if records is not db:
             records.close()
-    defects = [it for it in items if it.verdict == "defect"]
-    normals = [it for it in items if it.verdict == "normal"]
-    order = np.random.default_rng(random_state).permutation(len(normals))
-    n_eval = int(math.ceil(eval_fraction * len(normals))) if normals else 0
-    eval_normals = [normals[i] for i in order[:n_eval]]
-    train_reviewed = [normals[i] for i in sorted(order[n_eval:])]
-    unreviewed = [it for it in reversed(items) if it.verdict is None and it.decision == "PASS"]  # newest first
-    counts = {"kept": len(items), "pass": len(train_reviewed) + len(unreviewed)}
-
-    # -- evaluation images first: a training image equal to one of them is a duplicate
-    eval_images, eval_digests, counts["eval_unreadable"] = _decode_all(defects + eval_normals, shape, resize)
     y_eval = np.array([int(it.verdict == "defect") for it, _ in eval_images])
     counts["eval_defects"], counts["eval_normals"] = int(y_eval.sum()), int((y_eval == 0).sum())
-
-    # -- training images: unreadable, duplicate, out of distribution
-    kept, dropped, drift = _validate(train_reviewed + unreviewed, detector, policy, shape, resize, eval_digests)
     counts.update(dropped)
-    if max_images is not None:
-        kept = kept[:max_images]
     counts["used"] = len(kept)
     counts["reviewed_normal_train"] = sum(it.verdict == "normal" for it, _ in kept)
     summary = (f"{counts['kept']} kept images since {since.isoformat(timespec='seconds')}: {counts['unreadable']} "
