@@ -89,16 +89,10 @@ def test_refuses_a_policy_of_another_model_and_a_foreign_mlflow_model(tracking, 
 
 
 def test_missing_mlflow_names_the_extra(monkeypatch, fitted):
-    import builtins
+    import sys
 
-    real_import = builtins.__import__
-
-    def no_mlflow(name, *args, **kwargs):
-        if name == "mlflow" or name.startswith("mlflow."):
-            raise ImportError("No module named 'mlflow'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_mlflow)
-    monkeypatch.delitem(__import__("sys").modules, "mlflow")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # an import of mlflow raises ImportError
     with pytest.raises(ImportError, match=r'pip install "greyanom\[mlflow\]"'):
         gmlflow.log_model(*fitted[:2])
+    with pytest.raises(ImportError, match="greyanom.registry.mlflow needs 'mlflow'"):
+        gmlflow.load_model("models:/litho/1")
