@@ -131,6 +131,11 @@ def test_retrain_validates_trains_gates_and_registers(fresh, scenario):
     assert (policy.review_fpr, policy.reject_fpr, policy.model_hash_) == (0.1, 0.02, new.model_hash)
     assert report.candidate["auroc"] > 0.95 and report.candidate["fnr"] <= report.current["fnr"] + 0.01
     assert report.data_hash.startswith("sha256:") and report.data_hash != data_hash([np.zeros(1)])
+    from greyanom.serve import AuditLog
+
+    (event,) = AuditLog(Records(db)).query(action="retrain")
+    assert (event["actor"], event["role"], event["target"]) == ("ana", "admin", "model:m")
+    assert event["detail"]["version"] == "1.1.0" and event["detail"]["counts"] == c
     text = report.format()
     assert "1 unreadable, 1 duplicate, 1 out of distribution" in text and "registered m 1.1.0" in text
 
@@ -161,6 +166,10 @@ def test_a_candidate_worse_on_the_reviewed_normals_is_refused(fresh):
     assert any(f.startswith("FPR") for f in report.failures) and report.drift["drift"]
     assert [v.version for v in ModelRegistry(root).versions("m")] == ["1.0.0"]
     assert report.message.startswith("not registered: the candidate is worse than m 1.0.0")
+    from greyanom.serve import AuditLog, Records
+
+    (event,) = AuditLog(Records(db)).query(action="retrain")
+    assert event["actor"] == "local" and not event["detail"]["registered"] and event["detail"]["failures"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

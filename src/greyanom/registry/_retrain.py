@@ -260,7 +260,8 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
        AUROC, FNR (defects PASSed) and FPR (normals REVIEWed or REJECTed) of each model at its
        own policy; the candidate must have AUROC >= current - ``auroc_tolerance``, FNR <=
        current + ``fnr_tolerance`` and FPR <= current + ``fpr_tolerance``.
-    5. **Register** it as a candidate (metrics, data hash, description) when it passes.
+    5. **Register** it as a candidate (metrics, data hash, description) when it passes. Either
+       way, the report is kept in the records database's audit trail.
 
     The reviewed images were chosen by the current model (its REVIEW queue and the audit
     sample), so the current model's figures on them lean in its favour.
@@ -289,7 +290,9 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
     resize : bool, default=False
         Resize kept images of another size (as ``greyanom serve --resize``).
     actor : str, optional
-        Who retrains; kept in the description and the audit trail.
+        Who retrains; kept in the description and, with the report, in the records
+        database's audit trail (action ``"retrain"``, target ``"model:NAME"``, role
+        ``admin``: whoever can run this holds the database).
     random_state : int, default=0
         Seeds the split of the reviewed normals.
     now : datetime, optional
@@ -379,17 +382,35 @@ def retrain(db, registry, *, name, since="90d", min_images=100, min_defects=10, 
                   current=current_fig, candidate=cand_fig, gate=gate, failures=tuple(failures), drift=drift,
                   data_hash=digest)
     if failures:
-        return RetrainReport(version=None, registered=False, message=(
+        out = RetrainReport(version=None, registered=False, message=(
             f"not registered: the candidate is worse than {name} {base.version} on the reviewed images "
             f"({'; '.join(failures)})."), **report)
-    metrics = {**cand_fig, **{f"base_{k}": v for k, v in current_fig.items()},
-               "n_train": counts["used"], "n_eval_defects": counts["eval_defects"],
-               "n_eval_normals": counts["eval_normals"]}
-    description = (f"retrained after {base.version} on {counts['used']} kept images since "
-                   f"{report['since']}" + (f" by {actor}" if actor else ""))
-    version = registry.add(candidate, new_policy, name=name, metrics=metrics, data_hash=digest,
-                           description=description)
-    logger.info("registered %s %s as a candidate (%s)", name, version.version, description)
-    return RetrainReport(version=version.version, registered=True, message=(
-        f"registered {name} {version.version} as a candidate (not promoted): run it in shadow, then "
-        f"'greyanom registry DIR promote {name} {version.version}'."), **report)
+    else:
+        metrics = {**cand_fig, **{f"base_{k}": v for k, v in current_fig.items()},
+                   "n_train": counts["used"], "n_eval_defects": counts["eval_defects"],
+                   "n_eval_normals": counts["eval_normals"]}
+        description = (f"retrained after {base.version} on {counts['used']} kept images since "
+                       f"{report['since']}" + (f" by {actor}" if actor else ""))
+        version = registry.add(candidate, new_policy, name=name, metrics=metrics, data_hash=digest,
+                               description=description)
+        logger.info("registered %s %s as a candidate (%s)", name, version.version, description)
+        out = RetrainReport(version=version.version, registered=True, message=(
+            f"registered {name} {version.version} as a candidate (not promoted): run it in shadow, then "
+            f"'greyanom registry DIR promote {name} {version.version}'."), **report)
+    _audit(db, actor, out)
+    return out
+
+
+def _audit(db, actor, report):
+    """Keep the retraining (registered or refused) in the records database's audit trail."""
+    from greyanom.registry._kept import open_records
+    from greyanom.serve._audit import AuditLog
+    from greyanom.serve._auth import LOCAL, Principal
+
+    records = open_records(db)
+    try:
+        principal = LOCAL if actor is None else Principal(str(actor), LOCAL.role)
+        AuditLog(records).add(principal, "retrain", f"model:{report.name}", report.to_dict())
+    finally:
+        if records is not db:
+            records.close()
