@@ -13,15 +13,17 @@ pytest.importorskip("safetensors")
 from greyanom.registry import mlflow as gmlflow  # noqa: E402
 
 
-@pytest.fixture
-def tracking(tmp_path):
-    """A local sqlite tracking store and an experiment whose artifacts live in tmp_path."""
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A local sqlite tracking store (created once: its migrations take seconds) and an experiment
+    whose artifacts live beside it."""
+    folder = tmp_path_factory.mktemp("mlflow")
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = mlflow.create_experiment("greyanom", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    experiment = mlflow.create_experiment("greyanom", artifact_location=(folder / "artifacts").as_uri())
     mlflow.set_experiment(experiment_id=experiment)
     try:
-        yield tmp_path
+        yield folder
     finally:
         mlflow.set_tracking_uri(previous)
 
