@@ -6,7 +6,7 @@ PYTHON_BOOT ?= python3
 VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.greyanom-installed
-EXTRAS      := all,test,docs,bench
+EXTRAS      := all,test,docs,bench,mlflow
 DEMO_OUT    ?= greyanom-demo
 PYTEST_ARGS ?=
 

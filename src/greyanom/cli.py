@@ -117,6 +117,9 @@ def _build_parser():
     demo.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     demo.set_defaults(subparser=demo)
     _add_serve_parser(sub)
+    from greyanom.registry._cli import add_parsers  # registry, retrain
+
+    add_parsers(sub)
     return parser
 
 
@@ -615,6 +618,8 @@ def main(argv=None):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(args, "handler", None) is not None:  # registry, retrain (greyanom.registry._cli)
+        return args.handler(args)
     if args.command == "serve":
         return _run_serve(args, parser)
     if args.command == "demo":

@@ -4,16 +4,30 @@
 detector file and the :class:`~greyanom.decision.DecisionPolicy` calibrated on it, with its
 metrics, a hash of its training data and its creation time; ``promote`` and ``rollback``
 move production between them, and the service (``greyanom serve --registry DIR --name N``)
-follows. ``greyanom registry DIR ...`` is the command line over it.
+follows. ``greyanom registry DIR ...`` is the command line over it. :func:`retrain` (``greyanom
+retrain``) trains a candidate on the images the inspection service kept and registers it when
+it passes a gate on the reviewed images; :mod:`greyanom.registry.mlflow` logs and loads a
+version as an MLflow model (the ``mlflow`` extra).
 """
 
 import hashlib
 
 import numpy as np
 
+from greyanom.registry._retrain import RetrainError, RetrainReport, parse_since, retrain
 from greyanom.registry._store import ModelRegistry, ModelVersion, RegistryError, UnknownVersionError
 
-__all__ = ["ModelRegistry", "ModelVersion", "RegistryError", "UnknownVersionError", "data_hash"]
+__all__ = [
+    "ModelRegistry",
+    "ModelVersion",
+    "RegistryError",
+    "RetrainError",
+    "RetrainReport",
+    "UnknownVersionError",
+    "data_hash",
+    "parse_since",
+    "retrain",
+]
 
 
 def data_hash(items):
