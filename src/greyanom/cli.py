@@ -130,7 +130,9 @@ def _add_serve_parser(sub):
             "confidence and heatmap link; every answer is first committed to the records database. "
             "Also GET /api/v1/heatmaps/{id}.png, /api/v1/inspections, /api/v1/model, /healthz, /metrics, "
             "the human review of inspections (POST /api/v1/inspections/{id}/review, the review page /review) "
-            "and GET /api/v1/stats."
+            "and GET /api/v1/stats. With --registry DIR --name N it serves the production version of a model "
+            "registry, follows promotions and rollbacks without a restart, and runs a --shadow or --canary "
+            "candidate (GET /api/v1/compare) under an FNR guardrail that rolls a bad candidate back."
         ),
     )
     # defaults written into the help texts (ArgumentDefaultsHelpFormatter printed "(default: None)"
