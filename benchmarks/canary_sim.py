@@ -158,8 +158,9 @@ def _print_summary(result):
             print(f"  {step:16s} {role:10s} {m['registry_version']}: n={m['n']:5d} REJECT {_rate(m['reject_rate'])} "
                   f"REVIEW {_rate(m['review_rate'])} FNR {_rate(m['fnr'])} ({m['missed']}/{m['reviewed_defects']}) "
                   f"latency {m['latency_ms_mean']:.2f} ms (p95 {m['latency_ms_p95']:.2f})")
+        guard = f["guardrail"] and {k: f["guardrail"][k] for k in ("reviewed_defects", "missed", "judged", "exceeded")}
         print(f"  {step:16s} tests: REJECT-rate p={_p(f['p_reject_rate'])}, REVIEW-rate p={_p(f['p_review_rate'])}, "
-              f"KS={_p(f['ks'])} p={_p(f['p_ks'])}; guardrail {f['guardrail'] and {k: f['guardrail'][k] for k in ('reviewed_defects', 'missed', 'judged', 'exceeded')}}")
+              f"KS={_p(f['ks'])} p={_p(f['p_ks'])}; guardrail {guard}")
     for action in result["guardrail_actions"]:
         print(f"  guardrail after {action['after_images']} images: {action['action']} "
               f"(FNR {_rate(action['fnr'])}, {action['missed']}/{action['reviewed_defects']} reviewed defects)")
