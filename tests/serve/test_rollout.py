@@ -268,3 +268,42 @@ def test_bad_input(registry, tmp_path, models):
         registry.promote(NAME, "1.3.0")
     with pytest.raises(ValueError, match="unbound|records no model"):  # nor served as a candidate
         _app(registry, tmp_path, shadow="1.3.0")
+
+
+def test_a_swap_during_a_micro_batch_keeps_each_request_on_its_model(registry, tmp_path):
+    import asyncio
+
+    import httpx
+
+    app = _app(registry, tmp_path, max_batch=4, max_wait_ms=0)
+    service = app.state.service
+    old = service.production
+    entered, release = threading.Event(), threading.Event()
+    original = old.detector.explain
+
+    def slow_explain(X):
+        entered.set()
+        assert release.wait(30)
+        return original(X)
+
+    old.detector.explain = slow_explain
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        params = {"wafer_id": "B", "inspection_point": 1}
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                first = asyncio.create_task(client.post("/api/v1/inspect", params=params, content=image_bytes(90)))
+                assert await asyncio.to_thread(entered.wait, 30)  # the old model's batch is running
+                registry.promote(NAME, "1.1.0")
+                await asyncio.to_thread(service.follower.sync, service)
+                second = asyncio.create_task(client.post("/api/v1/inspect", params=params, content=image_bytes(91)))
+                await asyncio.sleep(0.2)
+                release.set()
+                return (await first).json(), (await second).json()
+        finally:
+            await app.state.batched.close()
+
+    first, second = asyncio.run(run())
+    assert first["model_version"] == old.model_version
+    assert second["model_version"] == service.production.model_version != old.model_version
