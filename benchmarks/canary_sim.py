@@ -94,7 +94,7 @@ def _traffic(service, n, rng, truth, log, every=50):
         if answer["decision"] != "PASS" or service.reviews.inspection(answer["id"])["queued"]:
             service.reviews.add(answer["id"], inspector, "defect" if defect else "normal")
         if (i + 1) % every == 0:
-            result = service.check_guardrail()
+            result = service.models.check_guardrail()
             if result is not None and result["action"] is not None:
                 log.append({"after_images": len(truth), **result})
 
@@ -122,18 +122,18 @@ def _scenario(candidate, work, args):
     service = InspectionService(registry=registry, name=NAME, db_url=f"sqlite:///{work / f'{candidate}.db'}",
                                 audit_sample=0.05, random_state=0, threads=1)
     rng, truth, actions, steps = np.random.default_rng(int(candidate.replace(".", ""))), {}, [], {}
-    service.start_rollout("shadow", candidate)
+    service.models.start_rollout("shadow", candidate)
     _traffic(service, args.shadow_n, rng, truth, actions)
-    steps["shadow"] = _figures(service.compare())
+    steps["shadow"] = _figures(service.models.compare())
     if service.candidate is not None:
-        service.start_rollout("canary", candidate, fraction=0.1)
+        service.models.start_rollout("canary", candidate, fraction=0.1)
         _traffic(service, args.canary_n, rng, truth, actions)
-        steps["canary"] = _figures(service.compare())
+        steps["canary"] = _figures(service.models.compare())
         # promoted while it is the canary: the service swaps it in, and the guardrail keeps watching it
         registry.promote(NAME, candidate, actor="sim-operator")
-        service.follower.sync(service)
+        service.follower.sync(service.models)
         _traffic(service, args.after_n, rng, truth, actions)
-        steps["after_promotion"] = _figures(service.compare())
+        steps["after_promotion"] = _figures(service.models.compare())
     return {"candidate": candidate, "steps": steps, "guardrail_actions": actions,
             "final_production": registry.production(NAME).version,
             "history": [(e["action"], e["version"], e["actor"]) for e in registry.history(NAME)]}

@@ -61,7 +61,7 @@ def test_a_request_in_flight_finishes_on_the_old_model_and_the_next_sees_the_new
     worker.start()
     assert entered.wait(30)
     registry.promote(NAME, "1.1.0", actor="bo", reason="better")
-    assert service.follower.sync(service) is True  # the swap happens while the request is in flight
+    assert service.follower.sync(service.models) is True  # the swap happens while the request is in flight
     new = service.production
     assert new.registry_version == "1.1.0" and new is not old
     after = service.inspect(image_bytes(3), "W", 2)  # the next request runs on the new model at once
@@ -76,7 +76,7 @@ def test_a_request_in_flight_finishes_on_the_old_model_and_the_next_sees_the_new
     [event] = service.audit.query(action="promote")
     assert (event["actor"], event["role"], event["target"]) == ("bo", "registry", f"model:{NAME}")
     assert event["detail"]["version"] == "1.1.0" and event["detail"]["from"] == "1.0.0"
-    assert service.follower.sync(service) is False  # nothing changed since
+    assert service.follower.sync(service.models) is False  # nothing changed since
 
 
 def test_batched_items_of_two_models_are_explained_each_by_its_own(registry, tmp_path):
@@ -95,7 +95,7 @@ def test_a_rollback_swaps_from_the_warm_set_and_a_failed_load_keeps_the_old_mode
 
     service = _app(registry, tmp_path).state.service
     registry.promote(NAME, "1.1.0")
-    service.follower.sync(service)
+    service.follower.sync(service.models)
     assert set(service.follower.warm) == {"1.0.0", "1.1.0"}  # the rollback chain is loaded
 
     def no_loading(*args, **kwargs):
@@ -103,13 +103,13 @@ def test_a_rollback_swaps_from_the_warm_set_and_a_failed_load_keeps_the_old_mode
 
     monkeypatch.setattr(ServedModel, "from_registry", classmethod(no_loading))
     registry.rollback(NAME, actor="cy")
-    assert service.follower.sync(service) is True
+    assert service.follower.sync(service.models) is True
     assert service.production.registry_version == "1.0.0"
     monkeypatch.undo()
     # a version whose file is damaged: the service keeps serving 1.0.0
     registry.get(NAME, "1.2.0").model_path.write_bytes(b"damaged")
     registry.promote(NAME, "1.2.0")
-    assert service.follower.sync(service) is False
+    assert service.follower.sync(service.models) is False
     assert service.production.registry_version == "1.0.0"
     assert service.inspect(image_bytes(7), "W", 1)["model_version"] == service.production.model_version
     [failed] = service.audit.query(action="swap-failed")
@@ -130,7 +130,7 @@ def test_shadow_records_both_scores_and_production_decides(registry, tmp_path):
         assert answer["model_version"] == prod.model_version
         assert mine[1]["decision"] == cand.decide(mine[1]["anomaly_score"])[0] == "PASS"  # the blind one
     assert {a["decision"] for a in answers[::2]} == {"REJECT"}  # production caught the defects
-    assert service.rollout()["mode"] == "shadow" and service.guarded == "1.2.0"
+    assert service.models.rollout()["mode"] == "shadow" and service.models.guarded == "1.2.0"
     assert service.audit.query(action="shadow-start")[0]["detail"]["version"] == "1.2.0"
 
 
@@ -199,13 +199,13 @@ def test_guardrail_waits_for_its_minimum_then_drops_the_shadow(registry, tmp_pat
     service = _app(registry, tmp_path, shadow="1.2.0", min_reviewed_defects=5, max_fnr=0.01).state.service
     defects = [service.inspect(image_bytes(60 + i, defect=True), "G", i) for i in range(5)]
     _review_defects(service, defects[:4])
-    result = service.check_guardrail()
+    result = service.models.check_guardrail()
     assert (result["reviewed_defects"], result["missed"], result["judged"], result["action"]) == (4, 4, False, None)
     assert service.candidate is not None  # 4 reviewed defects: below the stated minimum, no judgement
     _review_defects(service, defects[4:])
-    result = service.check_guardrail()
+    result = service.models.check_guardrail()
     assert result["judged"] and result["exceeded"] and result["fnr"] == 1.0 and result["action"] == "dropped"
-    assert service.candidate is None and service.guarded is None
+    assert service.candidate is None and service.models.guarded is None
     assert registry.production(NAME).version == "1.0.0"  # never promoted: nothing to roll back
     assert service.audit.query(action="guardrail")[0]["actor"] == "guardrail"
 
@@ -213,13 +213,13 @@ def test_guardrail_waits_for_its_minimum_then_drops_the_shadow(registry, tmp_pat
 def test_guardrail_rolls_back_a_promoted_candidate(registry, tmp_path):
     service = _app(registry, tmp_path, shadow="1.2.0", min_reviewed_defects=3).state.service
     registry.promote(NAME, "1.2.0", actor="ana", reason="shadow looked fine")
-    service.follower.sync(service)
+    service.follower.sync(service.models)
     assert service.production.registry_version == "1.2.0" and service.candidate is None
-    assert service.guarded == "1.2.0"  # still watched after its promotion
+    assert service.models.guarded == "1.2.0"  # still watched after its promotion
     missed = [service.inspect(image_bytes(70 + i, defect=True), "R", i) for i in range(3)]
     assert {a["decision"] for a in missed} == {"PASS"}
     _review_defects(service, missed)
-    result = service.check_guardrail()
+    result = service.models.check_guardrail()
     assert result["action"] == "rolled back"
     assert registry.production(NAME).version == "1.0.0"
     assert registry.history(NAME)[-1]["actor"] == "guardrail"
@@ -296,7 +296,7 @@ def test_a_swap_during_a_micro_batch_keeps_each_request_on_its_model(registry, t
                 first = asyncio.create_task(client.post("/api/v1/inspect", params=params, content=image_bytes(90)))
                 assert await asyncio.to_thread(entered.wait, 30)  # the old model's batch is running
                 registry.promote(NAME, "1.1.0")
-                await asyncio.to_thread(service.follower.sync, service)
+                await asyncio.to_thread(service.follower.sync, service.models)
                 second = asyncio.create_task(client.post("/api/v1/inspect", params=params, content=image_bytes(91)))
                 await asyncio.sleep(0.2)
                 release.set()

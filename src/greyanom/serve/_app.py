@@ -9,7 +9,6 @@ database and the metrics). ``greyanom serve`` on the command line calls ``serve`
 # classes (Request) are imported inside create_app
 
 import contextlib
-import datetime as _dt
 import json
 import logging
 import os
@@ -29,12 +28,11 @@ from greyanom.serve._batcher import (
     QueueFull,
     check_batch_options,
 )
-from greyanom.registry import RegistryError
-from greyanom.serve._auth import LOCAL, Principal
 from greyanom.serve._follow import DEFAULT_POLL_S, RegistryFollower
 from greyanom.serve._images import ImageError, colormap_lut, decode_image, heatmap_png
-from greyanom.serve._rollout import DEFAULT_MAX_FNR, DEFAULT_MIN_DEFECTS, FNRGuardrail, compare_models
+from greyanom.serve._rollout import DEFAULT_MAX_FNR, DEFAULT_MIN_DEFECTS, FNRGuardrail
 from greyanom.serve._served import Explained, ServedModel
+from greyanom.serve._switch import ModelSwitch, Plan, check_fraction
 
 __all__ = ["InspectionService", "create_app", "serve", "app_from_env", "DEFAULT_MAX_BODY_BYTES"]
 
@@ -44,21 +42,6 @@ logger = logging.getLogger("greyanom.serve")
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Environment variable through which ``serve`` hands its settings to uvicorn workers.
 CONFIG_ENV = "GREYANOM_SERVE_CONFIG"
-
-
-class Plan(NamedTuple):
-    """The models one request runs on, taken once at its start: the deciding model first."""
-
-    models: tuple
-    roles: tuple
-
-
-class _Serving(NamedTuple):
-    production: ServedModel
-    candidate: ServedModel | None
-    mode: str | None  # "shadow" or "canary" with a candidate
-    fraction: float
-    since: _dt.datetime  # when this rollout (or the service) started
 
 
 class InspectionService:
@@ -135,6 +118,8 @@ class InspectionService:
         ``policy_version``, ``model_hash`` and ``image_shape`` are its).
     candidate : ServedModel or None
         The shadow or canary candidate.
+    models : ModelSwitch
+        Production and the candidate, swapped atomically; rollouts and the guardrail.
     follower : RegistryFollower or None
     guardrail : FNRGuardrail
     records : Records
@@ -207,7 +192,6 @@ class InspectionService:
         self.keep_images = bool(keep_images)
         self.audit_sample = float(audit_sample)
         self._audit_rng = random.Random(random_state)
-        self._canary_rng = random.Random(None if random_state is None else f"canary-{random_state}")
         self.resize = bool(resize)
         self.heatmap_vmax = float(heatmap_vmax)
         self._threads = threads
@@ -225,17 +209,17 @@ class InspectionService:
         self.metrics.before_render.append(lambda: self.review_metrics.update(self.reviews.stats()))
         self._lut = colormap_lut()
         self._lock = threading.Lock()
-        self._swap_lock = threading.Lock()
-        self._serving = _Serving(production, None, None, 0.0, _now())
-        self.guarded = None  # the registry version the FNR guardrail watches
-        self.last_guardrail = None
+        self.models = ModelSwitch(production, records=self.records, audit=self.audit, guardrail=self.guardrail,
+                                  follower=self.follower, random_state=random_state,
+                                  prepare=lambda served: self._set_threads(self._threads, served))
+        self.models.on_swap.append(self._announce)
         if shadow is not None and canary is not None:
             raise ValueError("give shadow or canary, not both.")
         if shadow is not None or canary is not None:
-            self.start_rollout("shadow" if shadow is not None else "canary", shadow or canary,
-                               fraction=canary_fraction)
-        elif canary_fraction is not None:
-            _check_fraction(canary_fraction)
+            self.models.start_rollout("shadow" if shadow is not None else "canary", shadow or canary,
+                                      fraction=canary_fraction)
+        else:
+            check_fraction(canary_fraction)
         if self.follower is not None:
             self.follower.warm_up(() if self.candidate is None else (self.candidate.registry_version,))
 
@@ -249,16 +233,21 @@ class InspectionService:
         # would set and restore them from many request threads at once
         served.own_threads()
 
+    def _announce(self, old, new):
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(type(old.detector).__name__, old.model_version)
+        self.metrics.model_info.labels(model_class=type(new.detector).__name__, model_version=new.model_version).set(1)
+
     # -- the served models ------------------------------------------------------------------
     @property
     def production(self):
         """The :class:`ServedModel` deciding now."""
-        return self._serving.production
+        return self.models.production
 
     @property
     def candidate(self):
         """The shadow or canary :class:`ServedModel`, or None."""
-        return self._serving.candidate
+        return self.models.candidate
 
     detector = property(lambda self: self.production.detector, doc="The production detector.")
     policy = property(lambda self: self.production.policy, doc="The production decision policy.")
@@ -268,133 +257,9 @@ class InspectionService:
     image_shape = property(lambda self: self.production.image_shape, doc="The production model's image shape.")
     last_drift = property(lambda self: self.production.last_drift, doc="The production model's latest drift test.")
 
-    def swap_production(self, served):
-        """Serve ``served`` from the next request on (requests in flight finish on the old model).
-
-        A candidate that became production stops being a candidate; the guardrail keeps
-        watching its version.
-        """
-        self._set_threads(self._threads, served)
-        with self._swap_lock:
-            old = self._serving
-            candidate, mode, fraction, since = old.candidate, old.mode, old.fraction, old.since
-            if candidate is not None and (candidate.registry_version == served.registry_version
-                                          or candidate.image_shape != served.image_shape):
-                candidate, mode, fraction = None, None, 0.0
-            self._serving = _Serving(served, candidate, mode, fraction, since)
-        with contextlib.suppress(KeyError):
-            self.metrics.model_info.remove(type(old.production.detector).__name__, old.production.model_version)
-        self.metrics.model_info.labels(model_class=type(served.detector).__name__,
-                                       model_version=served.model_version).set(1)
-        logger.info("now serving %s (%s), was %s", served.label, served.model_version, old.production.label)
-
-    def start_rollout(self, mode, version, *, fraction=0.1, principal=None):
-        """Run registry ``version`` as a ``"shadow"`` or ``"canary"`` candidate beside production.
-
-        Raises
-        ------
-        ValueError
-            Without a registry, for another mode, a fraction outside (0, 1), the production
-            version itself, or a candidate of another image shape.
-        UnknownVersionError
-            If the registry has no such version.
-        """
-        if self.follower is None:
-            raise ValueError("shadow and canary name registry versions: serve with registry and name.")
-        if mode not in ("shadow", "canary"):
-            raise ValueError(f"mode must be 'shadow' or 'canary', got {mode!r}.")
-        fraction = _check_fraction(fraction) if mode == "canary" else 0.0
-        served = self.follower.load(version)
-        if served.registry_version == self.production.registry_version:
-            raise ValueError(f"{version} is the production version; a candidate must be another version.")
-        if served.image_shape != self.production.image_shape:
-            raise ValueError(f"candidate {version} takes images of shape {served.image_shape}, production "
-                             f"{self.production.image_shape}; they cannot score the same images.")
-        self._set_threads(self._threads, served)
-        with self._swap_lock:
-            self._serving = _Serving(self.production, served, mode, fraction, _now())
-            self.guarded = served.registry_version
-        detail = {"version": served.registry_version, "mode": mode, "fraction": fraction,
-                  "production": self.production.label}
-        self.audit.add(principal or LOCAL, f"{mode}-start", f"model:{self.follower.name}", detail)
-        logger.info("%s of %s beside production %s", mode, served.label, self.production.label)
-
-    def stop_rollout(self, *, principal=None, reason=None):
-        """Drop the candidate (the guardrail stops watching it); True if there was one."""
-        with self._swap_lock:
-            old = self._serving
-            if old.candidate is None:
-                return False
-            self._serving = _Serving(old.production, None, None, 0.0, _now())
-            if self.guarded == old.candidate.registry_version:
-                self.guarded = None
-        self.audit.add(principal or LOCAL, f"{old.mode}-stop", f"model:{self.follower.name}",
-                       {"version": old.candidate.registry_version, "reason": reason})
-        return True
-
-    def rollout(self):
-        """The rollout now: mode, candidate, fraction, since, the guarded version and the guardrail."""
-        s = self._serving
-        return {"mode": s.mode, "candidate": None if s.candidate is None else s.candidate.label,
-                "fraction": s.fraction if s.mode == "canary" else None, "since": s.since.isoformat(),
-                "guarded": self.guarded, "max_fnr": self.guardrail.max_fnr,
-                "min_reviewed_defects": self.guardrail.min_defects, "last_guardrail": self.last_guardrail}
-
-    def compare(self, since=None, alpha=0.01):
-        """``GET /api/v1/compare`` (see :func:`~greyanom.serve._rollout.compare_models`); since the rollout by default."""
-        s = self._serving
-        out = compare_models(self.records, s.production, s.candidate, since=s.since if since is None else since,
-                             alpha=alpha)
-        out["mode"] = s.mode
-        out["guardrail"] = (None if self.guarded is None
-                            else self.guardrail.evaluate(self.records, self.guarded))
-        return out
-
-    def check_guardrail(self):
-        """Judge the guarded candidate's FNR; above the limit drop it and roll the registry back if it was promoted.
-
-        Returns
-        -------
-        result : dict or None
-            :meth:`FNRGuardrail.evaluate` of the guarded version (None when none is guarded),
-            with ``action``: None, ``"dropped"`` or ``"rolled back"``.
-        """
-        version = self.guarded
-        if version is None or self.follower is None:
-            return None
-        result = self.guardrail.evaluate(self.records, version)
-        result["action"] = None
-        if result["exceeded"]:
-            guard = Principal("guardrail", "guardrail")
-            registry, name = self.follower.registry, self.follower.name
-            reason = (f"FNR {result['fnr']:.4f} on {result['reviewed_defects']} reviewed defects exceeds "
-                      f"{self.guardrail.max_fnr}")
-            if self.candidate is not None and self.candidate.registry_version == version:
-                self.stop_rollout(principal=guard, reason=reason)
-                result["action"] = "dropped"
-            if registry.production(name).version == version:
-                try:
-                    registry.rollback(name, actor="guardrail", reason=reason, if_production=version)
-                    result["action"] = "rolled back"
-                except RegistryError as exc:  # another worker rolled back first, or nothing to return to
-                    logger.warning("guardrail: cannot roll back %s %s: %s", name, version, exc)
-                self.follower.sync(self)
-            self.guarded = None
-            self.audit.add(guard, "guardrail", f"model:{name}", result)
-            logger.error("guardrail: %s %s %s (%s)", name, version, result["action"], reason)
-        self.last_guardrail = result
-        return result
-
     def plan(self):
-        """The models the next request runs on, taken once: production, or the canary, and a shadow."""
-        s = self._serving
-        if s.candidate is None:
-            return Plan((s.production,), ("production",))
-        if s.mode == "shadow":
-            return Plan((s.production, s.candidate), ("production", "shadow"))
-        with self._lock:
-            canary = self._canary_rng.random() < s.fraction
-        return Plan((s.candidate,), ("canary",)) if canary else Plan((s.production,), ("production",))
+        """The models the next request runs on (:meth:`ModelSwitch.plan`)."""
+        return self.models.plan()
 
     # -- heatmaps ------------------------------------------------------------------------
     def normalize(self, heatmap, served=None):
@@ -540,19 +405,8 @@ class InspectionService:
 
         out = self.production.describe()
         out.update(greyanom_version=greyanom.__version__, resize=self.resize, heatmap_vmax=self.heatmap_vmax,
-                   registry=None if self.follower is None else self.follower.name, rollout=self.rollout())
+                   registry=None if self.follower is None else self.follower.name, rollout=self.models.rollout())
         return out
-
-
-def _now():
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
-def _check_fraction(fraction):
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"canary_fraction must be a fraction in (0, 1), got {fraction!r}.")
-    return float(fraction)
-
 
 
 def _error(status, code, message):
@@ -673,7 +527,7 @@ def create_app(
         if batched is not None:
             batched.start()
         if follower is not None:
-            follower.start(service)
+            follower.start(service.models)
         yield
         if follower is not None:
             follower.stop()

@@ -26,7 +26,7 @@ DEFAULT_POLL_S = 1.0
 
 
 class RegistryFollower:
-    """Keep a service on the production version of a registered model.
+    """Keep a service's :class:`ModelSwitch` on the production version of a registered model.
 
     Parameters
     ----------
@@ -80,8 +80,11 @@ class RegistryFollower:
             if version not in chain and version not in keep:
                 del self.warm[version]
 
-    def sync(self, service):
-        """Swap ``service`` to the registry's production version if the revision changed; True if swapped."""
+    def sync(self, switch):
+        """Swap ``switch`` (a :class:`ModelSwitch`) to the registry's production version if the revision changed.
+
+        Returns True if it swapped.
+        """
         with self._sync_lock:
             revision = self.registry.revision(self.name)
             if revision == self.revision:
@@ -89,37 +92,37 @@ class RegistryFollower:
             events = [e for e in self.registry.history(self.name) if int(e.get("revision", 0)) > self.revision]
             production = self.registry.production(self.name)
             swapped = False
-            if production.version != service.production.registry_version:
+            if production.version != switch.production.registry_version:
                 try:
                     served = self.load(production)
                 except Exception as exc:
                     if self._failed != revision:
                         logger.exception("registry %s: production %s does not load; still serving %s",
-                                         self.name, production.version, service.production.label)
-                        service.audit.add(Principal("registry", "registry"), "swap-failed", f"model:{self.name}",
-                                          {"version": production.version, "revision": revision,
-                                           "serving": service.production.label,
-                                           "error": f"{type(exc).__name__}: {exc}"})
+                                         self.name, production.version, switch.production.label)
+                        switch.audit.add(Principal("registry", "registry"), "swap-failed", f"model:{self.name}",
+                                         {"version": production.version, "revision": revision,
+                                          "serving": switch.production.label,
+                                          "error": f"{type(exc).__name__}: {exc}"})
                     self._failed = revision
                     return False
-                service.swap_production(served)
+                switch.swap_production(served)
                 swapped = True
             self.revision, self._failed = revision, None
             for event in events:
-                service.audit.add(Principal(str(event.get("actor") or "unknown")[:128], "registry"),
-                                  str(event["action"]), f"model:{self.name}",
-                                  {k: event.get(k) for k in ("version", "from", "reason", "revision", "time")})
-            keep = () if service.candidate is None else (service.candidate.registry_version,)
+                switch.audit.add(Principal(str(event.get("actor") or "unknown")[:128], "registry"),
+                                 str(event["action"]), f"model:{self.name}",
+                                 {k: event.get(k) for k in ("version", "from", "reason", "revision", "time")})
+            keep = () if switch.candidate is None else (switch.candidate.registry_version,)
             self.warm_up(keep)
             return swapped
 
     # -- the background thread -------------------------------------------------------------
-    def start(self, service):
+    def start(self, switch):
         """Poll in a daemon thread until :meth:`stop`; each tick syncs and runs the guardrail."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(service,), name="greyanom-registry", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(switch,), name="greyanom-registry", daemon=True)
         self._thread.start()
 
     def stop(self):
@@ -127,10 +130,10 @@ class RegistryFollower:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _run(self, service):
+    def _run(self, switch):
         while not self._stop.wait(self.poll_s):
             try:
-                self.sync(service)
-                service.check_guardrail()
+                self.sync(switch)
+                switch.check_guardrail()
             except Exception:  # keep following: a bad tick must not end the thread
                 logger.exception("registry %s: the follower's tick failed", self.name)

@@ -42,11 +42,11 @@ def install_rollout(app, service, tokens, error):
             start = _time(since, "since")
         except ValueError as exc:
             return error(422, "bad_parameters", str(exc))
-        return service.compare(since=start, alpha=alpha)
+        return service.models.compare(since=start, alpha=alpha)
 
     @app.get("/api/v1/rollout", summary="The shadow or canary candidate and the guardrail (role review)")
     def get_rollout():
-        return service.rollout()
+        return service.models.rollout()
 
     @app.post("/api/v1/rollout", summary="Start a shadow or canary candidate, or stop it (role admin)")
     async def post_rollout(body: RolloutIn, request: Request):
@@ -55,13 +55,13 @@ def install_rollout(app, service, tokens, error):
             return error(409, "no_registry", "the service serves a fixed model file; shadow and canary need "
                          "--registry and --name.")
         if body.mode == "off":
-            stopped = await run_in_threadpool(service.stop_rollout, principal=principal, reason="stopped by request")
-            return {"stopped": stopped, **service.rollout()}
+            stopped = await run_in_threadpool(service.models.stop_rollout, principal=principal, reason="stopped by request")
+            return {"stopped": stopped, **service.models.rollout()}
         if body.version is None:
             return error(422, "bad_parameters", f"mode {body.mode!r} needs a version.")
         try:
-            await run_in_threadpool(service.start_rollout, body.mode, body.version, fraction=body.fraction,
+            await run_in_threadpool(service.models.start_rollout, body.mode, body.version, fraction=body.fraction,
                                     principal=principal)
         except (RegistryError, ValueError, TypeError) as exc:
             return error(404 if isinstance(exc, LookupError) else 422, "bad_rollout", str(exc))
-        return service.rollout()
+        return service.models.rollout()
