@@ -307,3 +307,22 @@ def test_a_swap_during_a_micro_batch_keeps_each_request_on_its_model(registry, t
     first, second = asyncio.run(run())
     assert first["model_version"] == old.model_version
     assert second["model_version"] == service.production.model_version != old.model_version
+
+
+def test_an_older_records_database_gets_the_model_scores_table(tmp_path):
+    import sqlite3
+
+    from greyanom.serve import Records
+
+    db = tmp_path / "old.db"
+    Records(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:  # a database from before model_scores existed
+        conn.execute("DROP TABLE model_scores")
+    records = Records(f"sqlite:///{db}")
+    row = {"model_version": "m", "registry_version": "1.0.0", "role": "production", "decided": True,
+           "anomaly_score": 0.5, "decision": "PASS", "latency_ms": 1.0}
+    rec = records.add(wafer_id="W", inspection_point=1, anomaly_score=0.5, decision="PASS", confidence=0.1,
+                      model_version="m", policy_version="p", inference_time_ms=1.0, scores=[row])
+    records.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT inspection_id, role FROM model_scores").fetchall() == [(rec["id"], "production")]
