@@ -161,6 +161,9 @@ class InspectionService:
         from greyanom.serve._records import Records
         from greyanom.serve._review_store import ReviewMetrics, ReviewStore
 
+        if shadow is not None and canary is not None:
+            raise ValueError("give shadow or canary, not both.")
+        check_fraction(canary_fraction)
         drift = {"drift_window": drift_window, "drift_every": drift_every, "drift_alpha": drift_alpha}
         self.guardrail = FNRGuardrail(max_fnr, min_reviewed_defects)
         self.follower = None
@@ -213,13 +216,9 @@ class InspectionService:
                                   follower=self.follower, random_state=random_state,
                                   prepare=lambda served: self._set_threads(self._threads, served))
         self.models.on_swap.append(self._announce)
-        if shadow is not None and canary is not None:
-            raise ValueError("give shadow or canary, not both.")
         if shadow is not None or canary is not None:
             self.models.start_rollout("shadow" if shadow is not None else "canary", shadow or canary,
                                       fraction=canary_fraction)
-        else:
-            check_fraction(canary_fraction)
         if self.follower is not None:
             self.follower.warm_up(() if self.candidate is None else (self.candidate.registry_version,))
 
