@@ -133,14 +133,38 @@ def _add_serve_parser(sub):
             "confidence and heatmap link; every answer is first committed to the records database. "
             "Also GET /api/v1/heatmaps/{id}.png, /api/v1/inspections, /api/v1/model, /healthz, /metrics, "
             "the human review of inspections (POST /api/v1/inspections/{id}/review, the review page /review) "
-            "and GET /api/v1/stats."
+            "and GET /api/v1/stats. With --registry DIR --name N it serves the production version of a model "
+            "registry, follows promotions and rollbacks without a restart, and runs a --shadow or --canary "
+            "candidate (GET /api/v1/compare) under an FNR guardrail that rolls a bad candidate back."
         ),
     )
     # defaults written into the help texts (ArgumentDefaultsHelpFormatter printed "(default: None)"
     # after the required options)
-    serve.add_argument("--model", required=True, metavar="PATH", help="model file written by a detector's save()")
-    serve.add_argument("--policy", required=True, metavar="PATH",
+    serve.add_argument("--model", default=None, metavar="PATH",
+                       help="model file written by a detector's save() (or --registry and --name)")
+    serve.add_argument("--policy", default=None, metavar="PATH",
                        help="decision policy written by DecisionPolicy.save(), fitted with model= this model")
+    serve.add_argument("--registry", default=None, metavar="DIR",
+                       help="serve the production version of --name in this model registry and follow its "
+                       "promotions and rollbacks without a restart (instead of --model and --policy)")
+    serve.add_argument("--name", default=None, metavar="N", help="with --registry: the registered model to serve")
+    serve.add_argument("--shadow", default=None, metavar="VERSION",
+                       help="with --registry: also score every image with this version and record it; "
+                       "production alone decides")
+    serve.add_argument("--canary", default=None, metavar="VERSION",
+                       help="with --registry: let this version decide --canary-fraction of the requests")
+    serve.add_argument("--canary-fraction", type=float, default=0.1, metavar="F",
+                       help="fraction in (0, 1) of the requests the canary decides (default: %(default)s)")
+    serve.add_argument("--registry-poll-s", type=float, default=1.0, metavar="S",
+                       help="seconds between two reads of the registry (default: %(default)s)")
+    serve.add_argument("--max-fnr", type=float, default=0.01, metavar="F",
+                       help="FNR guardrail: a candidate missing more than this fraction of reviewed defects "
+                       "is dropped, and rolled back if promoted (default: %(default)s)")
+    serve.add_argument("--min-reviewed-defects", type=int, default=100, metavar="N",
+                       help="reviewed defects a candidate scored before the guardrail judges it "
+                       "(default: %(default)s)")
+    serve.add_argument("--seed", type=int, default=None, metavar="N",
+                       help="seeds the canary's choice of requests and the audit sample")
     serve.add_argument("--allow-unbound-policy", action="store_true",
                        help="accept a policy that records no model (logged as a warning); a policy bound to "
                        "another model is always refused")
@@ -178,9 +202,33 @@ def _add_serve_parser(sub):
 
 def _run_serve(args, parser):
     """``greyanom serve``: check the arguments, then run the service until interrupted."""
-    for name in ("model", "policy"):
-        if not Path(getattr(args, name)).is_file():
-            parser.error(f"--{name} {getattr(args, name)!r} is not a file.")
+    if args.registry is not None:
+        if args.model is not None or args.policy is not None:
+            parser.error("give --registry (with --name) or --model and --policy, not both.")
+        if args.name is None:
+            parser.error("--registry needs --name: the registered model to serve.")
+        if not Path(args.registry).is_dir():
+            parser.error(f"--registry {args.registry!r} is not a folder.")
+    else:
+        for name in ("model", "policy"):
+            if getattr(args, name) is None:
+                parser.error(f"give --{name} (with --{'policy' if name == 'model' else 'model'}), or --registry "
+                             "and --name.")
+            if not Path(getattr(args, name)).is_file():
+                parser.error(f"--{name} {getattr(args, name)!r} is not a file.")
+        for name in ("name", "shadow", "canary"):
+            if getattr(args, name) is not None:
+                parser.error(f"--{name} needs --registry.")
+    if args.shadow is not None and args.canary is not None:
+        parser.error("give --shadow or --canary, not both.")
+    if not 0.0 < args.canary_fraction < 1.0:
+        parser.error(f"--canary-fraction must be a fraction in (0, 1), got {args.canary_fraction}.")
+    if not 0.0 < args.registry_poll_s <= 3600:
+        parser.error(f"--registry-poll-s must be in (0, 3600], got {args.registry_poll_s}.")
+    if not 0.0 <= args.max_fnr < 1.0:
+        parser.error(f"--max-fnr must be a fraction in [0, 1), got {args.max_fnr}.")
+    if args.min_reviewed_defects < 1:
+        parser.error(f"--min-reviewed-defects must be at least 1, got {args.min_reviewed_defects}.")
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be in 1..65535, got {args.port}.")
     if args.workers < 1 or args.threads < 1:
@@ -199,13 +247,19 @@ def _run_serve(args, parser):
         from greyanom.serve import serve
     except ImportError as exc:
         parser.error(str(exc))
+    registry = {}
+    if args.registry is not None:
+        registry = {"registry": args.registry, "name": args.name, "shadow": args.shadow, "canary": args.canary,
+                    "canary_fraction": args.canary_fraction, "registry_poll_s": args.registry_poll_s,
+                    "max_fnr": args.max_fnr, "min_reviewed_defects": args.min_reviewed_defects}
     try:
         serve(args.model, args.policy, db_url=args.db, host=args.host, port=args.port, workers=args.workers,
               threads=args.threads, resize=args.resize, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
               access_log=args.access_log, log_level="debug" if args.verbose else "info",
               token_file=args.token_file, allow_unbound_policy=args.allow_unbound_policy,
               keep_images=args.keep_images, audit_sample=args.audit_sample,
-              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+              random_state=args.seed, **registry)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return 0

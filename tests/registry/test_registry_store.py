@@ -136,3 +136,18 @@ def test_data_hash():
     assert data_hash(a) != data_hash([np.zeros((2, 2), dtype=np.float32), b"abc"])
     with pytest.raises(ValueError, match="empty"):
         data_hash([])
+
+
+def test_rollback_if_production_is_conditional(tmp_path, models):
+    reg = ModelRegistry(tmp_path)
+    (det, pol), (det2, pol2) = models
+    reg.add(det, pol, name="m")
+    reg.add(det2, pol2, name="m")
+    reg.promote("m", "1.0.0")
+    reg.promote("m", "1.1.0")
+    with pytest.raises(RegistryError, match="1.0.0 is not in production"):
+        reg.rollback("m", if_production="1.0.0")
+    assert reg.production("m").version == "1.1.0" and reg.revision("m") == 2
+    assert reg.rollback("m", actor="guardrail", if_production="1.1.0").version == "1.0.0"
+    with pytest.raises(RegistryError, match="not in production"):  # a second guardrail does not roll back twice
+        reg.rollback("m", if_production="1.1.0")

@@ -75,7 +75,7 @@ def test_concurrent_requests_share_a_batch_and_keep_their_own_answers(models, tm
         assert (row["wafer_id"], row["inspection_point"], row["anomaly_score"], row["decision"]) == (
             answer["wafer_id"], answer["inspection_point"], answer["anomaly_score"], answer["decision"])
     # every request is a drift observation and a decision
-    assert len(app.state.service._window) == 8
+    assert len(app.state.service.production._window) == 8
     decided = sum(_metric(app, "greyanom_decisions_total", {"decision": d}) for d in ("PASS", "REVIEW", "REJECT"))
     assert decided == 8
 

@@ -124,3 +124,49 @@ def test_serve_batching_defaults_are_the_library_defaults():
     args = parser.parse_args(["serve", "--model", "m", "--policy", "p"])
     assert (args.max_batch, args.max_wait_ms, args.max_queue) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS,
                                                                    DEFAULT_MAX_QUEUE)
+
+
+def _registry_args(tmp_path):
+    from registry_support import NAME, _template
+
+    import shutil
+
+    root = tmp_path / "registry"
+    shutil.copytree(_template(), root)
+    return root, NAME
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--name", "nope"], "no model named 'nope'"),
+        (["--shadow", "9.9.9"], "no version '9.9.9'"),
+        (["--canary", "1.1.0", "--canary-fraction", "1.5"], "--canary-fraction must be a fraction in (0, 1)"),
+        (["--canary", "1.1.0", "--canary-fraction", "0"], "--canary-fraction must be a fraction in (0, 1)"),
+        (["--shadow", "1.1.0", "--canary", "1.1.0"], "--shadow or --canary, not both"),
+        (["--min-reviewed-defects", "0"], "--min-reviewed-defects must be at least 1"),
+    ],
+)
+def test_serve_registry_bad_arguments(tmp_path, capsys, extra, message):
+    root, name = _registry_args(tmp_path)
+    args = ["serve", "--registry", str(root), "--name", name, "--port", "1", *extra]
+    if extra[0] == "--name":
+        args = ["serve", "--registry", str(root), "--port", "1", *extra]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_serve_registry_excludes_model(tmp_path, models, capsys):
+    root, name = _registry_args(tmp_path)
+    model, policy = models["padim"]
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--registry", str(root), "--name", name, "--model", str(model), "--policy", str(policy)])
+    assert exc.value.code == 2 and "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--model", str(model), "--policy", str(policy), "--shadow", "1.1.0"])
+    assert exc.value.code == 2 and "--shadow needs --registry" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--registry", str(root)])
+    assert exc.value.code == 2 and "--registry needs --name" in capsys.readouterr().err

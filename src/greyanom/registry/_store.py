@@ -319,16 +319,26 @@ class ModelRegistry:
             self._write(name, index)
         return self._version(name, index, version)
 
-    def rollback(self, name, *, actor=None, reason=None):
+    def rollback(self, name, *, actor=None, reason=None, if_production=None):
         """Return ``name`` to the version promoted before the current one; return that version.
+
+        ``if_production`` (a version) makes the rollback conditional: it happens only while
+        that version is in production, checked under the registry's lock (so two services
+        whose guardrails fire together roll back once, not twice).
 
         Raises
         ------
         RegistryError
-            If there is no earlier promoted version to return to.
+            If there is no earlier promoted version to return to, or ``if_production`` is
+            not the production version.
         """
         with self._locked(name):
             index = self._read(name)
+            if if_production is not None and (not index["stack"] or index["stack"][-1] != if_production):
+                raise RegistryError(
+                    f"{name} {if_production} is not in production "
+                    f"(production: {index['stack'][-1] if index['stack'] else 'none'}); not rolled back."
+                )
             if len(index["stack"]) < 2:
                 raise RegistryError(
                     f"model {name!r} has no earlier production version to roll back to "

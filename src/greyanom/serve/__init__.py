@@ -6,7 +6,10 @@
 record of every answer to a SQLAlchemy database first, and exports Prometheus metrics. With a
 token file every route but ``/healthz`` needs a bearer token of the right role; inspectors
 review REVIEW inspections on the review page (``/review``) or through the API, and every
-change is kept in an audit table.
+change is kept in an audit table. ``greyanom serve --registry DIR --name N`` serves the
+production version of a :class:`~greyanom.registry.ModelRegistry` model, follows its
+promotions and rollbacks without a restart, and runs shadow and canary candidates with an
+FNR guardrail.
 FastAPI, uvicorn, SQLAlchemy and prometheus-client are imported only here, never by
 ``import greyanom``.
 """
@@ -21,7 +24,10 @@ from greyanom.serve._app import DEFAULT_MAX_BODY_BYTES, InspectionService, creat
 from greyanom.serve._audit import AuditLog  # noqa: E402
 from greyanom.serve._auth import TokenStore  # noqa: E402
 from greyanom.serve._images import ImageError, decode_image, heatmap_png  # noqa: E402
-from greyanom.serve._records import AuditEvent, Heatmap, Inspection, InspectionImage, Records, Review  # noqa: E402
+from greyanom.serve._records import (  # noqa: E402
+    AuditEvent, Heatmap, Inspection, InspectionImage, ModelScore, Records, Review,
+)
+from greyanom.serve._served import ServedModel  # noqa: E402
 from greyanom.serve._review_store import ReviewStore  # noqa: E402
 
 __all__ = [
@@ -33,9 +39,11 @@ __all__ = [
     "Inspection",
     "InspectionImage",
     "InspectionService",
+    "ModelScore",
     "Records",
     "Review",
     "ReviewStore",
+    "ServedModel",
     "TokenStore",
     "create_app",
     "decode_image",

@@ -8,7 +8,6 @@ database and the metrics). ``greyanom serve`` on the command line calls ``serve`
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations, whose
 # classes (Request) are imported inside create_app
 
-import collections
 import contextlib
 import json
 import logging
@@ -29,7 +28,11 @@ from greyanom.serve._batcher import (
     QueueFull,
     check_batch_options,
 )
+from greyanom.serve._follow import DEFAULT_POLL_S, RegistryFollower
 from greyanom.serve._images import ImageError, colormap_lut, decode_image, heatmap_png
+from greyanom.serve._rollout import DEFAULT_MAX_FNR, DEFAULT_MIN_DEFECTS, FNRGuardrail
+from greyanom.serve._served import Explained, ServedModel
+from greyanom.serve._switch import ModelSwitch, Plan, check_fraction
 
 __all__ = ["InspectionService", "create_app", "serve", "app_from_env", "DEFAULT_MAX_BODY_BYTES"]
 
@@ -41,33 +44,38 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 CONFIG_ENV = "GREYANOM_SERVE_CONFIG"
 
 
-def _version_of(path, prefix=""):
-    from greyanom import __version__
-    from greyanom._persist import file_sha256
-
-    return f"{prefix}sha256:{file_sha256(path)[:16]}+greyanom-{__version__}"
-
-
-class Explained(NamedTuple):
-    """One image's part of an ``explain`` call: what :meth:`InspectionService.answer` needs."""
-
-    score: float
-    heatmap: np.ndarray
-    latent: np.ndarray | None
-    forward_s: float  # wall time of the whole (batched) explain call
-
-
 class InspectionService:
     """Score, decide, record: the work behind ``POST /api/v1/inspect``, without HTTP.
 
+    The served model (a :class:`~greyanom.serve._served.ServedModel`: detector, policy,
+    versions, heatmap range, drift window) is one reference the service swaps atomically:
+    each request takes it once at its start (:meth:`plan`) and finishes on that model, so a
+    promotion or a rollback in the registry never fails a request in flight.
+
     Parameters
     ----------
-    model : str, path-like or fitted image detector
+    model : str, path-like or fitted image detector, optional
         A model file written by a detector's ``save`` (loaded with :func:`greyanom.load`),
-        or a fitted detector (then ``model_version`` names it).
-    policy : str, path-like or fitted DecisionPolicy
+        or a fitted detector (then ``model_version`` names it). Not with ``registry``.
+    policy : str, path-like or fitted DecisionPolicy, optional
         A policy file written by :meth:`greyanom.decision.DecisionPolicy.save`, or a
-        fitted policy.
+        fitted policy. Not with ``registry``.
+    registry : str, path-like or ModelRegistry, optional
+        Serve the production version of ``name`` in this :class:`~greyanom.registry.ModelRegistry`
+        and follow its promotions and rollbacks (see :meth:`follow`).
+    name : str, optional
+        The registered model's name (with ``registry``).
+    shadow : str, optional
+        A registry version scored beside production on every image, recorded, never deciding.
+    canary : str, optional
+        A registry version that decides ``canary_fraction`` of the requests.
+    canary_fraction : float in (0, 1), default=0.1
+    registry_poll_s : float, default=1.0
+        Seconds between two reads of the registry's revision.
+    max_fnr : float, default=0.01
+        The FNR guardrail's limit (see :class:`~greyanom.serve._rollout.FNRGuardrail`).
+    min_reviewed_defects : int, default=100
+        Reviewed defects before the guardrail judges a candidate.
     db_url : str, default="sqlite:///greyanom-inspections.db"
         SQLAlchemy URL of the records database.
     resize : bool, default=False
@@ -89,11 +97,11 @@ class InspectionService:
         (``create_app(max_batch > 1)``) one batched forward pass runs at a time, with these
         threads. None leaves torch's setting.
     model_version : str, optional
-        Overrides the version (by default a content hash of the model file plus the
-        greyanom version).
+        Overrides the version of a model file (by default a content hash of the file plus
+        the greyanom version).
     allow_unbound_policy : bool, default=False
         Accept a policy fitted without ``model=`` (logged as a warning). A policy bound to
-        another model is always refused.
+        another model is always refused; a registry version must always be bound.
     keep_images : bool, default=False
         Also keep the raw image of PASS inspections (REVIEW and REJECT images are always
         kept for review).
@@ -101,15 +109,19 @@ class InspectionService:
         Fraction of PASS and REJECT inspections put in the review queue beside every
         REVIEW (their images are kept).
     random_state : int or None, default=None
-        Seeds the audit sample.
+        Seeds the audit sample and the canary's choice of requests.
 
     Attributes
     ----------
-    detector : BaseImageDetector
-    policy : DecisionPolicy
-    model_version, policy_version : str
-    model_hash : str
-        :func:`greyanom._persist.model_hash` of the served model.
+    production : ServedModel
+        The model deciding now (``detector``, ``policy``, ``model_version``,
+        ``policy_version``, ``model_hash`` and ``image_shape`` are its).
+    candidate : ServedModel or None
+        The shadow or canary candidate.
+    models : ModelSwitch
+        Production and the candidate, swapped atomically; rollouts and the guardrail.
+    follower : RegistryFollower or None
+    guardrail : FNRGuardrail
     records : Records
     reviews : ReviewStore
     audit : AuditLog
@@ -118,9 +130,17 @@ class InspectionService:
 
     def __init__(
         self,
-        model,
-        policy,
+        model=None,
+        policy=None,
         *,
+        registry=None,
+        name=None,
+        shadow=None,
+        canary=None,
+        canary_fraction=0.1,
+        registry_poll_s=DEFAULT_POLL_S,
+        max_fnr=DEFAULT_MAX_FNR,
+        min_reviewed_defects=DEFAULT_MIN_DEFECTS,
         db_url="sqlite:///greyanom-inspections.db",
         resize=False,
         heatmap_vmax=2.0,
@@ -136,71 +156,73 @@ class InspectionService:
     ):
         import random
 
-        import greyanom
-        from greyanom.decision import DecisionPolicy
-        from greyanom.drift import ScoreDriftMonitor
         from greyanom.serve._audit import AuditLog
         from greyanom.serve._metrics import ServiceMetrics, score_buckets
         from greyanom.serve._records import Records
         from greyanom.serve._review_store import ReviewMetrics, ReviewStore
 
-        if isinstance(model, (str, os.PathLike)):
-            self.detector = greyanom.load(model)
-            self.model_version = model_version or _version_of(model)
+        if shadow is not None and canary is not None:
+            raise ValueError("give shadow or canary, not both.")
+        check_fraction(canary_fraction)
+        drift = {"drift_window": drift_window, "drift_every": drift_every, "drift_alpha": drift_alpha}
+        self.guardrail = FNRGuardrail(max_fnr, min_reviewed_defects)
+        self.follower = None
+        if registry is not None:
+            from greyanom.registry import ModelRegistry
+
+            if model is not None or policy is not None:
+                raise ValueError("give either registry (with name) or model and policy, not both.")
+            if name is None:
+                raise ValueError("registry needs name: the registered model to serve.")
+            registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+            self.follower = RegistryFollower(registry, name, poll_s=registry_poll_s, **drift)
+            production = self.follower.load(registry.production(name))
         else:
-            self.detector = model
-            self.model_version = model_version or f"unsaved+greyanom-{greyanom.__version__}"
-        if not hasattr(self.detector, "image_shape_"):
-            raise TypeError(f"model must be a fitted image detector, got {type(self.detector).__name__}.")
-        if isinstance(policy, (str, os.PathLike)):
-            self.policy = DecisionPolicy.load(policy)
-            self.policy_version = _version_of(policy)
-        else:
-            self.policy = policy
-            self.policy_version = f"unsaved+greyanom-{greyanom.__version__}"
-        if not hasattr(self.policy, "review_threshold_"):
-            raise TypeError("policy must be a fitted DecisionPolicy.")
-        self.model_hash = self.policy.check_model(model, allow_unbound=allow_unbound_policy)
-        if getattr(self.policy, "model_hash_", None) is None:
-            logger.warning("the decision policy is not bound to a model; its thresholds are applied to %s %s "
-                           "unchecked (--allow-unbound-policy).", type(self.detector).__name__, self.model_hash[:19])
+            if model is None or policy is None:
+                raise ValueError("give model and policy (files or fitted objects), or registry and name.")
+            if shadow is not None or canary is not None:
+                raise ValueError("shadow and canary name registry versions: serve with registry and name.")
+            production = ServedModel(model, policy, model_version=model_version,
+                                     allow_unbound_policy=allow_unbound_policy, **drift)
+            if not production.policy_bound:
+                logger.warning("the decision policy is not bound to a model; its thresholds are applied to %s %s "
+                               "unchecked (--allow-unbound-policy).", type(production.detector).__name__,
+                               production.model_hash[:19])
         if isinstance(audit_sample, bool) or not 0.0 <= float(audit_sample) <= 1.0:
             raise ValueError(f"audit_sample must be a fraction in [0, 1], got {audit_sample!r}.")
+        if heatmap_vmax <= 0:
+            raise ValueError(f"heatmap_vmax must be positive, got {heatmap_vmax!r}.")
         self.keep_images = bool(keep_images)
         self.audit_sample = float(audit_sample)
         self._audit_rng = random.Random(random_state)
-        if heatmap_vmax <= 0:
-            raise ValueError(f"heatmap_vmax must be positive, got {heatmap_vmax!r}.")
-        if drift_window < 2 or drift_every < 1 or drift_every > drift_window:
-            raise ValueError(
-                f"need drift_window >= 2 and 1 <= drift_every <= drift_window, got {drift_window}, {drift_every}."
-            )
-        self.image_shape = tuple(int(v) for v in self.detector.image_shape_)
         self.resize = bool(resize)
         self.heatmap_vmax = float(heatmap_vmax)
-        self._set_threads(threads)
+        self._threads = threads
+        self._set_threads(threads, production)
         self.records = Records(db_url)
         self.reviews = ReviewStore(self.records)
         self.audit = AuditLog(self.records)
+        pol = production.policy
         self.metrics = ServiceMetrics(
-            score_buckets(
-                getattr(self.policy, "calibration_scores_", ()), self.policy.review_threshold_, self.policy.reject_threshold_
-            ),
-            model_class=type(self.detector).__name__,
-            model_version=self.model_version,
+            score_buckets(getattr(pol, "calibration_scores_", ()), pol.review_threshold_, pol.reject_threshold_),
+            model_class=type(production.detector).__name__,
+            model_version=production.model_version,
         )
         self.review_metrics = ReviewMetrics(self.metrics)
         self.metrics.before_render.append(lambda: self.review_metrics.update(self.reviews.stats()))
         self._lut = colormap_lut()
-        self._heat_range = self._display_range()
-        self._drift = ScoreDriftMonitor(self.policy.calibration_scores_, alpha=drift_alpha, policy=self.policy)
-        self._window = collections.deque(maxlen=int(drift_window))
-        self._drift_every = int(drift_every)
-        self._since_drift = 0
         self._lock = threading.Lock()
-        self.last_drift = None
+        self.models = ModelSwitch(production, records=self.records, audit=self.audit, guardrail=self.guardrail,
+                                  follower=self.follower, random_state=random_state,
+                                  prepare=lambda served: self._set_threads(self._threads, served))
+        self.models.on_swap.append(self._announce)
+        if shadow is not None or canary is not None:
+            self.models.start_rollout("shadow" if shadow is not None else "canary", shadow or canary,
+                                      fraction=canary_fraction)
+        if self.follower is not None:
+            self.follower.warm_up(() if self.candidate is None else (self.candidate.registry_version,))
 
-    def _set_threads(self, threads):
+    def _set_threads(self, threads, served):
         if threads is None:
             return
         from greyanom._optional import import_torch
@@ -208,27 +230,38 @@ class InspectionService:
         import_torch("the inspection service").set_num_threads(int(threads))
         # the service owns the process's torch threads; a detector's own thread context
         # would set and restore them from many request threads at once
-        params = self.detector.get_params()
-        self.detector.set_params(**{k: None for k in ("n_jobs", "n_threads") if k in params})
+        served.own_threads()
+
+    def _announce(self, old, new):
+        with contextlib.suppress(KeyError):
+            self.metrics.model_info.remove(type(old.detector).__name__, old.model_version)
+        self.metrics.model_info.labels(model_class=type(new.detector).__name__, model_version=new.model_version).set(1)
+
+    # -- the served models ------------------------------------------------------------------
+    @property
+    def production(self):
+        """The :class:`ServedModel` deciding now."""
+        return self.models.production
+
+    @property
+    def candidate(self):
+        """The shadow or canary :class:`ServedModel`, or None."""
+        return self.models.candidate
+
+    detector = property(lambda self: self.production.detector, doc="The production detector.")
+    policy = property(lambda self: self.production.policy, doc="The production decision policy.")
+    model_version = property(lambda self: self.production.model_version, doc="The production model's version.")
+    policy_version = property(lambda self: self.production.policy_version, doc="The production policy's version.")
+    model_hash = property(lambda self: self.production.model_hash, doc="The production model's content hash.")
+    image_shape = property(lambda self: self.production.image_shape, doc="The production model's image shape.")
+    last_drift = property(lambda self: self.production.last_drift, doc="The production model's latest drift test.")
+
+    def plan(self):
+        """The models the next request runs on (:meth:`ModelSwitch.plan`)."""
+        return self.models.plan()
 
     # -- heatmaps ------------------------------------------------------------------------
-    def _display_range(self):
-        """``(low, top)`` of the normal range in heatmap units, from training statistics."""
-        if hasattr(self.detector, "normalize_heatmap"):
-            # the detector's own scale (the VAE: the 99.5th percentile of held-out normal
-            # pixel errors); errors start at 0
-            top = float(np.asarray(self.detector.normalize_heatmap(np.ones((1, 1), np.float32))).ravel()[0])
-            return 0.0, 1.0 / top if top > 0 else 1.0
-        # patch and PCA maps have a baseline above 0 (a Mahalanobis or nearest-patch distance):
-        # the range of the held-out normal scores the heatmaps are reduced to, from the lowest
-        # calibration score to the REVIEW threshold
-        low = float(np.min(self.policy.calibration_scores_))
-        top = float(self.policy.review_threshold_)
-        if not top > low:
-            top = low + max(abs(low), 1.0)
-        return low, top
-
-    def normalize(self, heatmap):
+    def normalize(self, heatmap, served=None):
         """The heatmap on the model's normal range: 0 = its bottom, 1 = its top.
 
         The bottom and top come from training statistics: the detector's own
@@ -236,10 +269,9 @@ class InspectionService:
         pixel errors of held-out normal images); otherwise the lowest calibration score and
         the REVIEW threshold of the policy (held-out normal scores, on the heatmap's scale
         for the ``topk`` and ``max`` reductions). One scale for every image, so the same
-        colour means the same anomaly value.
+        colour means the same anomaly value. ``served`` is the model (production by default).
         """
-        low, top = self._heat_range
-        return (np.asarray(heatmap, dtype=np.float32) - np.float32(low)) / np.float32(top - low)
+        return (served or self.production).normalize(heatmap)
 
     # -- the inspection --------------------------------------------------------------------
     def inspect(self, body, wafer_id, inspection_point):
@@ -251,48 +283,66 @@ class InspectionService:
             If the body is not a usable image (the caller answers with its status).
         """
         t0 = time.perf_counter()
-        explained = self.explain_images(self.decode(body)[None])[0]
+        plan = self.plan()
+        explained = self.explain_plan([(plan.models, self.decode(body, plan))])[0]
         self.metrics.batch_size.observe(1)
-        return self.answer(explained, wafer_id, inspection_point, body=body, started=t0)
+        return self.answer(explained, wafer_id, inspection_point, body=body, started=t0, plan=plan)
 
-    def decode(self, body):
+    def decode(self, body, plan=None):
         """The request body as a float image of the model's shape (raises :class:`ImageError`)."""
-        return decode_image(body, self.image_shape, resize=self.resize)
+        shape = (plan.models[0] if plan is not None else self.production).image_shape
+        return decode_image(body, shape, resize=self.resize)
 
     def explain_images(self, images):
-        """One ``explain`` of the decoded images; one ``Explained`` per image.
+        """One ``explain`` of the decoded images by the production model; one ``Explained`` per image."""
+        return self.production.explain_images(images)
 
-        ``images`` is a list of images (the micro-batcher's function: several requests'
-        images, stacked here) or an array of them (:meth:`inspect`: one image, not copied).
+    def explain_plan(self, items):
+        """The micro-batcher's function: ``(models, image)`` items in, a tuple of ``Explained`` per item out.
+
+        Items of the same models (one swap of the production model apart, at most two
+        groups) share one ``explain`` per model.
         """
-        t0 = time.perf_counter()
-        explanation = self.detector.explain(images if isinstance(images, np.ndarray) else np.stack(images))
-        forward_s = time.perf_counter() - t0
-        latent = getattr(explanation, "latent_mean", None)
-        return [
-            Explained(float(explanation.score[i]), explanation.heatmap[i],
-                      None if latent is None else latent[i], forward_s)
-            for i in range(len(images))
-        ]
+        groups = {}
+        for i, (models, image) in enumerate(items):
+            groups.setdefault(tuple(id(m) for m in models), (models, []))[1].append(i)
+        out = [None] * len(items)
+        for models, where in groups.values():
+            stacked = np.stack([items[i][1] for i in where]) if len(where) > 1 else items[where[0]][1][None]
+            per_model = [m.explain_images(stacked) for m in models]
+            for j, i in enumerate(where):
+                out[i] = tuple(p[j] for p in per_model)
+        return out
 
-    def answer(self, explained, wafer_id, inspection_point, *, body=None, started=None, spent_s=0.0):
+    def answer(self, explained, wafer_id, inspection_point, *, body=None, started=None, spent_s=0.0, plan=None):
         """Decide, render the heatmap, commit the record, observe; return the answer of one image.
 
-        ``body`` is the request's raw image, kept with the record when the decision (or the
-        audit sample, or ``keep_images``) says so.
+        ``explained`` holds one ``Explained`` per model of ``plan`` (the deciding model
+        first; one ``Explained`` alone is production's). ``body`` is the request's raw
+        image, kept with the record when the decision (or the audit sample, or
+        ``keep_images``) says so.
 
         ``inference_time_ms`` is ``spent_s`` plus the time since ``started`` (default: now):
         :meth:`inspect` starts the clock before decoding; the micro-batcher passes the decode
         time plus its batch's forward pass as ``spent_s``.
         """
         t0 = time.perf_counter() if started is None else started
-        score = explained.score
-        if np.isnan(score):
-            raise RuntimeError("the model returned a NaN anomaly score.")
-        decision = str(self.policy.decide(np.array([score]))[0])
-        confidence = float(self.policy.confidence(np.array([score]))[0])
-        png = heatmap_png(self.normalize(explained.heatmap), self._lut, vmax=self.heatmap_vmax)
-        latent = explained.latent
+        if isinstance(explained, Explained):
+            explained = (explained,)
+        if plan is None:
+            plan = Plan((self.production,), ("production",))
+        deciding = plan.models[0]
+        score = explained[0].score
+        decision, confidence = deciding.decide(score)
+        rows = []
+        for model, role, ex in zip(plan.models, plan.roles, explained):
+            t_decide = time.perf_counter()
+            own = decision if model is deciding else model.decide(ex.score)[0]
+            rows.append({"model_version": model.model_version, "registry_version": model.registry_version,
+                         "role": role, "decided": model is deciding, "anomaly_score": ex.score, "decision": own,
+                         "latency_ms": 1000.0 * (ex.forward_s + time.perf_counter() - t_decide)})
+        png = heatmap_png(deciding.normalize(explained[0].heatmap), self._lut, vmax=self.heatmap_vmax)
+        latent = explained[0].latent
         queued, keep = self._review_fate(decision)
         elapsed_ms = 1000.0 * (spent_s + time.perf_counter() - t0)
         t1 = time.perf_counter()
@@ -302,18 +352,20 @@ class InspectionService:
             anomaly_score=score,
             decision=decision,
             confidence=confidence,
-            model_version=self.model_version,
-            policy_version=self.policy_version,
+            model_version=deciding.model_version,
+            policy_version=deciding.policy_version,
             inference_time_ms=elapsed_ms,
             heatmap_png=png,
             image=body if keep else None,
             queued=queued,
+            scores=rows,
         )
         self.metrics.database.observe(time.perf_counter() - t1)
         self.metrics.inference.observe(elapsed_ms / 1000.0)
         self.metrics.scores.observe(score)
         self.metrics.decisions.labels(decision=decision).inc()
-        self._observe_drift(score)
+        if plan.roles[0] == "production":
+            self._observe_drift(deciding, score)
         answer = {
             "id": record["id"],
             "wafer_id": wafer_id,
@@ -322,7 +374,7 @@ class InspectionService:
             "decision": decision,
             "confidence": confidence,
             "heatmap_url": record["heatmap_url"],
-            "model_version": self.model_version,
+            "model_version": deciding.model_version,
             "inference_time_ms": round(elapsed_ms, 3),
         }
         if latent is not None:
@@ -337,47 +389,22 @@ class InspectionService:
             sampled = self.audit_sample > 0 and self._audit_rng.random() < self.audit_sample
         return sampled, sampled or decision == "REJECT" or self.keep_images
 
-    def _observe_drift(self, score):
-        with self._lock:
-            self._window.append(score)
-            self._since_drift += 1
-            if self._since_drift < self._drift_every or len(self._window) < self._drift_every:
-                return
-            self._since_drift = 0
-            scores = np.fromiter(self._window, dtype=np.float64)
-        result = self._drift.test(scores)
-        self.last_drift = result
+    def _observe_drift(self, served, score):
+        result = served.observe_drift(score)
+        if result is None:
+            return
         self.metrics.drift_p_value.set(float(result.p_value))
         self.metrics.drift_statistic.set(float(result.statistic))
-        self.metrics.drift_window.set(len(scores))
+        self.metrics.drift_window.set(len(served._window))
         self.metrics.reject_rate.set(float(result.reject_rate))
 
     def describe(self):
         """What ``GET /api/v1/model`` answers."""
         import greyanom
 
-        det, pol = self.detector, self.policy
-        out = {
-            "class": type(det).__name__,
-            "model_version": self.model_version,
-            "model_hash": self.model_hash,
-            "policy_bound": getattr(pol, "model_hash_", None) is not None,
-            "policy_version": self.policy_version,
-            "greyanom_version": greyanom.__version__,
-            "image_shape": list(self.image_shape),
-            "resize": self.resize,
-            "thresholds": {
-                "review": float(pol.review_threshold_),
-                "reject": float(pol.reject_threshold_),
-                "detector": float(det.threshold_),
-            },
-            "review_fpr": float(pol.review_fpr),
-            "reject_fpr": float(pol.reject_fpr),
-            "n_calibration": int(getattr(pol, "n_calibration_", len(pol.calibration_scores_))),
-            "heatmap_vmax": self.heatmap_vmax,
-        }
-        if getattr(det, "latent_dim", None) is not None:
-            out["latent_dim"] = int(det.latent_dim)
+        out = self.production.describe()
+        out.update(greyanom_version=greyanom.__version__, resize=self.resize, heatmap_vmax=self.heatmap_vmax,
+                   registry=None if self.follower is None else self.follower.name, rollout=self.models.rollout())
         return out
 
 
@@ -405,8 +432,8 @@ async def _read_body(request, limit):
 
 
 def create_app(
-    model,
-    policy,
+    model=None,
+    policy=None,
     *,
     max_body_bytes=DEFAULT_MAX_BODY_BYTES,
     token_file=None,
@@ -426,11 +453,17 @@ def create_app(
     ``GET /api/v1/stats``, ``GET /api/v1/audit`` and the review page ``/review``. Every
     error is a JSON object ``{"error": code, "message": ..., "status": ...}``.
 
+    Served from a model registry (``registry=``, ``name=``), the app follows promotions
+    and rollbacks without a restart (a background thread polls the registry), and adds
+    ``GET /api/v1/compare`` (candidate against production, see the rollout guide),
+    ``GET /api/v1/rollout`` and ``POST /api/v1/rollout`` (start or stop a shadow or canary
+    candidate; role admin).
+
     Parameters
     ----------
-    model : str, path-like or fitted image detector
+    model : str, path-like or fitted image detector, optional
         See :class:`InspectionService`.
-    policy : str, path-like or fitted DecisionPolicy
+    policy : str, path-like or fitted DecisionPolicy, optional
         See :class:`InspectionService`.
     max_body_bytes : int, default=4 MiB
         Larger request bodies are answered 413 without being read whole.
@@ -451,7 +484,8 @@ def create_app(
         With batching on, the most images waiting for the model; further requests are
         answered 503 ``queue_full`` (with ``Retry-After: 1``).
     **service_kwargs
-        ``db_url``, ``resize``, ``heatmap_vmax``, ``drift_window``, ``drift_every``,
+        ``registry``, ``name``, ``shadow``, ``canary``, ``canary_fraction``,
+        ``registry_poll_s``, ``max_fnr``, ``min_reviewed_defects``, ``db_url``, ``resize``, ``heatmap_vmax``, ``drift_window``, ``drift_every``,
         ``drift_alpha``, ``threads``, ``model_version``, ``allow_unbound_policy``,
         ``keep_images``, ``audit_sample``, ``random_state``: see :class:`InspectionService`.
 
@@ -476,10 +510,12 @@ def create_app(
         raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}.")
     from greyanom.serve._auth import AuthMiddleware, token_store
     from greyanom.serve._review import install_review
+    from greyanom.serve._rollout_routes import install_rollout
 
     tokens = token_store(token_file)
     max_batch, max_wait_ms, max_queue = check_batch_options(max_batch, max_wait_ms, max_queue)
     service = InspectionService(model, policy, **service_kwargs)
+    follower = service.follower
     metrics = service.metrics
     batched = None
     if max_batch > 1:
@@ -489,7 +525,11 @@ def create_app(
     async def lifespan(_app):
         if batched is not None:
             batched.start()
+        if follower is not None:
+            follower.start(service.models)
         yield
+        if follower is not None:
+            follower.stop()
         if batched is not None:
             await batched.close()
         service.records.close()
@@ -589,7 +629,8 @@ def create_app(
             service.records.ping()
         except Exception as exc:  # the database is down: the service cannot record, so not healthy
             return _error(503, "database_unavailable", f"the records database does not answer: {type(exc).__name__}")
-        return {"status": "ok", "model_version": service.model_version}
+        return {"status": "ok", "model_version": service.model_version,
+                "registry_version": service.production.registry_version}
 
     @app.get("/metrics", summary="Prometheus metrics")
     def prometheus():
@@ -597,6 +638,7 @@ def create_app(
         return Response(content=content, media_type=content_type)
 
     install_review(app, service, tokens, _error)
+    install_rollout(app, service, tokens, _error)
     if tokens is not None:
         app.add_middleware(AuthMiddleware, tokens=tokens,
                            on_denied=lambda status: metrics.rejected.labels(reason=f"http_{status}").inc())
@@ -612,8 +654,8 @@ def app_from_env():
 
 
 def serve(
-    model,
-    policy,
+    model=None,
+    policy=None,
     *,
     db_url="sqlite:///greyanom-inspections.db",
     host="127.0.0.1",
@@ -627,8 +669,9 @@ def serve(
 
     Parameters
     ----------
-    model, policy : str or path-like
-        The model file and the decision-policy file.
+    model, policy : str or path-like, optional
+        The model file and the decision-policy file; or ``registry=`` and ``name=`` in
+        ``app_kwargs`` (see :func:`create_app`).
     db_url : str, default="sqlite:///greyanom-inspections.db"
         SQLAlchemy URL of the records database, shared by all workers.
     host : str, default="127.0.0.1"
@@ -667,7 +710,22 @@ def serve(
         logger.warning("no token file: serving without access control on loopback (%s) only.", host)
     else:
         app_kwargs["token_file"] = str(Path(app_kwargs["token_file"]))
-    config = {"model": str(Path(model)), "policy": str(Path(policy)), "db_url": db_url, **app_kwargs}
+    registry = app_kwargs.get("registry")
+    if registry is not None:
+        from greyanom.registry import ModelRegistry
+
+        if model is not None or policy is not None:
+            raise ValueError("give either a registry (with a name) or a model and a policy, not both.")
+        if not isinstance(registry, ModelRegistry):
+            app_kwargs["registry"] = str(Path(registry))
+        else:
+            app_kwargs["registry"] = str(registry.root)
+        ModelRegistry(app_kwargs["registry"]).production(app_kwargs.get("name"))  # fail here, once
+        config = {"db_url": db_url, **app_kwargs}
+    elif model is None or policy is None:
+        raise ValueError("give a model and a policy, or a registry and a name.")
+    else:
+        config = {"model": str(Path(model)), "policy": str(Path(policy)), "db_url": db_url, **app_kwargs}
     options = {"host": host, "port": int(port), "access_log": bool(access_log), "log_level": log_level}
     if int(workers) == 1:
         uvicorn.run(create_app(**config), **options)
@@ -675,10 +733,11 @@ def serve(
     from greyanom._persist import read_config
     from greyanom.serve._records import Records
 
-    read_config(model)  # fail here, once, rather than in every worker
-    from greyanom.decision import DecisionPolicy
+    if registry is None:
+        read_config(model)  # fail here, once, rather than in every worker
+        from greyanom.decision import DecisionPolicy
 
-    DecisionPolicy.load(policy).check_model(model, allow_unbound=bool(app_kwargs.get("allow_unbound_policy")))
+        DecisionPolicy.load(policy).check_model(model, allow_unbound=bool(app_kwargs.get("allow_unbound_policy")))
     Records(db_url).close()  # create the tables before the workers race to
     made_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -4,8 +4,10 @@ A token file holds one token a line, ``TOKEN ROLE [NAME]`` separated by whitespa
 (``#`` starts a comment). Roles:
 
 * ``inspect``: ``POST /api/v1/inspect``;
-* ``review``: the records, heatmaps and images, the review page, posting reviews;
-* ``admin``: everything (stats, ``/metrics``, the audit trail, ``/docs``, registry changes).
+* ``review``: the records, heatmaps and images, the review page, posting reviews, the
+  comparison of a candidate with production (``/api/v1/compare``, ``GET /api/v1/rollout``);
+* ``admin``: everything (stats, ``/metrics``, the audit trail, ``/docs``, starting and
+  stopping a shadow or canary candidate).
 
 Roles are not otherwise hierarchical: a ``review`` token cannot inspect. Every route but
 ``/healthz`` (and the review page's login form) needs ``Authorization: Bearer <token>``
@@ -70,6 +72,8 @@ def required_roles(method, path):
         return ("inspect",)
     if path == "/api/v1/model":
         return _ANY
+    if path == "/api/v1/compare" or (path == "/api/v1/rollout" and method in ("GET", "HEAD")):
+        return ("review",)
     if path.startswith(("/api/v1/inspections", "/api/v1/heatmaps/", "/api/v1/review/")):
         return ("review",)
     return ("admin",)  # /metrics, /api/v1/stats, /api/v1/audit, /docs, /openapi.json, unknown routes

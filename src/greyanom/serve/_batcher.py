@@ -9,7 +9,7 @@ item fails only its own request. The queue is bounded: a full queue raises
 :class:`QueueFull`, which the service answers with 503 ``queue_full``.
 
 :class:`BatchedInspector` is ``InspectionService.inspect`` on that path: decode in the thread
-pool, the detector's ``explain`` on the stacked batch in the batcher, then decision, heatmap,
+pool, each model's ``explain`` on the stacked batch in the batcher, then decision, heatmap,
 record and drift observation per request in the thread pool, exactly as without batching.
 """
 
@@ -232,9 +232,10 @@ class MicroBatcher:
 class BatchedInspector:
     """:meth:`InspectionService.inspect` with one forward pass for concurrent requests.
 
-    Each request is decoded in the thread pool, waits in a :class:`MicroBatcher` whose
-    function is :meth:`InspectionService.explain_images` (the detector's public ``explain``
-    on the stacked images), then gets its own decision, heatmap, committed record, metrics
+    Each request takes its models (:meth:`InspectionService.plan`) once, is decoded in the
+    thread pool, waits in a :class:`MicroBatcher` whose function is
+    :meth:`InspectionService.explain_plan` (each model's public ``explain`` on the stacked
+    images of the requests that share its models), then gets its own decision, heatmap, committed record, metrics
     and drift observation from :meth:`InspectionService.answer`, in the thread pool: the
     same record and answer as without batching.
 
@@ -247,7 +248,7 @@ class BatchedInspector:
 
     def __init__(self, service, *, max_batch, max_wait_ms=DEFAULT_MAX_WAIT_MS, max_queue=DEFAULT_MAX_QUEUE):
         self.service = service
-        self.batcher = MicroBatcher(service.explain_images, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        self.batcher = MicroBatcher(service.explain_plan, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                     max_queue=max_queue, metrics=service.metrics)
 
     def start(self):
@@ -269,10 +270,11 @@ class BatchedInspector:
         from starlette.concurrency import run_in_threadpool
 
         t0 = time.perf_counter()
-        image = await run_in_threadpool(self.service.decode, body)
+        plan = self.service.plan()  # the models this request runs on, even if production is swapped meanwhile
+        image = await run_in_threadpool(self.service.decode, body, plan)
         decode_s = time.perf_counter() - t0
-        explained = await self.batcher.submit(image)
+        explained = await self.batcher.submit((plan.models, image))
         return await run_in_threadpool(
             self.service.answer, explained, wafer_id, inspection_point, body=body,
-            spent_s=decode_s + explained.forward_s,
+            spent_s=decode_s + explained[0].forward_s, plan=plan,
         )

@@ -1,5 +1,6 @@
 """The inspection records: SQLAlchemy tables of answered inspections, heatmaps, kept raw
-images, human reviews and the audit trail.
+images, the score of every model that scored an inspection (production, shadow, canary),
+human reviews and the audit trail.
 
 SQLite is the embedded default; any SQLAlchemy URL (``postgresql+psycopg://...``) works the
 same way. A record and its heatmap are committed in one transaction before the service
@@ -16,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["Inspection", "Heatmap", "InspectionImage", "Review", "AuditEvent", "Records", "utc"]
+__all__ = ["Inspection", "Heatmap", "InspectionImage", "ModelScore", "Review", "AuditEvent", "Records", "utc"]
 
 
 def utc(value):
@@ -85,6 +86,43 @@ class InspectionImage(_Base):
     inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     queued: Mapped[bool] = mapped_column(Boolean, index=True)
+
+
+class ModelScore(_Base):
+    """One model's score and decision of an inspection (table ``model_scores``).
+
+    Every inspection has the row of the model that decided it (``decided``); in a shadow
+    rollout the candidate's row beside it. ``role`` is ``"production"``, ``"shadow"`` or
+    ``"canary"``; ``registry_version`` is the registry's version (None for a fixed model
+    file); ``latency_ms`` the model's own forward pass and decision.
+    """
+
+    __tablename__ = "model_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inspection_id: Mapped[int] = mapped_column(ForeignKey("inspections.id"), index=True)
+    model_version: Mapped[str] = mapped_column(String(96), index=True)
+    registry_version: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    role: Mapped[str] = mapped_column(String(16), index=True)
+    decided: Mapped[bool] = mapped_column(Boolean)
+    anomaly_score: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(8))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    def to_dict(self):
+        """The row as JSON values."""
+        return {
+            "inspection_id": self.inspection_id,
+            "model_version": self.model_version,
+            "registry_version": self.registry_version,
+            "role": self.role,
+            "decided": self.decided,
+            "anomaly_score": self.anomaly_score,
+            "decision": self.decision,
+            "latency_ms": self.latency_ms,
+            "created_at": utc(self.created_at).isoformat(),
+        }
 
 
 class Review(_Base):
@@ -214,14 +252,17 @@ class Records:
         """The ``sessionmaker`` of this database (for the review and audit stores)."""
         return self._session
 
-    def add(self, *, heatmap_png=None, image=None, queued=False, **fields):
-        """Insert an inspection (its heatmap, its raw image) and commit; return the record as a dict.
+    def add(self, *, heatmap_png=None, image=None, queued=False, scores=(), **fields):
+        """Insert an inspection (its heatmap, its raw image, its model scores) and commit; return the record.
 
         ``image`` (the request body) is kept in ``inspection_images`` when given, with
-        ``queued`` marking it for the review queue.
+        ``queued`` marking it for the review queue. ``scores`` are the ``model_scores`` rows
+        of the inspection (dicts of :class:`ModelScore` columns without ``inspection_id``),
+        committed in the same transaction.
         """
+        now = _dt.datetime.now(_dt.timezone.utc)
         with self._session.begin() as session:
-            rec = Inspection(created_at=_dt.datetime.now(_dt.timezone.utc), **fields)
+            rec = Inspection(created_at=now, **fields)
             session.add(rec)
             session.flush()  # assigns rec.id
             if heatmap_png is not None:
@@ -229,6 +270,8 @@ class Records:
                 session.add(Heatmap(inspection_id=rec.id, png=heatmap_png))
             if image is not None:
                 session.add(InspectionImage(inspection_id=rec.id, data=bytes(image), queued=bool(queued)))
+            for row in scores:
+                session.add(ModelScore(inspection_id=rec.id, created_at=now, **row))
             out = rec.to_dict()
         return out
 
