@@ -177,6 +177,8 @@ class InspectionService:
             registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
             self.follower = RegistryFollower(registry, name, poll_s=registry_poll_s, **drift)
             production = self.follower.load(registry.production(name))
+            if shadow is not None or canary is not None:
+                registry.get(name, shadow or canary)  # an unknown version fails before the database is opened
         else:
             if model is None or policy is None:
                 raise ValueError("give model and policy (files or fitted objects), or registry and name.")
