@@ -93,13 +93,13 @@ def test_trace_model_files_are_checked_and_never_unpickled(lots, tmp_path):
 def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal(tmp_path):
     """Model files written by greyanom before ``greyanom.shape`` became ``greyanom.traces`` load and score the same.
 
-    ``tests/traces_data`` holds a ShapeSignatureDetector and a MultiwayPCADetector fitted and saved by the code of
+    ``tests/traces/data`` holds a ShapeSignatureDetector and a MultiwayPCADetector fitted and saved by the code of
     commit 5ecaa5a (the layout with ``greyanom/shape`` and the root ``_wafer_*`` modules), and their
     ``score_wafers`` on the same simulated lots, written then.
     """
     from pathlib import Path
 
-    data = Path(__file__).parents[1] / "traces_data"
+    data = Path(__file__).parents[1] / "data"
     lots = make_pi_lots(n_lots=4, wafers_per_lot=5, sensors=("v",), n_points=(40, 60), faults={"setpoint_offset": 1},
                         n_clean_lots=3, random_state=3)
     expected = np.load(data / "expected_v0.npz")
