@@ -267,6 +267,12 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         # a file saved before the level term holds a Q-only wafer model: say so in its params
         return super()._params_from_json({"level_weight": 0.0, **params})
 
+    def _restore_unpickled(self):
+        # a pickle made before the level term (and before the package move) has no level_weight:
+        # its wafer model is Q-only, as for a file (above)
+        if "level_weight" not in vars(self):
+            self.level_weight = 0.0
+
     # -- the parts it owns: a trace analyser, trace views and a wafer scorer -------------------
     def _analyser(self, fitted=True):
         if fitted:
