@@ -27,6 +27,7 @@ Subpackages: ``datasets``, ``decision``, ``drift``, ``metrics``, ``plotting``, `
 __version__ = "0.1.0.dev0"
 
 from greyanom._persist import load
+from greyanom.traces._moved import register as _register_moved_modules
 from greyanom.base import BaseDetector, ImageExplanation
 from greyanom.image import ConvVAEDetector, PaDiMDetector, PatchCoreDetector, PCADetector, RegisteredPixelDetector
 
@@ -44,6 +45,9 @@ _PUBLIC = (
     "BaseDetector", "ConvVAEDetector", "ImageExplanation", "PCADetector", "PaDiMDetector",
     "PatchCoreDetector", "RegisteredPixelDetector", *_LAZY,
 )
+
+
+_register_moved_modules()  # old module paths of the trace code, for pickles made before the move
 
 
 def __getattr__(name):

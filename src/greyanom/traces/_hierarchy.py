@@ -76,6 +76,24 @@ def _posterior_cov(jtj, noise_sd, prior_sd):
     return np.linalg.inv(H)
 
 
+#: Signature parameters in the data's units (the others are rates, frequencies and phases).
+_IN_DATA_UNITS = np.array([p in ("R", "y", "c") for p in PARAMS])
+
+
+def _units(traces):
+    """The data's unit ``min(1, max |value|)`` and the same per parameter.
+
+    1 for empty or all-zero traces; at least 1e-100, because the fit weighs by ``1 / sd**2``,
+    which overflows for a spread below about 1e-154 (traces that small keep a floor above
+    their spread).
+    """
+    z = np.asarray(traces.z, dtype=np.float64)
+    z = np.abs(z[np.isfinite(z)])
+    size = float(z.max()) if z.size else 0.0
+    unit = min(1.0, max(size, 1e-100)) if size > 0 else 1.0
+    return unit, np.where(_IN_DATA_UNITS, unit, 1.0)
+
+
 def _robust_init(x, ssr, n_points, scale_floor):
     mu = np.median(x, axis=0)
     mad = 1.4826 * np.median(np.abs(x - mu), axis=0)
@@ -116,7 +134,9 @@ def fit_lot(
         Stop when the largest relative change of :math:`\\sigma` and :math:`\\sigma_S` is below it.
     min_sd : array-like of shape (6,) or None, default=None
         Floor on :math:`\\sigma_S` (and, via its mean level, a guard against division by zero).
-        ``None`` uses ``1e-9 * (1 + |mu_S|)``.
+        ``None`` uses ``1e-9 * (u + |mu_S|)``, with ``u = 1`` for ``gamma``, ``omega`` and ``phi``
+        and ``u = min(1, max |value|)`` (at least 1e-100) for ``R``, ``y`` and ``c`` (in the
+        data's units), so traces in tiny units fit as they do in units of order 1.
     n_jobs : int or None, default=None
         Passed to ``fit_traces``.
     fit_kwargs : dict or None, default=None
@@ -176,6 +196,10 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
     n = len(traces)
     if n < 2:
         raise ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {n}.")
+    # the floors below are relative: to the parameter's size, and to the data's units for the
+    # parameters in those units (R, y, c) when the traces are smaller than 1, so that traces
+    # in tiny units (scaled by 1e-20) fit as they do in ordinary ones; unchanged from 1 up
+    unit, unit_p = _units(traces)
     if init is None:
         # failed cold starts only leave the robust start (the private fit does not warn)
         fit0 = yield fit_of(model="paper")
@@ -186,7 +210,7 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
                 f"only {int(ok.sum())} of {n} traces could be fitted without a prior; "
                 "a lot needs at least 2 to start the hierarchical fit."
             )
-        floor0 = 1e-6 * (1.0 + np.abs(np.median(x0[ok], axis=0)))
+        floor0 = 1e-6 * (unit_p + np.abs(np.median(x0[ok], axis=0)))
         mu, sd, sigma = _robust_init(x0[ok], np.asarray(fit0.ssr)[ok], np.asarray(fit0.n_points)[ok], floor0)
         xinit = np.where(ok[:, None], x0, mu[None, :])
     else:
@@ -219,9 +243,9 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
             noise_var = ssr.sum() / npts.sum()
         else:
             var, noise_var = sd**2, sigma**2
-        floor = 1e-9 * (1.0 + np.abs(mu_new)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
+        floor = 1e-9 * (unit_p + np.abs(mu_new)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
         sd_new = np.maximum(np.sqrt(var), floor)
-        sigma_new = max(float(np.sqrt(noise_var)), 1e-12 * (1.0 + float(np.abs(xs[:, 3]).mean())))
+        sigma_new = max(float(np.sqrt(noise_var)), 1e-12 * (unit + float(np.abs(xs[:, 3]).mean())))
         # Relative change of sigma_S, measured against the posterior spread so that a parameter
         # whose true spread is zero (EM approaches 0 only sublinearly) does not block convergence.
         post_var = var - dev2.mean(axis=0) if update == "laplace" else 0.0

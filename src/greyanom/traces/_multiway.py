@@ -111,8 +111,10 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     cv : int, default=5
         Folds of the cross-fitting that sets the control limit.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Control limit from the cross-fitted training scores (see
-        :func:`~greyanom.base.threshold_from_scores`).
+        Control limit from the cross-fitted training scores: a float is the
+        ``1 - contamination`` quantile of a lognormal fitted to them, ``"auto"`` their median
+        plus three robust standard deviations (see
+        :func:`~greyanom.traces._wafer_scorer.wafer_limit`).
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds whose held-out scores set the
         control limit; the same seed gives the same numbers. ``None`` uses a fixed seed (0),
@@ -244,6 +246,11 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     def _heldout_scores(self, X, train_scores):
         # the cross-fitted wafer scores computed in _fit (no refit)
         return self.wafer_heldout_scores_.to_numpy()
+
+    def _set_offset(self, train_scores):
+        # the control limit is the wafer limit (wafer_limit of the same held-out scores), one value
+        self.threshold_ = float(self.wafer_threshold_)
+        self.offset_ = -self.threshold_
 
     def _score(self, X):
         return self.score_wafers(X).to_numpy()

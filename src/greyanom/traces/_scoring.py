@@ -318,12 +318,22 @@ def score_terms(x, ssr, n_points, jtj, model):
     return p_eff, fit, P, raw
 
 
+_SD_FLOOR = 1e-12
+
+
+def _unit(v):
+    """``min(1, max |v|)``, or 1 when ``v`` is all zero: the size below which a floor scales with the data."""
+    size = float(np.max(np.abs(v))) if v.size else 0.0
+    return min(1.0, size) if size > 0 else 1.0
+
+
 def write_features(A, ok, fit, traces=None):
     """Wafer features of the fitted rows ``ok`` of ``A``: curve at N_CURVE points, log sd, y, c.
 
     With ``traces`` (the fitted traces, rows of ``fit``) also ``raw_mean``, the mean of the
     trace's samples, ``log_raw_sd``, the log of their standard deviation (``ddof=1``, floored
-    at 1e-12, so a constant trace stays finite), and ``res_0`` ... ``res_{N_SEGMENTS-1}``, the mean residual
+    at 1e-12 times ``min(1, max |value|)``, so a constant trace stays finite and traces in tiny
+    units keep their spread), and ``res_0`` ... ``res_{N_SEGMENTS-1}``, the mean residual
     ``value - fitted curve`` of the samples in each of ``N_SEGMENTS`` equal segments of
     normalised step time ``u = (t - origin) / duration`` (0 for a segment without a sample).
     """
@@ -356,7 +366,8 @@ def _write_residual_features(A, g, good, fit, traces, x0, dur):
     pred = _predict(fit, good, np.concatenate(t), offsets)
     for r, (tj, vj) in enumerate(zip(t, v)):
         A[g[r], COL["raw_mean"]] = vj.mean()
-        A[g[r], COL["log_raw_sd"]] = np.log(max(vj.std(ddof=1), 1e-12)) if vj.size > 1 else np.log(1e-12)
+        floor = _SD_FLOOR * _unit(vj)
+        A[g[r], COL["log_raw_sd"]] = np.log(max(vj.std(ddof=1), floor)) if vj.size > 1 else np.log(floor)
         res = vj - pred[offsets[r]:offsets[r + 1]]
         u = (tj - x0[r]) / dur[r] if dur[r] > 0 else np.zeros_like(tj)
         seg = np.clip((u * N_SEGMENTS).astype(np.int64), 0, N_SEGMENTS - 1)

@@ -101,21 +101,23 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         the number used is ``n_components_``).
     statistic : {"q", "t2", "combined"}, default="q"
         Wafer score: Q (squared prediction error) of the scaled wafer features, T^2, or both.
-    level_weight : float >= 0, default=0.25
+    level_weight : float >= 0, default=0.5
         Weight of the max-type level term added to the wafer score: the largest squared
         scaled level feature (``raw_mean``, ``log_raw_sd``, ``log_sd`` of every group), each
         divided by its out-of-fold mean square on the training wafers, so noisy sensors weigh
         less; normalised to a median of 1 on held-out training wafers. It catches a shift of
         one trace's level or spread that Q spreads over many features. The whole term goes to
         the feature that attains the maximum in ``explain_wafers``, so rows still sum exactly
-        to the score. 0: Q (T^2) alone. Chosen on development splits of LAM 9600 (see the
-        shape detector guide).
+        to the score. 0: Q (T^2) alone. Chosen with ``clip`` on development splits of LAM 9600
+        (see the shape detector guide).
     scale_floor : float, default=0.5
         The robust (per-lot MAD) scale of a wafer feature is at least this fraction of its
         standard deviation in the lot.
-    clip : float, default=8.0
+    clip : float, default=7.0
         Scaled wafer features are clipped to ``[-clip, clip]``; a feature that cannot be
-        computed (unfittable trace, missing group) is set to ``clip``.
+        computed (unfittable trace, missing group) is set to ``clip``. Clipping bounds what one
+        noisy feature adds to Q and to the level term (6-7 was best on the
+        development splits of LAM 9600, 12-16 clearly worse).
     new_lots : {"pooled", "self"}, default="pooled"
         Lots not seen in training: their wafers are centred on the pooled training median
         (``"pooled"``) or on their own median if they have at least 3 wafers (``"self"``).
@@ -123,7 +125,9 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         Wafer folds of the cross-fitting that sets the wafer control limit.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the training trace scores (see :class:`~greyanom.BaseDetector`)
-        and ``wafer_threshold_`` from the cross-fitted training wafer scores.
+        and ``wafer_threshold_`` from the cross-fitted training wafer scores (a float: the
+        ``1 - contamination`` quantile of a lognormal fitted to them, see
+        :func:`~greyanom.traces._wafer_scorer.wafer_limit`).
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds of the cross-fitting (the held-out
         scores that set ``wafer_threshold_`` and ``offset_``); the same seed gives the same
@@ -224,9 +228,9 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         n_jobs=None,
         n_components=8,
         statistic="q",
-        level_weight=0.25,
+        level_weight=0.5,
         scale_floor=0.5,
-        clip=8.0,
+        clip=7.0,
         new_lots="pooled",
         cv=5,
         contamination="auto",
@@ -262,6 +266,12 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     def _params_from_json(cls, params):
         # a file saved before the level term holds a Q-only wafer model: say so in its params
         return super()._params_from_json({"level_weight": 0.0, **params})
+
+    def _restore_unpickled(self):
+        # a pickle made before the level term (and before the package move) has no level_weight:
+        # its wafer model is Q-only, as for a file (above)
+        if "level_weight" not in vars(self):
+            self.level_weight = 0.0
 
     # -- the parts it owns: a trace analyser, trace views and a wafer scorer -------------------
     def _analyser(self, fitted=True):

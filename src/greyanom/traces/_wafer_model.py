@@ -207,10 +207,10 @@ def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, 
         lot_center[i] = np.median(F[m], axis=0)
         dev[m] = F[m] - lot_center[i]
     center = np.median(F, axis=0)
-    # the absolute floor is relative to the data's magnitude when that is below 1, so that
-    # features in tiny units (a trace scaled by 1e-200) are not all floored to one scale
-    magnitude = float(np.max(np.abs(F)))
-    tiny = 1e-9 * np.maximum(np.abs(center), min(1.0, magnitude) if magnitude > 0 else 1.0)
+    # the absolute floor is relative to each feature's magnitude when that is below 1, so that
+    # features in tiny units (a trace scaled by 1e-20) are not floored to the scale of the others
+    magnitude = np.max(np.abs(F), axis=0)
+    tiny = 1e-9 * np.maximum(np.abs(center), np.where(magnitude > 0, np.minimum(1.0, magnitude), 1.0))
 
     def robust_scale(d):
         return np.maximum(np.maximum(_MAD * np.median(np.abs(d), axis=0), scale_floor * _std(d)), tiny)

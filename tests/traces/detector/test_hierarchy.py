@@ -75,3 +75,21 @@ def test_fit_lot_says_what_a_run_without_convergence_means(caplog):
     assert "in 1 iterations (last relative change " in msg and "tol 1e-12" in msg
     assert "raise max_iter (max_em_iter on the trace detectors) or tol (em_tol)" in msg
     assert "LotFit.converged is False" in msg
+
+
+def test_fit_lot_in_tiny_units_is_the_fit_in_ordinary_units_scaled():
+    # the floors on sigma and sigma_S follow the data's units below 1: a lot scaled by 1e-20
+    # fits as the same lot scaled by 0.05 (values below 1, where the floors follow the units too),
+    # floors included (BCD drives sigma_S of R and y onto them)
+    rng = np.random.default_rng(7)
+    traces, _ = _lot(rng, 0.02, n_traces=12)
+    t = [traces.t[traces.offsets[i]:traces.offsets[i + 1]] for i in range(len(traces))]
+    z = [traces.z[traces.offsets[i]:traces.offsets[i + 1]] for i in range(len(traces))]
+    assert 0.05 * np.abs(traces.z).max() < 1
+    ref = fit_lot(Traces.from_arrays(t, [0.05 * v for v in z]), update="bcd")
+    tiny = fit_lot(Traces.from_arrays(t, [1e-20 * v for v in z]), update="bcd")
+    units = np.array([2e-19 if p in ("R", "y", "c") else 1.0 for p in PARAMS])
+    assert tiny.n_iter == ref.n_iter
+    np.testing.assert_allclose(tiny.noise_sd, 2e-19 * ref.noise_sd, rtol=1e-6)
+    np.testing.assert_allclose(tiny.prior_sd, units * ref.prior_sd, rtol=1e-6)
+    np.testing.assert_allclose(tiny.prior_mean, units * ref.prior_mean, rtol=1e-6)

@@ -93,13 +93,13 @@ def test_trace_model_files_are_checked_and_never_unpickled(lots, tmp_path):
 def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal(tmp_path):
     """Model files written by greyanom before ``greyanom.shape`` became ``greyanom.traces`` load and score the same.
 
-    ``tests/traces_data`` holds a ShapeSignatureDetector and a MultiwayPCADetector fitted and saved by the code of
+    ``tests/traces/data`` holds a ShapeSignatureDetector and a MultiwayPCADetector fitted and saved by the code of
     commit 5ecaa5a (the layout with ``greyanom/shape`` and the root ``_wafer_*`` modules), and their
     ``score_wafers`` on the same simulated lots, written then.
     """
     from pathlib import Path
 
-    data = Path(__file__).parents[1] / "traces_data"
+    data = Path(__file__).parents[1] / "data"
     lots = make_pi_lots(n_lots=4, wafers_per_lot=5, sensors=("v",), n_points=(40, 60), faults={"setpoint_offset": 1},
                         n_clean_lots=3, random_state=3)
     expected = np.load(data / "expected_v0.npz")
@@ -116,3 +116,43 @@ def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal
     # (the log_raw_sd feature and the level term), so its refit is not compared with v0.
     det = MultiwayPCADetector(trace_keys=("wafer",), group_keys=("sensor",), random_state=0)
     np.testing.assert_array_equal(det.fit(lots).score_wafers(lots).to_numpy(), expected["mpca"])
+
+
+def test_pickles_made_before_the_package_move_load_and_score_as_they_did():
+    """``tests/traces/data/*_pre_move.pkl``: a ShapeSignatureDetector and a MultiwayPCADetector pickled by
+    the code before the trace package (module paths ``greyanom.shape._detector``,
+    ``greyanom._wafer_model``, ``greyanom._multiway``), with the scores that code gave."""
+    import warnings
+    from pathlib import Path
+
+    from greyanom.traces._multiway import MultiwayPCADetector as Mpca
+    from greyanom.traces._shape_detector import ShapeSignatureDetector as Shape
+
+    data = Path(__file__).parents[1] / "data"
+    expected = np.load(data / "pre_move_expected.npz")
+    lots = make_pi_lots(n_lots=3, wafers_per_lot=6, sensors=("v",), random_state=0)
+    with open(data / "shape_pre_move.pkl", "rb") as fh:
+        shape = pickle.load(fh)
+    with open(data / "mpca_pre_move.pkl", "rb") as fh:
+        mpca = pickle.load(fh)
+    assert type(shape) is Shape and type(mpca) is Mpca
+    # made before the level term: a Q-only wafer model, and its parameters say so
+    assert shape.get_params()["level_weight"] == 0.0 and not shape.wafer_model_.has_level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # statuses of the short synthetic traces
+        s = shape.score_wafers(lots)
+        trace_scores = np.asarray(shape.score(lots), dtype=float)
+    np.testing.assert_array_equal(s.index.to_numpy().astype(str), expected["wafers"])
+    np.testing.assert_allclose(s.to_numpy(), expected["shape_wafers"], rtol=1e-9)
+    np.testing.assert_allclose(trace_scores, expected["shape_traces"], rtol=1e-9)
+    np.testing.assert_allclose(mpca.score_wafers(lots).to_numpy(), expected["mpca_wafers"], rtol=1e-9)
+
+
+def test_an_old_module_path_names_what_moved_and_what_to_do():
+    import greyanom._wafer_model as old
+
+    from greyanom.traces._wafer_model import WaferModel
+
+    assert old.WaferModel is WaferModel
+    with pytest.raises(AttributeError, match="moved to greyanom.traces.*Refit the model"):
+        old.NoSuchName

@@ -97,3 +97,18 @@ def test_shape_detector_fit_on_extreme_scales(lots):
     det = _quiet(DETECTORS["shape"]().fit, tiny)
     assert np.isfinite(np.asarray(_quiet(det.score, tiny))).all()
     assert np.isfinite(_quiet(det.score_wafers, tiny).to_numpy()).all()
+
+
+def test_shape_detector_in_tiny_units_scores_as_in_ordinary_ones(lots, plain):
+    # traces scaled by 1e-20: the lot-fit floors, the raw-sd floor and the wafer model's scale
+    # floor follow the data's units below 1, so the detector fitted on them gives the scores
+    # and limits it gives on the traces themselves (with absolute floors, every trace scored
+    # about the same, -42 or -30)
+    ref = plain["shape"]
+    tiny = lots.assign(value=lots["value"] * 1e-20)
+    det = _quiet(DETECTORS["shape"]().fit, tiny)
+    np.testing.assert_allclose(np.asarray(_quiet(det.score, tiny)), np.asarray(_quiet(ref.score, lots)), rtol=1e-6)
+    np.testing.assert_allclose(_quiet(det.score_wafers, tiny), _quiet(ref.score_wafers, lots), rtol=1e-6)
+    assert det.wafer_threshold_ == pytest.approx(ref.wafer_threshold_, rel=1e-6)
+    assert det.threshold_ == pytest.approx(ref.threshold_, rel=1e-6)
+    assert (_quiet(det.wafer_status, tiny) == _quiet(ref.wafer_status, lots)).all()
