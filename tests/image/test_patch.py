@@ -314,7 +314,7 @@ def test_threshold_comes_from_cross_fitted_training_scores(fitted, data):
 
     train = data[0]
     np.testing.assert_allclose(fitted.decision_scores_, fitted.score(train), rtol=1e-5)
-    assert not hasattr(fitted, "_heldout_features")  # the training features are not kept
+    assert not hasattr(fitted, "_heldout_state")  # the training features are not kept
     # the override cross-fits on the features of fit; full clones (a feature extraction per
     # fold) with the same folds give the same held-out scores
     held = calibrate(type(fitted)(**fitted.get_params()), train, cv=5, random_state=fitted.random_state)

@@ -57,6 +57,12 @@ class PaDiMDetector(BasePatchDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by the Gaussians of the other folds, estimated from
+        the features ``fit`` extracted (no second extraction); ``"in_sample"``, the fitted
+        model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal data).
     batch_size : int or "auto", default="auto"
         Images per scoring batch (bounds memory) and per forward pass on a GPU; ``"auto"``
         is 64 on CUDA and 32 on the CPU. On the CPU the network runs one image at a time,
@@ -161,6 +167,7 @@ class PaDiMDetector(BasePatchDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.05,
         contamination="auto",
+        calibration="heldout",
         batch_size="auto",
         inference_dtype="float32",
         n_jobs=None,
@@ -179,6 +186,7 @@ class PaDiMDetector(BasePatchDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs

@@ -202,7 +202,7 @@ class BasePatchDetector(BaseImageDetector):
         from sklearn.model_selection import KFold
         from sklearn.utils import check_random_state
 
-        features = self.__dict__.pop("_heldout_features")
+        features = self.__dict__.pop("_heldout_state")
         n = len(features)
         if n < 3:
             return self._insample_fallback(train_scores, f"{n} image(s)")
@@ -254,7 +254,7 @@ class BasePatchDetector(BaseImageDetector):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self._fit_features(features, check_random_state(self.random_state))
-        self._heldout_features = features  # taken (and dropped) by _heldout_scores
+        self._heldout_state = features  # taken (and dropped) by _heldout_scores
         return self._scores_from_features(features)
 
     # -- other outputs -----------------------------------------------------------------

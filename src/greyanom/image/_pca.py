@@ -57,6 +57,12 @@ class PCADetector(BaseImageDetector):
         below 80% of ``min(n, d)``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by the PCA of the other folds, computed exactly from
+        the Gram matrix of the training data (no refit; see Notes); ``"in_sample"``, the
+        fitted model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal data).
     batch_size : int, default=256
         Images scored per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
@@ -128,6 +134,7 @@ class PCADetector(BaseImageDetector):
         topk_fraction=0.01,
         svd_solver="auto",
         contamination="auto",
+        calibration="heldout",
         batch_size=256,
         random_state=None,
     ):
@@ -137,6 +144,7 @@ class PCADetector(BaseImageDetector):
         self.topk_fraction = topk_fraction
         self.svd_solver = svd_solver
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.random_state = random_state
 

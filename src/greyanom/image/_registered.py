@@ -117,6 +117,13 @@ class RegisteredPixelDetector(BaseImageDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by per-pixel statistics and PCA modes of the other
+        folds, on the registration and scale normalisation of the whole fit (an
+        approximation of refitting, see Notes); ``"in_sample"``, the fitted model's own
+        training scores (optimistic: the threshold then flags more than ``contamination``
+        of new normal data).
     batch_size : int, default=64
         Images processed per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
@@ -218,6 +225,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.001,
         contamination="auto",
+        calibration="heldout",
         batch_size=64,
         random_state=None,
     ):
@@ -235,6 +243,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.random_state = random_state
 

@@ -113,6 +113,12 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
         Control limit from the cross-fitted training scores (see
         :func:`~greyanom.base.threshold_from_scores`).
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training wafer scores set ``offset_``, ``wafer_threshold_`` (and fill
+        ``heldout_scores_``): ``"heldout"``, the cross-fitted wafer scores; ``"in_sample"``,
+        the fitted model's own training scores (optimistic: the limit then flags more than
+        ``contamination`` of new normal wafers). The wafer model is cross-fitted either
+        way, so both cost the same.
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds whose held-out scores set the
         control limit; the same seed gives the same numbers. ``None`` uses a fixed seed (0),
@@ -180,6 +186,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         new_lots="pooled",
         cv=5,
         contamination="auto",
+        calibration="heldout",
         random_state=None,
     ):
         self.time = time
@@ -195,6 +202,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         self.new_lots = new_lots
         self.cv = cv
         self.contamination = contamination
+        self.calibration = calibration
         self.random_state = random_state
 
     def _check_frame(self, X, name="X"):
@@ -239,11 +247,16 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         for name, value in scorer.attributes().items():
             setattr(self, name, value)
         self.n_features_ = len(self.wafer_columns_)
-        return self.wafer_heldout_scores_.to_numpy()
+        return scorer.score(wf).to_numpy()  # in-sample: the final model on its training wafers
 
     def _heldout_scores(self, X, train_scores):
         # the cross-fitted wafer scores computed in _fit (no refit)
         return self.wafer_heldout_scores_.to_numpy()
+
+    def _set_offset(self, train_scores):
+        # one control limit: predict_wafers' wafer_threshold_ is the contract's threshold_
+        super()._set_offset(train_scores)
+        self.wafer_threshold_ = self.threshold_
 
     def _score(self, X):
         return self.score_wafers(X).to_numpy()

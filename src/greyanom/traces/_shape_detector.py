@@ -124,6 +124,13 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the training trace scores (see :class:`~greyanom.BaseDetector`)
         and ``wafer_threshold_`` from the cross-fitted training wafer scores.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training trace scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, scores from the wafer-folded held-out fits; ``"in_sample"``, the
+        fitted model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal traces). The wafer model is cross-fitted either
+        way (its normalisers are made of held-out scores), so ``wafer_threshold_`` does not
+        change.
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds of the cross-fitting (the held-out
         scores that set ``wafer_threshold_`` and ``offset_``); the same seed gives the same
@@ -230,6 +237,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         new_lots="pooled",
         cv=5,
         contamination="auto",
+        calibration="heldout",
         random_state=None,
     ):
         self.time = time
@@ -253,6 +261,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         self.new_lots = new_lots
         self.cv = cv
         self.contamination = contamination
+        self.calibration = calibration
         self.random_state = random_state
 
     def analyse(self, X):
