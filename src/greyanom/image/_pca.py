@@ -198,12 +198,40 @@ class PCADetector(BaseImageDetector):
         ratio = variance / total_variance if total_variance > 0 else np.zeros_like(variance)
         if not isinstance(k, int):  # variance fraction: smallest k reaching it
             k = int(min(np.searchsorted(np.cumsum(ratio), k, side="right") + 1, len(S)))
+        self._heldout_state = M  # the training rows, taken (and dropped) by _heldout_scores
         self.mean_ = mean
         self.components_ = Vt[:k]
         self.singular_values_ = S[:k]
         self.explained_variance_ = variance[:k]
         self.explained_variance_ratio_ = ratio[:k]
         self.n_components_ = int(k)
+
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted scores, exactly, without refitting: the folds' PCA from the Gram matrix.
+
+        The folds are those of the default cross-fitting (:func:`greyanom._crossfit.make_folds`,
+        ``_heldout_cv`` shuffled folds seeded by ``random_state``, or 0); each fold's residuals
+        come from :func:`greyanom.image._heldout.pca_fold_residuals` and are reduced as
+        ``score`` reduces them. The scores equal those of refitted clones with the exact
+        solver (to rounding; with ``svd_solver="randomized"`` a clone's SVD approximates the
+        exact one used here).
+        """
+        from greyanom._crossfit import make_folds
+        from greyanom.image._heldout import pca_fold_residuals
+
+        M = self.__dict__.pop("_heldout_state")
+        n = len(M)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} item(s)")
+        seed = 0 if self.random_state is None else self.random_state
+        folds = make_folds(n, min(self._heldout_cv, n), seed)
+        out = np.empty(n)
+        for rows, resid in pca_fold_residuals(M, folds, self.n_components, self.batch_size):
+            heat = resid**2
+            if self.image_shape_ is not None:  # as _explain_images: float32 maps of the image shape
+                heat = heat.reshape(len(rows), *self.image_shape_).astype(np.float32)
+            out[rows] = self._reduce(heat)
+        return out
 
     # -- scoring --------------------------------------------------------------------
     def _reconstruct(self, M):
