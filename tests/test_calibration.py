@@ -120,3 +120,42 @@ def test_files_from_before_calibration_load_as_heldout(name):
     path = pathlib.Path(__file__).parent / name
     assert "calibration" not in read_config(path)["config"]["params"]
     assert greyanom.load(path).calibration == "heldout"
+
+
+# -- PaDiM: exact, from downdated statistics --------------------------------------------------
+@pytest.mark.parametrize("params", [{}, {"covariance": "empirical"}, {"n_features": 12, "random_state": 1}])
+def test_padim_heldout_equals_refitted_fold_models(params):
+    pytest.importorskip("torch")
+    from sklearn.base import clone
+    from sklearn.utils import check_random_state
+
+    from greyanom import PaDiMDetector
+    from greyanom._crossfit import make_folds
+
+    X = make_wafer_images(n_train=12, n_test=2, image_size=64, random_state=0).X_train
+    det = PaDiMDetector(n_jobs=1, **params).fit(X)
+    features = det._features(det._validated(X))
+    folds = make_folds(len(X), 5, 0 if det.random_state is None else det.random_state)
+    ref = np.empty(len(X))
+    for k in range(5):  # the refit: the fold model fitted on the other folds' features
+        model = clone(det)
+        for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
+            setattr(model, name, getattr(det, name))
+        model._fit_features(features[folds != k], check_random_state(det.random_state))
+        ref[folds == k] = model._scores_from_features(features[folds == k])
+    # float64 statistics against the refit's float32 precisions
+    np.testing.assert_allclose(det.heldout_scores_, ref, rtol=1e-5)
+    assert not np.allclose(det.heldout_scores_, det.decision_scores_, rtol=1e-2)
+
+
+# -- RegisteredPixelDetector: the per-pixel model per fold, the registration kept -------------
+def test_registered_heldout_approximates_refitted_clones():
+    pytest.importorskip("skimage")
+    X = make_wafer_images(n_train=40, n_test=2, image_size=64, random_state=0).X_train
+    det = RegisteredPixelDetector(random_state=0).fit(X)
+    ref = _refit_heldout(det, X)
+    # the approximation keeps the fit's registration and scale normalisation: the threshold
+    # moved by 5 % here (and is far from the in-sample one)
+    assert det.threshold_ == pytest.approx(threshold_from_scores(ref, "auto"), rel=0.15)
+    assert det.threshold_ > 2 * threshold_from_scores(det.decision_scores_, "auto")
+    assert not hasattr(det, "_heldout_state")

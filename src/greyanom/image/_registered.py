@@ -294,20 +294,9 @@ class RegisteredPixelDetector(BaseImageDetector):
             reference = np.median(aligned, axis=0)
         self.reference_ = reference.astype(np.float32)
         self.train_shifts_ = shifts
-        flat = aligned.reshape(n, -1)
-        self.mean_ = flat.mean(axis=0).reshape(h, w).astype(np.float32)
-        k = min(int(self.n_components), n - 2)
-        if k > 0:
-            _, _, Vt = randomized_svd(flat - self.mean_.ravel(), k, random_state=check_random_state(self.random_state))
-            self.components_ = Vt.astype(np.float32)
-        else:
-            self.components_ = np.zeros((0, h * w), np.float32)
-        self.n_components_ = int(k)
-        resid = self._residuals(aligned)
-        median = np.median(resid, axis=0)
-        std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
-        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
-        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
+        self._heldout_state = aligned  # taken (and dropped) by _heldout_scores
+        self.mean_, self.components_, median, std, resid = self._pixel_model(aligned)
+        self.n_components_ = int(self.components_.shape[0])
         self.median_ = median.astype(np.float32)
         self.std_ = std.astype(np.float32)
         maps = self._scale_maps((resid - median) / std)
@@ -319,6 +308,60 @@ class RegisteredPixelDetector(BaseImageDetector):
         peaks = (maps / self.norm_[:, None]).reshape(len(maps), n, -1).max(axis=2)
         self.scale_calibration_ = np.maximum(np.median(peaks, axis=1), 1e-6).astype(np.float32)
         self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
+
+    def _pixel_model(self, aligned):
+        """PCA modes and robust per-pixel statistics of aligned images.
+
+        Returns ``(mean, components, median, std, residuals)``: float32 mean and modes,
+        float64 median, standard deviation and residuals of ``aligned`` on the modes.
+        """
+        n, h, w = aligned.shape
+        flat = aligned.reshape(n, -1)
+        mean = flat.mean(axis=0).reshape(h, w).astype(np.float32)
+        k = min(int(self.n_components), n - 2)
+        if k > 0:
+            _, _, Vt = randomized_svd(flat - mean.ravel(), k, random_state=check_random_state(self.random_state))
+            components = Vt.astype(np.float32)
+        else:
+            components = np.zeros((0, h * w), np.float32)
+        resid = _residuals(aligned, mean, components)
+        median = np.median(resid, axis=0)
+        std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
+        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
+        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
+        return mean, components, median, std, resid
+
+    def _heldout_scores(self, X, train_scores):
+        """Held-out scores that refit only the per-pixel model per fold (an approximation).
+
+        Per fold of the default cross-fitting (:func:`greyanom._crossfit.make_folds`), the PCA
+        modes and the robust per-pixel median and standard deviation are refitted on the other
+        folds' aligned images (``_pixel_model``, as the fit computes them), and the fold's images
+        are scored with them. Kept from the whole fit: the registration (reference and shifts)
+        and the per-scale normalisation (``norm_``, ``scale_calibration_``), whose refit would
+        filter every training image at every scale again per fold. Its effect on the threshold
+        and the false-alarm rate, against refitted clones, is measured in
+        ``benchmarks/calibration_cost.py``.
+        """
+        from greyanom._crossfit import make_folds
+
+        aligned = self.__dict__.pop("_heldout_state")
+        n = len(aligned)
+        if n < 4:  # a fold's complement needs the 3 images a fit needs
+            return self._insample_fallback(train_scores, f"{n} image(s)")
+        seed = 0 if self.random_state is None else self.random_state
+        folds = make_folds(n, min(self._heldout_cv, n), seed)
+        scale = self.norm_[:, None] * self.scale_calibration_[:, None, None, None]
+        heat = np.empty(aligned.shape, np.float32)
+        for k in np.unique(folds):
+            test = np.flatnonzero(folds == k)
+            mean, components, median, std, _ = self._pixel_model(aligned[folds != k])
+            median, std = median.astype(np.float32), std.astype(np.float32)  # as the model stores them
+            for start in range(0, len(test), self.batch_size):
+                rows = test[start : start + self.batch_size]
+                maps = self._scale_maps((_residuals(aligned[rows], mean, components) - median) / std) / scale
+                heat[rows] = self._shift(maps.max(axis=0), -self.train_shifts_[rows], order=1)
+        return self._reduce(heat)
 
     def _scales(self):
         """The detection scales as ``(kind, size)``: ``"abs"`` blurred ``|z|``, ``"signed"``
@@ -345,12 +388,7 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     def _residuals(self, aligned):
         """Aligned images minus their projection on the PCA modes (all of them if k = 0)."""
-        if self.components_.shape[0] == 0:
-            return aligned
-        n = len(aligned)
-        flat = aligned.reshape(n, -1) - self.mean_.ravel()
-        V = self.components_.astype(np.float64)
-        return (flat - (flat @ V.T) @ V).reshape(aligned.shape) + self.mean_
+        return _residuals(aligned, self.mean_, self.components_)
 
     # -- scoring -------------------------------------------------------------------
     def _heatmap_batch(self, images):
@@ -452,6 +490,16 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     def _set_json_state(self, state):
         self.n_components_ = int(state["n_components_"])
+
+
+def _residuals(aligned, mean, components):
+    """Aligned images minus their projection on the PCA ``components`` about ``mean``."""
+    if components.shape[0] == 0:
+        return aligned
+    n = len(aligned)
+    flat = aligned.reshape(n, -1) - mean.ravel()
+    V = components.astype(np.float64)
+    return (flat - (flat @ V.T) @ V).reshape(aligned.shape) + mean
 
 
 @functools.lru_cache(maxsize=8)
