@@ -116,10 +116,12 @@ class PatchCoreDetector(BasePatchDetector):
     -----
     PatchCore's paper re-weights the image score by the density of the nearest neighbour's
     neighbourhood; here the score is the shared reduction of the heatmap (by default the
-    mean of its top 5% of pixels), the same for every image detector. The training scores
-    that set ``offset_`` are computed against a bank that contains some of the training
-    patches themselves, so they are optimistic when ``coreset_fraction`` is close to 1; set
-    the threshold on held-out normal images when it matters.
+    mean of its top 5% of pixels), the same for every image detector. The in-sample training
+    scores (``decision_scores_``) are computed against a bank that contains some of the
+    training patches themselves, so they are optimistic; ``offset_`` is set on held-out
+    scores instead (``calibration="heldout"``): each fold's images against the bank less the
+    rows taken from that fold's images, an approximation of a coreset refitted per fold whose
+    effect on the false-alarm rate is in the decisions guide.
 
     References
     ----------

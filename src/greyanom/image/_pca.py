@@ -98,6 +98,12 @@ class PCADetector(BaseImageDetector):
     :math:`h(x) = (x - \\hat x)^2` per pixel and the ``"mean"`` score is the mean of
     :math:`h`, the case study's :math:`a(x)`.
 
+    Held-out calibration (``calibration="heldout"``) scores each training item with the PCA
+    of the other folds without refitting: the folds' principal subspaces come from the
+    ``n x n`` Gram matrix of the training data, centred per fold (the kernel form of PCA),
+    and equal those of clones refitted with the exact solver
+    (:func:`greyanom.image._heldout.pca_fold_residuals`).
+
     Examples
     --------
     >>> import numpy as np

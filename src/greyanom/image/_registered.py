@@ -121,7 +121,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         Which training scores set ``offset_`` (and fill ``heldout_scores_``):
         ``"heldout"``, each image scored by per-pixel statistics and PCA modes of the other
         folds, on the registration and scale normalisation of the whole fit (an
-        approximation of refitting, see Notes); ``"in_sample"``, the fitted model's own
+        approximation of refitted clones, see Notes); ``"in_sample"``, the fitted model's own
         training scores (optimistic: the threshold then flags more than ``contamination``
         of new normal data).
     batch_size : int, default=64
@@ -171,6 +171,13 @@ class RegisteredPixelDetector(BaseImageDetector):
     Registration is a translation only: rotations of a few tenths of a degree leave a
     sub-pixel residual at the image corners that the per-pixel standard deviation absorbs.
     The detector needs no torch; it needs scikit-image (``pip install "greyanom[image]"``).
+
+    Held-out calibration (``calibration="heldout"``) refits per fold only the PCA modes and the
+    per-pixel median and deviation, on the other folds' images as the fit aligned them, and
+    keeps the fit's registration reference and per-scale normalisation (``norm_``,
+    ``scale_calibration_``): refitting those would register and filter every image again per
+    fold. It is an approximation of refitted clones; its effect on the threshold and the
+    false-alarm rate is in the decisions guide.
 
     References
     ----------
