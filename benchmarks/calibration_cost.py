@@ -186,6 +186,13 @@ def main(argv=None):
     for name, (factory, kind, refit) in dets.items():
         X_fit, X_new = (X_img, X_img_new) if kind == "images" else (X_tr, X_tr_new)
         rows.append(measure(name, factory, X_fit, X_new, refit, repeats, log))
+        text = report(rows, args, repeats, img_desc, tr_desc, time.perf_counter() - t_start)
+        if args.rst:  # after every detector, so that a run cut short keeps what it measured
+            Path(args.rst).write_text(text)
+    print(text)
+
+
+def report(rows, args, repeats, img_desc, tr_desc, seconds):
     head, body = table(rows)
     load = os.getloadavg()
     note = (
@@ -193,12 +200,9 @@ def main(argv=None):
         f"(fits per arm alternated, at least {repeats} and more for fits under 3 s, up to 7; median), {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores shared with other jobs (load average {load[0]:.1f} at the end), "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; images: {img_desc}; traces: {tr_desc}; "
-        f"contamination={CONTAMINATION}; {time.perf_counter() - t_start:.0f} s in all."
+        f"contamination={CONTAMINATION}; {seconds:.0f} s in all."
     )
-    text = rst_table(head, body) + "\n\n" + note + "\n"
-    print(text)
-    if args.rst:
-        Path(args.rst).write_text(text)
+    return rst_table(head, body) + "\n\n" + note + "\n"
 
 
 if __name__ == "__main__":
