@@ -188,9 +188,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     Notes
     -----
-    Every detector takes ``calibration="heldout"`` (the default) or ``"in_sample"``; the
-    held-out scores of each detector cost a small fraction of its fit where its model allows
-    an exact leave-fold-out update (see the detector's ``_heldout_scores``).
+    Every detector takes ``calibration="heldout"`` (the default) or ``"in_sample"``. The
+    default ``_heldout_scores`` refits a clone per fold; greyanom's detectors override it with
+    updates of the fitted model that cost far less (exact for PCA and PaDiM; see each
+    detector's ``calibration`` entry and the decisions guide for the costs measured).
     """
 
     _parameter_constraints: dict = {

@@ -222,14 +222,17 @@ class PatchCoreDetector(BasePatchDetector):
         """
         import torch
 
+        from greyanom._progress import progress_stage
         from greyanom.image._torch._patch_ops import nearest_distance_map
         from greyanom.image._torch._post import to_device, to_host
 
         n, c, h, w = features.shape
         source = self.coreset_indices_ // (h * w)  # the training image each bank row came from
         out = np.empty((n, h, w), np.float32)
-        with torch.inference_mode():
-            for k in np.unique(folds):
+        fold_ids = np.unique(folds)
+        with torch.inference_mode(), progress_stage("PatchCoreDetector held-out folds", total=len(fold_ids),
+                                                    unit="fold", verbose=False) as stage:
+            for k in fold_ids:
                 test = np.flatnonzero(folds == k)
                 bank = self.memory_bank_[~np.isin(source, test)]
                 if len(bank) == 0:  # every row came from this fold: nothing else to score against
@@ -244,6 +247,7 @@ class PatchCoreDetector(BasePatchDetector):
                     rows = test[start : start + self._batch()]
                     out[rows] = to_host(nearest_distance_map(to_device(features[rows], self.device_), bank_t,
                                                              chunk_size=self.nn_chunk_size))
+                stage.update(1)
         return out
 
     def _patch_map(self, features, arrays):

@@ -351,6 +351,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         ``benchmarks/calibration_cost.py``.
         """
         from greyanom._crossfit import make_folds
+        from greyanom._progress import progress_stage
 
         aligned = self.__dict__.pop("_heldout_state")
         n = len(aligned)
@@ -360,14 +361,18 @@ class RegisteredPixelDetector(BaseImageDetector):
         folds = make_folds(n, min(self._heldout_cv, n), seed)
         scale = self.norm_[:, None] * self.scale_calibration_[:, None, None, None]
         heat = np.empty(aligned.shape, np.float32)
-        for k in np.unique(folds):
-            test = np.flatnonzero(folds == k)
-            mean, components, median, std, _ = self._pixel_model(aligned[folds != k])
-            median, std = median.astype(np.float32), std.astype(np.float32)  # as the model stores them
-            for start in range(0, len(test), self.batch_size):
-                rows = test[start : start + self.batch_size]
-                maps = self._scale_maps((_residuals(aligned[rows], mean, components) - median) / std) / scale
-                heat[rows] = self._shift(maps.max(axis=0), -self.train_shifts_[rows], order=1)
+        fold_ids = np.unique(folds)
+        with progress_stage("RegisteredPixelDetector held-out folds", total=len(fold_ids), unit="fold",
+                            verbose=False) as stage:
+            for k in fold_ids:
+                test = np.flatnonzero(folds == k)
+                mean, components, median, std, _ = self._pixel_model(aligned[folds != k])
+                median, std = median.astype(np.float32), std.astype(np.float32)  # as the model stores them
+                for start in range(0, len(test), self.batch_size):
+                    rows = test[start : start + self.batch_size]
+                    maps = self._scale_maps((_residuals(aligned[rows], mean, components) - median) / std) / scale
+                    heat[rows] = self._shift(maps.max(axis=0), -self.train_shifts_[rows], order=1)
+                stage.update(1)
         return self._reduce(heat)
 
     def _scales(self):
