@@ -78,7 +78,7 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
         test = np.flatnonzero(folds == k)
         train = np.flatnonzero(folds != k)
         n_t = len(train)
-        a = Y[train].mean(axis=0)
+        a = -Y[test].sum(axis=0) / n_t  # the complement's mean: the rows of Y sum to zero
         if gram:
             K_tt = K[np.ix_(train, train)]
             r = K_tt.mean(axis=1)
@@ -87,8 +87,7 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
             lam, U = np.linalg.eigh(G)
         else:
             Yt = Y[test]
-            s = Y[train].sum(axis=0)
-            S = C - Yt.T @ Yt - np.outer(s, s) / n_t
+            S = C - Yt.T @ Yt - n_t * np.outer(a, a)
             lam, U = np.linalg.eigh(S)
         lam, U = lam[::-1], U[:, ::-1]
         lam = np.maximum(lam, 0.0)
@@ -102,8 +101,9 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
                 # centred cross-Gram (y_t - a) . (y_e - a) for t in train, e in rows
                 K_te = K[np.ix_(train, rows)]
                 g = K_te - r[:, None] - K_te.mean(axis=0)[None, :] + c
-                B = U_k @ ((U_k.T @ g) / lam_k[:, None])
-                recon = (B.T @ Y[train]) - B.sum(axis=0)[:, None] * a
+                B = np.zeros((n, len(rows)))  # coefficients on all rows, zero off the complement:
+                B[train] = U_k @ ((U_k.T @ g) / lam_k[:, None])  # no copy of the complement's rows
+                recon = (B.T @ Y) - B.sum(axis=0)[:, None] * a
             else:
                 recon = (Z @ U_k) @ U_k.T
             yield rows, Z - recon

@@ -233,7 +233,7 @@ class PCADetector(BaseImageDetector):
         folds = make_folds(n, min(self._heldout_cv, n), seed)
         out = np.empty(n)
         for rows, resid in pca_fold_residuals(M, folds, self.n_components, self.batch_size):
-            heat = resid**2
+            heat = np.square(resid, out=resid)
             if self.image_shape_ is not None:  # as _explain_images: float32 maps of the image shape
                 heat = heat.reshape(len(rows), *self.image_shape_).astype(np.float32)
             out[rows] = self._reduce(heat)
