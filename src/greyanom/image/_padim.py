@@ -196,7 +196,7 @@ class PaDiMDetector(BasePatchDetector):
     _device_arrays = ("mean_", "precision_", "channel_index_")
 
     def _fit_features(self, features, random_state):
-        from greyanom.image._torch._patch_ops import gaussian_precisions
+        from greyanom.image._torch._patch_ops import gaussian_precisions, position_chunk
 
         n, c_all, h, w = features.shape
         if n < 2:
@@ -216,7 +216,7 @@ class PaDiMDetector(BasePatchDetector):
         self.mean_ = X.mean(axis=1, dtype=np.float64).astype(np.float32)
         self.precision_ = np.empty((h * w, c, c), dtype=np.float32)
         self.shrinkage_ = np.zeros(h * w)
-        step = max(1, int(2**25 // max(1, n * c + c * c)))  # positions per chunk (~256 MB float64)
+        step = position_chunk(n, c)
         for start in range(0, h * w, step):
             sl = slice(start, min(h * w, start + step))
             self.precision_[sl], self.shrinkage_[sl] = gaussian_precisions(

@@ -72,11 +72,11 @@ def padim_fold_distances(X, folds, estimator, reg, device="cpu"):
     fold_ids = np.unique(folds)
     splits = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in fold_ids]
     from greyanom._progress import progress_stage
+    from greyanom.image._torch._patch_ops import position_chunk
 
-    step = max(1, int(2**25 // max(1, n * c + c * c)))  # positions per chunk, as the fit chunks them
-    n_chunks = -(-P // step)
-    with torch.inference_mode(), progress_stage("PaDiMDetector held-out folds", total=len(splits) * n_chunks,
-                                                unit="fold", verbose=False) as stage:
+    step = position_chunk(n, c)  # positions per batch, as the fit batches them (in the caches)
+    with torch.inference_mode(), progress_stage("PaDiMDetector held-out positions", total=P, unit="position",
+                                                verbose=False) as stage:
         for start in range(0, P, step):
             sl = slice(start, min(P, start + step))
             Y = torch.as_tensor(np.ascontiguousarray(X[:, :, sl].transpose(2, 0, 1)), dtype=torch.float64).to(device)
@@ -99,5 +99,5 @@ def padim_fold_distances(X, folds, estimator, reg, device="cpu"):
                     z = torch.linalg.solve_triangular(chol, diff, upper=False)
                     z2 = (z * z).sum(dim=1)  # (m, k)
                 out[test, sl] = torch.sqrt(torch.clamp(z2, min=0.0)).T.cpu().numpy()
-                stage.update(1)
+            stage.update(sl.stop - sl.start)
     return out
