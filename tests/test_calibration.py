@@ -159,3 +159,17 @@ def test_registered_heldout_approximates_refitted_clones():
     assert det.threshold_ == pytest.approx(threshold_from_scores(ref, "auto"), rel=0.15)
     assert det.threshold_ > 2 * threshold_from_scores(det.decision_scores_, "auto")
     assert not hasattr(det, "_heldout_state")
+
+
+def test_gram_fold_projections_equal_the_complements_pca():
+    from greyanom.image._heldout import gram_fold_projections
+
+    M = _low_rank(30, 80, seed=2)
+    Y = M - M.mean(axis=0)
+    train, test = np.arange(6, 30), np.arange(6)
+    mean, p_train, p_test = gram_fold_projections(Y, Y @ Y.T, train, test, 3)
+    T = Y[train] - Y[train].mean(axis=0)
+    V = np.linalg.svd(T, full_matrices=False)[2][:3]
+    np.testing.assert_allclose(mean, Y[train].mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(p_train, T @ V.T @ V, atol=1e-10)
+    np.testing.assert_allclose(p_test, (Y[test] - mean) @ V.T @ V, atol=1e-10)

@@ -5,6 +5,9 @@ detector on the other folds and scores its own training images on the way (score
 thrown away). The functions here compute, from what ``fit`` already holds, what a clone
 fitted on the other folds would compute for the fold's images:
 
+* :func:`gram_fold_projections`: the projections of a fold's complement and of the fold on the
+  complement's leading principal axes, from the same Gram matrix (exact PCA of the complement);
+  :class:`~greyanom.RegisteredPixelDetector` refits its per-pixel model per fold with it.
 * :func:`pca_fold_residuals`: exact. The PCA of a fold's complement comes from the Gram
   matrix of the training rows (``n x n``, formed once): centred by the complement's mean and
   eigendecomposed per fold, it gives the complement's principal subspace, and the residual of
@@ -20,7 +23,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["pca_fold_residuals"]
+__all__ = ["gram_fold_projections", "pca_fold_residuals"]
 
 
 def _n_components(n_components, eigvals, n_rows, d):
@@ -107,3 +110,45 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
             else:
                 recon = (Z @ U_k) @ U_k.T
             yield rows, Z - recon
+
+
+def gram_fold_projections(Y, K, train, test, n_components):
+    """Projections on the leading principal axes of the rows ``train``, from the Gram matrix; exact.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n, d)
+        Rows centred by their overall mean (they sum to zero).
+    K : ndarray of shape (n, n)
+        ``Y @ Y.T``.
+    train, test : ndarray of int
+        The complement (whose PCA it is) and the fold (the other rows).
+    n_components : int >= 1
+        Number of principal axes, at most ``len(train)``; axes without variance are left out.
+
+    Returns
+    -------
+    mean : ndarray of shape (d,)
+        The mean of the ``train`` rows, in the coordinates of ``Y``.
+    proj_train : ndarray of shape (len(train), d)
+        ``V V^T (y - mean)`` for the ``train`` rows, ``V`` their leading principal axes.
+    proj_test : ndarray of shape (len(test), d)
+        The same for the ``test`` rows.
+    """
+    n_t = len(train)
+    a = -Y[test].sum(axis=0) / n_t
+    K_tt = K[np.ix_(train, train)]
+    r = K_tt.mean(axis=1)
+    c = r.mean()
+    lam, U = np.linalg.eigh(K_tt - r[:, None] - r[None, :] + c)
+    lam, U = np.maximum(lam[::-1], 0.0), U[:, ::-1]
+    q = min(int(n_components), n_t)
+    keep = lam[:q] > 1e-12 * max(lam[0], np.finfo(float).tiny)
+    lam_k, U_k = lam[:q][keep], U[:, :q][:, keep]
+    Yc = Y[train] - a
+    # (Y_T - a) V V^T = U_k U_k^T (Y_T - a): the complement projects in sample space
+    proj_train = U_k @ (U_k.T @ Yc)
+    K_te = K[np.ix_(train, test)]
+    g = K_te - r[:, None] - K_te.mean(axis=0)[None, :] + c
+    proj_test = ((U_k @ ((U_k.T @ g) / lam_k[:, None])).T) @ Yc
+    return a, proj_train, proj_test

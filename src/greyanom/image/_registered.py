@@ -332,19 +332,25 @@ class RegisteredPixelDetector(BaseImageDetector):
         else:
             components = np.zeros((0, h * w), np.float32)
         resid = _residuals(aligned, mean, components)
+        return (mean, components, *self._pixel_stats(resid), resid)
+
+    def _pixel_stats(self, resid):
+        """Robust per-pixel median and standard deviation (1.4826 MAD, floored) of residuals."""
         median = np.median(resid, axis=0)
         std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
         # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
         std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
-        return mean, components, median, std, resid
+        return median, std
 
     def _heldout_scores(self, X, train_scores):
         """Held-out scores that refit only the per-pixel model per fold (an approximation).
 
         Per fold of the default cross-fitting (:func:`greyanom._crossfit.make_folds`), the PCA
         modes and the robust per-pixel median and standard deviation are refitted on the other
-        folds' aligned images (``_pixel_model``, as the fit computes them), and the fold's images
-        are scored with them. Kept from the whole fit: the registration (reference and shifts)
+        folds' aligned images, and the fold's images are scored with them. The modes are the
+        exact leading principal axes of the other folds, from the Gram matrix of the aligned
+        images (:func:`greyanom.image._heldout.gram_fold_projections`), where the fit (and a
+        refitted clone) approximates them with a randomized SVD. Kept from the whole fit: the registration (reference and shifts)
         and the per-scale normalisation (``norm_``, ``scale_calibration_``), whose refit would
         filter every training image at every scale again per fold. Its effect on the threshold
         and the false-alarm rate, against refitted clones, is measured in
@@ -352,6 +358,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         """
         from greyanom._crossfit import make_folds
         from greyanom._progress import progress_stage
+        from greyanom.image._heldout import gram_fold_projections
 
         aligned = self.__dict__.pop("_heldout_state")
         n = len(aligned)
@@ -361,17 +368,27 @@ class RegisteredPixelDetector(BaseImageDetector):
         folds = make_folds(n, min(self._heldout_cv, n), seed)
         scale = self.norm_[:, None] * self.scale_calibration_[:, None, None, None]
         heat = np.empty(aligned.shape, np.float32)
+        flat = aligned.reshape(n, -1)
+        Y = flat - flat.mean(axis=0)
+        K = Y @ Y.T
         fold_ids = np.unique(folds)
         with progress_stage("RegisteredPixelDetector held-out folds", total=len(fold_ids), unit="fold",
                             verbose=False) as stage:
             for k in fold_ids:
-                test = np.flatnonzero(folds == k)
-                mean, components, median, std, _ = self._pixel_model(aligned[folds != k])
-                median, std = median.astype(np.float32), std.astype(np.float32)  # as the model stores them
+                test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+                n_modes = min(int(self.n_components), len(train) - 2)  # as the fit caps them
+                if n_modes > 0:
+                    _, proj_train, proj_test = gram_fold_projections(Y, K, train, test, n_modes)
+                    resid, resid_test = flat[train] - proj_train, flat[test] - proj_test
+                else:
+                    resid, resid_test = flat[train], flat[test]
+                median, std = self._pixel_stats(resid.reshape(len(train), *aligned.shape[1:]))
+                z = (resid_test.reshape(len(test), *aligned.shape[1:]) - median.astype(np.float32)) / std.astype(
+                    np.float32)  # the statistics in float32, as the model stores them
                 for start in range(0, len(test), self.batch_size):
-                    rows = test[start : start + self.batch_size]
-                    maps = self._scale_maps((_residuals(aligned[rows], mean, components) - median) / std) / scale
-                    heat[rows] = self._shift(maps.max(axis=0), -self.train_shifts_[rows], order=1)
+                    sl = slice(start, start + self.batch_size)
+                    maps = self._scale_maps(z[sl]) / scale
+                    heat[test[sl]] = self._shift(maps.max(axis=0), -self.train_shifts_[test[sl]], order=1)
                 stage.update(1)
         return self._reduce(heat)
 
