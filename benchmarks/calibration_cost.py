@@ -136,7 +136,7 @@ def measure(name, factory, X_fit, X_new, refit, repeats, log):
 def _fmt(v, kind):
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "--"
-    return {"s": f"{v:.1f}", "x": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "thr": f"{v:.4g}"}[kind]
+    return {"s": f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 0.1 else f"{v:.3f}", "x": f"{v:.2f}", "pct": f"{100 * v:.1f} %", "thr": f"{v:.4g}"}[kind]
 
 
 def table(rows):

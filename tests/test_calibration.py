@@ -155,7 +155,7 @@ def test_registered_heldout_approximates_refitted_clones():
     det = RegisteredPixelDetector(random_state=0).fit(X)
     ref = _refit_heldout(det, X)
     # the approximation keeps the fit's registration and scale normalisation: the threshold
-    # moved by 5 % here (and is far from the in-sample one)
+    # moved by 9 % here, with 40 images of 64 x 64 (and is far from the in-sample one)
     assert det.threshold_ == pytest.approx(threshold_from_scores(ref, "auto"), rel=0.15)
     assert det.threshold_ > 2 * threshold_from_scores(det.decision_scores_, "auto")
     assert not hasattr(det, "_heldout_state")
