@@ -314,11 +314,13 @@ def test_threshold_comes_from_cross_fitted_training_scores(fitted, data):
 
     train = data[0]
     np.testing.assert_allclose(fitted.decision_scores_, fitted.score(train), rtol=1e-5)
-    assert not hasattr(fitted, "_heldout_features")  # the training features are not kept
-    # the override cross-fits on the features of fit; full clones (a feature extraction per
-    # fold) with the same folds give the same held-out scores
+    assert not hasattr(fitted, "_heldout_state")  # the training features are not kept
+    # full clones (a feature extraction per fold) with the same folds: PaDiM's downdated
+    # statistics give the same held-out scores; PatchCore's bank without the fold's patches is
+    # an approximation of a coreset refitted per fold (the threshold moved by 2.3 % here)
     held = calibrate(type(fitted)(**fitted.get_params()), train, cv=5, random_state=fitted.random_state)
-    assert fitted.threshold_ == pytest.approx(threshold_from_scores(held, "auto"), rel=1e-4)
+    rel = 1e-4 if isinstance(fitted, PaDiMDetector) else 0.05
+    assert fitted.threshold_ == pytest.approx(threshold_from_scores(held, "auto"), rel=rel)
     # in-sample scores are optimistic: the held-out threshold lies above the in-sample one
     assert fitted.threshold_ > threshold_from_scores(fitted.decision_scores_, "auto")
 

@@ -57,6 +57,12 @@ class PaDiMDetector(BasePatchDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by the Gaussians of the other folds, estimated from
+        the features ``fit`` extracted (no second extraction); ``"in_sample"``, the fitted
+        model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal data).
     batch_size : int or "auto", default="auto"
         Images per scoring batch (bounds memory) and per forward pass on a GPU; ``"auto"``
         is 64 on CUDA and 32 on the CPU. On the CPU the network runs one image at a time,
@@ -161,6 +167,7 @@ class PaDiMDetector(BasePatchDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.05,
         contamination="auto",
+        calibration="heldout",
         batch_size="auto",
         inference_dtype="float32",
         n_jobs=None,
@@ -179,6 +186,7 @@ class PaDiMDetector(BasePatchDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs
@@ -188,7 +196,7 @@ class PaDiMDetector(BasePatchDetector):
     _device_arrays = ("mean_", "precision_", "channel_index_")
 
     def _fit_features(self, features, random_state):
-        from greyanom.image._torch._patch_ops import gaussian_precisions
+        from greyanom.image._torch._patch_ops import gaussian_precisions, position_chunk
 
         n, c_all, h, w = features.shape
         if n < 2:
@@ -208,13 +216,28 @@ class PaDiMDetector(BasePatchDetector):
         self.mean_ = X.mean(axis=1, dtype=np.float64).astype(np.float32)
         self.precision_ = np.empty((h * w, c, c), dtype=np.float32)
         self.shrinkage_ = np.zeros(h * w)
-        step = max(1, int(2**25 // max(1, n * c + c * c)))  # positions per chunk (~256 MB float64)
+        step = position_chunk(n, c)
         for start in range(0, h * w, step):
             sl = slice(start, min(h * w, start + step))
             self.precision_[sl], self.shrinkage_[sl] = gaussian_precisions(
                 X[sl], self.covariance, self.reg, device=self.device_
             )
         self.model_nbytes_ = int(self.mean_.nbytes + self.precision_.nbytes + self.channel_index_.nbytes)
+
+    def _heldout_patch_maps(self, features, folds):
+        """Exact: each fold's Gaussians from the statistics of all images minus the fold's own.
+
+        :func:`greyanom.image._torch._padim_heldout.padim_fold_distances` downdates the scatter
+        matrices and Ledoit-Wolf's statistics and scores the fold through the Cholesky factor:
+        the distances of a clone refitted on the other folds (in float64, where the clone stores
+        float32 precisions), at about a third of a refit's arithmetic and without copying the
+        features per fold. The channel subset (``n_features``) is the fit's.
+        """
+        from greyanom.image._torch._padim_heldout import padim_fold_distances
+
+        n, _, h, w = features.shape
+        kept = features[:, self.channel_index_].reshape(n, len(self.channel_index_), h * w)
+        return padim_fold_distances(kept, folds, self.covariance, self.reg, device=self.device_).reshape(n, h, w)
 
     def _patch_map(self, features, arrays):
         from greyanom.image._torch._patch_ops import mahalanobis_map

@@ -131,9 +131,13 @@ class BasePatchDetector(BaseImageDetector):
     # -- maps and scores on the device -------------------------------------------------
     def _heatmaps(self, features):
         """Heatmaps ``(n, H, W)`` of a feature tensor: patch map, upsampled, blurred; on the device."""
+        return self._heat_from_patch_map(self._patch_map(features, self._on_device()))
+
+    def _heat_from_patch_map(self, patch_map):
+        """Heatmaps ``(n, H, W)`` of patch maps ``(n, h, w)``: upsampled and blurred, on the device."""
         from greyanom.image._torch import _post
 
-        heat = _post.upsample_maps(self._patch_map(features, self._on_device()), list(self.image_shape_))
+        heat = _post.upsample_maps(patch_map, list(self.image_shape_))
         if self.heatmap_sigma > 0:
             heat = _post.gaussian_blur(heat, _post.gaussian_kernel(float(self.heatmap_sigma)))
         return heat
@@ -166,6 +170,15 @@ class BasePatchDetector(BaseImageDetector):
         out = self._run(lambda b: {"s": to_host(self._scores(self._heatmaps(to_device(b, self.device_))))}, features)
         return _finite_scores(out["s"])
 
+    def _scores_from_patch_maps(self, maps):
+        """Scores of host patch maps ``(n, h, w)``: to the device batch by batch, only scores back."""
+        from greyanom.image._torch._post import to_device, to_host
+
+        self._check_reduction()
+        out = self._run(lambda b: {"s": to_host(self._scores(self._heat_from_patch_map(to_device(b, self.device_))))},
+                        maps)
+        return _finite_scores(out["s"])
+
     def _score_images(self, images):
         from greyanom.image._torch._post import to_host
 
@@ -188,40 +201,31 @@ class BasePatchDetector(BaseImageDetector):
 
     # -- fitting -----------------------------------------------------------------------
     def _heldout_scores(self, X, train_scores):
-        """Cross-fitted scores on the features extracted in ``_fit``: no second feature extraction.
+        """Held-out scores on the features extracted in ``_fit``: no second feature extraction.
 
-        The training features are split into ``_heldout_cv`` shuffled folds (seeded from
-        ``random_state``); for each fold the patch model (PaDiM's Gaussians, PatchCore's
-        coreset bank) is refitted on the other folds' features and scores the fold. The
-        backbone is frozen, so this equals cross-fitting the whole detector. Cost: PaDiM
-        ``_heldout_cv`` extra covariance fits (small next to the feature extraction),
-        PatchCore ``_heldout_cv`` extra greedy coresets on 80 % of the bank (about as long as
-        the fit's own coreset each). Fewer than 3 images: in-sample scores with a warning.
+        The training features are split into the folds of the default cross-fitting
+        (:func:`greyanom._crossfit.make_folds`, ``_heldout_cv`` shuffled folds seeded from
+        ``random_state``, or 0); ``_heldout_patch_maps`` gives each image's patch map from a
+        model of the other folds (PaDiM: exact, from downdated statistics; PatchCore: the
+        memory bank without the fold's patches, an approximation), and the maps go through
+        the detector's upsampling, blur and reduction. Fewer than 3 images: in-sample scores
+        with a warning.
         """
-        from sklearn.base import clone
-        from sklearn.model_selection import KFold
-        from sklearn.utils import check_random_state
+        from greyanom._crossfit import make_folds
 
-        features = self.__dict__.pop("_heldout_features")
+        features = self.__dict__.pop("_heldout_state")
         n = len(features)
         if n < 3:
             return self._insample_fallback(train_scores, f"{n} image(s)")
-        cv = min(self._heldout_cv, n)
-        out = np.empty(n)
         seed = 0 if self.random_state is None else self.random_state  # deterministic folds, as in the base
-        folds = KFold(cv, shuffle=True, random_state=seed).split(np.zeros(n))
-        from greyanom._progress import progress_stage
+        folds = make_folds(n, min(self._heldout_cv, n), seed)
+        with torch_threads(self.n_jobs):
+            maps = self._heldout_patch_maps(features, folds)
+        return self._scores_from_patch_maps(maps)
 
-        with progress_stage(f"{type(self).__name__} held-out folds", total=cv, unit="fold", verbose=False) as stage:
-            for train, test in folds:
-                model = clone(self)
-                for name in ("image_shape_", "feature_stages_", "device_", "feature_shape_", "n_features_in_"):
-                    setattr(model, name, getattr(self, name))
-                with torch_threads(self.n_jobs):
-                    model._fit_features(features[train], check_random_state(self.random_state))
-                out[test] = model._scores_from_features(features[test])
-                stage.update(1)
-        return out
+    @abstractmethod
+    def _heldout_patch_maps(self, features, folds):
+        """Patch maps ``(n, h, w)`` (host, float32) of the training features, each from the other folds."""
 
     def _fit_images(self, images):
         """Learn from validated images; return their scores (reusing the training features)."""
@@ -254,7 +258,7 @@ class BasePatchDetector(BaseImageDetector):
             features = self._features(images)
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
             self._fit_features(features, check_random_state(self.random_state))
-        self._heldout_features = features  # taken (and dropped) by _heldout_scores
+        self._heldout_state = features  # taken (and dropped) by _heldout_scores
         return self._scores_from_features(features)
 
     # -- other outputs -----------------------------------------------------------------

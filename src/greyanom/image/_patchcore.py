@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.utils._param_validation import Interval
@@ -52,6 +53,13 @@ class PatchCoreDetector(BasePatchDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored against the memory bank without the patches of
+        its own fold (an approximation of refitting the coreset per fold, see Notes);
+        ``"in_sample"``, the fitted model's own training scores (its own patches are in the
+        bank, so they are very optimistic: the threshold then flags far more than
+        ``contamination`` of new normal data).
     batch_size : int or "auto", default="auto"
         Images per scoring batch (bounds memory) and per forward pass on a GPU; ``"auto"``
         is 64 on CUDA and 32 on the CPU. On the CPU the network runs one image at a time,
@@ -108,10 +116,12 @@ class PatchCoreDetector(BasePatchDetector):
     -----
     PatchCore's paper re-weights the image score by the density of the nearest neighbour's
     neighbourhood; here the score is the shared reduction of the heatmap (by default the
-    mean of its top 5% of pixels), the same for every image detector. The training scores
-    that set ``offset_`` are computed against a bank that contains some of the training
-    patches themselves, so they are optimistic when ``coreset_fraction`` is close to 1; set
-    the threshold on held-out normal images when it matters.
+    mean of its top 5% of pixels), the same for every image detector. The in-sample training
+    scores (``decision_scores_``) are computed against a bank that contains some of the
+    training patches themselves, so they are optimistic; ``offset_`` is set on held-out
+    scores instead (``calibration="heldout"``): each fold's images against the bank less the
+    rows taken from that fold's images, an approximation of a coreset refitted per fold whose
+    effect on the false-alarm rate is in the decisions guide.
 
     References
     ----------
@@ -155,6 +165,7 @@ class PatchCoreDetector(BasePatchDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.05,
         contamination="auto",
+        calibration="heldout",
         batch_size="auto",
         inference_dtype="float32",
         n_jobs=None,
@@ -173,6 +184,7 @@ class PatchCoreDetector(BasePatchDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs
@@ -196,6 +208,47 @@ class PatchCoreDetector(BasePatchDetector):
             )
         self.memory_bank_ = bank[self.coreset_indices_]
         self.model_nbytes_ = int(self.memory_bank_.nbytes + self.coreset_indices_.nbytes)
+
+    def _heldout_patch_maps(self, features, folds):
+        """An approximation: the fit's memory bank without the patches of the fold's own images.
+
+        A refit per fold would rerun the greedy coreset on the other folds' patches (about as
+        long as the fit's own coreset, each). Instead each fold's images are scored against the
+        coreset of all images less the rows that came from the fold: no image is scored against
+        its own patches, as in a refit, but the remaining rows were chosen with the fold's
+        patches in view, not as a refit would choose them, so the distances differ a little
+        (the threshold moved by 2.3 % against refitted clones in ``tests/image/test_patch.py``;
+        the effect on the false-alarm rate is measured in ``benchmarks/calibration_cost.py``).
+        """
+        import torch
+
+        from greyanom._progress import progress_stage
+        from greyanom.image._torch._patch_ops import nearest_distance_map
+        from greyanom.image._torch._post import to_device, to_host
+
+        n, c, h, w = features.shape
+        source = self.coreset_indices_ // (h * w)  # the training image each bank row came from
+        out = np.empty((n, h, w), np.float32)
+        fold_ids = np.unique(folds)
+        with torch.inference_mode(), progress_stage("PatchCoreDetector held-out folds", total=len(fold_ids),
+                                                    unit="fold", verbose=False) as stage:
+            for k in fold_ids:
+                test = np.flatnonzero(folds == k)
+                bank = self.memory_bank_[~np.isin(source, test)]
+                if len(bank) == 0:  # every row came from this fold: nothing else to score against
+                    warnings.warn(
+                        f"PatchCoreDetector: every memory-bank row comes from held-out fold {int(k)}; its images "
+                        "are scored against the whole bank (in-sample). Raise coreset_fraction or fit on more images.",
+                        UserWarning, stacklevel=2,
+                    )
+                    bank = self.memory_bank_
+                bank_t = to_device(bank, self.device_)
+                for start in range(0, len(test), self._batch()):
+                    rows = test[start : start + self._batch()]
+                    out[rows] = to_host(nearest_distance_map(to_device(features[rows], self.device_), bank_t,
+                                                             chunk_size=self.nn_chunk_size))
+                stage.update(1)
+        return out
 
     def _patch_map(self, features, arrays):
         from greyanom.image._torch._patch_ops import nearest_distance_map

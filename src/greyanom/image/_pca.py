@@ -57,6 +57,12 @@ class PCADetector(BaseImageDetector):
         below 80% of ``min(n, d)``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by the PCA of the other folds, computed exactly from
+        the Gram matrix of the training data (no refit; see Notes); ``"in_sample"``, the
+        fitted model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal data).
     batch_size : int, default=256
         Images scored per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
@@ -91,6 +97,12 @@ class PCADetector(BaseImageDetector):
     With :math:`\\hat x = \\mu + V_k V_k^\\top (x - \\mu)` the reconstruction, the heatmap is
     :math:`h(x) = (x - \\hat x)^2` per pixel and the ``"mean"`` score is the mean of
     :math:`h`, the case study's :math:`a(x)`.
+
+    Held-out calibration (``calibration="heldout"``) scores each training item with the PCA
+    of the other folds without refitting: the folds' principal subspaces come from the
+    ``n x n`` Gram matrix of the training data, centred per fold (the kernel form of PCA),
+    and equal those of clones refitted with the exact solver
+    (:func:`greyanom.image._heldout.pca_fold_residuals`).
 
     Examples
     --------
@@ -128,6 +140,7 @@ class PCADetector(BaseImageDetector):
         topk_fraction=0.01,
         svd_solver="auto",
         contamination="auto",
+        calibration="heldout",
         batch_size=256,
         random_state=None,
     ):
@@ -137,6 +150,7 @@ class PCADetector(BaseImageDetector):
         self.topk_fraction = topk_fraction
         self.svd_solver = svd_solver
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.random_state = random_state
 
@@ -190,12 +204,40 @@ class PCADetector(BaseImageDetector):
         ratio = variance / total_variance if total_variance > 0 else np.zeros_like(variance)
         if not isinstance(k, int):  # variance fraction: smallest k reaching it
             k = int(min(np.searchsorted(np.cumsum(ratio), k, side="right") + 1, len(S)))
+        self._heldout_state = M  # the training rows, taken (and dropped) by _heldout_scores
         self.mean_ = mean
         self.components_ = Vt[:k]
         self.singular_values_ = S[:k]
         self.explained_variance_ = variance[:k]
         self.explained_variance_ratio_ = ratio[:k]
         self.n_components_ = int(k)
+
+    def _heldout_scores(self, X, train_scores):
+        """Cross-fitted scores, exactly, without refitting: the folds' PCA from the Gram matrix.
+
+        The folds are those of the default cross-fitting (:func:`greyanom._crossfit.make_folds`,
+        ``_heldout_cv`` shuffled folds seeded by ``random_state``, or 0); each fold's residuals
+        come from :func:`greyanom.image._heldout.pca_fold_residuals` and are reduced as
+        ``score`` reduces them. The scores equal those of refitted clones with the exact
+        solver (to rounding; with ``svd_solver="randomized"`` a clone's SVD approximates the
+        exact one used here).
+        """
+        from greyanom._crossfit import make_folds
+        from greyanom.image._heldout import pca_fold_residuals
+
+        M = self.__dict__.pop("_heldout_state")
+        n = len(M)
+        if n < 3:
+            return self._insample_fallback(train_scores, f"{n} item(s)")
+        seed = 0 if self.random_state is None else self.random_state
+        folds = make_folds(n, min(self._heldout_cv, n), seed)
+        out = np.empty(n)
+        for rows, resid in pca_fold_residuals(M, folds, self.n_components, self.batch_size):
+            heat = np.square(resid, out=resid)
+            if self.image_shape_ is not None:  # as _explain_images: float32 maps of the image shape
+                heat = heat.reshape(len(rows), *self.image_shape_).astype(np.float32)
+            out[rows] = self._reduce(heat)
+        return out
 
     # -- scoring --------------------------------------------------------------------
     def _reconstruct(self, M):

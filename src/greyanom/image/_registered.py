@@ -117,6 +117,13 @@ class RegisteredPixelDetector(BaseImageDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, each image scored by per-pixel statistics and PCA modes of the other
+        folds, on the registration and scale normalisation of the whole fit (an
+        approximation of refitted clones, see Notes); ``"in_sample"``, the fitted model's own
+        training scores (optimistic: the threshold then flags more than ``contamination``
+        of new normal data).
     batch_size : int, default=64
         Images processed per batch (bounds memory).
     random_state : int, RandomState instance or None, default=None
@@ -164,6 +171,13 @@ class RegisteredPixelDetector(BaseImageDetector):
     Registration is a translation only: rotations of a few tenths of a degree leave a
     sub-pixel residual at the image corners that the per-pixel standard deviation absorbs.
     The detector needs no torch; it needs scikit-image (``pip install "greyanom[image]"``).
+
+    Held-out calibration (``calibration="heldout"``) refits per fold only the PCA modes and the
+    per-pixel median and deviation, on the other folds' images as the fit aligned them, and
+    keeps the fit's registration reference and per-scale normalisation (``norm_``,
+    ``scale_calibration_``): refitting those would register and filter every image again per
+    fold. It is an approximation of refitted clones; its effect on the threshold and the
+    false-alarm rate is in the decisions guide.
 
     References
     ----------
@@ -218,6 +232,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.001,
         contamination="auto",
+        calibration="heldout",
         batch_size=64,
         random_state=None,
     ):
@@ -235,6 +250,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.batch_size = batch_size
         self.random_state = random_state
 
@@ -285,20 +301,9 @@ class RegisteredPixelDetector(BaseImageDetector):
             reference = np.median(aligned, axis=0)
         self.reference_ = reference.astype(np.float32)
         self.train_shifts_ = shifts
-        flat = aligned.reshape(n, -1)
-        self.mean_ = flat.mean(axis=0).reshape(h, w).astype(np.float32)
-        k = min(int(self.n_components), n - 2)
-        if k > 0:
-            _, _, Vt = randomized_svd(flat - self.mean_.ravel(), k, random_state=check_random_state(self.random_state))
-            self.components_ = Vt.astype(np.float32)
-        else:
-            self.components_ = np.zeros((0, h * w), np.float32)
-        self.n_components_ = int(k)
-        resid = self._residuals(aligned)
-        median = np.median(resid, axis=0)
-        std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
-        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
-        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
+        self._heldout_state = aligned  # taken (and dropped) by _heldout_scores
+        self.mean_, self.components_, median, std, resid = self._pixel_model(aligned)
+        self.n_components_ = int(self.components_.shape[0])
         self.median_ = median.astype(np.float32)
         self.std_ = std.astype(np.float32)
         maps = self._scale_maps((resid - median) / std)
@@ -310,6 +315,82 @@ class RegisteredPixelDetector(BaseImageDetector):
         peaks = (maps / self.norm_[:, None]).reshape(len(maps), n, -1).max(axis=2)
         self.scale_calibration_ = np.maximum(np.median(peaks, axis=1), 1e-6).astype(np.float32)
         self.model_nbytes_ = int(sum(getattr(self, a).nbytes for a in self._array_names))
+
+    def _pixel_model(self, aligned):
+        """PCA modes and robust per-pixel statistics of aligned images.
+
+        Returns ``(mean, components, median, std, residuals)``: float32 mean and modes,
+        float64 median, standard deviation and residuals of ``aligned`` on the modes.
+        """
+        n, h, w = aligned.shape
+        flat = aligned.reshape(n, -1)
+        mean = flat.mean(axis=0).reshape(h, w).astype(np.float32)
+        k = min(int(self.n_components), n - 2)
+        if k > 0:
+            _, _, Vt = randomized_svd(flat - mean.ravel(), k, random_state=check_random_state(self.random_state))
+            components = Vt.astype(np.float32)
+        else:
+            components = np.zeros((0, h * w), np.float32)
+        resid = _residuals(aligned, mean, components)
+        return (mean, components, *self._pixel_stats(resid), resid)
+
+    def _pixel_stats(self, resid):
+        """Robust per-pixel median and standard deviation (1.4826 MAD, floored) of residuals."""
+        median = np.median(resid, axis=0)
+        std = _MAD_TO_STD * np.median(np.abs(resid - median), axis=0)
+        # images are normalised to unit standard deviation, so 1e-3 is an absolute floor
+        std = np.maximum(std, max(self.std_floor * float(np.median(std)), 1e-3))
+        return median, std
+
+    def _heldout_scores(self, X, train_scores):
+        """Held-out scores that refit only the per-pixel model per fold (an approximation).
+
+        Per fold of the default cross-fitting (:func:`greyanom._crossfit.make_folds`), the PCA
+        modes and the robust per-pixel median and standard deviation are refitted on the other
+        folds' aligned images, and the fold's images are scored with them. The modes are the
+        exact leading principal axes of the other folds, from the Gram matrix of the aligned
+        images (:func:`greyanom.image._heldout.gram_fold_projections`), where the fit (and a
+        refitted clone) approximates them with a randomized SVD. Kept from the whole fit: the registration (reference and shifts)
+        and the per-scale normalisation (``norm_``, ``scale_calibration_``), whose refit would
+        filter every training image at every scale again per fold. Its effect on the threshold
+        and the false-alarm rate, against refitted clones, is measured in
+        ``benchmarks/calibration_cost.py``.
+        """
+        from greyanom._crossfit import make_folds
+        from greyanom._progress import progress_stage
+        from greyanom.image._heldout import gram_fold_projections
+
+        aligned = self.__dict__.pop("_heldout_state")
+        n = len(aligned)
+        if n < 4:  # a fold's complement needs the 3 images a fit needs
+            return self._insample_fallback(train_scores, f"{n} image(s)")
+        seed = 0 if self.random_state is None else self.random_state
+        folds = make_folds(n, min(self._heldout_cv, n), seed)
+        scale = self.norm_[:, None] * self.scale_calibration_[:, None, None, None]
+        heat = np.empty(aligned.shape, np.float32)
+        flat = aligned.reshape(n, -1)
+        Y = flat - flat.mean(axis=0)
+        K = Y @ Y.T
+        fold_ids = np.unique(folds)
+        with progress_stage("RegisteredPixelDetector held-out folds", total=len(fold_ids), unit="fold",
+                            verbose=False) as stage:
+            for k in fold_ids:
+                test, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+                n_modes = min(int(self.n_components), len(train) - 2)  # as the fit caps them
+                if n_modes > 0:
+                    _, proj_train, proj_test = gram_fold_projections(Y, K, train, test, n_modes)
+                    resid, resid_test = flat[train] - proj_train, flat[test] - proj_test
+                else:
+                    resid, resid_test = flat[train], flat[test]
+                median, std = self._pixel_stats(resid.reshape(len(train), *aligned.shape[1:]))
+                z = (resid_test.reshape(len(test), *aligned.shape[1:]) - median.astype(np.float32)) / std.astype(
+                    np.float32)  # the statistics in float32, as the model stores them
+                for start in range(0, len(test), self.batch_size):
+                    sl = slice(start, start + self.batch_size)
+                    maps = self._scale_maps(z[sl]) / scale
+                    heat[test[sl]] = self._shift(maps.max(axis=0), -self.train_shifts_[test[sl]], order=1)
+                stage.update(1)
+        return self._reduce(heat)
 
     def _scales(self):
         """The detection scales as ``(kind, size)``: ``"abs"`` blurred ``|z|``, ``"signed"``
@@ -336,12 +417,7 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     def _residuals(self, aligned):
         """Aligned images minus their projection on the PCA modes (all of them if k = 0)."""
-        if self.components_.shape[0] == 0:
-            return aligned
-        n = len(aligned)
-        flat = aligned.reshape(n, -1) - self.mean_.ravel()
-        V = self.components_.astype(np.float64)
-        return (flat - (flat @ V.T) @ V).reshape(aligned.shape) + self.mean_
+        return _residuals(aligned, self.mean_, self.components_)
 
     # -- scoring -------------------------------------------------------------------
     def _heatmap_batch(self, images):
@@ -443,6 +519,16 @@ class RegisteredPixelDetector(BaseImageDetector):
 
     def _set_json_state(self, state):
         self.n_components_ = int(state["n_components_"])
+
+
+def _residuals(aligned, mean, components):
+    """Aligned images minus their projection on the PCA ``components`` about ``mean``."""
+    if components.shape[0] == 0:
+        return aligned
+    n = len(aligned)
+    flat = aligned.reshape(n, -1) - mean.ravel()
+    V = components.astype(np.float64)
+    return (flat - (flat @ V.T) @ V).reshape(aligned.shape) + mean
 
 
 @functools.lru_cache(maxsize=8)

@@ -214,6 +214,12 @@ class ConvVAEDetector(BaseImageDetector):
         Fraction of pixels averaged by ``score_reduction="topk"``.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_``; see :class:`~greyanom.base.BaseDetector`.
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, the scores of the validation images, which the weights never
+        trained on (free: ``fit`` scores every training image anyway); ``"in_sample"``, the
+        scores of all training images (optimistic: the threshold then flags more than
+        ``contamination`` of new normal data).
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
@@ -354,6 +360,7 @@ class ConvVAEDetector(BaseImageDetector):
         smoothing_sigma=0.0,
         topk_fraction=0.05,
         contamination="auto",
+        calibration="heldout",
         device="auto",
         inference_dtype="float32",
         n_jobs=None,
@@ -387,6 +394,7 @@ class ConvVAEDetector(BaseImageDetector):
         self.smoothing_sigma = smoothing_sigma
         self.topk_fraction = topk_fraction
         self.contamination = contamination
+        self.calibration = calibration
         self.device = device
         self.inference_dtype = inference_dtype
         self.n_jobs = n_jobs

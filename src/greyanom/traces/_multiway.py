@@ -12,7 +12,9 @@ from sklearn.utils.validation import check_is_fitted
 from greyanom._validation import plain_key_columns
 from greyanom.traces._persist import TracePersistMixin
 from greyanom.traces import _wafer_scorer as ws
-from greyanom.traces._wafer_scorer import WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_lots
+from greyanom.traces._wafer_scorer import (
+    WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_limit, wafer_lots,
+)
 from greyanom.base import BaseDetector
 from greyanom.traces._keys import normalise_keys, wafer_index
 
@@ -115,6 +117,12 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         ``1 - contamination`` quantile of a lognormal fitted to them, ``"auto"`` their median
         plus three robust standard deviations (see
         :func:`~greyanom.traces._wafer_scorer.wafer_limit`).
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training wafer scores set ``offset_``, ``wafer_threshold_`` (and fill
+        ``heldout_scores_``): ``"heldout"``, the cross-fitted wafer scores; ``"in_sample"``,
+        the fitted model's own training scores (optimistic: the limit then flags more than
+        ``contamination`` of new normal wafers). The wafer model is cross-fitted either
+        way, so both cost the same.
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds whose held-out scores set the
         control limit; the same seed gives the same numbers. ``None`` uses a fixed seed (0),
@@ -182,6 +190,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         new_lots="pooled",
         cv=5,
         contamination="auto",
+        calibration="heldout",
         random_state=None,
     ):
         self.time = time
@@ -197,6 +206,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         self.new_lots = new_lots
         self.cv = cv
         self.contamination = contamination
+        self.calibration = calibration
         self.random_state = random_state
 
     def _check_frame(self, X, name="X"):
@@ -241,16 +251,18 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         for name, value in scorer.attributes().items():
             setattr(self, name, value)
         self.n_features_ = len(self.wafer_columns_)
-        return self.wafer_heldout_scores_.to_numpy()
+        return scorer.score(wf).to_numpy()  # in-sample: the final model on its training wafers
 
     def _heldout_scores(self, X, train_scores):
         # the cross-fitted wafer scores computed in _fit (no refit)
         return self.wafer_heldout_scores_.to_numpy()
 
     def _set_offset(self, train_scores):
-        # the control limit is the wafer limit (wafer_limit of the same held-out scores), one value
-        self.threshold_ = float(self.wafer_threshold_)
+        # one control limit: predict_wafers' wafer_threshold_ is the contract's threshold_, the
+        # wafer limit (lognormal tail) of the scores `calibration` names
+        self.threshold_ = float(wafer_limit(train_scores, self.contamination))
         self.offset_ = -self.threshold_
+        self.wafer_threshold_ = self.threshold_
 
     def _score(self, X):
         return self.score_wafers(X).to_numpy()

@@ -128,6 +128,13 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         and ``wafer_threshold_`` from the cross-fitted training wafer scores (a float: the
         ``1 - contamination`` quantile of a lognormal fitted to them, see
         :func:`~greyanom.traces._wafer_scorer.wafer_limit`).
+    calibration : {"heldout", "in_sample"}, default="heldout"
+        Which training trace scores set ``offset_`` (and fill ``heldout_scores_``):
+        ``"heldout"``, scores from the wafer-folded held-out fits; ``"in_sample"``, the
+        fitted model's own training scores (optimistic: the threshold then flags more than
+        ``contamination`` of new normal traces). The wafer model is cross-fitted either
+        way (its normalisers are made of held-out scores), so ``wafer_threshold_`` does not
+        change.
     random_state : int, RandomState instance or None, default=None
         Seeds the assignment of wafers to the ``cv`` folds of the cross-fitting (the held-out
         scores that set ``wafer_threshold_`` and ``offset_``); the same seed gives the same
@@ -234,6 +241,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         new_lots="pooled",
         cv=5,
         contamination="auto",
+        calibration="heldout",
         random_state=None,
     ):
         self.time = time
@@ -257,6 +265,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         self.new_lots = new_lots
         self.cv = cv
         self.contamination = contamination
+        self.calibration = calibration
         self.random_state = random_state
 
     def analyse(self, X):

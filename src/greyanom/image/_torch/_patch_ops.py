@@ -15,6 +15,7 @@ __all__ = [
     "greedy_coreset",
     "gaussian_precisions",
     "ledoit_wolf_batched",
+    "position_chunk",
     "mahalanobis_map",
     "nearest_distance_map",
     "nearest_distances",
@@ -78,6 +79,17 @@ def batched_covariances(X, estimator):
     with torch.inference_mode():
         cov, shrinkage = _covariances(torch.as_tensor(np.asarray(X), dtype=torch.float64), estimator)
         return cov.numpy(), shrinkage.numpy()
+
+
+def position_chunk(n, c):
+    """Grid positions per batch of PaDiM's per-position Gaussians (``n`` images, ``c`` channels).
+
+    About ``2**20`` float64 values of data and covariance per batch (8 MB): the batched
+    products and Cholesky factorisations then stay in the CPU's caches. For 1,024 positions of
+    100 images and 152 channels, ``gaussian_precisions`` took 0.41 s in batches of 27 positions
+    against 1.8-2.2 s in batches of 876 (2**25 values), one thread, a shared 2-core machine.
+    """
+    return max(1, int(2**20 // max(1, n * c + c * c)))
 
 
 def gaussian_precisions(X, estimator, reg, device="cpu"):
