@@ -112,7 +112,7 @@ def test_save_load_keeps_calibration(tmp_path):
     assert back.threshold_ == det.threshold_
 
 
-@pytest.mark.parametrize("name", ["traces_data/mpca_v0.safetensors", "traces_data/shape_v0.safetensors",
+@pytest.mark.parametrize("name", ["traces/data/mpca_v0.safetensors", "traces/data/shape_v0.safetensors",
                                   "image/data/vae_v1_pixels.safetensors"])
 def test_files_from_before_calibration_load_as_heldout(name):
     from greyanom._persist import read_config

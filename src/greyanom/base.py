@@ -474,6 +474,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         here = _greyanom_version()
         name = type(self).__name__
         super().__setstate__(state)
+        if "calibration" not in vars(self) and "calibration" in self._get_param_names():
+            self.calibration = "heldout"  # pickled before the parameter existed: it was held out then
         advice = "Refit it with this greyanom, or save models with .save(), whose file format is checked on load."
         failure = None
         try:
