@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom._optional import import_optional, import_torch, resolve_device
+from greyanom._threads import threaded
 from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
 from greyanom.image import _vae_state
@@ -580,6 +581,7 @@ class ConvVAEDetector(BaseImageDetector):
     def _score_images(self, images):
         return self._explain_images(images, ("score",))["score"]
 
+    @threaded
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
 

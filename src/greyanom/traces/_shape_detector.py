@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._threads import threaded
 from greyanom.base import BaseDetector
 from greyanom.traces import _wafer_scorer as ws
 from greyanom.traces._analyser import TraceAnalyser
@@ -255,6 +256,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         self.contamination = contamination
         self.random_state = random_state
 
+    @threaded
     def analyse(self, X):
         return self._analyser().analysis(X)
 
@@ -296,6 +298,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return self._analyser().heldout_scores(X, self.cv, self.random_state)
 
     # -- the contract, with pandas results ---------------------------------------------------
+    @threaded
     def score(self, X, y=None):
         """Centred anomaly score of each trace: higher means more anomalous.
 
@@ -334,33 +337,43 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
 
     # -- per-trace views (TraceViews) and wafer answers (WaferScorer) ------------------------
+    @threaded
     def score_raw(self, X):
         return TraceViews(self._analyser()).score_raw(X)
 
+    @threaded
     def explain(self, X):
         return TraceViews(self._analyser()).explain(X)
 
+    @threaded
     def signatures(self, X):
         return TraceViews(self._analyser()).signatures(X)
 
+    @threaded
     def signature_table(self, X, *, columns=SIGNATURE_COLUMNS):
         return TraceViews(self._analyser()).signature_table(X, columns=columns)
 
+    @threaded
     def explain_change(self, X, before, after):
         return TraceViews(self._analyser()).explain_change(X, before, after)
 
+    @threaded
     def score_wafers(self, X):
         return self._wafer_scorer().score(self._analyser().wafer_features(X))
 
+    @threaded
     def predict_wafers(self, X):
         return self._wafer_scorer().predict(self._analyser().wafer_features(X))
 
+    @threaded
     def explain_wafers(self, X):
         return self._wafer_scorer().explain(self._analyser().wafer_features(X))
 
+    @threaded
     def wafer_status(self, X):
         return self._wafer_scorer().status(self._analyser().wafer_features(X))
 
+    @threaded
     def explain_wafer_features(self, X):
         return self._wafer_scorer().explain_features(self._analyser().wafer_features(X))
 
