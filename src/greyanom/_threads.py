@@ -12,8 +12,8 @@ The section (:func:`thread_pools`)
     gets that many threads: OpenBLAS and OpenMP through threadpoolctl, torch through
     ``torch.set_num_threads``, Numba through ``numba.set_num_threads``; all restored in ``finally``.
     Sections nest: an inner one (a detector inside a detector, a fold's clone) keeps the outer
-    size. Sections that run at the same time in several threads share the CPUs: each gets
-    ``n // k`` threads of the process-wide pools while ``k`` are open. Inside torch code BLAS
+    size. Sections that run at the same time in several threads share the CPUs: one opened
+    while ``k - 1`` others are open gets ``n // k`` threads. Inside torch code BLAS
     runs on one thread and inside Numba's parallel loops BLAS and torch do
     (:func:`serial_pools`): no pool starts threads inside another's.
 
@@ -230,57 +230,48 @@ def _blas_cap():
     return min(caps) if caps else None
 
 
-class _Pools:
-    """The process-wide pools (BLAS/OpenMP through threadpoolctl, torch): set, and restored once."""
+class _OpenSections:
+    """How many threads hold a section now: sections open at once share the usable CPUs."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.open = []  # thread counts asked by the sections open now, one per thread
-        self.saved = None  # (threadpool_info, torch threads) from before the first section
-
-    def _apply(self):
-        n = max(1, min(self.open) // len(self.open))
-        ctl = _controller()
-        cap = _blas_cap()
-        ctl.select(user_api="openmp").limit(limits=n)
-        ctl.select(user_api="blas").limit(limits=n if cap is None else min(n, cap))
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(n)
-        return n
+        self.count = 0
 
     def enter(self, n):
         with self.lock:
-            if not self.open:
-                torch = sys.modules.get("torch")
-                self.saved = (_controller().info(), torch.get_num_threads() if torch is not None else None)
-            self.open.append(n)
-            return self._apply()
+            self.count += 1
+            return max(1, n // self.count)
 
-    def exit(self, n):
+    def exit(self):
         with self.lock:
-            self.open.remove(n)
-            if self.open:
-                self._apply()
-                return
-            info, torch_threads = self.saved
-            self.saved = None
-            _restore(info)
-            torch = sys.modules.get("torch")
-            if torch is not None and torch_threads is not None:
-                torch.set_num_threads(torch_threads)
+            self.count -= 1
 
 
-def _restore(info):
-    """Give every library of a ``threadpool_info`` listing its thread count back."""
+@contextlib.contextmanager
+def _sized(n):
+    """BLAS/OpenMP (threadpoolctl) and torch on ``n`` threads for the block; restored after.
+
+    OpenMP's thread count is a per-thread setting (each calling thread has its own), so a
+    section sizes the pools its own thread starts; OpenBLAS's is process-wide.
+    """
     ctl = _controller()
-    by_path = {lib["filepath"]: lib["num_threads"] for lib in info}
-    for lib in ctl.lib_controllers:
-        if lib.filepath in by_path:
-            lib.set_num_threads(by_path[lib.filepath])
+    cap = _blas_cap()
+    limiters = [ctl.select(user_api="openmp").limit(limits=n),
+                ctl.select(user_api="blas").limit(limits=n if cap is None else min(n, cap))]
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(old)
+        for limiter in reversed(limiters):
+            limiter.restore_original_limits()
 
 
-_POOLS = _Pools()
+_OPEN = _OpenSections()
 _local = threading.local()
 
 
@@ -289,11 +280,10 @@ def thread_pools(n_jobs=None):
     """Size every thread pool for the block from ``n_jobs`` (see :func:`n_threads_from_n_jobs`).
 
     The outermost section of a thread sets OpenBLAS and OpenMP (threadpoolctl), torch (when it
-    is imported) and this thread's Numba threads (when Numba is imported); the settings are
-    restored when the last section closes. A section inside a section keeps the outer size.
-    While ``k`` sections are open in different threads, the process-wide pools get
-    ``n // k`` threads each (at least 1). In legacy mode (``GREYANOM_THREADS=legacy``) nothing
-    is changed.
+    is imported) and Numba (when it is imported) and restores them in ``finally``. A section
+    inside a section keeps the outer size. A section opened while ``k - 1`` others are open in
+    other threads gets ``n // k`` threads (at least 1). In legacy mode
+    (``GREYANOM_THREADS=legacy``) nothing is changed.
 
     Parameters
     ----------
@@ -317,20 +307,25 @@ def thread_pools(n_jobs=None):
             _local.depth -= 1
         return
     n = n_threads_from_n_jobs(n_jobs)
-    shared = _POOLS.enter(n)
-    numba = sys.modules.get("numba")
-    old_numba = None
-    if numba is not None:
-        old_numba = numba.get_num_threads()
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    _local.depth, _local.n = 1, shared
+    shared = _OPEN.enter(n)
     try:
-        yield shared
+        numba = sys.modules.get("numba")
+        old_numba = None
+        if numba is not None:  # first: with the omp layer it shares torch's libgomp and sets its threads too
+            old_numba = numba.get_num_threads()
+            numba.set_num_threads(min(shared, numba.config.NUMBA_NUM_THREADS))
+        try:
+            with _sized(shared):
+                _local.depth, _local.n = 1, shared
+                try:
+                    yield shared
+                finally:
+                    _local.depth = 0
+        finally:
+            if old_numba is not None:
+                numba.set_num_threads(old_numba)
     finally:
-        _local.depth = 0
-        if old_numba is not None:
-            numba.set_num_threads(old_numba)
-        _POOLS.exit(n)
+        _OPEN.exit()
 
 
 @contextlib.contextmanager

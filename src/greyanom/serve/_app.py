@@ -206,10 +206,10 @@ class InspectionService:
         from greyanom._optional import import_torch
 
         import_torch("the inspection service").set_num_threads(int(threads))
-        # the service owns the process's torch threads; a detector's own thread context
-        # would set and restore them from many request threads at once
+        # each request's score runs in the detector's thread-pool section (greyanom._threads):
+        # with n_jobs=threads it keeps these threads; sections open at once share the CPUs
         params = self.detector.get_params()
-        self.detector.set_params(**{k: None for k in ("n_jobs", "n_threads") if k in params})
+        self.detector.set_params(**{k: v for k, v in (("n_jobs", int(threads)), ("n_threads", None)) if k in params})
 
     # -- heatmaps ------------------------------------------------------------------------
     def _display_range(self):
