@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401  (both OpenBLAS copies loaded before any section: a library loaded inside one keeps its own count)
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from greyanom import _threads
@@ -116,14 +117,16 @@ def test_fit_and_score_size_blas_and_restore_it(four_cpus, monkeypatch):
 
     monkeypatch.setattr(PCADetector, "_fit", spy)
     X = np.random.default_rng(0).random((10, 8, 8))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=2, user_api="blas"):
         before = _blas_threads()
         det = PCADetector(n_components=2).fit(X)
-        assert seen[0] == {4}  # the model's fit (and its held-out clones, nested) ran on n_jobs=None: 4
+        assert seen[0] == {1}  # n_jobs=None: BLAS on DEFAULT_BLAS_THREADS (1), for the whole fit
         assert _blas_threads() == before
         det.score(X)
         det.explain(X)
         assert _blas_threads() == before
+    with thread_pools(3):  # an explicit n_jobs sizes BLAS too
+        assert set(_blas_threads().values()) == {3}
 
 
 def test_torch_gets_the_section_size_and_blas_one_thread(four_cpus):
@@ -162,7 +165,7 @@ def test_numba_loops_run_with_blas_and_torch_serial(four_cpus):
 
 def test_a_section_inside_a_section_keeps_the_outer_size(four_cpus):
     with thread_pools(2) as outer:
-        with thread_pools(None) as inner:
+        with thread_pools(None) as inner:  # keeps the outer size, BLAS included
             assert outer == inner == 2 and set(_blas_threads().values()) == {2}
         assert set(_blas_threads().values()) == {2}
 
@@ -197,7 +200,7 @@ def test_concurrent_sections_share_the_cpus(four_cpus):
 
 
 def test_serial_pools_restore_on_error(four_cpus):
-    with thread_pools(None):
+    with thread_pools(4):
         with pytest.raises(RuntimeError):
             with serial_pools(blas=True):
                 raise RuntimeError("boom")

@@ -3,7 +3,8 @@
 The rule (:func:`usable_cpus`, :func:`n_threads_from_n_jobs`)
     The usable CPUs are the fewest of: the CPUs this process may run on (its affinity mask),
     the container's CPU quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``,
-    rounded up) and ``OMP_NUM_THREADS`` when it is set. ``n_jobs=None`` uses them all; ``k > 0``
+    rounded up) and ``OMP_NUM_THREADS`` when it is set. ``n_jobs=None`` uses them all (but
+    BLAS one, :data:`DEFAULT_BLAS_THREADS`); ``k > 0``
     uses ``k``, capped at the usable CPUs (more threads than CPUs only queue and spin); ``-1`` all
     usable CPUs, ``-2`` all but one, and so on (at least 1), as in scikit-learn.
 
@@ -54,6 +55,12 @@ __all__ = [
 
 #: Environment defaults that make idle threads sleep instead of spin (see the module docstring).
 POLITE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+#: BLAS threads of a section with ``n_jobs=None``. greyanom's BLAS calls are small (registration
+#: DFTs, per-image planes, an SVD of a few hundred rows), and on a shared 2-core machine one thread
+#: was faster than two: PCADetector fit 2.2 s against 6.4 s, RegisteredPixelDetector 8.0 s
+#: against 13.0 s (load average 8 from other jobs; docs/guide/performance.rst). An explicit
+#: ``n_jobs`` gives BLAS that many threads too.
+DEFAULT_BLAS_THREADS = 1
 #: Where the cgroup file systems are mounted (a module constant so that tests can point it elsewhere).
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: Where this process's cgroup paths are listed.
@@ -248,8 +255,8 @@ class _OpenSections:
 
 
 @contextlib.contextmanager
-def _sized(n):
-    """BLAS/OpenMP (threadpoolctl) and torch on ``n`` threads for the block; restored after.
+def _sized(n, blas):
+    """OpenMP (threadpoolctl) and torch on ``n`` threads, BLAS on ``blas``, for the block; restored after.
 
     OpenMP's thread count is a per-thread setting (each calling thread has its own), so a
     section sizes the pools its own thread starts; OpenBLAS's is process-wide.
@@ -257,7 +264,7 @@ def _sized(n):
     ctl = _controller()
     cap = _blas_cap()
     limiters = [ctl.select(user_api="openmp").limit(limits=n),
-                ctl.select(user_api="blas").limit(limits=n if cap is None else min(n, cap))]
+                ctl.select(user_api="blas").limit(limits=blas if cap is None else min(blas, cap))]
     torch = sys.modules.get("torch")
     old = torch.get_num_threads() if torch is not None else None
     if torch is not None:
@@ -279,8 +286,10 @@ _local = threading.local()
 def thread_pools(n_jobs=None):
     """Size every thread pool for the block from ``n_jobs`` (see :func:`n_threads_from_n_jobs`).
 
-    The outermost section of a thread sets OpenBLAS and OpenMP (threadpoolctl), torch (when it
-    is imported) and Numba (when it is imported) and restores them in ``finally``. A section
+    The outermost section of a thread sets OpenMP (threadpoolctl), torch (when it is imported)
+    and Numba (when it is imported) to that many threads, and BLAS too when ``n_jobs`` is given
+    (with ``n_jobs=None`` BLAS gets :data:`DEFAULT_BLAS_THREADS`, one), and restores them all in
+    ``finally``. A section
     inside a section keeps the outer size. A section opened while ``k - 1`` others are open in
     other threads gets ``n // k`` threads (at least 1). In legacy mode
     (``GREYANOM_THREADS=legacy``) nothing is changed.
@@ -315,7 +324,7 @@ def thread_pools(n_jobs=None):
             old_numba = numba.get_num_threads()
             numba.set_num_threads(min(shared, numba.config.NUMBA_NUM_THREADS))
         try:
-            with _sized(shared):
+            with _sized(shared, DEFAULT_BLAS_THREADS if n_jobs is None else shared):
                 _local.depth, _local.n = 1, shared
                 try:
                     yield shared
