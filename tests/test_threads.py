@@ -154,7 +154,7 @@ def test_numba_loops_run_with_blas_and_torch_serial(four_cpus):
 
     old = torch.get_num_threads()
     try:
-        with thread_pools(None):
+        with thread_pools(4):
             assert torch.get_num_threads() == 4
             with numba_threads(None, 10_000):
                 assert torch.get_num_threads() == 1 and set(_blas_threads().values()) == {1}
