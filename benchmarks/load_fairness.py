@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=src python benchmarks/load_fairness.py            # both modes, about 6 minutes
-    PYTHONPATH=src python benchmarks/load_fairness.py --quick    # smaller data, one round
+    PYTHONPATH=src python benchmarks/load_fairness.py --quick    # smaller data, about 2 minutes
     PYTHONPATH=src python benchmarks/load_fairness.py --modes new --detectors pca padim
 
 Each mode runs in its own process, because the thread runtimes read their environment when
@@ -11,10 +11,10 @@ they load: ``legacy`` (``GREYANOM_THREADS=legacy``: no polite-waiting defaults, 
 torch threads only for an explicit ``n_jobs``: the behaviour before greyanom._threads) and
 ``new`` (the default). In each, every detector is warmed up (backbone loaded, JIT compiled)
 outside the timer, then ``fit`` and ``score`` are timed quiet and busy, alternately (quiet,
-busy, quiet, busy, ...). "Busy" means two ``python -c "while True: pass"`` processes, started
+busy, ...; operations under a second are repeated within a timing). "Busy" means two ``python -c "while True: pass"`` processes, started
 before and killed after each timing by this script. A fair share of a 2-core machine beside
 two busy loops makes a 2-thread job about 2x slower; the goal is busy/quiet <= 3 for each
-detector. Prints one table per mode (the best of the rounds of each condition) and the
+detector. Prints one line per detector and mode (the best of the rounds) and the
 ratios; ``--json`` writes them. Other load on the machine shows up as noise: say what else
 ran when you quote the figures.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ import time
 
 ALL = ("pca", "registered", "padim", "patchcore", "vae", "shape", "multiway")
 BUSY_CODE = "while True: pass"
+#: Shorter operations are repeated within one timing (seconds), so that noise does not dominate.
+MIN_SECONDS = 1.0
 
 
 def _busy(n):
@@ -46,7 +49,7 @@ def _stop(procs):
 def _data(quick):
     from greyanom.datasets import make_pi_lots, make_wafer_images
 
-    n_train, size = (16, 64) if quick else (30, 96)
+    n_train, size = (16, 64) if quick else (24, 96)
     images = make_wafer_images(n_train=n_train, n_test=10, image_size=size, random_state=0)
     lots = make_pi_lots(n_lots=4 if quick else 5, wafers_per_lot=10, n_clean_lots=4 if quick else 5, random_state=0)
     return images, lots
@@ -78,8 +81,14 @@ def _child(args):
         trace = name in ("shape", "multiway")
         X_fit = lots if trace else images.X_train
         X_score = lots if trace else images.X_test
-        warm = makers[name]().fit(lots if trace else images.X_train[:8])  # JIT, backbone, imports
-        warm.score(X_score)
+        makers[name]().fit(lots if trace else images.X_train[:8])  # JIT, backbone, imports
+        t0 = time.perf_counter()
+        det = makers[name]().fit(X_fit)
+        t1 = time.perf_counter()
+        det.score(X_score)
+        t2 = time.perf_counter()
+        # operations under MIN_SECONDS are repeated, so that each timing spans about that long
+        k_fit, k_score = (max(1, math.ceil(MIN_SECONDS / max(t, 1e-3))) for t in (t1 - t0, t2 - t1))
         times = {"fit quiet": [], "fit busy": [], "score quiet": [], "score busy": []}
         for _ in range(args.rounds):
             for cond in ("quiet", "busy"):
@@ -87,15 +96,17 @@ def _child(args):
                 try:
                     time.sleep(0.5 if procs else 0.0)
                     t0 = time.perf_counter()
-                    det = makers[name]().fit(X_fit)
+                    for _ in range(k_fit):
+                        det = makers[name]().fit(X_fit)
                     t1 = time.perf_counter()
-                    det.score(X_score)
+                    for _ in range(k_score):
+                        det.score(X_score)
                     t2 = time.perf_counter()
                 finally:
                     _stop(procs)
-                times[f"fit {cond}"].append(t1 - t0)
-                times[f"score {cond}"].append(t2 - t1)
-        print(json.dumps({"detector": name, "mode": args.child, **times}), flush=True)
+                times[f"fit {cond}"].append((t1 - t0) / k_fit)
+                times[f"score {cond}"].append((t2 - t1) / k_score)
+        print(json.dumps({"detector": name, "mode": args.child, "repeats": [k_fit, k_score], **times}), flush=True)
     print(json.dumps({"threads": greyanom._threads.usable_cpus(),
                       "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
                       "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "mode": args.child}),
@@ -133,15 +144,13 @@ def _print_row(rec):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller data (16 images of 64x64, 4 lots), one round")
-    parser.add_argument("--rounds", type=int, default=None, help="quiet/busy pairs per detector (default 2; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller data (16 images of 64x64, 4 lots)")
+    parser.add_argument("--rounds", type=int, default=1, help="quiet/busy pairs per detector (default 1)")
     parser.add_argument("--modes", nargs="+", choices=("legacy", "new"), default=["legacy", "new"])
     parser.add_argument("--detectors", nargs="+", choices=ALL, default=list(ALL))
     parser.add_argument("--json", help="write the timings to this file")
     parser.add_argument("--child", choices=("legacy", "new"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 2
     if args.child:
         return _child(args)
     t0 = time.perf_counter()

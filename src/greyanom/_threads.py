@@ -289,10 +289,9 @@ def thread_pools(n_jobs=None):
     The outermost section of a thread sets OpenMP (threadpoolctl), torch (when it is imported)
     and Numba (when it is imported) to that many threads, and BLAS too when ``n_jobs`` is given
     (with ``n_jobs=None`` BLAS gets :data:`DEFAULT_BLAS_THREADS`, one), and restores them all in
-    ``finally``. A section
-    inside a section keeps the outer size. A section opened while ``k - 1`` others are open in
-    other threads gets ``n // k`` threads (at least 1). In legacy mode
-    (``GREYANOM_THREADS=legacy``) nothing is changed.
+    ``finally``. A section inside a section keeps the outer size. A section opened while
+    ``k - 1`` others are open in other threads gets ``n // k`` threads (at least 1). In legacy
+    mode (``GREYANOM_THREADS=legacy``) nothing is changed.
 
     Parameters
     ----------

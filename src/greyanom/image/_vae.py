@@ -226,9 +226,11 @@ class ConvVAEDetector(BaseImageDetector):
         ``heatmap_scale_`` were calibrated with (``calibration_dtype_``) and refuses to
         score in another one: refit after changing it. The TorchScript export is float32.
     n_jobs : int or None, default=None
-        CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
-        afterwards), with the meaning every image detector gives it: ``None`` keeps
-        torch's setting, ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one.
+        CPU threads torch (and the other pools) use inside ``fit``, ``score`` and
+        ``explain`` (restored afterwards), with the meaning every detector gives it
+        (:doc:`/guide/performance`): ``None`` all usable CPUs (affinity, container quota
+        and ``OMP_NUM_THREADS``), ``k`` uses ``k`` (at most the usable CPUs), ``-1`` all,
+        ``-2`` all but one.
         On a CPU shared with other jobs, ``n_jobs=1`` avoids thread oversubscription: on
         the 2-core benchmark machine under load it cut the batch-1 latency from 321 ms
         to 17 ms per image (user guide).

@@ -94,9 +94,11 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         Lots with fewer fitted traces are scored with the normal-model prior instead of a
         lot prior (column ``prior`` of :meth:`signatures`).
     n_jobs : int or None, default=None
-        Numba threads of the signature fits (passed to ``fit_traces``). ``None`` uses one
-        thread for batches of fewer than 256 traces (starting the parallel region costs
-        more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
+        Threads of the signature fits (Numba) and the other pools, with the meaning every
+        detector gives it (:doc:`/guide/performance`): ``None`` all usable CPUs (affinity,
+        container quota, ``OMP_NUM_THREADS``), except that batches of fewer than 256 traces
+        run on one thread (starting the parallel region costs more than such a batch);
+        ``k`` uses ``k``; ``-1`` all usable CPUs, ``-2`` all but one.
     n_components : int, default=8
         Principal components of the wafer model (at most a fifth of the wafer features;
         the number used is ``n_components_``).
