@@ -361,11 +361,15 @@ def serial_pools(*, blas=True, torch=False):
 
 
 def threaded(method):
-    """Decorate a detector method so that it runs in :func:`thread_pools` of ``self.n_jobs``."""
+    """Decorate a detector method so that it runs in :func:`thread_pools` of ``self.n_jobs``.
+
+    A detector whose ``n_jobs`` has a deprecated alias resolves it in ``_effective_n_jobs()``.
+    """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with thread_pools(getattr(self, "n_jobs", None)):
+        resolve = getattr(self, "_effective_n_jobs", None)
+        with thread_pools(resolve() if resolve is not None else getattr(self, "n_jobs", None)):
             return method(self, *args, **kwargs)
 
     return wrapper
