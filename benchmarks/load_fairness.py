@@ -2,8 +2,8 @@
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/load_fairness.py            # both modes, about 6 minutes
-    PYTHONPATH=src python benchmarks/load_fairness.py --quick    # smaller data, about 2 minutes
+    PYTHONPATH=src python benchmarks/load_fairness.py            # both modes: 6.5-8 min on a shared 2-core machine
+    PYTHONPATH=src python benchmarks/load_fairness.py --quick    # smaller data
     PYTHONPATH=src python benchmarks/load_fairness.py --modes new --detectors pca padim
 
 Each mode runs in its own process, because the thread runtimes read their environment when
@@ -11,12 +11,12 @@ they load: ``legacy`` (``GREYANOM_THREADS=legacy``: no polite-waiting defaults, 
 torch threads only for an explicit ``n_jobs``: the behaviour before greyanom._threads) and
 ``new`` (the default). In each, every detector is warmed up (backbone loaded, JIT compiled)
 outside the timer, then ``fit`` and ``score`` are timed quiet and busy, alternately (quiet,
-busy, ...; operations under a second are repeated within a timing). "Busy" means two ``python -c "while True: pass"`` processes, started
-before and killed after each timing by this script. A fair share of a 2-core machine beside
-two busy loops makes a 2-thread job about 2x slower; the goal is busy/quiet <= 3 for each
-detector. Prints one line per detector and mode (the best of the rounds) and the
-ratios; ``--json`` writes them. Other load on the machine shows up as noise: say what else
-ran when you quote the figures.
+busy, ...; operations under a second are repeated within a timing). "Busy" means two ``python -c
+"while True: pass"`` processes, started before and killed after each timing by this script. A
+fair share of a 2-core machine beside two busy loops makes a 2-thread job about 2x slower; the
+goal is busy/quiet <= 3 for each detector. Prints one line per detector and mode (the best of
+the rounds) and the ratios; ``--json`` writes them. Other load on the machine shows up as noise:
+say what else ran when you quote the figures.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import threading
 
 import numpy as np
 import pytest
-import scipy.linalg  # noqa: F401  (both OpenBLAS copies loaded before any section: a library loaded inside one keeps its own count)
+# both OpenBLAS copies loaded before any section: a library loaded inside one keeps its own count
+import scipy.linalg  # noqa: F401
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from greyanom import _threads
@@ -38,7 +39,9 @@ def test_affinity_alone(fake_system):
     assert usable_cpus() == 8
 
 
-@pytest.mark.parametrize(("cpu_max", "expected"), [("150000 100000", 2), ("50000 100000", 1), ("300000 100000", 3), ("max 100000", 8)])
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"), [("150000 100000", 2), ("50000 100000", 1), ("300000 100000", 3), ("max 100000", 8)]
+)
 def test_cgroup_v2_quota_rounds_up(fake_system, cpu_max, expected):
     (fake_system / "cpu.max").write_text(cpu_max + "\n")
     assert usable_cpus() == expected

@@ -28,8 +28,8 @@ Polite waiting (:data:`POLITE_ENV`)
     them when they load, so they take effect only when greyanom is imported before NumPy, SciPy,
     scikit-learn and torch (``greyanom demo`` does), or when set in the shell.
 
-``GREYANOM_THREADS=legacy`` (read at import) restores the old behaviour, for comparison: no
-environment defaults, no limits, torch's threads set only for an explicit ``n_jobs``.
+``GREYANOM_THREADS=legacy`` (read at import and at each section) restores the old behaviour, for
+comparison: no environment defaults, no limits, torch's threads set only for an explicit ``n_jobs``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ import sys
 import threading
 
 __all__ = [
+    "DEFAULT_BLAS_THREADS",
     "POLITE_ENV",
+    "cgroup_cpu_quota",
     "legacy_mode",
     "n_threads_from_n_jobs",
     "serial_pools",
