@@ -1,6 +1,7 @@
 import pytest
 
 from greyanom._optional import import_optional, resolve_device, torch_threads
+from greyanom._threads import usable_cpus
 
 
 def test_missing_module_names_the_extra():
@@ -24,11 +25,15 @@ def test_resolve_device():
 def test_torch_threads_restores_the_setting_even_on_error():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
-    target = 1 if before != 1 else 2
-    with pytest.raises(RuntimeError):
-        with torch_threads(target):
-            assert torch.get_num_threads() == target
-            raise RuntimeError("boom")
-    assert torch.get_num_threads() == before
-    with torch_threads(None):
-        assert torch.get_num_threads() == before
+    torch.set_num_threads(3)  # a setting the block changes (1 thread) and must give back
+    try:
+        with pytest.raises(RuntimeError):
+            with torch_threads(1):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 3
+        with torch_threads(None):  # all usable CPUs (greyanom._threads.usable_cpus)
+            assert torch.get_num_threads() == usable_cpus()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

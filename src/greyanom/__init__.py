@@ -26,6 +26,13 @@ Subpackages: ``datasets``, ``decision``, ``drift``, ``metrics``, ``plotting``, `
 
 __version__ = "0.1.0.dev0"
 
+# first, before NumPy, scikit-learn or torch load their thread runtimes: idle OpenMP and OpenBLAS
+# threads sleep instead of spinning (environment defaults; a value the user set is kept).
+# See greyanom._threads; GREYANOM_THREADS=legacy turns this off.
+from greyanom._threads import set_polite_waiting as _set_polite_waiting
+
+_set_polite_waiting()
+
 from greyanom._persist import load
 from greyanom.traces._moved import register as _register_moved_modules
 from greyanom.base import BaseDetector, ImageExplanation

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import numbers
-import os
 import warnings
+
+from greyanom._threads import n_threads_from_n_jobs  # its home is _threads; imported here as before
 
 __all__ = [
     "device_or_cpu",
@@ -94,43 +94,33 @@ def device_or_cpu(device, purpose="this detector"):
         return resolve_device("cpu", purpose)
 
 
-def n_threads_from_n_jobs(n_jobs, n_cpus=None):
-    """Translate an ``n_jobs`` value into a thread count (scikit-learn's convention).
-
-    ``None`` gives ``None`` (leave the library's setting alone); a positive ``k`` gives
-    ``k``; ``-1`` all CPUs available to this process, ``-2`` all but one, and so on (at
-    least 1). ``0``, booleans and non-integers are a ``ValueError``.
-    """
-    if n_jobs is None:
-        return None
-    if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise ValueError(f"n_jobs must be None, a positive integer or a negative integer, got {n_jobs!r}.")
-    if n_jobs > 0:
-        return int(n_jobs)
-    if n_cpus is None:
-        try:
-            n_cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            n_cpus = os.cpu_count() or 1
-    return max(1, int(n_cpus) + 1 + int(n_jobs))
-
-
 @contextlib.contextmanager
 def torch_threads(n_jobs, purpose="this detector"):
-    """Run the block with torch using ``n_jobs`` CPU threads, restoring the old value after.
+    """Run the block with torch on the threads ``n_jobs`` gives, BLAS on one; restore both after.
 
-    ``n_jobs`` has one meaning for every image detector (see :func:`n_threads_from_n_jobs`):
-    ``None`` leaves torch's setting unchanged, ``k > 0`` uses ``k`` threads, ``-1`` all
-    CPUs, ``-2`` all but one. torch's global setting is never left changed.
+    ``n_jobs`` has one meaning for every detector (:func:`greyanom._threads.n_threads_from_n_jobs`):
+    ``None`` all usable CPUs, ``k > 0`` ``k`` (at most the usable CPUs), ``-1`` all, ``-2`` all
+    but one. Inside a detector's :func:`~greyanom._threads.thread_pools` section (its ``fit``,
+    ``score`` or ``explain``) torch gets that section's threads. NumPy's BLAS runs on one thread
+    meanwhile, so that no pool starts threads inside torch's. torch's global setting is never
+    left changed. With ``GREYANOM_THREADS=legacy`` only an explicit ``n_jobs`` sets torch's
+    threads, as before.
     """
-    n_threads = n_threads_from_n_jobs(n_jobs)
-    if n_threads is None:
-        yield
-        return
+    from greyanom import _threads
+
+    if _threads.legacy_mode():
+        if n_jobs is None:
+            yield
+            return
+        n_threads = int(n_jobs) if n_jobs > 0 else _threads.n_threads_from_n_jobs(n_jobs)
     torch = import_torch(purpose)
-    old = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    with contextlib.ExitStack() as stack:
+        if not _threads.legacy_mode():
+            n_threads = stack.enter_context(_threads.thread_pools(n_jobs))
+            stack.enter_context(_threads.serial_pools(blas=True))
+        old = torch.get_num_threads()
+        torch.set_num_threads(n_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)

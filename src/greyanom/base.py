@@ -30,6 +30,8 @@ from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from greyanom._threads import threaded
+
 __all__ = ["BaseDetector", "ImageExplanation", "cross_fit_scores", "threshold_from_scores"]
 
 logger = logging.getLogger(__name__)
@@ -209,6 +211,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Return anomaly scores (higher = more anomalous) as a 1-D float array."""
 
     # -- the contract -------------------------------------------------------------
+    @threaded  # every thread pool sized from n_jobs for the whole fit (greyanom._threads)
     def fit(self, X, y=None):
         """Fit the detector on normal data and set its threshold on held-out scores.
 
@@ -298,6 +301,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self.threshold_ = float(threshold_from_scores(train_scores, self.contamination))
         self.offset_ = -self.threshold_
 
+    @threaded
     def score(self, X, y=None):
         """Anomaly score of each sample: higher means more anomalous.
 

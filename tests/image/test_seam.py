@@ -48,7 +48,7 @@ def test_torch_code_lives_in_image_torch():
 
 # -- n_jobs ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("n_jobs", "expected"), [(None, None), (1, 1), (3, 3), (-1, 8), (-2, 7), (-20, 1)]
+    ("n_jobs", "expected"), [(None, 8), (1, 1), (3, 3), (16, 8), (-1, 8), (-2, 7), (-20, 1)]
 )
 def test_n_jobs_has_one_meaning(n_jobs, expected):
     assert n_threads_from_n_jobs(n_jobs, n_cpus=8) == expected

@@ -12,6 +12,7 @@ import pytest
 from sklearn.base import clone
 
 from greyanom import ConvVAEDetector
+from greyanom._threads import usable_cpus
 from greyanom.image import VAEExplanation, reduce_error_maps
 
 torch = pytest.importorskip("torch")
@@ -191,9 +192,9 @@ def test_n_threads_is_applied_and_restored(images, monkeypatch):
     with pytest.warns(FutureWarning, match="n_threads is deprecated"):
         ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_threads": 1}).fit(images)
     assert seen[-1] == 1
-    # -1 means every CPU this process may use, as for the patch detectors
+    # -1 means every CPU this process may use (greyanom._threads.usable_cpus), as for every detector
     ConvVAEDetector(**{**TINY, "max_epochs": 1, "n_jobs": -1}).fit(images)
-    assert seen[-1] == len(os.sched_getaffinity(0)) and torch.get_num_threads() == before
+    assert seen[-1] == usable_cpus() and torch.get_num_threads() == before
 
 
 def test_verbose_shows_progress(images, capsys):

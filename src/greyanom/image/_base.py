@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from greyanom._threads import threaded
 from greyanom._validation import check_image_shape, check_images
 from greyanom.base import BaseDetector, ImageExplanation
 from greyanom.image._reduce import REDUCTION_CONSTRAINTS, reduce_error_maps
@@ -168,6 +169,7 @@ class BaseImageDetector(BaseDetector):
             return self._reduce(self._explain_rows(images)["heatmap"])
         return self._score_images(images)
 
+    @threaded
     def explain(self, X):
         """Explain the anomaly scores of images.
 

@@ -74,10 +74,12 @@ class PaDiMDetector(BasePatchDetector):
         ``offset_`` was calibrated with (``calibration_dtype_``) and refuses to score in
         another one: refit after changing it.
     n_jobs : int or None, default=None
-        Torch threads used inside ``fit``, ``score`` and ``explain`` (restored afterwards),
-        with the meaning every image detector gives it: ``None`` leaves torch's setting,
-        ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one. On a busy machine ``n_jobs=1`` avoids
-        oversubscription (measured 10x faster per image under load; see the guide).
+        Threads of torch and the other pools inside ``fit``, ``score`` and ``explain``
+        (restored afterwards), with the meaning every detector gives it
+        (:doc:`/guide/performance`): ``None`` all usable CPUs (affinity, container quota and
+        ``OMP_NUM_THREADS``), ``k`` uses ``k`` (at most the usable CPUs), ``-1`` all, ``-2`` all
+        but one. On a busy machine ``n_jobs=1`` avoids oversubscription (measured 10x faster
+        per image under load; see the guide).
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; resolved into ``device_``. The
         whole scoring path (network, patch distances, upsampling, blur, reduction) runs

@@ -12,6 +12,7 @@ from sklearn.utils.extmath import randomized_svd, svd_flip
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom.image._base import BaseImageDetector
+from greyanom._threads import threaded
 from greyanom.image._reduce import check_sigma
 
 __all__ = ["PCADetector"]
@@ -260,6 +261,7 @@ class PCADetector(BaseImageDetector):
 
         return self._map_batches(one_batch, images, self.batch_size)
 
+    @threaded
     def explain(self, X):
         """Reconstruction, squared-error heatmap and score of each sample.
 

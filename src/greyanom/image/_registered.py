@@ -13,6 +13,7 @@ from sklearn.utils.extmath import randomized_svd
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom.base import ImageExplanation
+from greyanom._threads import threaded
 from greyanom.image import _align
 from greyanom.image._base import BaseImageDetector
 from greyanom.image._reduce import smooth_maps
@@ -447,6 +448,7 @@ class RegisteredPixelDetector(BaseImageDetector):
         maps = self._map_batches(lambda b: {"heatmap": self._heatmap_batch(b)[0]}, images, self.batch_size)
         return self._reduce(maps["heatmap"])
 
+    @threaded
     def explain(self, X):
         """Heatmap, score, model in the image's frame and estimated shift of each image.
 

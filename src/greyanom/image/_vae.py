@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
 from greyanom._optional import import_optional, import_torch, resolve_device
+from greyanom._threads import threaded
 from greyanom._validation import check_finite
 from greyanom.base import ImageExplanation
 from greyanom.image import _vae_state
@@ -231,9 +232,11 @@ class ConvVAEDetector(BaseImageDetector):
         ``heatmap_scale_`` were calibrated with (``calibration_dtype_``) and refuses to
         score in another one: refit after changing it. The TorchScript export is float32.
     n_jobs : int or None, default=None
-        CPU threads torch uses inside ``fit``, ``score`` and ``explain`` (restored
-        afterwards), with the meaning every image detector gives it: ``None`` keeps
-        torch's setting, ``k`` uses ``k`` threads, ``-1`` all CPUs, ``-2`` all but one.
+        CPU threads torch (and the other pools) use inside ``fit``, ``score`` and
+        ``explain`` (restored afterwards), with the meaning every detector gives it
+        (:doc:`/guide/performance`): ``None`` all usable CPUs (affinity, container quota
+        and ``OMP_NUM_THREADS``), ``k`` uses ``k`` (at most the usable CPUs), ``-1`` all,
+        ``-2`` all but one.
         On a CPU shared with other jobs, ``n_jobs=1`` avoids thread oversubscription: on
         the 2-core benchmark machine under load it cut the batch-1 latency from 321 ms
         to 17 ms per image (user guide).
@@ -588,6 +591,7 @@ class ConvVAEDetector(BaseImageDetector):
     def _score_images(self, images):
         return self._explain_images(images, ("score",))["score"]
 
+    @threaded
     def explain(self, X):
         """Reconstruction, heatmap, latent mean and log-variance, and score of images.
 

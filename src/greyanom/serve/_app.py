@@ -230,9 +230,9 @@ class InspectionService:
         from greyanom._optional import import_torch
 
         import_torch("the inspection service").set_num_threads(int(threads))
-        # the service owns the process's torch threads; a detector's own thread context
-        # would set and restore them from many request threads at once
-        served.own_threads()
+        # each request's score runs in the detector's thread-pool section (greyanom._threads):
+        # with n_jobs=threads it keeps these threads; sections open at once share the CPUs
+        served.own_threads(threads)
 
     def _announce(self, old, new):
         with contextlib.suppress(KeyError):

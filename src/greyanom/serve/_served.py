@@ -116,10 +116,10 @@ class ServedModel:
         """The registry version where there is one, else the model version."""
         return self.registry_version or self.model_version
 
-    def own_threads(self):
-        """Clear the detector's own thread settings (the service owns the process's torch threads)."""
+    def own_threads(self, threads):
+        """Run the detector's scoring on ``threads`` threads (its ``n_jobs``; see :mod:`greyanom._threads`)."""
         params = self.detector.get_params()
-        self.detector.set_params(**{k: None for k in ("n_jobs", "n_threads") if k in params})
+        self.detector.set_params(**{k: v for k, v in (("n_jobs", int(threads)), ("n_threads", None)) if k in params})
 
     # -- scoring ----------------------------------------------------------------------------
     def explain_images(self, images):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 
+from greyanom._threads import serial_pools
 from greyanom.traces import _kernels
 from greyanom.traces._result import GENERAL_NAMES, PARAM_NAMES, SignatureFit
 from greyanom.traces._status import REGIMES, fit_messages
@@ -41,8 +42,18 @@ def numba_threads(n_jobs, n_items=None):
 
     ``None`` keeps the current setting, except for batches of fewer than ``SMALL_BATCH``
     items (``n_items``), which run on one thread; ``-1`` uses all threads; negative values
-    count back from all threads as in scikit-learn (``-2``: all but one).
+    count back from all threads as in scikit-learn (``-2``: all but one). Inside a detector's
+    :func:`greyanom._threads.thread_pools` section the current setting is that section's.
+    BLAS and torch run on one thread meanwhile (:func:`greyanom._threads.serial_pools`): no
+    pool starts threads inside Numba's parallel loops.
     """
+    with serial_pools(blas=True, torch=True):
+        with _numba_threads(n_jobs, n_items) as n:
+            yield n
+
+
+@contextlib.contextmanager
+def _numba_threads(n_jobs, n_items):
     old = numba.get_num_threads()
     if n_jobs is None:
         if n_items is None or n_items >= SMALL_BATCH:

@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from greyanom._threads import threaded
 from greyanom._validation import plain_key_columns
 from greyanom.traces._persist import TracePersistMixin
 from greyanom.traces import _wafer_scorer as ws
@@ -267,6 +268,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     def _score(self, X):
         return self.score_wafers(X).to_numpy()
 
+    @threaded
     def score(self, X, y=None):
         """Wafer anomaly scores as an array (the values of :meth:`score_wafers`).
 
@@ -289,18 +291,23 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         check_is_fitted(self, "wafer_model_")
         return WaferScorer.of(self)
 
+    @threaded
     def score_wafers(self, X):
         return self._wafer_scorer().score(self._wafer_features(X))
 
+    @threaded
     def predict_wafers(self, X):
         return self._wafer_scorer().predict(self._wafer_features(X))
 
+    @threaded
     def explain_wafers(self, X):
         return self._wafer_scorer().explain(self._wafer_features(X))
 
+    @threaded
     def wafer_status(self, X):
         return self._wafer_scorer().status(self._wafer_features(X))
 
+    @threaded
     def explain_wafer_features(self, X):
         return self._wafer_scorer().explain_features(self._wafer_features(X))
 
@@ -310,6 +317,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
     wafer_status.__doc__ = ws.WAFER_STATUS_DOC
     explain_wafer_features.__doc__ = ws.EXPLAIN_WAFER_FEATURES_DOC
 
+    @threaded
     def explain(self, X):
         """Per-group contributions to each wafer's score (the contract's ``explain``).
 

@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state
 
+from greyanom._threads import threaded
 from greyanom.base import BaseDetector
 from greyanom.traces import _wafer_scorer as ws
 from greyanom.traces._analyser import TraceAnalyser
@@ -93,9 +94,11 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         Lots with fewer fitted traces are scored with the normal-model prior instead of a
         lot prior (column ``prior`` of :meth:`signatures`).
     n_jobs : int or None, default=None
-        Numba threads of the signature fits (passed to ``fit_traces``). ``None`` uses one
-        thread for batches of fewer than 256 traces (starting the parallel region costs
-        more than such a batch) and the current Numba setting otherwise; ``-1``: all cores.
+        Threads of the signature fits (Numba) and the other pools, with the meaning every
+        detector gives it (:doc:`/guide/performance`): ``None`` all usable CPUs (affinity,
+        container quota, ``OMP_NUM_THREADS``), except that batches of fewer than 256 traces
+        run on one thread (starting the parallel region costs more than such a batch);
+        ``k`` uses ``k``; ``-1`` all usable CPUs, ``-2`` all but one.
     n_components : int, default=8
         Principal components of the wafer model (at most a fifth of the wafer features;
         the number used is ``n_components_``).
@@ -268,6 +271,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         self.calibration = calibration
         self.random_state = random_state
 
+    @threaded
     def analyse(self, X):
         return self._analyser().analysis(X)
 
@@ -315,6 +319,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return self._analyser().heldout_scores(X, self.cv, self.random_state)
 
     # -- the contract, with pandas results ---------------------------------------------------
+    @threaded
     def score(self, X, y=None):
         """Centred anomaly score of each trace: higher means more anomalous.
 
@@ -353,33 +358,43 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return pd.Series(np.where(d.to_numpy() >= 0, 1, -1), index=d.index, name="label")
 
     # -- per-trace views (TraceViews) and wafer answers (WaferScorer) ------------------------
+    @threaded
     def score_raw(self, X):
         return TraceViews(self._analyser()).score_raw(X)
 
+    @threaded
     def explain(self, X):
         return TraceViews(self._analyser()).explain(X)
 
+    @threaded
     def signatures(self, X):
         return TraceViews(self._analyser()).signatures(X)
 
+    @threaded
     def signature_table(self, X, *, columns=SIGNATURE_COLUMNS):
         return TraceViews(self._analyser()).signature_table(X, columns=columns)
 
+    @threaded
     def explain_change(self, X, before, after):
         return TraceViews(self._analyser()).explain_change(X, before, after)
 
+    @threaded
     def score_wafers(self, X):
         return self._wafer_scorer().score(self._analyser().wafer_features(X))
 
+    @threaded
     def predict_wafers(self, X):
         return self._wafer_scorer().predict(self._analyser().wafer_features(X))
 
+    @threaded
     def explain_wafers(self, X):
         return self._wafer_scorer().explain(self._analyser().wafer_features(X))
 
+    @threaded
     def wafer_status(self, X):
         return self._wafer_scorer().status(self._analyser().wafer_features(X))
 
+    @threaded
     def explain_wafer_features(self, X):
         return self._wafer_scorer().explain_features(self._analyser().wafer_features(X))
 
