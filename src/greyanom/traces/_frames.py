@@ -173,6 +173,16 @@ class _Chunk:
     def times(self):
         return [self.t[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
+    def subset(self, which):
+        """The :class:`_Chunk` of the trace indices ``which`` (in their order here)."""
+        counts = self.n_points
+        keep = np.repeat(np.isin(np.arange(len(self)), which), counts)
+        return _Chunk(
+            self.t[keep], self.v[keep], np.r_[0, np.cumsum(counts[which])].astype(np.int64),
+            None if self.starts is None else self.starts[which],
+            None if self.clock is None else self.clock[which],
+        )
+
     def traces(self, which=None):
         """:class:`Traces` of all traces, or of the trace indices ``which``."""
         if which is None or len(which) == len(self):
