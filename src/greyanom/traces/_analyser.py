@@ -151,6 +151,9 @@ class TraceAnalyser:
     def heldout_scores(self, X, cv, random_state, refit=False):
         """Held-out per-trace scores of the training traces (for a held-out ``offset_``).
 
+        A :class:`pandas.Series` of the traces that could be scored, fold after fold, indexed
+        by ``group_keys + trace_keys``.
+
         The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
         and seed as the wafer model's cross-fitting, :func:`greyanom._crossfit.cross_fit`);
         each fold is scored under a normal model that its traces did not enter: one
@@ -182,7 +185,7 @@ class TraceAnalyser:
             return sub.analyse(df[np.isin(codes, test)], warn=False)["score"]  # fit reports the statuses
 
         out = pd.concat([s for _, s in cross_fit(fit_score, len(uniq), folds=folds)])
-        return out[out.notna()].to_numpy(dtype=np.float64)
+        return out[out.notna()]
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self, X, warn=True, lot_fits=True):

@@ -19,6 +19,7 @@ import dataclasses
 import types
 
 import numpy as np
+import pandas as pd
 
 from greyanom.traces import _fit
 from greyanom.traces._frames import _analyse_chunk_steps, _offsets, _split_chunks, _with_clock
@@ -83,8 +84,8 @@ def onestep_heldout_scores(df, row_fold, models, cfg):
 
     Returns
     -------
-    scores : ndarray of float
-        The finite held-out scores, fold after fold.
+    scores : pandas.Series
+        The finite held-out scores, fold after fold, indexed by ``group_keys + trace_keys``.
     """
     gk = cfg.group_keys
     part, c = _with_clock(df, _offsets(models), cfg)
@@ -101,13 +102,17 @@ def onestep_heldout_scores(df, row_fold, models, cfg):
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
         by_group.setdefault(g, []).append((ch, tf, fit))
     fold_models = {g: _fold_models(g, parts, models[g], folds) for g, parts in by_group.items() if g in models}
-    steps = []
+    steps, rows = [], []
     for f in folds:
-        for g, ch, tf in zip(gkeys, chunks, trace_folds):
+        for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):
             test = np.flatnonzero(tf == f)
             if test.size:
                 model = fold_models.get(g, {}).get(f)
                 steps.append(_analyse_chunk_steps(ch.subset(test), model, dataclasses.replace(c, group=g)))
+                rows.append(first_rows[a + test])
     done = _fit._run_fits(steps, c.n_jobs)
     scores = np.concatenate([d[0][:, COL["score"]] for d in done]) if done else np.zeros(0)
-    return scores[np.isfinite(scores)]
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    index = pd.MultiIndex.from_frame(part[[*gk, *cfg.trace_keys]].iloc[rows])
+    keep = np.isfinite(scores)
+    return pd.Series(scores[keep], index=index[keep], name="score")

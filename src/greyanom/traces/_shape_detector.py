@@ -312,7 +312,7 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return self.train_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):
-        return self._analyser().heldout_scores(X, self.cv, self.random_state)
+        return self._analyser().heldout_scores(X, self.cv, self.random_state).to_numpy(dtype=np.float64)
 
     # -- the contract, with pandas results ---------------------------------------------------
     def score(self, X, y=None):
