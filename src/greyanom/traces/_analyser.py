@@ -26,7 +26,7 @@ from greyanom.traces._frames import (
     fit_frame,
     prepare_frame,
 )
-from greyanom.traces._heldout import onestep_heldout_scores
+from greyanom.traces._heldout import linearised_heldout_scores
 from greyanom.traces._keys import normalise_keys
 from greyanom.traces._scoring import FitConfig, NormalModel
 from greyanom.traces._status import TRACE_STATUSES
@@ -156,10 +156,10 @@ class TraceAnalyser:
 
         The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
         and seed as the wafer model's cross-fitting, :func:`greyanom._crossfit.cross_fit`);
-        each fold is scored under a normal model that its traces did not enter: one
-        Laplace-EM M-step over the other folds' traces from the fitted normal model
-        (:func:`greyanom.traces._heldout.onestep_heldout_scores`; about one more analysis of
-        the training traces). ``refit=True`` refits the normal models on the other folds
+        each fold is scored under a normal model that its traces did not enter: the Laplace-EM
+        of the other folds' traces, started at the fitted normal model with linearised E-steps
+        (:func:`greyanom.traces._heldout.linearised_heldout_scores`; about one more analysis
+        of the training traces). ``refit=True`` refits the normal models on the other folds
         instead (about ``cv`` fits; the reference the approximation is measured against).
         A dask DataFrame is computed into pandas for these fits.
         """
@@ -177,7 +177,7 @@ class TraceAnalyser:
         codes = pd.Index(uniq).get_indexer(wafer)
         folds = make_folds(len(uniq), cv, random_state, groups=lot_of, what="wafers")
         if not refit:
-            return onestep_heldout_scores(df, folds[codes], self.models(), cfg)
+            return linearised_heldout_scores(df, folds[codes], self.models(), cfg)
 
         def fit_score(train, test):
             table = _normal_model_table(fit_frame(df[np.isin(codes, train)], cfg), gk)

@@ -1,16 +1,19 @@
 """Held-out trace scores of the shape detector at about the cost of one more analysis.
 
 Refitting the normal model of every group on the other folds (a Laplace-EM over their traces,
-:func:`greyanom.traces._hierarchy.fit_lot`) cost ``cv`` fits. :func:`onestep_heldout_scores`
-instead fits every training trace once under the full normal model (the E-step at the full
-model's fixed point) and gives each fold the normal model of **one Laplace-EM M-step over the
-other folds' traces** (:func:`~greyanom.traces._hierarchy.laplace_m_step`): the first iteration
-of the fold's EM warm-started at the full model, whose E-step the full fit has already paid
-for. The held-out traces thus leave the fold's prior mean, spreads and noise level; what is
-not refitted is the signatures of the other folds' traces (fitted under the full prior, not
-the fold's) and the step start and wafer clocks (the full model's). Each fold's traces are
-then analysed under its model exactly as :meth:`~greyanom.ShapeSignatureDetector.score`
-would (lot fits included), all folds in one pass of the fit kernel.
+:func:`greyanom.traces._hierarchy.fit_lot`) cost ``cv`` fits. :func:`linearised_heldout_scores`
+fits every training trace once under the full normal model instead (the E-step at the full
+model's fixed point) and runs each fold's Laplace-EM over the other folds' traces from there
+with **linearised E-steps**: every later E-step moves each trace's signature by one
+Gauss-Newton step of its objective under the fold's current prior (its ``J'J`` kept, its
+residual sum of squares updated to second order) instead of refitting it. The first M-step
+(:func:`~greyanom.traces._hierarchy.laplace_m_step`) is exact: it is the first iteration of
+the fold's EM warm-started at the full model. What is approximated: the later E-steps (to
+second order in the change of the prior), and the step start and wafer clocks (the full
+model's, not refitted per fold). Each fold's traces are then analysed under its model exactly
+as :meth:`~greyanom.ShapeSignatureDetector.score` would (lot fits included), all folds in
+one pass of the fit kernel. ``benchmarks/shape_heldout_approx.py`` measures the difference
+to the per-fold refits.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from greyanom.traces._frames import _analyse_chunk_steps, _offsets, _split_chunk
 from greyanom.traces._hierarchy import _units, laplace_m_step
 from greyanom.traces._scoring import COL, trace_origins
 
-__all__ = ["onestep_heldout_scores"]
+__all__ = ["linearised_heldout_scores"]
 
 
 def _prior_fit_steps(chunk, model, cfg):
@@ -42,7 +45,7 @@ def _prior_fit_steps(chunk, model, cfg):
     return ok, fit
 
 
-def _fold_models(gkey, parts, model, folds):
+def _fold_models(parts, model, folds, cfg):
     """``{fold: NormalModel}`` of one group from its chunks' prior fits (one M-step each)."""
     x, ssr, npts, jtj, fold, values = [], [], [], [], [], []
     for chunk, trace_fold, (ok, fit) in parts:
@@ -59,17 +62,46 @@ def _fold_models(gkey, parts, model, folds):
         return {}
     x, ssr, npts, jtj, fold = (np.concatenate(a) for a in (x, ssr, npts, jtj, fold))
     unit, unit_p = _units(types.SimpleNamespace(z=np.concatenate(values)))
+    # J'r of each fit, from its optimality under the full prior: J'r / sigma^2 = (x - mu) / sd^2
+    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
     out = {}
     for f in folds:
         use = fold != f
         if use.sum() < 2:  # as a refit: a group needs 2 fitted traces (its test traces: unknown_group)
             continue
-        mu, sd, sigma = laplace_m_step(x[use], ssr[use], npts[use], jtj[use], model.noise_sd, model.sd, unit, unit_p)
+        mu, sd, sigma = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
         out[f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
     return out
 
 
-def onestep_heldout_scores(df, row_fold, models, cfg):
+def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
+    """Laplace-EM of one fold's traces, its E-steps linearised at the full-model fits.
+
+    The first E-step is the fits themselves (made under the full model); each later one moves
+    every signature by one Gauss-Newton step of its objective under the current prior
+    (``J'J`` kept, the residual sum of squares updated to second order), so no trace is refitted.
+    """
+    sigma, mu, sd = model.noise_sd, model.mu, model.sd
+    xs, ss = x, ssr
+    for it in range(cfg.max_em_iter):
+        if it:
+            H = jtj / sigma**2 + np.diag(1.0 / sd**2)[None, :, :]
+            g = -jtr / sigma**2 + (x - mu) / sd**2
+            d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+            xs = x + d
+            ss = np.maximum(ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d), 0.0)
+        mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
+        change = max(
+            float(np.max(np.abs(sd_new - sd) / sd)), abs(float(np.log(sigma_new / sigma))),
+            float(np.max(np.abs(mu_new - mu) / sd)),
+        )
+        mu, sd, sigma = mu_new, sd_new, sigma_new
+        if change < cfg.em_tol:
+            break
+    return mu, sd, sigma
+
+
+def linearised_heldout_scores(df, row_fold, models, cfg):
     """Held-out score of every training trace that can be scored (see the module docstring).
 
     Parameters
@@ -101,7 +133,7 @@ def onestep_heldout_scores(df, row_fold, models, cfg):
     by_group = {}
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
         by_group.setdefault(g, []).append((ch, tf, fit))
-    fold_models = {g: _fold_models(g, parts, models[g], folds) for g, parts in by_group.items() if g in models}
+    fold_models = {g: _fold_models(parts, models[g], folds, c) for g, parts in by_group.items() if g in models}
     steps, rows = [], []
     for f in folds:
         for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):
