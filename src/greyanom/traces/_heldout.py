@@ -74,6 +74,20 @@ def _fold_models(parts, model, folds, cfg):
     return out
 
 
+def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):
+    """Signatures and residual sums of squares under the prior ``(mu, sd)`` and ``noise_sd``,
+    by one Gauss-Newton step from fits ``x`` (with their ``ssr``, ``J'J`` and ``J'r``).
+
+    The step solves ``(J'J / sigma^2 + diag(sd)^-2) d = J'r / sigma^2 - (x - mu) / sd^2``;
+    the residual sum of squares at ``x + d`` is ``ssr - 2 d'J'r + d'J'J d`` (floored at 0).
+    """
+    H = jtj / noise_sd**2 + np.diag(1.0 / sd**2)[None, :, :]
+    g = -jtr / noise_sd**2 + (x - mu) / sd**2
+    d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    ss = ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d)
+    return x + d, np.maximum(ss, 0.0)
+
+
 def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
     """Laplace-EM of one fold's traces, its E-steps linearised at the full-model fits.
 
@@ -85,11 +99,7 @@ def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
     xs, ss = x, ssr
     for it in range(cfg.max_em_iter):
         if it:
-            H = jtj / sigma**2 + np.diag(1.0 / sd**2)[None, :, :]
-            g = -jtr / sigma**2 + (x - mu) / sd**2
-            d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
-            xs = x + d
-            ss = np.maximum(ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d), 0.0)
+            xs, ss = linearised_estep(x, ssr, jtj, jtr, sigma, mu, sd)
         mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
         change = max(
             float(np.max(np.abs(sd_new - sd) / sd)), abs(float(np.log(sigma_new / sigma))),
