@@ -135,20 +135,21 @@ class TraceAnalyser:
     def fit(self, X):
         """Fit the normal model and analyse the training traces with it.
 
-        Returns the fitted analyser, the analysis rows of the training traces and their wafer
-        features (the wafer scorer's training data).
+        Returns the fitted analyser, the analysis rows of the training traces, their wafer
+        features (the wafer scorer's training data) and the prepared training frame (pandas,
+        or the dask frame).
         """
         table, train_frame = self.fit_normal_model(X)
         fitted = self.with_model(table)
         train = fitted.analyse(train_frame)
         if not train["score"].notna().any():
             raise ValueError("no training trace could be scored; check min_points and the data.")
-        return fitted, train, fitted.wafer_table(train, train_frame)
+        return fitted, train, fitted.wafer_table(train, train_frame), train_frame
 
     def with_model(self, normal_model):
         return dataclasses.replace(self, normal_model=normal_model)
 
-    def heldout_scores(self, X, cv, random_state, refit=False):
+    def heldout_scores(self, X, cv, random_state, refit=False, train_frame=None):
         """Held-out per-trace scores of the training traces (for a held-out ``offset_``).
 
         A :class:`pandas.Series` of the traces that could be scored, fold after fold, indexed
@@ -161,13 +162,14 @@ class TraceAnalyser:
         (:func:`greyanom.traces._heldout.linearised_heldout_scores`; about one more analysis
         of the training traces). ``refit=True`` refits the normal models on the other folds
         instead (about ``cv`` fits; the reference the approximation is measured against).
-        A dask DataFrame is computed into pandas for these fits.
+        A dask DataFrame is computed into pandas for these fits. ``train_frame``: the prepared
+        pandas training frame of ``X`` when the caller has it (from :meth:`fit`).
         """
-        if _is_dask(X):
+        if train_frame is None and _is_dask(X):
             X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
         cfg = self.cfg
         tk, gk = self.keys
-        df = self._training_frame(X)
+        df = self._training_frame(X) if train_frame is None else train_frame
         wafer = pd.MultiIndex.from_frame(df[list(tk)])
         uniq = wafer.unique()
         lot_of = (

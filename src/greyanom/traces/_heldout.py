@@ -150,7 +150,7 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
             test = np.flatnonzero(tf == f)
             if test.size:
                 model = fold_models.get(g, {}).get(f)
-                steps.append(_analyse_chunk_steps(ch.subset(test), model, dataclasses.replace(c, group=g)))
+                steps.append(_analyse_chunk_steps(ch.subset(test), model, dataclasses.replace(c, group=g), features=False))
                 rows.append(first_rows[a + test])
     done = _fit._run_fits(steps, c.n_jobs)
     scores = np.concatenate([d[0][:, COL["score"]] for d in done]) if done else np.zeros(0)

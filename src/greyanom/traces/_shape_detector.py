@@ -297,7 +297,9 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
 
     def _fit(self, X):
         check_random_state(self.random_state)
-        analyser, train, train_wafers = self._analyser(fitted=False).fit(X)
+        analyser, train, train_wafers, train_frame = self._analyser(fitted=False).fit(X)
+        if isinstance(train_frame, pd.DataFrame):
+            self._heldout_state = train_frame  # the prepared frame, taken (and dropped) by _heldout_scores
         self.normal_model_, self.n_groups_ = analyser.normal_model, len(analyser.normal_model)
         self.train_scores_ = train["score"][train["score"].notna()]
         self.train_status_ = train["status"]
@@ -312,7 +314,10 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return self.train_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):
-        return self._analyser().heldout_scores(X, self.cv, self.random_state).to_numpy(dtype=np.float64)
+        frame = self.__dict__.pop("_heldout_state", None)
+        return self._analyser().heldout_scores(X, self.cv, self.random_state, train_frame=frame).to_numpy(
+            dtype=np.float64
+        )
 
     # -- the contract, with pandas results ---------------------------------------------------
     def score(self, X, y=None):
