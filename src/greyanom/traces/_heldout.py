@@ -19,6 +19,7 @@ to the per-fold refits.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 
 import numpy as np
@@ -30,6 +31,8 @@ from greyanom.traces._hierarchy import _units, laplace_m_step
 from greyanom.traces._scoring import COL, trace_origins
 
 __all__ = ["linearised_heldout_scores"]
+
+_logger = logging.getLogger(__name__)
 
 
 def _prior_fit_steps(chunk, model, cfg):
@@ -69,7 +72,9 @@ def _fold_models(parts, model, folds, cfg):
         use = fold != f
         if use.sum() < 2:  # as a refit: a group needs 2 fitted traces (its test traces: unknown_group)
             continue
-        mu, sd, sigma = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
+        mu, sd, sigma, ok = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
+        if not ok:
+            _logger.info("group %r, fold %d: the fold's EM stopped at its last finite prior", cfg.group, f)
         out[f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
     return out
 
@@ -93,14 +98,23 @@ def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
 
     The first E-step is the fits themselves (made under the full model); each later one moves
     every signature by one Gauss-Newton step of its objective under the current prior
-    (``J'J`` kept, the residual sum of squares updated to second order), so no trace is refitted.
+    (:func:`linearised_estep`), so no trace is refitted. A step that cannot be taken (a singular
+    Hessian, non-finite values: a group with parameters the data do not identify) ends the EM
+    at the last finite prior (the full model's if the first M-step fails); returns
+    ``(mu, sd, sigma, ok)`` with ``ok`` False then.
     """
     sigma, mu, sd = model.noise_sd, model.mu, model.sd
     xs, ss = x, ssr
     for it in range(cfg.max_em_iter):
-        if it:
-            xs, ss = linearised_estep(x, ssr, jtj, jtr, sigma, mu, sd)
-        mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
+        try:
+            with np.errstate(all="ignore"):
+                if it:
+                    xs, ss = linearised_estep(x, ssr, jtj, jtr, sigma, mu, sd)
+                mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
+        except np.linalg.LinAlgError:
+            return mu, sd, sigma, False
+        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
+            return mu, sd, sigma, False
         change = max(
             float(np.max(np.abs(sd_new - sd) / sd)), abs(float(np.log(sigma_new / sigma))),
             float(np.max(np.abs(mu_new - mu) / sd)),
@@ -108,7 +122,7 @@ def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
         mu, sd, sigma = mu_new, sd_new, sigma_new
         if change < cfg.em_tol:
             break
-    return mu, sd, sigma
+    return mu, sd, sigma, True
 
 
 def linearised_heldout_scores(df, row_fold, models, cfg):
@@ -143,7 +157,7 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
     by_group = {}
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
         by_group.setdefault(g, []).append((ch, tf, fit))
-    fold_models = {g: _fold_models(parts, models[g], folds, c) for g, parts in by_group.items() if g in models}
+    fold_models = {g: _fold_models(parts, models[g], folds, dataclasses.replace(c, group=g)) for g, parts in by_group.items() if g in models}
     steps, rows = [], []
     for f in folds:
         for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):

@@ -104,3 +104,27 @@ def test_in_sample_calibration_and_the_wafer_path_are_unchanged(fitted):
     np.testing.assert_array_equal(held.decision_scores_, ins.decision_scores_)
     np.testing.assert_array_equal(held.wafer_heldout_scores_, ins.wafer_heldout_scores_)
     assert held.wafer_threshold_ == ins.wafer_threshold_
+
+
+def test_fold_em_stops_at_its_last_finite_prior(lot):
+    from types import SimpleNamespace
+
+    from greyanom.traces._heldout import _fold_em
+    from greyanom.traces._scoring import NormalModel
+
+    traces, full = lot
+    model = NormalModel(full.noise_sd, full.prior_mean, full.prior_sd)
+    fit, good = _prior_fit(traces, model.mu, model.sd, model.noise_sd)
+    x, ssr, npts, jtj = fit.pp[good], fit.ssr[good], fit.n_points[good].astype(float), fit.jtj[good]
+    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    cfg = SimpleNamespace(max_em_iter=50, em_tol=1e-6)
+    mu, sd, sigma, ok = _fold_em(x[5:], ssr[5:], npts[5:], jtj[5:], jtr[5:], model, *_units(traces), cfg)
+    assert ok and not np.allclose(sd, model.sd)
+    # a parameter the data do not identify (no curvature) and whose prior is flat: no step
+    jtj0 = jtj.copy()
+    jtj0[:, 0, :] = jtj0[:, :, 0] = 0.0
+    flat = NormalModel(model.noise_sd, model.mu, np.r_[1e200, model.sd[1:]])
+    mu, sd, sigma, ok = _fold_em(x, ssr, npts, jtj0, jtr, flat, *_units(traces), cfg)
+    assert not ok
+    np.testing.assert_array_equal(sd, flat.sd)
+    assert np.isfinite(mu).all() and sigma == flat.noise_sd
