@@ -181,7 +181,8 @@ def fit_lot(
     Raises
     ------
     ValueError
-        If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
+        If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one;
+        or if an update gives non-finite hyperparameters.
     """
     lot = _fit_lot(
         traces, init=init, update=update, max_iter=max_iter, tol=tol, min_sd=min_sd, n_jobs=n_jobs,
@@ -273,6 +274,8 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
         else:
             var, noise_var = sd**2, sigma**2
         sd_new, sigma_new = _floored(var, noise_var, mu_new, xs, unit, unit_p, min_sd)
+        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
+            raise ValueError(f"the {update} update of the prior gave non-finite values at iteration {it}.")
         # Relative change of sigma_S, measured against the posterior spread so that a parameter
         # whose true spread is zero (EM approaches 0 only sublinearly) does not block convergence.
         post_var = var - dev2.mean(axis=0) if update == "laplace" else 0.0
