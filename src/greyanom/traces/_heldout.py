@@ -8,9 +8,13 @@ with **linearised E-steps**: every later E-step moves each trace's signature by 
 Gauss-Newton step of its objective under the fold's current prior (its ``J'J`` kept, its
 residual sum of squares updated to second order) instead of refitting it. The first M-step
 (:func:`~greyanom.traces._hierarchy.laplace_m_step`) is exact: it is the first iteration of
-the fold's EM warm-started at the full model. What is approximated: the later E-steps (to
-second order in the change of the prior), and the step start and wafer clocks (the full
-model's, not refitted per fold). Each fold's traces are then analysed under its model exactly
+the fold's EM warm-started at the full model. The same EM runs over all the traces, and the
+fold's model is the full model moved by the difference (means) or ratio (spreads, noise
+level) of the two: where the full model is not at the EM's fixed point of these fits (an EM
+stopped at ``max_em_iter``, fits started elsewhere than the fit's last E-step) only the
+effect of leaving the fold out is applied. What is approximated: the later E-steps (to second
+order in the change of the prior), that relative correction, and the step start and wafer
+clocks (the full model's, not refitted per fold). Each fold's traces are then analysed under its model exactly
 as :meth:`~greyanom.ShapeSignatureDetector.score` would (lot fits included), all folds in
 one pass of the fit kernel. ``benchmarks/shape_heldout_approx.py`` measures the difference
 to the per-fold refits.
@@ -49,7 +53,12 @@ def _prior_fit_steps(chunk, model, cfg):
 
 
 def _fold_models(parts, model, folds, cfg):
-    """``{fold: NormalModel}`` of one group from its chunks' prior fits (one M-step each)."""
+    """``{fold: NormalModel}`` of one group from its chunks' fits under the fitted model ``model``.
+
+    Each fold's model is ``model`` moved by what leaving the fold out changes: the fold's
+    linearised EM (:func:`_fold_em`) against the same EM over all the traces (mean shifted by
+    the difference, spreads and noise level scaled by the ratio).
+    """
     x, ssr, npts, jtj, fold, values = [], [], [], [], [], []
     for chunk, trace_fold, (ok, fit) in parts:
         values.append(chunk.v)
@@ -67,6 +76,10 @@ def _fold_models(parts, model, folds, cfg):
     unit, unit_p = _units(types.SimpleNamespace(z=np.concatenate(values)))
     # J'r of each fit, from its optimality under the full prior: J'r / sigma^2 = (x - mu) / sd^2
     jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    # the same EM over all the traces: what the fold's EM changes is measured against it, so that
+    # where these fits are not at the fitted model's fixed point (an EM stopped at max_em_iter,
+    # fits that started elsewhere than the fit's) only the leave-fold-out change is applied
+    base = _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg)
     out = {}
     for f in folds:
         use = fold != f
@@ -75,8 +88,13 @@ def _fold_models(parts, model, folds, cfg):
         mu, sd, sigma, ok = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
         if not ok:
             _logger.info("group %r, fold %d: the fold's EM stopped at its last finite prior", cfg.group, f)
+        if base[3] and ok:
+            mu = model.mu + (mu - base[0])
+            sd = model.sd * (sd / base[1])
+            sigma = model.noise_sd * (sigma / base[2])
         out[f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
     return out
+
 
 
 def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):

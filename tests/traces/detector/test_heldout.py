@@ -128,3 +128,27 @@ def test_fold_em_stops_at_its_last_finite_prior(lot):
     assert not ok
     np.testing.assert_array_equal(sd, flat.sd)
     assert np.isfinite(mu).all() and sigma == flat.noise_sd
+
+
+def test_fold_models_move_the_fitted_model_by_the_leave_out_change(lot):
+    from types import SimpleNamespace
+
+    from greyanom.traces._heldout import _fold_models
+    from greyanom.traces._scoring import NormalModel
+
+    traces, full = lot
+    # a model that is not the EM's fixed point of these fits (as an EM stopped at max_em_iter)
+    model = NormalModel(1.1 * full.noise_sd, full.prior_mean + 0.2 * full.prior_sd, 0.8 * full.prior_sd)
+    fit = _fit_arrays(traces, prior=(model.mu, model.sd), noise_sd=model.noise_sd)
+    trace_fold = np.arange(len(traces)) % 4
+    parts = [(SimpleNamespace(v=traces.z), trace_fold, (np.arange(len(traces)), fit))]
+    cfg = SimpleNamespace(max_em_iter=20, em_tol=1e-4, group=())
+    out = _fold_models(parts, model, np.array([-1, 0, 1]), cfg)
+    # leaving nothing out gives the fitted model back, exactly
+    np.testing.assert_allclose(out[-1].mu, model.mu, rtol=0, atol=1e-12 * np.abs(model.mu).max())
+    np.testing.assert_allclose(out[-1].sd, model.sd, rtol=1e-12)
+    assert out[-1].noise_sd == pytest.approx(model.noise_sd, rel=1e-12)
+    # leaving a fold out moves it, by a fraction of a prior sd
+    for f in (0, 1):
+        assert not np.allclose(out[f].sd, model.sd, rtol=1e-6)
+        assert np.max(np.abs(out[f].mu - model.mu) / model.sd) < 0.5
