@@ -157,10 +157,10 @@ class TraceAnalyser:
 
         The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
         and seed as the wafer model's cross-fitting, :func:`greyanom._crossfit.cross_fit`);
-        each fold is scored under a normal model that its traces did not enter: the Laplace-EM
-        of the other folds' traces, started at the fitted normal model with linearised E-steps
-        (:func:`greyanom.traces._heldout.linearised_heldout_scores`; about one more analysis
-        of the training traces). ``refit=True`` refits the normal models on the other folds
+        each fold is scored under a normal model that its traces did not enter, approximately:
+        the fitted normal model moved by what leaving the fold out changes in a Laplace-EM with
+        linearised E-steps (:func:`greyanom.traces._heldout.linearised_heldout_scores`; about
+        one more analysis of the training traces). ``refit=True`` refits the normal models on the other folds
         instead (about ``cv`` fits; the reference the approximation is measured against).
         A dask DataFrame is computed into pandas for these fits. ``train_frame``: the prepared
         pandas training frame of ``X`` when the caller has it (from :meth:`fit`).
