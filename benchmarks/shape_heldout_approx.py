@@ -3,7 +3,7 @@
 For several seeds of simulated PI-loop lots (``make_pi_lots``, two sensors, no faults): fit
 ``ShapeSignatureDetector`` on the first lots, then compute the held-out per-trace scores both
 ways on the same wafer folds: the linearised fold models (the default,
-:func:`greyanom.traces._heldout.approx_heldout_scores`) and the normal models refitted per
+:func:`greyanom.traces._heldout.linearised_heldout_scores`) and the normal models refitted per
 fold (``refit=True``, what ``fit`` did before). Prints per seed the correlation of the two
 scores trace by trace, the two thresholds at ``contamination`` and their false-alarm rates on
 fresh normal lots (never used in fitting), and the time of each; then the means.
