@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from greyanom._crossfit import cross_fit
+from greyanom._crossfit import cross_fit, make_folds
 from greyanom._validation import plain_key_columns
 from greyanom.traces._features import TraceAnalysis, wafer_features
 from greyanom.traces._frames import (
@@ -26,6 +26,7 @@ from greyanom.traces._frames import (
     fit_frame,
     prepare_frame,
 )
+from greyanom.traces._heldout import linearised_heldout_scores
 from greyanom.traces._keys import normalise_keys
 from greyanom.traces._scoring import FitConfig, NormalModel
 from greyanom.traces._status import TRACE_STATUSES
@@ -134,33 +135,41 @@ class TraceAnalyser:
     def fit(self, X):
         """Fit the normal model and analyse the training traces with it.
 
-        Returns the fitted analyser, the analysis rows of the training traces and their wafer
-        features (the wafer scorer's training data).
+        Returns the fitted analyser, the analysis rows of the training traces, their wafer
+        features (the wafer scorer's training data) and the prepared training frame (pandas,
+        or the dask frame).
         """
         table, train_frame = self.fit_normal_model(X)
         fitted = self.with_model(table)
         train = fitted.analyse(train_frame)
         if not train["score"].notna().any():
             raise ValueError("no training trace could be scored; check min_points and the data.")
-        return fitted, train, fitted.wafer_table(train, train_frame)
+        return fitted, train, fitted.wafer_table(train, train_frame), train_frame
 
     def with_model(self, normal_model):
         return dataclasses.replace(self, normal_model=normal_model)
 
-    def heldout_scores(self, X, cv, random_state):
-        """Cross-fitted per-trace scores of the training traces (for a held-out ``offset_``).
+    def heldout_scores(self, X, cv, random_state, refit=False, train_frame=None):
+        """Held-out per-trace scores of the training traces (for a held-out ``offset_``).
+
+        A :class:`pandas.Series` of the traces that could be scored, fold after fold, indexed
+        by ``group_keys + trace_keys``.
 
         The training wafers are split into ``cv`` folds stratified by lot (the same fold rule
         and seed as the wafer model's cross-fitting, :func:`greyanom._crossfit.cross_fit`);
-        each fold is scored by normal models fitted on the other folds only. This refits the
-        normal models ``cv`` times, so it costs about ``cv`` fits. A dask DataFrame is
-        computed into pandas for these fits.
+        each fold is scored under a normal model that its traces did not enter, approximately:
+        the fitted normal model moved by what leaving the fold out changes in a Laplace-EM with
+        linearised E-steps (:func:`greyanom.traces._heldout.linearised_heldout_scores`; about
+        one more analysis of the training traces). ``refit=True`` refits the normal models on the other folds
+        instead (about ``cv`` fits; the reference the approximation is measured against).
+        A dask DataFrame is computed into pandas for these fits. ``train_frame``: the prepared
+        pandas training frame of ``X`` when the caller has it (from :meth:`fit`).
         """
-        if _is_dask(X):
+        if train_frame is None and _is_dask(X):
             X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
         cfg = self.cfg
         tk, gk = self.keys
-        df = self._training_frame(X)
+        df = self._training_frame(X) if train_frame is None else train_frame
         wafer = pd.MultiIndex.from_frame(df[list(tk)])
         uniq = wafer.unique()
         lot_of = (
@@ -168,14 +177,17 @@ class TraceAnalyser:
             if cfg.lot_key is not None else np.zeros(len(uniq), dtype=str)
         )
         codes = pd.Index(uniq).get_indexer(wafer)
+        folds = make_folds(len(uniq), cv, random_state, groups=lot_of, what="wafers")
+        if not refit:
+            return linearised_heldout_scores(df, folds[codes], self.models(), cfg)
 
         def fit_score(train, test):
             table = _normal_model_table(fit_frame(df[np.isin(codes, train)], cfg), gk)
             sub = self.with_model(table[table["error"].isna()].drop(columns="error"))
             return sub.analyse(df[np.isin(codes, test)], warn=False)["score"]  # fit reports the statuses
 
-        out = pd.concat([s for _, s in cross_fit(fit_score, len(uniq), cv, random_state, groups=lot_of)])
-        return out[out.notna()].to_numpy(dtype=np.float64)
+        out = pd.concat([s for _, s in cross_fit(fit_score, len(uniq), folds=folds)])
+        return out[out.notna()]
 
     # -- analysis ---------------------------------------------------------------------------
     def analyse(self, X, warn=True, lot_fits=True):

@@ -173,6 +173,16 @@ class _Chunk:
     def times(self):
         return [self.t[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
+    def subset(self, which):
+        """The :class:`_Chunk` of the trace indices ``which`` (in their order here)."""
+        counts = self.n_points
+        keep = np.repeat(np.isin(np.arange(len(self)), which), counts)
+        return _Chunk(
+            self.t[keep], self.v[keep], np.r_[0, np.cumsum(counts[which])].astype(np.int64),
+            None if self.starts is None else self.starts[which],
+            None if self.clock is None else self.clock[which],
+        )
+
     def traces(self, which=None):
         """:class:`Traces` of all traces, or of the trace indices ``which``."""
         if which is None or len(which) == len(self):
@@ -251,11 +261,12 @@ def _fit_group(chunk, cfg):
     return row
 
 
-def _analyse_chunk_steps(chunk, model, cfg):
+def _analyse_chunk_steps(chunk, model, cfg, features=True):
     """Fit and score the traces of one (group, lot) :class:`_Chunk`; returns the arrays
     ``(A, n_points, status, prior)``, one row per trace. A generator of its fits
     (``_FitRequest``), so that the chunks of a partition fit together in one kernel call per
-    step (``_fit._run_fits``)."""
+    step (``_fit._run_fits``). ``features=False`` leaves the wafer-feature columns NaN (and
+    skips the normal-model-prior fit they need after a lot fit)."""
     request = _fit._FitRequest
     n = len(chunk)
     A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once per partition
@@ -321,6 +332,8 @@ def _analyse_chunk_steps(chunk, model, cfg):
             A[g, COL["score"]] = fterm + P.sum(axis=1)
             A[g, COL["score_raw"]] = raw
             A[np.ix_(g, cols(*[f"d_{p}" for p in PARAMS]))] = np.asarray(grad, dtype=np.float64)
+        if not features:
+            return A, n_points, status, prior
         # wafer features come from the normal-model-prior fit, so that a wafer's features do
         # not depend on which other wafers share its lot in the batch
         if prior[ok[0]] != "normal":

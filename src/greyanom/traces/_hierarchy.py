@@ -76,6 +76,38 @@ def _posterior_cov(jtj, noise_sd, prior_sd):
     return np.linalg.inv(H)
 
 
+def _laplace_moments(dev2, ssr, npts, jtj, noise_sd, prior_sd):
+    """The Laplace-EM M-step's ``(sigma_S**2, sigma**2)`` from E-step fits under ``(noise_sd, prior_sd)``.
+
+    ``dev2``: squared deviations of the signatures from their new mean; ``ssr``, ``npts``,
+    ``jtj``: each trace's residual sum of squares, sample count and ``J'J`` at its optimum.
+    """
+    cov = _posterior_cov(jtj, noise_sd, prior_sd)
+    var = (dev2 + np.diagonal(cov, axis1=1, axis2=2)).mean(axis=0)
+    noise_var = (ssr.sum() + np.einsum("mij,mji->", cov, jtj)) / npts.sum()
+    return var, noise_var
+
+
+def _floored(var, noise_var, mu, xs, unit, unit_p, min_sd=None):
+    """``(sigma_S, sigma)`` from the M-step's variances, above their floors (see :func:`fit_lot`)."""
+    floor = 1e-9 * (unit_p + np.abs(mu)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
+    sd = np.maximum(np.sqrt(var), floor)
+    sigma = max(float(np.sqrt(noise_var)), 1e-12 * (unit + float(np.abs(xs[:, 3]).mean())))
+    return sd, sigma
+
+
+def laplace_m_step(xs, ssr, npts, jtj, noise_sd, prior_sd, unit, unit_p):
+    """One Laplace-EM M-step: ``(mu_S, sigma_S, sigma)`` from per-trace fits (rows: traces used).
+
+    The update :func:`fit_lot` applies at every iteration (``update="laplace"``), on E-step fits
+    made under ``(noise_sd, prior_sd)``; ``unit`` and ``unit_p`` as from ``_units``.
+    """
+    mu = xs.mean(axis=0)
+    var, noise_var = _laplace_moments((xs - mu) ** 2, ssr, npts, jtj, noise_sd, prior_sd)
+    sd, sigma = _floored(var, noise_var, mu, xs, unit, unit_p)
+    return mu, sd, sigma
+
+
 #: Signature parameters in the data's units (the others are rates, frequencies and phases).
 _IN_DATA_UNITS = np.array([p in ("R", "y", "c") for p in PARAMS])
 
@@ -149,7 +181,8 @@ def fit_lot(
     Raises
     ------
     ValueError
-        If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one.
+        If fewer than 2 traces could be fitted: a prior spread cannot be estimated from one;
+        or if an update gives non-finite hyperparameters.
     """
     lot = _fit_lot(
         traces, init=init, update=update, max_iter=max_iter, tol=tol, min_sd=min_sd, n_jobs=n_jobs,
@@ -234,18 +267,15 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
         mu_new = xs.mean(axis=0)
         dev2 = (xs - mu_new) ** 2
         if update == "laplace":
-            jtj = np.asarray(fit.jtj, dtype=np.float64)[used]
-            cov = _posterior_cov(jtj, sigma, sd)
-            var = (dev2 + np.diagonal(cov, axis1=1, axis2=2)).mean(axis=0)
-            noise_var = (ssr.sum() + np.einsum("mij,mji->", cov, jtj)) / npts.sum()
+            var, noise_var = _laplace_moments(dev2, ssr, npts, np.asarray(fit.jtj, dtype=np.float64)[used], sigma, sd)
         elif update == "bcd":
             var = dev2.mean(axis=0)
             noise_var = ssr.sum() / npts.sum()
         else:
             var, noise_var = sd**2, sigma**2
-        floor = 1e-9 * (unit_p + np.abs(mu_new)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
-        sd_new = np.maximum(np.sqrt(var), floor)
-        sigma_new = max(float(np.sqrt(noise_var)), 1e-12 * (unit + float(np.abs(xs[:, 3]).mean())))
+        sd_new, sigma_new = _floored(var, noise_var, mu_new, xs, unit, unit_p, min_sd)
+        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
+            raise ValueError(f"the {update} update of the prior gave non-finite values at iteration {it}.")
         # Relative change of sigma_S, measured against the posterior spread so that a parameter
         # whose true spread is zero (EM approaches 0 only sublinearly) does not block convergence.
         post_var = var - dev2.mean(axis=0) if update == "laplace" else 0.0

@@ -1,0 +1,192 @@
+"""Held-out trace scores of the shape detector at about the cost of one more analysis.
+
+Refitting the normal model of every group on the other folds (a Laplace-EM over their traces,
+:func:`greyanom.traces._hierarchy.fit_lot`) cost ``cv`` fits. :func:`linearised_heldout_scores`
+fits every training trace once under the full normal model instead (the E-step at the full
+model's fixed point) and runs each fold's Laplace-EM over the other folds' traces from there
+with **linearised E-steps**: every later E-step moves each trace's signature by one
+Gauss-Newton step of its objective under the fold's current prior (its ``J'J`` kept, its
+residual sum of squares updated to second order) instead of refitting it. The first M-step
+(:func:`~greyanom.traces._hierarchy.laplace_m_step`) is exact: it is the first iteration of
+the fold's EM warm-started at the full model. The same EM runs over all the traces, and the
+fold's model is the full model moved by the difference (means) or ratio (spreads, noise
+level) of the two: where the full model is not at the EM's fixed point of these fits (an EM
+stopped at ``max_em_iter``, fits started elsewhere than the fit's last E-step) only the
+effect of leaving the fold out is applied. What is approximated: the later E-steps (to second
+order in the change of the prior), that relative correction, and the step start and wafer
+clocks (the full model's, not refitted per fold). Each fold's traces are then analysed under its model exactly
+as :meth:`~greyanom.ShapeSignatureDetector.score` would (lot fits included), all folds in
+one pass of the fit kernel. ``benchmarks/shape_heldout_approx.py`` measures the difference
+to the per-fold refits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import types
+
+import numpy as np
+import pandas as pd
+
+from greyanom.traces import _fit
+from greyanom.traces._frames import _analyse_chunk_steps, _offsets, _split_chunks, _with_clock
+from greyanom.traces._hierarchy import _units, laplace_m_step
+from greyanom.traces._scoring import COL, trace_origins
+
+__all__ = ["linearised_heldout_scores"]
+
+_logger = logging.getLogger(__name__)
+
+
+def _prior_fit_steps(chunk, model, cfg):
+    """Fit the traces of one chunk under the normal-model prior (one request); returns
+    ``(ok, fit)``: the indices of the traces with ``min_points`` samples and their fit."""
+    ok = np.flatnonzero(chunk.n_points >= cfg.min_points)
+    if model is None or not ok.size:
+        return ok[:0], None
+    origin = trace_origins(chunk.times(), model.t_start, model.t_tol, chunk.starts, chunk.clock)
+    fit = yield _fit._FitRequest(
+        chunk.traces(ok), {"prior": (model.mu, model.sd), "noise_sd": model.noise_sd, "origin": origin[ok]}
+    )
+    return ok, fit
+
+
+def _fold_models(parts, model, folds, cfg):
+    """``{fold: NormalModel}`` of one group from its chunks' fits under the fitted model ``model``.
+
+    Each fold's model is ``model`` moved by what leaving the fold out changes: the fold's
+    linearised EM (:func:`_fold_em`) against the same EM over all the traces (mean shifted by
+    the difference, spreads and noise level scaled by the ratio).
+    """
+    x, ssr, npts, jtj, fold, values = [], [], [], [], [], []
+    for chunk, trace_fold, (ok, fit) in parts:
+        values.append(chunk.v)
+        if fit is None:
+            continue
+        good = np.asarray(fit.success, dtype=bool) & np.isfinite(fit.pp).all(axis=1)
+        x.append(fit.pp[good])
+        ssr.append(np.asarray(fit.ssr, dtype=np.float64)[good])
+        npts.append(np.asarray(fit.n_points, dtype=np.float64)[good])
+        jtj.append(np.asarray(fit.jtj, dtype=np.float64)[good])
+        fold.append(trace_fold[ok[good]])
+    if not x:
+        return {}
+    x, ssr, npts, jtj, fold = (np.concatenate(a) for a in (x, ssr, npts, jtj, fold))
+    unit, unit_p = _units(types.SimpleNamespace(z=np.concatenate(values)))
+    # J'r of each fit, from its optimality under the full prior: J'r / sigma^2 = (x - mu) / sd^2
+    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    # the same EM over all the traces: what the fold's EM changes is measured against it, so that
+    # where these fits are not at the fitted model's fixed point (an EM stopped at max_em_iter,
+    # fits that started elsewhere than the fit's) only the leave-fold-out change is applied
+    base = _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg)
+    out = {}
+    for f in folds:
+        use = fold != f
+        if use.sum() < 2:  # as a refit: a group needs 2 fitted traces (its test traces: unknown_group)
+            continue
+        mu, sd, sigma, ok = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
+        if not ok:
+            _logger.info("group %r, fold %d: the fold's EM stopped at its last finite prior", cfg.group, f)
+        if base[3] and ok:
+            mu = model.mu + (mu - base[0])
+            sd = model.sd * (sd / base[1])
+            sigma = model.noise_sd * (sigma / base[2])
+        out[f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
+    return out
+
+
+
+def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):
+    """Signatures and residual sums of squares under the prior ``(mu, sd)`` and ``noise_sd``,
+    by one Gauss-Newton step from fits ``x`` (with their ``ssr``, ``J'J`` and ``J'r``).
+
+    The step solves ``(J'J / sigma^2 + diag(sd)^-2) d = J'r / sigma^2 - (x - mu) / sd^2``;
+    the residual sum of squares at ``x + d`` is ``ssr - 2 d'J'r + d'J'J d`` (floored at 0).
+    """
+    H = jtj / noise_sd**2 + np.diag(1.0 / sd**2)[None, :, :]
+    g = -jtr / noise_sd**2 + (x - mu) / sd**2
+    d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    ss = ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d)
+    return x + d, np.maximum(ss, 0.0)
+
+
+def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
+    """Laplace-EM of one fold's traces, its E-steps linearised at the full-model fits.
+
+    The first E-step is the fits themselves (made under the full model); each later one moves
+    every signature by one Gauss-Newton step of its objective under the current prior
+    (:func:`linearised_estep`), so no trace is refitted. A step that cannot be taken (a singular
+    Hessian, non-finite values: a group with parameters the data do not identify) ends the EM
+    at the last finite prior (the full model's if the first M-step fails); returns
+    ``(mu, sd, sigma, ok)`` with ``ok`` False then.
+    """
+    sigma, mu, sd = model.noise_sd, model.mu, model.sd
+    xs, ss = x, ssr
+    for it in range(cfg.max_em_iter):
+        try:
+            with np.errstate(all="ignore"):
+                if it:
+                    xs, ss = linearised_estep(x, ssr, jtj, jtr, sigma, mu, sd)
+                mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
+        except np.linalg.LinAlgError:
+            return mu, sd, sigma, False
+        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
+            return mu, sd, sigma, False
+        change = max(
+            float(np.max(np.abs(sd_new - sd) / sd)), abs(float(np.log(sigma_new / sigma))),
+            float(np.max(np.abs(mu_new - mu) / sd)),
+        )
+        mu, sd, sigma = mu_new, sd_new, sigma_new
+        if change < cfg.em_tol:
+            break
+    return mu, sd, sigma, True
+
+
+def linearised_heldout_scores(df, row_fold, models, cfg):
+    """Held-out score of every training trace that can be scored (see the module docstring).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The prepared training frame (:func:`~greyanom.traces._frames.prepare_frame`).
+    row_fold : ndarray of int of shape (len(df),)
+        The fold of each row's wafer (whole wafers per fold).
+    models : dict
+        ``{group key: NormalModel}``, the normal model fitted on all of ``df``.
+    cfg : FitConfig
+
+    Returns
+    -------
+    scores : pandas.Series
+        The finite held-out scores, fold after fold, indexed by ``group_keys + trace_keys``.
+    """
+    gk = cfg.group_keys
+    part, c = _with_clock(df, _offsets(models), cfg)
+    by = [*gk] + ([cfg.lot_key] if cfg.lot_key is not None else [])
+    keys, chunks, first_rows = _split_chunks(part, by, c)
+    starts = np.r_[0, np.cumsum([len(ch) for ch in chunks])]
+    trace_folds = [row_fold[first_rows[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+    gkeys = [k[: len(gk)] for k in keys]
+    fits = _fit._run_fits(
+        [_prior_fit_steps(ch, models.get(g), c) for ch, g in zip(chunks, gkeys)], c.n_jobs
+    )
+    folds = np.unique(row_fold)
+    by_group = {}
+    for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
+        by_group.setdefault(g, []).append((ch, tf, fit))
+    fold_models = {g: _fold_models(parts, models[g], folds, dataclasses.replace(c, group=g)) for g, parts in by_group.items() if g in models}
+    steps, rows = [], []
+    for f in folds:
+        for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):
+            test = np.flatnonzero(tf == f)
+            if test.size:
+                model = fold_models.get(g, {}).get(f)
+                steps.append(_analyse_chunk_steps(ch.subset(test), model, dataclasses.replace(c, group=g), features=False))
+                rows.append(first_rows[a + test])
+    done = _fit._run_fits(steps, c.n_jobs)
+    scores = np.concatenate([d[0][:, COL["score"]] for d in done]) if done else np.zeros(0)
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    index = pd.MultiIndex.from_frame(part[[*gk, *cfg.trace_keys]].iloc[rows])
+    keep = np.isfinite(scores)
+    return pd.Series(scores[keep], index=index[keep], name="score")
