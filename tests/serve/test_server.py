@@ -25,13 +25,18 @@ def _free_port():
 
 
 def _start(model, policy, db, *extra, timeout=90):
-    """Start ``python -m greyanom serve`` on a free loopback port; wait for /healthz."""
+    """Start ``python -m greyanom serve`` of a model file on a free loopback port; wait for /healthz."""
+    return _launch(["--model", str(model), "--policy", str(policy)], db, *extra, timeout=timeout)
+
+
+def _launch(source, db, *extra, timeout=90):
+    """Start ``python -m greyanom serve SOURCE...`` (model and policy, or a registry) on a free loopback port."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "greyanom", "serve", "--model", str(model), "--policy", str(policy),
+        [sys.executable, "-m", "greyanom", "serve", *source,
          "--db", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )

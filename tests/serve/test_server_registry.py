@@ -1,42 +1,17 @@
 """``greyanom serve --registry`` as a real process on loopback: a promotion is picked up without restart."""
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from registry_support import NAME, image_bytes, registry  # noqa: F401 (fixture)
-from test_server import SRC, _free_port, _stop
+from test_server import _launch, _stop
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 
 def _start_registry(root, db, *extra, timeout=90):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "greyanom", "serve", "--registry", str(root), "--name", NAME,
-         "--db", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--registry-poll-s", "0.2", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"greyanom serve exited with {proc.returncode}:\n{proc.stdout.read().decode()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("greyanom serve did not answer /healthz in time")
+    return _launch(["--registry", str(root), "--name", NAME], db, "--registry-poll-s", "0.2", *extra, timeout=timeout)
 
 
 def _inspect(url, seed, point):
