@@ -23,11 +23,9 @@ are printed beside them.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,24 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from serve_load import SRC, _free_port, _png  # the sibling load benchmark's helpers (same folder)
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 NAME = "wafer"
-
-
-def _png(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _build(root, size):

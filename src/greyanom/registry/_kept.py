@@ -69,18 +69,17 @@ def kept_images(records, *, since=None):
     """
     from sqlalchemy import select
 
-    from greyanom.serve._records import Inspection, InspectionImage, Review, utc
+    from greyanom.serve._records import Inspection, InspectionImage, utc
+    from greyanom.serve._review_store import ReviewStore
 
     stmt = (select(Inspection.id, Inspection.created_at, Inspection.decision, Inspection.anomaly_score,
                    Inspection.model_version)
             .join(InspectionImage, InspectionImage.inspection_id == Inspection.id)
             .order_by(Inspection.id))
-    reviews = select(Review.inspection_id, Review.verdict).order_by(Review.id)
     if since is not None:
         stmt = stmt.where(Inspection.created_at >= since)
-        reviews = reviews.join(Inspection, Inspection.id == Review.inspection_id).where(Inspection.created_at >= since)
+    latest = ReviewStore(records).latest_verdicts(since=since)
     with records.session() as session:
-        latest = {inspection_id: verdict for inspection_id, verdict in session.execute(reviews)}  # later ones win
         rows = session.execute(stmt).all()
     return [KeptImage(int(i), utc(created), str(decision), float(score), str(version), latest.get(int(i)))
             for i, created, decision, score, version in rows]

@@ -109,6 +109,25 @@ class ReviewStore:
         with self.records.session() as session:
             return [{**rec.to_dict(), "n_reviews": int(n)} for rec, n in session.execute(stmt)]
 
+    def latest_verdicts(self, *, since=None):
+        """The latest review verdict of every reviewed inspection (later reviews win).
+
+        Parameters
+        ----------
+        since : datetime, optional
+            Only inspections created at or after it.
+
+        Returns
+        -------
+        verdicts : dict of int to str
+            Inspection id -> ``"defect"`` or ``"normal"``.
+        """
+        stmt = select(Review.inspection_id, Review.verdict).order_by(Review.id)
+        if since is not None:
+            stmt = stmt.join(Inspection, Inspection.id == Review.inspection_id).where(Inspection.created_at >= since)
+        with self.records.session() as session:
+            return {int(inspection_id): verdict for inspection_id, verdict in session.execute(stmt)}
+
     def stats(self):
         """Decision counts and the review figures (see the module docstring); None where undefined."""
         with self.records.session() as session:

@@ -84,19 +84,21 @@ def _rows(records, model_version, since):
 
 def _fnr(records, model_version=None, registry_version=None, since=None):
     """Reviewed defects a model scored and how many it decided PASS."""
-    stmt = (select(ModelScore.inspection_id, ModelScore.decision, Review.verdict)
-            .join(Review, Review.inspection_id == ModelScore.inspection_id))
+    from greyanom.serve._review_store import ReviewStore
+
+    verdicts = ReviewStore(records).latest_verdicts()
+    # scores of inspections ever reviewed as a defect; the latest verdict decides below
+    stmt = select(ModelScore.inspection_id, ModelScore.decision).where(
+        ModelScore.inspection_id.in_(select(Review.inspection_id).where(Review.verdict == "defect")))
     if model_version is not None:
         stmt = stmt.where(ModelScore.model_version == model_version)
     if registry_version is not None:
         stmt = stmt.where(ModelScore.registry_version == registry_version)
     if since is not None:
         stmt = stmt.where(ModelScore.created_at >= since)
-    latest = {}
     with records.session() as session:
-        for inspection_id, decision, verdict in session.execute(stmt.order_by(Review.id)):
-            latest[inspection_id] = (decision, verdict)  # the latest review wins
-    defects = [decision for decision, verdict in latest.values() if verdict == "defect"]
+        decided = {int(i): decision for i, decision in session.execute(stmt.order_by(ModelScore.id))}
+    defects = [decision for i, decision in decided.items() if verdicts.get(i) == "defect"]
     missed = sum(d == "PASS" for d in defects)
     return {"reviewed_defects": len(defects), "missed": missed,
             "fnr": missed / len(defects) if defects else None}
