@@ -17,14 +17,14 @@ the AUROC of both arms is printed to show it is the same). Two diagnostics besid
 of the validation images with the fitted statistics, leave-one-out, and of the fresh images.
 
 Data: ``make_wafer_images`` (seed 0), the first ``n`` training images to fit and the next ``n``
-as fresh normals (100 + 100 of 256 x 256, as ``calibration_cost.py``; ``--quick``: 40 + 40 of
-128 x 128), its 100 test images (40 anomalous) for the AUROC. The VAE trains ``--epochs`` epochs
+(or ``--fresh``) as fresh normals (100 + 100 of 256 x 256, as ``calibration_cost.py``;
+``--quick``: 40 + 40 of 128 x 128), its 100 test images (40 anomalous) for the AUROC. The VAE trains ``--epochs`` epochs
 (default 3, as ``calibration_cost.py``; the threshold rule, not the network, is the point).
 
 Usage::
 
     python benchmarks/vae_heldout_calibration.py [--quick] [--seeds 0,1,2] [--epochs 3] [--repeats 1]
-                                                 [--input-space features|pixels]
+                                                 [--input-space features|pixels] [--fresh 400]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1, help="timed fits per arm and seed (alternated)")
     p.add_argument("--input-space", default="features", choices=("features", "pixels"))
+    p.add_argument("--fresh", type=int, default=None, help="fresh normal images (default: as many as fitted)")
     args = p.parse_args(argv)
 
     from sklearn.metrics import roc_auc_score
@@ -61,7 +62,8 @@ def main(argv=None):
     from greyanom.datasets import make_wafer_images
 
     n, size = (40, 128) if args.quick else (100, 256)
-    d = make_wafer_images(n_train=2 * n, n_test=100, image_size=size, random_state=0)
+    n_fresh = n if args.fresh is None else args.fresh
+    d = make_wafer_images(n_train=n + n_fresh, n_test=100, image_size=size, random_state=0)
     X_fit, X_new = d.X_train[:n], d.X_train[n:]
     seeds = [int(s) for s in args.seeds.split(",")]
     t_start = time.perf_counter()
@@ -115,7 +117,7 @@ def main(argv=None):
     load = os.getloadavg()
     print()
     print(f"ConvVAEDetector(input_space={args.input_space!r}, max_epochs={args.epochs}), contamination={CONTAMINATION}, "
-          f"{n} + {n} wafer images of {size} x {size}, random_state {args.seeds}, {rows[0]['n_val']} validation images")
+          f"{n} + {n_fresh} wafer images of {size} x {size}, random_state {args.seeds}, {rows[0]['n_val']} validation images")
     print(f"  fresh-normal false alarms, before (validation images' own scores): {fa('before')}")
     print(f"  fresh-normal false alarms, after (leave-one-out normalisation):    {fa('after')}")
     print(f"  fresh-normal false alarms, calibration='in_sample':                {fa('in_sample')}")

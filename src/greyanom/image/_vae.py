@@ -218,9 +218,11 @@ class ConvVAEDetector(BaseImageDetector):
     calibration : {"heldout", "in_sample"}, default="heldout"
         Which training scores set ``offset_`` (and fill ``heldout_scores_``):
         ``"heldout"``, the scores of the validation images, which the weights never
-        trained on (free: ``fit`` scores every training image anyway); ``"in_sample"``, the
-        scores of all training images (optimistic: the threshold then flags more than
-        ``contamination`` of new normal data).
+        trained on; with ``residual_normalization="std"`` each one is z-scored by the
+        residual statistics of the *other* validation images (leave-one-out), since
+        they set those statistics too (one more network pass over the validation
+        images); ``"in_sample"``, the scores of all training images (optimistic: the
+        threshold then flags more than ``contamination`` of new normal data).
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         ``"auto"`` resolves in ``fit`` to CUDA when available, else the CPU; an explicit
         ``"cuda"`` without CUDA is an error. Training uses mixed precision on CUDA.
@@ -272,9 +274,10 @@ class ConvVAEDetector(BaseImageDetector):
         :math:`x - \\hat x` on the held-out validation images.
     validation_indices_ : ndarray of int
         Rows of the training ``X`` held out for early stopping, the residual statistics and
-        ``offset_`` (the network did not train on them). With ``residual_normalization="std"``
-        the same images also estimate the residual statistics, so their scores (and ``offset_``)
-        are slightly optimistic.
+        ``offset_`` (the network did not train on them). Since the same images estimate the
+        residual statistics, the scores that set ``offset_`` z-score each of them by the
+        statistics of the others (see ``calibration``): scored with statistics they set
+        themselves, they scored lower than new normal images.
     reference_ : ndarray of shape (H, W) or None
         The registration reference (``register=True``).
     feature_shape_ : tuple of int or None
@@ -289,8 +292,10 @@ class ConvVAEDetector(BaseImageDetector):
     calibration_dtype_ : str
         The ``inference_dtype`` that ``offset_`` was calibrated with.
     offset_, threshold_ : float
-        See :class:`~greyanom.base.BaseDetector`; set on the scores of the validation images
-        (held out from training), so ``predict`` flags about ``contamination`` of new normals.
+        See :class:`~greyanom.base.BaseDetector`; set on the held-out scores of the
+        validation images (``heldout_scores_``: held out from training and, leave-one-out,
+        from the residual statistics), so ``predict`` flags about ``contamination`` of new
+        normals.
     decision_scores_ : ndarray
         In-sample scores of all training images.
 
@@ -474,7 +479,9 @@ class ConvVAEDetector(BaseImageDetector):
             self._fit_torch(route, images, n_val, augmentation)
 
     def _fit_torch(self, route, images, n_val, augmentation):
-        from greyanom.image._torch._infer import leave_one_out_scores, n_parameters, residual_moments, score_images
+        from greyanom.image._torch._infer import (
+            leave_one_out_scores, moments_of, n_parameters, residual_sums, score_images,
+        )
         from greyanom.image._torch._train import fit_network
         from greyanom.image._vae_routes import Registration
 
@@ -509,7 +516,8 @@ class ConvVAEDetector(BaseImageDetector):
         val_inputs = inputs[val_idx]
         if dtype != "float32":  # calibrate on inputs as scoring computes them (the backbone in dtype)
             val_inputs = route.inputs(images[val_idx], self.device_, self, route.front_batch(self.device_, batch), dtype)
-        mean, var = residual_moments(self.module_, val_inputs, batch, self.device_, inference_dtype=dtype)
+        sums = residual_sums(self.module_, val_inputs, batch, self.device_, inference_dtype=dtype)
+        mean, var = moments_of(sums)
         self.residual_mean_ = np.asarray(mean, dtype=np.float32)
         self.residual_std_ = _floored_std(var, pixels=route.pixel_maps).astype(np.float32)
         scorer = self._scorer()
@@ -520,7 +528,7 @@ class ConvVAEDetector(BaseImageDetector):
             # the validation images set the residual statistics too: each one's held-out score is
             # z-scored by the statistics of the others (taken, and dropped, by _heldout_scores)
             self._heldout_state = leave_one_out_scores(
-                scorer, val_inputs, batch, self.device_, std_of=lambda v: _floored_std(v, pixels=route.pixel_maps),
+                scorer, val_inputs, sums, batch, self.device_, std_of=lambda v: _floored_std(v, pixels=route.pixel_maps),
                 shifts=val_shifts, inference_dtype=dtype,
             )
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)

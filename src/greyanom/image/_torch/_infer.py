@@ -20,8 +20,8 @@ from torch.nn import functional as F
 
 from greyanom.image._torch import _post
 
-__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_moments", "leave_one_out_scores",
-           "n_parameters"]
+__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_sums", "residual_moments",
+           "moments_of", "leave_one_out_scores", "n_parameters"]
 
 
 class VAEScorer(nn.Module):
@@ -244,8 +244,12 @@ def _residual_batches(module, inputs, batch_size, device, inference_dtype):
         yield (x - out).double()
 
 
-def _residual_sums(module, inputs, batch_size, device, inference_dtype):
-    """``(sum r, sum r^2, n)`` of the residuals of ``inputs`` per input element (float64, on ``device``)."""
+def residual_sums(module, inputs, batch_size, device, inference_dtype="float32"):
+    """``(sum r, sum r^2, n)`` of the residuals ``r = x - x_hat`` of ``inputs`` per input element (z = mu).
+
+    The sums are float64 tensors of one input's shape on ``device``: what
+    :func:`residual_moments` and :func:`leave_one_out_scores` are computed from.
+    """
     s1, s2, n = None, None, 0
     with torch.inference_mode():
         for r in _residual_batches(module, inputs, batch_size, device, inference_dtype):
@@ -263,13 +267,18 @@ def residual_moments(module, inputs, batch_size, device, inference_dtype="float3
     Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
     for features.
     """
-    s1, s2, n = _residual_sums(module, inputs, batch_size, device, inference_dtype)
+    return moments_of(residual_sums(module, inputs, batch_size, device, inference_dtype))
+
+
+def moments_of(sums):
+    """``(mean, variance)`` float64 host arrays from the sums of :func:`residual_sums`."""
+    s1, s2, n = sums
     mean = s1 / n
     var = torch.clamp(s2 / n - mean * mean, min=0.0)
     return mean.cpu().numpy(), var.cpu().numpy()
 
 
-def leave_one_out_scores(scorer, inputs, batch_size, device, *, std_of, shifts=None, inference_dtype="float32"):
+def leave_one_out_scores(scorer, inputs, sums, batch_size, device, *, std_of, shifts=None, inference_dtype="float32"):
     """Scores of the images that set the residual normalisation, each normalised by the others only.
 
     The residual z-score of ``residual_normalization="std"`` divides by statistics of the
@@ -277,7 +286,7 @@ def leave_one_out_scores(scorer, inputs, batch_size, device, *, std_of, shifts=N
     images the statistics never saw (their own residuals widened the standard deviation), and a
     threshold set on them flags more than ``contamination`` of new normals. Here image ``i``'s
     residual is z-scored by the mean and standard deviation of the other ``n - 1`` images (the
-    sums over all minus its own: exact leave-one-out, one more network pass over ``inputs``),
+    sums over all minus its own: exact leave-one-out, one network pass over ``inputs``),
     and reduced as ``scorer`` reduces: the score a detector whose normalisation never saw image
     ``i`` gives it.
 
@@ -287,6 +296,8 @@ def leave_one_out_scores(scorer, inputs, batch_size, device, *, std_of, shifts=N
         The fitted scorer (its network, map post-processing and reduction) on ``device``.
     inputs : ndarray of shape (n, H, W) or (n, C, h, w), float32
         Network inputs of the images (registered, for ``register=True``); ``n >= 2``.
+    sums : tuple
+        :func:`residual_sums` of ``inputs`` (computed once for the fitted statistics).
     batch_size : int
     device : torch.device
     std_of : callable
@@ -302,7 +313,7 @@ def leave_one_out_scores(scorer, inputs, batch_size, device, *, std_of, shifts=N
     scores : ndarray of shape (n,), float64
     """
     module = scorer.vae
-    s1, s2, n = _residual_sums(module, inputs, batch_size, device, inference_dtype)
+    s1, s2, n = sums
     if n < 2:
         raise ValueError(f"leave-one-out residual statistics need at least 2 images, got {n}.")
     scorer.eval()
