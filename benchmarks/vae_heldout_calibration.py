@@ -19,12 +19,15 @@ of the validation images with the fitted statistics, leave-one-out, and of the f
 Data: ``make_wafer_images`` (seed 0), the first ``n`` training images to fit and the next ``n``
 (or ``--fresh``) as fresh normals (100 + 100 of 256 x 256, as ``calibration_cost.py``;
 ``--quick``: 40 + 40 of 128 x 128), its 100 test images (40 anomalous) for the AUROC. The VAE trains ``--epochs`` epochs
-(default 3, as ``calibration_cost.py``; the threshold rule, not the network, is the point).
+(default 3, as ``calibration_cost.py``; the threshold rule, not the network, is the point; with
+3 epochs and the default KL warm-up of 10 epochs early stopping has no epoch to choose, so
+``--epochs 20 --kl-warmup 2 --patience 3`` measures it with early stopping at work).
 
 Usage::
 
     python benchmarks/vae_heldout_calibration.py [--quick] [--seeds 0,1,2] [--epochs 3] [--repeats 1]
                                                  [--input-space features|pixels] [--fresh 400]
+                                                 [--size 128] [--kl-warmup 2] [--patience 3]
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="timed fits per arm and seed (alternated)")
     p.add_argument("--input-space", default="features", choices=("features", "pixels"))
     p.add_argument("--fresh", type=int, default=None, help="fresh normal images (default: as many as fitted)")
+    p.add_argument("--size", type=int, default=None, help="image side (default 256, --quick 128)")
+    p.add_argument("--kl-warmup", type=int, default=10, help="kl_warmup_epochs (the default 10)")
+    p.add_argument("--patience", type=int, default=10, help="early_stopping_patience (the default 10)")
     args = p.parse_args(argv)
 
     from sklearn.metrics import roc_auc_score
@@ -62,6 +68,7 @@ def main(argv=None):
     from greyanom.datasets import make_wafer_images
 
     n, size = (40, 128) if args.quick else (100, 256)
+    size = size if args.size is None else args.size
     n_fresh = n if args.fresh is None else args.fresh
     d = make_wafer_images(n_train=n + n_fresh, n_test=100, image_size=size, random_state=0)
     X_fit, X_new = d.X_train[:n], d.X_train[n:]
@@ -70,6 +77,7 @@ def main(argv=None):
 
     def factory(cal, seed):
         return ConvVAEDetector(contamination=CONTAMINATION, calibration=cal, max_epochs=args.epochs,
+                               kl_warmup_epochs=args.kl_warmup, early_stopping_patience=args.patience,
                                input_space=args.input_space, random_state=seed)
 
     rows = []
@@ -94,7 +102,8 @@ def main(argv=None):
                 "after": float(held.threshold_),
                 "in_sample": float(ins.threshold_),
             }
-            row = {"seed": seed, "n_val": len(val), "n_new": len(s_new),
+            row = {"seed": seed, "n_val": len(val), "n_new": len(s_new), "n_epochs": int(held.n_epochs_),
+                   "best_epoch": int(held.best_epoch_),
                    "fit_in_sample_s": float(np.median(times["in_sample"])),
                    "fit_heldout_s": float(np.median(times["heldout"])),
                    "auroc_heldout": float(roc_auc_score(d.y_test, held.score(d.X_test))),
@@ -116,7 +125,9 @@ def main(argv=None):
     ratio = [r["fit_heldout_s"] / r["fit_in_sample_s"] for r in rows]
     load = os.getloadavg()
     print()
-    print(f"ConvVAEDetector(input_space={args.input_space!r}, max_epochs={args.epochs}), contamination={CONTAMINATION}, "
+    print(f"ConvVAEDetector(input_space={args.input_space!r}, max_epochs={args.epochs}, "
+          f"kl_warmup_epochs={args.kl_warmup}, early_stopping_patience={args.patience}; "
+          f"epochs trained {[r['n_epochs'] for r in rows]}, kept {[r['best_epoch'] for r in rows]}), contamination={CONTAMINATION}, "
           f"{n} + {n_fresh} wafer images of {size} x {size}, random_state {args.seeds}, {rows[0]['n_val']} validation images")
     print(f"  fresh-normal false alarms, before (validation images' own scores): {fa('before')}")
     print(f"  fresh-normal false alarms, after (leave-one-out normalisation):    {fa('after')}")
