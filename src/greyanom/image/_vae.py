@@ -156,8 +156,9 @@ class ConvVAEDetector(BaseImageDetector):
         reconstruction loss (counted from the first epoch at full β); the best weights
         are restored. ``None`` trains for ``max_epochs``.
     validation_fraction : float in (0, 1), default=0.2
-        Fraction of the (normal) training images held out for early stopping and for
-        the heatmap display statistics; at least one image.
+        Fraction of the (normal) training images held out of training for early
+        stopping, the residual statistics, the heatmap display scale and ``offset_``; at
+        least one image (at least 10 for a steady threshold).
     augmentation : None or tuple of str, default=None
         Training augmentations, any of ``"hflip"``, ``"vflip"``, ``"rot90"`` (square
         images), ``"rotate"`` (uniform in ±``rotation_degrees``) and ``"noise"``
