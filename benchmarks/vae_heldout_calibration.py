@@ -127,8 +127,9 @@ def main(argv=None):
     print()
     print(f"ConvVAEDetector(input_space={args.input_space!r}, max_epochs={args.epochs}, "
           f"kl_warmup_epochs={args.kl_warmup}, early_stopping_patience={args.patience}; "
-          f"epochs trained {[r['n_epochs'] for r in rows]}, kept {[r['best_epoch'] for r in rows]}), contamination={CONTAMINATION}, "
-          f"{n} + {n_fresh} wafer images of {size} x {size}, random_state {args.seeds}, {rows[0]['n_val']} validation images")
+          f"epochs trained {[r['n_epochs'] for r in rows]}, kept {[r['best_epoch'] for r in rows]}), "
+          f"contamination={CONTAMINATION}, {n} + {n_fresh} wafer images of {size} x {size}, "
+          f"random_state {args.seeds}, {rows[0]['n_val']} validation images")
     print(f"  fresh-normal false alarms, before (validation images' own scores): {fa('before')}")
     print(f"  fresh-normal false alarms, after (leave-one-out normalisation):    {fa('after')}")
     print(f"  fresh-normal false alarms, calibration='in_sample':                {fa('in_sample')}")

@@ -529,8 +529,8 @@ class ConvVAEDetector(BaseImageDetector):
             # the validation images set the residual statistics too: each one's held-out score is
             # z-scored by the statistics of the others (taken, and dropped, by _heldout_scores)
             self._heldout_state = leave_one_out_scores(
-                scorer, val_inputs, sums, batch, self.device_, std_of=lambda v: _floored_std(v, pixels=route.pixel_maps),
-                shifts=val_shifts, inference_dtype=dtype,
+                scorer, val_inputs, sums, batch, self.device_,
+                std_of=lambda v: _floored_std(v, pixels=route.pixel_maps), shifts=val_shifts, inference_dtype=dtype,
             )
         logger.info("trained %d epochs (best %d), %d parameters", self.n_epochs_, self.best_epoch_, self.n_params_)
 
