@@ -467,8 +467,13 @@ def test_threshold_comes_from_the_validation_images(fitted, images):
     val = fitted.validation_indices_
     assert 0 < len(val) < len(images) and len(np.unique(val)) == len(val)
     np.testing.assert_allclose(fitted.decision_scores_, fitted.score(images), rtol=1e-5)
-    expected = threshold_from_scores(fitted.decision_scores_[val], fitted.contamination)
-    assert fitted.threshold_ == pytest.approx(expected)
+    # one held-out score per validation image (each z-scored by the other validation images'
+    # residual statistics: tests/image/test_vae_routes.py), and they set the threshold
+    assert fitted.heldout_scores_.shape == (len(val),)
+    assert fitted.threshold_ == pytest.approx(threshold_from_scores(fitted.heldout_scores_, fitted.contamination))
+    # without the residual normalisation they are the validation images' own scores
+    raw = ConvVAEDetector(**{**TINY, "residual_normalization": "none"}).fit(images)
+    assert raw.heldout_scores_ == pytest.approx(raw.decision_scores_[raw.validation_indices_])
 
 
 def test_embed_is_the_latent_mean(fitted, images):

