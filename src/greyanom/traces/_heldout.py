@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from greyanom.traces import _fit
-from greyanom.traces._frames import _analyse_chunk_steps, _offsets, _split_chunks, _with_clock
+from greyanom.traces._frames import _analyse_chunks_steps, _offsets, _split_chunks, _with_clock
 from greyanom.traces._hierarchy import _units, laplace_m_step
 from greyanom.traces._scoring import COL, trace_origins
 
@@ -176,15 +176,16 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
         by_group.setdefault(g, []).append((ch, tf, fit))
     fold_models = {g: _fold_models(parts, models[g], folds, dataclasses.replace(c, group=g)) for g, parts in by_group.items() if g in models}
-    steps, rows = [], []
+    parts, part_models, groups, rows = [], [], [], []
     for f in folds:
         for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):
             test = np.flatnonzero(tf == f)
             if test.size:
-                model = fold_models.get(g, {}).get(f)
-                steps.append(_analyse_chunk_steps(ch.subset(test), model, dataclasses.replace(c, group=g), features=False))
+                parts.append(ch.subset(test))
+                part_models.append(fold_models.get(g, {}).get(f))
+                groups.append(g)
                 rows.append(first_rows[a + test])
-    done = _fit._run_fits(steps, c.n_jobs)
+    (done,) = _fit._run_fits([_analyse_chunks_steps(parts, part_models, c, groups, features=False)], c.n_jobs)
     scores = np.concatenate([d[0][:, COL["score"]] for d in done]) if done else np.zeros(0)
     rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     index = pd.MultiIndex.from_frame(part[[*gk, *cfg.trace_keys]].iloc[rows])
