@@ -31,7 +31,7 @@ import pandas as pd
 
 from greyanom.traces import _fit
 from greyanom.traces._frames import _analyse_chunks_steps, _offsets, _split_chunks, _with_clock
-from greyanom.traces._hierarchy import _units, laplace_m_step
+from greyanom.traces._hierarchy import _diag_rows, _m_steps, _units
 from greyanom.traces._scoring import COL, trace_origins
 
 __all__ = ["linearised_heldout_scores"]
@@ -52,13 +52,9 @@ def _prior_fit_steps(chunk, model, cfg):
     return ok, fit
 
 
-def _fold_models(parts, model, folds, cfg):
-    """``{fold: NormalModel}`` of one group from its chunks' fits under the fitted model ``model``.
-
-    Each fold's model is ``model`` moved by what leaving the fold out changes: the fold's
-    linearised EM (:func:`_fold_em`) against the same EM over all the traces (mean shifted by
-    the difference, spreads and noise level scaled by the ratio).
-    """
+def _group_fits(parts, model):
+    """The arrays of one group's fits under its fitted model ``model`` (the traces fitted well),
+    with each trace's fold and the group's units; None without any fit."""
     x, ssr, npts, jtj, fold, values = [], [], [], [], [], []
     for chunk, trace_fold, (ok, fit) in parts:
         values.append(chunk.v)
@@ -71,30 +67,65 @@ def _fold_models(parts, model, folds, cfg):
         jtj.append(np.asarray(fit.jtj, dtype=np.float64)[good])
         fold.append(trace_fold[ok[good]])
     if not x:
-        return {}
+        return None
     x, ssr, npts, jtj, fold = (np.concatenate(a) for a in (x, ssr, npts, jtj, fold))
     unit, unit_p = _units(types.SimpleNamespace(z=np.concatenate(values)))
     # J'r of each fit, from its optimality under the full prior: J'r / sigma^2 = (x - mu) / sd^2
     jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
-    # the same EM over all the traces: what the fold's EM changes is measured against it, so that
-    # where these fits are not at the fitted model's fixed point (an EM stopped at max_em_iter,
-    # fits that started elsewhere than the fit's) only the leave-fold-out change is applied
-    base = _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg)
-    out = {}
-    for f in folds:
-        use = fold != f
-        if use.sum() < 2:  # as a refit: a group needs 2 fitted traces (its test traces: unknown_group)
-            continue
-        mu, sd, sigma, ok = _fold_em(x[use], ssr[use], npts[use], jtj[use], jtr[use], model, unit, unit_p, cfg)
-        if not ok:
-            _logger.info("group %r, fold %d: the fold's EM stopped at its last finite prior", cfg.group, f)
-        if base[3] and ok:
-            mu = model.mu + (mu - base[0])
-            sd = model.sd * (sd / base[1])
-            sigma = model.noise_sd * (sigma / base[2])
-        out[f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
-    return out
+    return types.SimpleNamespace(x=x, ssr=ssr, npts=npts, jtj=jtj, jtr=jtr, fold=fold, unit=unit, unit_p=unit_p)
 
+
+def _fold_models(parts, model, folds, cfg):
+    """``{fold: NormalModel}`` of one group (``cfg.group``); see :func:`_all_fold_models`."""
+    return _all_fold_models({cfg.group: parts}, {cfg.group: model}, folds, cfg).get(cfg.group, {})
+
+
+def _all_fold_models(by_group, models, folds, cfg):
+    """``{group: {fold: NormalModel}}`` from each group's chunks' fits under its fitted model.
+
+    ``by_group``: ``{group: [(chunk, trace_fold, (ok, fit)), ...]}``. Each fold's model is the
+    group's model moved by what leaving the fold out changes: the fold's linearised EM
+    (:func:`_fold_ems`) against the same EM over all the traces (mean shifted by the
+    difference, spreads and noise level scaled by the ratio). The EMs of every group and fold
+    run together.
+    """
+    data, ems = {}, []  # ems: (group, fold or None for all the traces, rows of the group's fits)
+    for g, parts in by_group.items():
+        d = _group_fits(parts, models[g]) if g in models else None
+        if d is None:
+            continue
+        data[g] = d
+        # the same EM over all the traces: what the fold's EM changes is measured against it, so
+        # that where these fits are not at the fitted model's fixed point (an EM stopped at
+        # max_em_iter, fits that started elsewhere than the fit's) only the leave-fold-out change
+        # is applied
+        ems.append((g, None, np.arange(len(d.x))))
+        for f in folds:
+            use = np.flatnonzero(d.fold != f)
+            if use.size >= 2:  # as a refit: a group needs 2 fitted traces (its test traces: unknown_group)
+                ems.append((g, f, use))
+    if not ems:
+        return {}
+    stack = {k: np.concatenate([getattr(data[g], k)[rows] for g, _, rows in ems]) for k in ("x", "ssr", "npts", "jtj", "jtr")}
+    bounds = np.r_[0, np.cumsum([rows.size for _, _, rows in ems])]
+    res = _fold_ems(
+        stack["x"], stack["ssr"], stack["npts"], stack["jtj"], stack["jtr"], bounds, [models[g] for g, _, _ in ems],
+        np.array([data[g].unit for g, _, _ in ems]), np.array([data[g].unit_p for g, _, _ in ems]), cfg,
+    )
+    base = {g: r for (g, f, _), r in zip(ems, res) if f is None}
+    out = {g: {} for g in data}
+    for (g, f, _), (mu, sd, sigma, ok) in zip(ems, res):
+        if f is None:
+            continue
+        model, b = models[g], base[g]
+        if not ok:
+            _logger.info("group %r, fold %d: the fold's EM stopped at its last finite prior", g, f)
+        if b[3] and ok:
+            mu = model.mu + (mu - b[0])
+            sd = model.sd * (sd / b[1])
+            sigma = model.noise_sd * (sigma / b[2])
+        out[g][f] = dataclasses.replace(model, noise_sd=sigma, mu=mu, sd=sd)
+    return out
 
 
 def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):
@@ -104,43 +135,88 @@ def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):
     The step solves ``(J'J / sigma^2 + diag(sd)^-2) d = J'r / sigma^2 - (x - mu) / sd^2``;
     the residual sum of squares at ``x + d`` is ``ssr - 2 d'J'r + d'J'J d`` (floored at 0).
     """
-    H = jtj / noise_sd**2 + np.diag(1.0 / sd**2)[None, :, :]
-    g = -jtr / noise_sd**2 + (x - mu) / sd**2
+    m = len(x)
+    return _estep_rows(x, ssr, jtj, jtr, np.full(m, noise_sd**2), np.broadcast_to(mu, (m, 6)),
+                       np.broadcast_to(sd, (m, 6)))
+
+
+def _estep_rows(x, ssr, jtj, jtr, s2, mu, sd):
+    """:func:`linearised_estep` with a noise variance ``s2`` (m,) and a prior ``mu``, ``sd``
+    (m, 6) per row."""
+    H = jtj / s2[:, None, None] + _diag_rows(1.0 / sd**2)
+    g = -jtr / s2[:, None] + (x - mu) / sd**2
     d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
     ss = ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d)
     return x + d, np.maximum(ss, 0.0)
 
 
 def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
-    """Laplace-EM of one fold's traces, its E-steps linearised at the full-model fits.
+    """The linearised Laplace-EM of one fold's traces (:func:`_fold_ems` of one EM)."""
+    return _fold_ems(x, ssr, npts, jtj, jtr, [0, len(x)], [model], np.array([unit]), np.asarray(unit_p)[None], cfg)[0]
+
+
+def _fold_ems(x, ssr, npts, jtj, jtr, bounds, models, unit, unit_p, cfg):
+    """Laplace-EMs of many folds' traces (EM ``k``: rows ``bounds[k]:bounds[k + 1]``, started at
+    ``models[k]``), their E-steps linearised at the full-model fits; returns ``(mu, sd, sigma,
+    ok)`` per EM.
 
     The first E-step is the fits themselves (made under the full model); each later one moves
     every signature by one Gauss-Newton step of its objective under the current prior
     (:func:`linearised_estep`), so no trace is refitted. A step that cannot be taken (a singular
     Hessian, non-finite values: a group with parameters the data do not identify) ends the EM
-    at the last finite prior (the full model's if the first M-step fails); returns
-    ``(mu, sd, sigma, ok)`` with ``ok`` False then.
+    at the last finite prior (the full model's if the first M-step fails), with ``ok`` False.
+    The EMs still running take their steps together (one solve and one inverse over all their
+    rows; the sums EM by EM, so each EM's result is bit for bit its own).
     """
-    sigma, mu, sd = model.noise_sd, model.mu, model.sd
-    xs, ss = x, ssr
-    for it in range(cfg.max_em_iter):
+    bounds = np.asarray(bounds)
+    n_ems = len(models)
+    sigma = [float(m.noise_sd) for m in models]
+    mu = [np.asarray(m.mu, dtype=np.float64) for m in models]
+    sd = [np.asarray(m.sd, dtype=np.float64) for m in models]
+    ok = [True] * n_ems
+    seg = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def step(ks, it):
+        """One iteration of the EMs ``ks``: ``{k: (mu, sd, sigma)}``, None where a solve failed."""
+        rows = np.concatenate([seg[k] for k in ks])
+        cnt = np.array([seg[k].size for k in ks])
+        pos = np.repeat(np.arange(len(ks)), cnt)
+        s2 = np.array([sigma[k] ** 2 for k in ks])
+        mu_k, sd_k = np.array([mu[k] for k in ks]), np.array([sd[k] for k in ks])
         try:
             with np.errstate(all="ignore"):
                 if it:
-                    xs, ss = linearised_estep(x, ssr, jtj, jtr, sigma, mu, sd)
-                mu_new, sd_new, sigma_new = laplace_m_step(xs, ss, npts, jtj, sigma, sd, unit, unit_p)
+                    xs, ss = _estep_rows(x[rows], ssr[rows], jtj[rows], jtr[rows], s2[pos], mu_k[pos], sd_k[pos])
+                else:
+                    xs, ss = x[rows], ssr[rows]
+                m, s, sg, _, _ = _m_steps(xs, ss, npts[rows], jtj[rows], np.r_[0, np.cumsum(cnt)], np.array([sigma[k] for k in ks]),
+                                          sd_k, unit[ks], unit_p[ks])
         except np.linalg.LinAlgError:
-            return mu, sd, sigma, False
-        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
-            return mu, sd, sigma, False
-        change = max(
-            float(np.max(np.abs(sd_new - sd) / sd)), abs(float(np.log(sigma_new / sigma))),
-            float(np.max(np.abs(mu_new - mu) / sd)),
-        )
-        mu, sd, sigma = mu_new, sd_new, sigma_new
-        if change < cfg.em_tol:
+            if len(ks) == 1:
+                return {ks[0]: None}
+            return {k: v for one in ks for k, v in step([one], it).items()}
+        return {k: (m[j], s[j], float(sg[j])) for j, k in enumerate(ks)}
+
+    active = list(range(n_ems))
+    for it in range(cfg.max_em_iter):
+        if not active:
             break
-    return mu, sd, sigma, True
+        still = []
+        for k, new in step(active, it).items():
+            if new is None or not (np.isfinite(new[0]).all() and np.isfinite(new[1]).all() and np.isfinite(new[2])):
+                ok[k] = False
+                continue
+            mu_new, sd_new, sigma_new = new
+            with np.errstate(all="ignore"):
+                change = max(
+                    float(np.max(np.abs(sd_new - sd[k]) / sd[k])), abs(float(np.log(sigma_new / sigma[k]))),
+                    float(np.max(np.abs(mu_new - mu[k]) / sd[k])),
+                )
+            mu[k], sd[k], sigma[k] = mu_new, sd_new, sigma_new
+            if not change < cfg.em_tol:
+                still.append(k)
+        active = still
+    return [(mu[k], sd[k], sigma[k], ok[k]) for k in range(n_ems)]
 
 
 def linearised_heldout_scores(df, row_fold, models, cfg):
@@ -175,7 +251,7 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
     by_group = {}
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):
         by_group.setdefault(g, []).append((ch, tf, fit))
-    fold_models = {g: _fold_models(parts, models[g], folds, dataclasses.replace(c, group=g)) for g, parts in by_group.items() if g in models}
+    fold_models = _all_fold_models(by_group, models, folds, c)
     parts, part_models, groups, rows = [], [], [], []
     for f in folds:
         for g, ch, tf, a in zip(gkeys, chunks, trace_folds, starts):

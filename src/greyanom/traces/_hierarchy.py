@@ -72,30 +72,58 @@ class LotFit:
     used: np.ndarray
 
 
-def _posterior_cov(jtj, noise_sd, prior_sd):
-    """Inverse Gauss-Newton Hessian ``(J'J / sigma^2 + diag(sigma_S)^-2)^-1`` per trace."""
-    H = jtj / noise_sd**2 + np.diag(1.0 / prior_sd**2)[None, :, :]
-    return np.linalg.inv(H)
+def _seg_mean(a, bounds):
+    """Mean over axis 0 of each segment ``a[bounds[k]:bounds[k + 1]]`` (one NumPy mean per
+    segment, so that each is bit for bit the mean of that segment alone)."""
+    return np.array([a[lo:hi].mean(axis=0) for lo, hi in zip(bounds[:-1], bounds[1:])]).reshape(-1, *a.shape[1:])
 
 
-def _laplace_moments(dev2, ssr, npts, jtj, noise_sd, prior_sd):
-    """The Laplace-EM M-step's ``(sigma_S**2, sigma**2)`` from E-step fits under ``(noise_sd, prior_sd)``.
+def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, update="laplace", min_sd=None):
+    """The M-steps of many EMs at once (EM ``k``: the rows ``bounds[k]:bounds[k + 1]``).
 
-    ``dev2``: squared deviations of the signatures from their new mean; ``ssr``, ``npts``,
-    ``jtj``: each trace's residual sum of squares, sample count and ``J'J`` at its optimum.
+    ``xs``, ``ssr``, ``npts``, ``jtj``: each used trace's signature, residual sum of squares,
+    sample count and ``J'J`` from the E-step made under EM ``k``'s ``(noise_sd[k],
+    prior_sd[k])``; ``unit`` (n_ems,) and ``unit_p`` (n_ems, 6) as from ``_units``.
+    ``update="laplace"`` (Laplace-EM: the posterior variance
+    ``(J'J / sigma^2 + diag(sigma_S)^-2)^-1`` added), ``"bcd"`` or ``"mean"`` (see
+    :func:`fit_lot`). Returns ``(mu_S, sigma_S, sigma, var, dev2)``: the new prior and noise
+    sd above their floors, the M-step's variances and the mean squared deviations.
+
+    The sums run segment by segment and ``sigma**2`` as a Python float's square, as one EM
+    alone computes them, so every EM's step is bit for bit its own.
     """
-    cov = _posterior_cov(jtj, noise_sd, prior_sd)
-    var = (dev2 + np.diagonal(cov, axis1=1, axis2=2)).mean(axis=0)
-    noise_var = (ssr.sum() + np.einsum("mij,mji->", cov, jtj)) / npts.sum()
-    return var, noise_var
-
-
-def _floored(var, noise_var, mu, xs, unit, unit_p, min_sd=None):
-    """``(sigma_S, sigma)`` from the M-step's variances, above their floors (see :func:`fit_lot`)."""
-    floor = 1e-9 * (unit_p + np.abs(mu)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
+    bounds = np.asarray(bounds)
+    cnt = np.diff(bounds)
+    pos = np.repeat(np.arange(cnt.size), cnt)
+    mu = _seg_mean(xs, bounds)
+    dev2 = (xs - mu[pos]) ** 2
+    dev2_mean = _seg_mean(dev2, bounds)
+    s2 = np.array([float(v) ** 2 for v in noise_sd])  # Python's square (C pow) can differ from x * x
+    segs = list(zip(bounds[:-1], bounds[1:]))
+    if update == "laplace":
+        H = jtj / s2[pos][:, None, None] + _diag_rows(1.0 / prior_sd[pos] ** 2)
+        cov = np.linalg.inv(H)
+        var = _seg_mean(dev2 + np.diagonal(cov, axis1=1, axis2=2), bounds)
+        noise_var = np.array([(ssr[lo:hi].sum() + np.einsum("mij,mji->", cov[lo:hi], jtj[lo:hi])) / npts[lo:hi].sum()
+                              for lo, hi in segs])
+    elif update == "bcd":
+        var = dev2_mean
+        noise_var = np.array([ssr[lo:hi].sum() / npts[lo:hi].sum() for lo, hi in segs])
+    else:
+        var, noise_var = prior_sd**2, s2
+    floor = 1e-9 * (unit_p + np.abs(mu)) if min_sd is None else np.broadcast_to(np.asarray(min_sd, np.float64), mu.shape)
     sd = np.maximum(np.sqrt(var), floor)
-    sigma = max(float(np.sqrt(noise_var)), 1e-12 * (unit + float(np.abs(xs[:, 3]).mean())))
-    return sd, sigma
+    size_y = np.array([float(np.abs(xs[lo:hi, 3]).mean()) for lo, hi in segs])
+    sigma = np.maximum(np.sqrt(noise_var), 1e-12 * (unit + size_y))
+    return mu, sd, sigma, var, dev2_mean
+
+
+def _diag_rows(d):
+    """``(m, k, k)`` matrices with the rows of ``d`` (m, k) on their diagonals, zeros elsewhere."""
+    m, k = d.shape
+    out = np.zeros((m, k, k))
+    out[:, np.arange(k), np.arange(k)] = d
+    return out
 
 
 def laplace_m_step(xs, ssr, npts, jtj, noise_sd, prior_sd, unit, unit_p):
@@ -104,10 +132,9 @@ def laplace_m_step(xs, ssr, npts, jtj, noise_sd, prior_sd, unit, unit_p):
     The update :func:`fit_lot` applies at every iteration (``update="laplace"``), on E-step fits
     made under ``(noise_sd, prior_sd)``; ``unit`` and ``unit_p`` as from ``_units``.
     """
-    mu = xs.mean(axis=0)
-    var, noise_var = _laplace_moments((xs - mu) ** 2, ssr, npts, jtj, noise_sd, prior_sd)
-    sd, sigma = _floored(var, noise_var, mu, xs, unit, unit_p)
-    return mu, sd, sigma
+    mu, sd, sigma, _, _ = _m_steps(xs, ssr, npts, jtj, [0, len(xs)], [noise_sd], np.asarray(prior_sd)[None],
+                                   np.array([unit]), np.asarray(unit_p)[None])
+    return mu[0], sd[0], float(sigma[0])
 
 
 #: Signature parameters in the data's units (the others are rates, frequencies and phases).
@@ -297,7 +324,6 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
              for a, b in zip(bounds[:-1], bounds[1:])]
     unit = np.array([u for u, _ in units]).reshape(n_lots)
     unit_p = np.array([p for _, p in units]).reshape(n_lots, 6)
-    floor_sd = None if min_sd is None else np.asarray(min_sd, dtype=np.float64)
     out = [None] * n_lots
     history = [[] for _ in range(n_lots)]
     used_of = [None] * n_lots
@@ -325,7 +351,7 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
         npts_all = np.asarray(fit.n_points, dtype=np.float64)
         jtj_all = np.asarray(fit.jtj, dtype=np.float64)
         lo = np.r_[0, np.cumsum(sizes[active])]
-        go, spans = [], []
+        go = []
         for k, i in enumerate(active):
             u = used[lo[k]:lo[k + 1]]
             used_of[i] = u
@@ -338,30 +364,10 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
         sel = np.concatenate([lo[k] + np.flatnonzero(used[lo[k]:lo[k + 1]]) for k in go]) if go.size else np.zeros(0, np.int64)
         cnt = np.array([int(used_of[i].sum()) for i in lots], dtype=np.int64)
         ub = np.r_[0, np.cumsum(cnt)]
-        xs, ssr, npts = x[sel], ssr_all[sel], npts_all[sel]
-        mu_new = np.array([xs[a:b].mean(axis=0) for a, b in zip(ub[:-1], ub[1:])]).reshape(-1, 6)
-        pos = np.repeat(np.arange(lots.size), cnt)
-        dev2 = (xs - mu_new[pos]) ** 2
-        dev2_mean = np.array([dev2[a:b].mean(axis=0) for a, b in zip(ub[:-1], ub[1:])]).reshape(-1, 6)
-        if update == "laplace":
-            jtj = jtj_all[sel]
-            # sigma**2 as Python floats square (C pow, which can differ from x * x in the last bit)
-            s2 = np.array([float(v) ** 2 for v in sigma[lots]])
-            H = jtj / s2[pos][:, None, None] + _diag_rows(1.0 / sd[lots][pos] ** 2)
-            cov = np.linalg.inv(H)
-            spread = dev2 + np.diagonal(cov, axis1=1, axis2=2)
-            var = np.array([spread[a:b].mean(axis=0) for a, b in zip(ub[:-1], ub[1:])]).reshape(-1, 6)
-            noise_var = np.array([(ssr[a:b].sum() + np.einsum("mij,mji->", cov[a:b], jtj[a:b])) / npts[a:b].sum()
-                                  for a, b in zip(ub[:-1], ub[1:])])
-        elif update == "bcd":
-            var = dev2_mean
-            noise_var = np.array([ssr[a:b].sum() / npts[a:b].sum() for a, b in zip(ub[:-1], ub[1:])])
-        else:
-            var, noise_var = sd[lots] ** 2, sigma[lots] ** 2
-        size_y = np.array([float(np.abs(xs[a:b, 3]).mean()) for a, b in zip(ub[:-1], ub[1:])])
-        floor = 1e-9 * (unit_p[lots] + np.abs(mu_new)) if floor_sd is None else np.broadcast_to(floor_sd, mu_new.shape)
-        sd_new = np.maximum(np.sqrt(var), floor)
-        sigma_new = np.maximum(np.sqrt(noise_var), 1e-12 * (unit[lots] + size_y))
+        mu_new, sd_new, sigma_new, var, dev2_mean = _m_steps(
+            x[sel], ssr_all[sel], npts_all[sel], jtj_all[sel], ub, sigma[lots], sd[lots], unit[lots], unit_p[lots],
+            update, min_sd,
+        )
         finite = np.isfinite(mu_new).all(axis=1) & np.isfinite(sd_new).all(axis=1) & np.isfinite(sigma_new)
         post_var = var - dev2_mean if update == "laplace" else 0.0
         scale = np.sqrt(sd[lots] ** 2 + post_var)
@@ -399,10 +405,3 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
                             max_iter, False, history[i], used_of[i])
     return out
 
-
-def _diag_rows(d):
-    """``(m, k, k)`` matrices with the rows of ``d`` (m, k) on their diagonals, zeros elsewhere."""
-    m, k = d.shape
-    out = np.zeros((m, k, k))
-    out[:, np.arange(k), np.arange(k)] = d
-    return out
