@@ -194,7 +194,8 @@ def _fold_ems(x, ssr, npts, jtj, jtr, bounds, models, unit, unit_p, cfg):
         except np.linalg.LinAlgError:
             if len(ks) == 1:
                 return {ks[0]: None}
-            return {k: v for one in ks for k, v in step([one], it).items()}
+            half = len(ks) // 2  # find the EMs whose step fails by halving
+            return {**step(ks[:half], it), **step(ks[half:], it)}
         return {k: (m[j], s[j], float(sg[j])) for j, k in enumerate(ks)}
 
     active = list(range(n_ems))

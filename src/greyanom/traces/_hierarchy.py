@@ -73,9 +73,16 @@ class LotFit:
 
 
 def _seg_mean(a, bounds):
-    """Mean over axis 0 of each segment ``a[bounds[k]:bounds[k + 1]]`` (one NumPy mean per
-    segment, so that each is bit for bit the mean of that segment alone)."""
-    return np.array([a[lo:hi].mean(axis=0) for lo, hi in zip(bounds[:-1], bounds[1:])]).reshape(-1, *a.shape[1:])
+    """Mean over axis 0 of each (non-empty) segment ``a[bounds[k]:bounds[k + 1]]``, bit for bit
+    ``a[lo:hi].mean(axis=0)``: NumPy sums over a leading axis row after row, so the segments,
+    padded with zero rows to one length, are summed over that axis in one call."""
+    bounds = np.asarray(bounds)
+    cnt = np.diff(bounds)
+    j = np.arange(cnt.max())
+    idx = bounds[:-1, None] + j[None, :]
+    idx[j[None, :] >= cnt[:, None]] = len(a)  # the zero row
+    padded = np.concatenate([a, np.zeros((1, *a.shape[1:]))])[idx]
+    return padded.sum(axis=1) / cnt.reshape(-1, *([1] * (a.ndim - 1)))
 
 
 def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, update="laplace", min_sd=None):
