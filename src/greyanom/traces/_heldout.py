@@ -29,9 +29,9 @@ import types
 import numpy as np
 import pandas as pd
 
-from greyanom.traces import _fit
+from greyanom.traces import _fit, _kernels
 from greyanom.traces._frames import _analyse_chunks_steps, _offsets, _split_chunks, _with_clock
-from greyanom.traces._hierarchy import _diag_rows, _m_steps, _units
+from greyanom.traces._hierarchy import _m_steps, _units
 from greyanom.traces._scoring import COL, trace_origins
 
 __all__ = ["linearised_heldout_scores"]
@@ -134,20 +134,31 @@ def linearised_estep(x, ssr, jtj, jtr, noise_sd, mu, sd):
 
     The step solves ``(J'J / sigma^2 + diag(sd)^-2) d = J'r / sigma^2 - (x - mu) / sd^2``;
     the residual sum of squares at ``x + d`` is ``ssr - 2 d'J'r + d'J'J d`` (floored at 0).
+    Raises ``numpy.linalg.LinAlgError`` where a Hessian is not positive definite.
     """
     m = len(x)
-    return _estep_rows(x, ssr, jtj, jtr, np.full(m, noise_sd**2), np.broadcast_to(mu, (m, 6)),
-                       np.broadcast_to(sd, (m, 6)))
+    xs, ss, _, _, ok = _estep_rows(x, ssr, jtj, jtr, np.full(m, noise_sd**2), np.broadcast_to(mu, (m, 6)),
+                                   np.broadcast_to(sd, (m, 6)))
+    if not ok.all():
+        raise np.linalg.LinAlgError(f"{int((~ok).sum())} Hessian(s) not positive definite")
+    return xs, ss
 
 
-def _estep_rows(x, ssr, jtj, jtr, s2, mu, sd):
+def _estep_rows(x, ssr, jtj, jtr, s2, mu, sd, move=True, n_jobs=None):
     """:func:`linearised_estep` with a noise variance ``s2`` (m,) and a prior ``mu``, ``sd``
-    (m, 6) per row."""
-    H = jtj / s2[:, None, None] + _diag_rows(1.0 / sd**2)
+    (m, 6) per row, and what the M-step needs of the same Hessian ``H`` (one Cholesky per row,
+    :func:`greyanom.traces._kernels.posterior_batch`). ``move=False``: no step (``x``, ``ssr``
+    back). Returns ``(xs, ss, diag(H^-1), tr(H^-1 J'J), ok)``, ``ok`` False where ``H`` is not
+    positive definite."""
     g = -jtr / s2[:, None] + (x - mu) / sd**2
-    d = -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+    with _fit.numba_threads(n_jobs, len(x)):
+        d, diag, tr, ok = _kernels.posterior_batch(
+            np.ascontiguousarray(jtj), np.ascontiguousarray(s2), np.ascontiguousarray(1.0 / sd**2), np.ascontiguousarray(g)
+        )
+    if not move:
+        return x, ssr, diag, tr, ok
     ss = ssr - 2 * np.einsum("mi,mi->m", d, jtr) + np.einsum("mi,mij,mj->m", d, jtj, d)
-    return x + d, np.maximum(ss, 0.0)
+    return x + d, np.maximum(ss, 0.0), diag, tr, ok
 
 
 def _fold_em(x, ssr, npts, jtj, jtr, model, unit, unit_p, cfg):
@@ -162,11 +173,12 @@ def _fold_ems(x, ssr, npts, jtj, jtr, bounds, models, unit, unit_p, cfg):
 
     The first E-step is the fits themselves (made under the full model); each later one moves
     every signature by one Gauss-Newton step of its objective under the current prior
-    (:func:`linearised_estep`), so no trace is refitted. A step that cannot be taken (a singular
-    Hessian, non-finite values: a group with parameters the data do not identify) ends the EM
-    at the last finite prior (the full model's if the first M-step fails), with ``ok`` False.
-    The EMs still running take their steps together (one solve and one inverse over all their
-    rows; the sums EM by EM, so each EM's result is bit for bit its own).
+    (:func:`linearised_estep`), so no trace is refitted. A step that cannot be taken (a
+    Hessian that is not positive definite, non-finite values: a group with parameters the data
+    do not identify) ends the EM at the last finite prior (the full model's if the first
+    M-step fails), with ``ok`` False. The EMs still running take their steps together: one
+    Cholesky per row gives the E-step and the M-step's posterior variances (the same Hessian),
+    the sums run EM by EM.
     """
     bounds = np.asarray(bounds)
     n_ems = len(models)
@@ -175,28 +187,30 @@ def _fold_ems(x, ssr, npts, jtj, jtr, bounds, models, unit, unit_p, cfg):
     sd = [np.asarray(m.sd, dtype=np.float64) for m in models]
     ok = [True] * n_ems
     seg = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    n_jobs = getattr(cfg, "n_jobs", None)
 
     def step(ks, it):
-        """One iteration of the EMs ``ks``: ``{k: (mu, sd, sigma)}``, None where a solve failed."""
+        """One iteration of the EMs ``ks``: ``{k: (mu, sd, sigma)}``, None where a step failed."""
         rows = np.concatenate([seg[k] for k in ks])
         cnt = np.array([seg[k].size for k in ks])
         pos = np.repeat(np.arange(len(ks)), cnt)
         s2 = np.array([sigma[k] ** 2 for k in ks])
         mu_k, sd_k = np.array([mu[k] for k in ks]), np.array([sd[k] for k in ks])
-        try:
-            with np.errstate(all="ignore"):
-                if it:
-                    xs, ss = _estep_rows(x[rows], ssr[rows], jtj[rows], jtr[rows], s2[pos], mu_k[pos], sd_k[pos])
-                else:
-                    xs, ss = x[rows], ssr[rows]
-                m, s, sg, _, _ = _m_steps(xs, ss, npts[rows], jtj[rows], np.r_[0, np.cumsum(cnt)], np.array([sigma[k] for k in ks]),
-                                          sd_k, unit[ks], unit_p[ks])
-        except np.linalg.LinAlgError:
-            if len(ks) == 1:
-                return {ks[0]: None}
-            half = len(ks) // 2  # find the EMs whose step fails by halving
-            return {**step(ks[:half], it), **step(ks[half:], it)}
-        return {k: (m[j], s[j], float(sg[j])) for j, k in enumerate(ks)}
+        with np.errstate(all="ignore"):
+            xs, ss, diag, tr, good = _estep_rows(x[rows], ssr[rows], jtj[rows], jtr[rows], s2[pos], mu_k[pos],
+                                                 sd_k[pos], move=it > 0, n_jobs=n_jobs)
+            bad = np.bincount(pos[~good], minlength=len(ks)) > 0
+            keep = ~bad[pos]
+            out = {k: None for k, b in zip(ks, bad) if b}
+            if keep.any():
+                use = np.flatnonzero(~bad)
+                m, s, sg, _, _ = _m_steps(
+                    xs[keep], ss[keep], npts[rows][keep], jtj[rows][keep], np.r_[0, np.cumsum(cnt[use])],
+                    np.array([sigma[ks[j]] for j in use]), sd_k[use], unit[[ks[j] for j in use]],
+                    unit_p[[ks[j] for j in use]], posterior=(diag[keep], tr[keep]),
+                )
+                out.update({ks[j]: (m[i], s[i], float(sg[i])) for i, j in enumerate(use)})
+        return out
 
     active = list(range(n_ems))
     for it in range(cfg.max_em_iter):

@@ -85,7 +85,8 @@ def _seg_mean(a, bounds):
     return padded.sum(axis=1) / cnt.reshape(-1, *([1] * (a.ndim - 1)))
 
 
-def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, update="laplace", min_sd=None):
+def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, update="laplace", min_sd=None,
+             posterior=None):
     """The M-steps of many EMs at once (EM ``k``: the rows ``bounds[k]:bounds[k + 1]``).
 
     ``xs``, ``ssr``, ``npts``, ``jtj``: each used trace's signature, residual sum of squares,
@@ -95,6 +96,8 @@ def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, updat
     ``(J'J / sigma^2 + diag(sigma_S)^-2)^-1`` added), ``"bcd"`` or ``"mean"`` (see
     :func:`fit_lot`). Returns ``(mu_S, sigma_S, sigma, var, dev2)``: the new prior and noise
     sd above their floors, the M-step's variances and the mean squared deviations.
+    ``posterior``: each row's ``(diag(H^-1), tr(H^-1 J'J))`` when the caller has them
+    (``H = J'J / sigma^2 + diag(sigma_S)^-2``), instead of inverting ``H`` here.
 
     The sums run segment by segment and ``sigma**2`` as a Python float's square, as one EM
     alone computes them, so every EM's step is bit for bit its own.
@@ -107,7 +110,10 @@ def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, updat
     dev2_mean = _seg_mean(dev2, bounds)
     s2 = np.array([float(v) ** 2 for v in noise_sd])  # Python's square (C pow) can differ from x * x
     segs = list(zip(bounds[:-1], bounds[1:]))
-    if update == "laplace":
+    if update == "laplace" and posterior is not None:
+        var = _seg_mean(dev2 + posterior[0], bounds)
+        noise_var = np.array([(ssr[lo:hi].sum() + posterior[1][lo:hi].sum()) / npts[lo:hi].sum() for lo, hi in segs])
+    elif update == "laplace":
         H = jtj / s2[pos][:, None, None] + _diag_rows(1.0 / prior_sd[pos] ** 2)
         cov = np.linalg.inv(H)
         var = _seg_mean(dev2 + np.diagonal(cov, axis1=1, axis2=2), bounds)
