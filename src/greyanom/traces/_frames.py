@@ -267,7 +267,9 @@ def _analyse_chunks_steps(chunks, models, cfg, groups, features=True):
     arrays ``(A, n_points, status, prior)``, one row per trace.
 
     ``models``: the :class:`NormalModel` of each chunk's group (None: unknown group);
-    ``groups``: each chunk's group key (for messages). A generator of its fits
+    ``groups``: each chunk's group key (for messages). Each chunk's result also carries
+    ``(ok, fit)``: the traces fitted and their fit under the normal-model prior (with
+    ``features``; None without, or for a chunk without a model). A generator of its fits
     (``_FitRequest``, or lists of them), driven by ``_fit._run_fits``: the lot EMs of all chunks
     run as one (:func:`~greyanom.traces._hierarchy._fit_lots_steps`, one kernel call per
     E-step over every lot still running), then the normal-model-prior fits of the chunks that
@@ -310,7 +312,8 @@ def _analyse_chunks_steps(chunks, models, cfg, groups, features=True):
         for p, fit in zip(parts, fits):
             if p.ok.size:
                 write_features(p.A, p.ok, _fit._signature_fit(fit, None), p.traces)
-    return [(p.A, p.n_points, p.status, p.prior) for p in parts]
+    return [(p.A, p.n_points, p.status, p.prior, (p.ok, fit if features and p.ok.size else None))
+            for p, fit in zip(parts, fits)]
 
 
 def _chunk_start(chunk, model, cfg):
@@ -383,13 +386,14 @@ def _chunk_frame(A, n_points, status, prior):
     return out
 
 
-def _analyse_partition(part, models, cfg):
+def _analyse_partition(part, models, cfg, prior_fits=None):
     """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns.
 
     The frame is sorted and cut into chunks once (:func:`_split_chunks`); the chunks' fits
     run together, one kernel call per step over all chunks (the same results as chunk by
     chunk: every trace's fit is independent of the others in its batch), and the result is
-    framed once.
+    framed once. ``prior_fits``: a dict to fill with ``{chunk key: (ok, fit)}``, each chunk's
+    fits under the normal-model prior (what the held-out pass would otherwise fit again).
     """
     group_keys, trace_keys, lot_key = cfg.group_keys, cfg.trace_keys, cfg.lot_key
     by = [*group_keys] + ([lot_key] if lot_key is not None else [])
@@ -398,6 +402,8 @@ def _analyse_partition(part, models, cfg):
     keys, chunks, first_rows = _split_chunks(part, by, cfg)
     groups = [key[: len(group_keys)] for key in keys]
     (done,) = _fit._run_fits([_analyse_chunks_steps(chunks, [models.get(g) for g in groups], cfg, groups)], cfg.n_jobs)
+    if prior_fits is not None:
+        prior_fits.update({key: d[4] for key, d in zip(keys, done)})
     res = _chunk_frame(*(np.concatenate([d[i] for d in done]) for i in range(4)))
     # keys as Python objects, their dtypes inferred (the same from pandas and dask partitions)
     kdf = pd.DataFrame({c: part[c].to_numpy(dtype=object)[first_rows].tolist() for c in [*group_keys, *trace_keys]})
@@ -552,11 +558,12 @@ def fit_dask(X, cfg, initial_lots=None):
     return _add_clock_columns(table, offsets, cfg), train
 
 
-def analyse_frame(X, models, cfg):
+def analyse_frame(X, models, cfg, prior_fits=None):
     """One row per trace of a pandas or dask frame (keys as columns), in the frame's order.
 
     Every trace of a pandas ``X`` has a row, also one whose samples are all non-finite
     (status ``"too_short"``, ``n_points`` 0). ``models``: ``{group key: NormalModel}``.
+    ``prior_fits``: see :func:`_analyse_partition` (pandas ``X`` only; left empty for dask).
     """
     tk, gk = cfg.trace_keys, cfg.group_keys
     if _is_dask(X):
@@ -572,7 +579,7 @@ def analyse_frame(X, models, cfg):
         return res.sort_values([*gk, *tk], kind="mergesort")
     df, keys = prepare_frame(X, cfg, return_keys=True)
     df, cfg = _with_clock(df, _offsets(models), cfg)
-    res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
+    res = _analyse_partition(df, models, cfg, prior_fits) if len(df) else _empty_result(cfg)
     order = keys[[*gk, *tk]].drop_duplicates()
     res = order.merge(res, on=[*gk, *tk], how="left")
     lost = res["status"].isna().to_numpy()

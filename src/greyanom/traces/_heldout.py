@@ -86,6 +86,18 @@ def _group_fits(parts, model):
     return types.SimpleNamespace(x=x, ssr=ssr, npts=npts, jtj=jtj, jtr=jtr, fold=fold, unit=unit, unit_p=unit_p)
 
 
+def _known_fit(known, chunk, model, cfg):
+    """``known``, a chunk's ``(ok, fit)`` from the analysis, if it is what
+    :func:`_prior_fit_steps` would fit for ``chunk`` (the same traces); else None."""
+    if known is None or model is None:
+        return None
+    ok, fit = known
+    want = np.flatnonzero(chunk.n_points >= cfg.min_points)
+    if fit is None or not np.array_equal(ok, want) or len(fit) != ok.size:
+        return None
+    return ok, fit
+
+
 def _fold_models(parts, model, folds, cfg):
     """``{fold: NormalModel}`` of one group (``cfg.group``); see :func:`_all_fold_models`."""
     return _all_fold_models({cfg.group: parts}, {cfg.group: model}, folds, cfg).get(cfg.group, {})
@@ -245,7 +257,7 @@ def _fold_ems(x, ssr, npts, jtj, jtr, bounds, models, unit, unit_p, cfg):
     return [(mu[k], sd[k], sigma[k], ok[k]) for k in range(n_ems)]
 
 
-def linearised_heldout_scores(df, row_fold, models, cfg):
+def linearised_heldout_scores(df, row_fold, models, cfg, prior_fits=None):
     """Held-out score of every training trace that can be scored (see the module docstring).
 
     Parameters
@@ -257,6 +269,10 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
     models : dict
         ``{group key: NormalModel}``, the normal model fitted on all of ``df``.
     cfg : FitConfig
+    prior_fits : dict or None
+        ``{chunk key: (ok, fit)}``, the (group, lot) chunks' fits under ``models`` from the
+        analysis of ``df`` (:func:`~greyanom.traces._frames.analyse_frame`), reused instead of
+        fitting every trace again; a chunk missing or not matching is fitted here.
 
     Returns
     -------
@@ -270,9 +286,11 @@ def linearised_heldout_scores(df, row_fold, models, cfg):
     starts = np.r_[0, np.cumsum([len(ch) for ch in chunks])]
     trace_folds = [row_fold[first_rows[a:b]] for a, b in zip(starts[:-1], starts[1:])]
     gkeys = [k[: len(gk)] for k in keys]
-    fits = _fit._run_fits(
-        [_prior_fit_steps(ch, models.get(g), c) for ch, g in zip(chunks, gkeys)], c.n_jobs
-    )
+    fits = [_known_fit((prior_fits or {}).get(k), ch, models.get(g), c) for k, ch, g in zip(keys, chunks, gkeys)]
+    todo = [i for i, f in enumerate(fits) if f is None]
+    done = _fit._run_fits([_prior_fit_steps(chunks[i], models.get(gkeys[i]), c) for i in todo], c.n_jobs)
+    for i, f in zip(todo, done):
+        fits[i] = f
     folds = np.unique(row_fold)
     by_group = {}
     for g, ch, tf, fit in zip(gkeys, chunks, trace_folds, fits):

@@ -309,9 +309,11 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
 
     def _fit(self, X):
         check_random_state(self.random_state)
-        analyser, train, train_wafers, train_frame = self._analyser(fitted=False).fit(X)
+        analyser, train, train_wafers, train_frame, prior_fits = self._analyser(fitted=False).fit(X)
         if isinstance(train_frame, pd.DataFrame):
-            self._heldout_state = train_frame  # the prepared frame, taken (and dropped) by _heldout_scores
+            # the prepared frame and its traces' fits under the normal model, taken (and
+            # dropped) by _heldout_scores
+            self._heldout_state = (train_frame, prior_fits)
         self.normal_model_, self.n_groups_ = analyser.normal_model, len(analyser.normal_model)
         self.train_scores_ = train["score"][train["score"].notna()]
         self.train_status_ = train["status"]
@@ -326,10 +328,10 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         return self.train_scores_.to_numpy()
 
     def _heldout_scores(self, X, train_scores):
-        frame = self.__dict__.pop("_heldout_state", None)
-        return self._analyser().heldout_scores(X, self.cv, self.random_state, train_frame=frame).to_numpy(
-            dtype=np.float64
-        )
+        frame, prior_fits = self.__dict__.pop("_heldout_state", (None, None))
+        return self._analyser().heldout_scores(
+            X, self.cv, self.random_state, train_frame=frame, prior_fits=prior_fits
+        ).to_numpy(dtype=np.float64)
 
     # -- the contract, with pandas results ---------------------------------------------------
     @threaded
