@@ -78,6 +78,8 @@ def _seg_mean(a, bounds):
     padded with zero rows to one length, are summed over that axis in one call."""
     bounds = np.asarray(bounds)
     cnt = np.diff(bounds)
+    if not cnt.size:
+        return np.zeros((0, *a.shape[1:]))
     j = np.arange(cnt.max())
     idx = bounds[:-1, None] + j[None, :]
     idx[j[None, :] >= cnt[:, None]] = len(a)  # the zero row
@@ -374,6 +376,9 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
             go.append(k)
         go = np.asarray(go, dtype=np.int64)
         lots = active[go]
+        if not lots.size:  # every lot still running had fewer than 2 traces fitted
+            active = lots
+            break
         sel = np.concatenate([lo[k] + np.flatnonzero(used[lo[k]:lo[k + 1]]) for k in go]) if go.size else np.zeros(0, np.int64)
         cnt = np.array([int(used_of[i].sum()) for i in lots], dtype=np.int64)
         ub = np.r_[0, np.cumsum(cnt)]

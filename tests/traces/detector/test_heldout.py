@@ -234,3 +234,24 @@ def test_heldout_scores_equal_those_before_the_batched_pass():
     s = TraceAnalyser.of(det).heldout_scores(df, det.cv, det.random_state)
     np.testing.assert_array_equal(s.index.to_frame().astype(str).agg("/".join, axis=1).to_numpy(), ref["heldout_index"])
     np.testing.assert_allclose(s.to_numpy(), ref["heldout"], rtol=1e-10, atol=1e-12)
+
+
+def test_fit_reuses_the_analysis_fits_of_the_training_traces(monkeypatch):
+    """``fit`` hands its analysis's fits under the normal model to the held-out pass, which then
+    fits no trace under the normal model again, and gives what a fresh pass gives, bit for bit."""
+    import greyanom.traces._heldout as heldout
+
+    df = make_pi_lots(n_lots=3, wafers_per_lot=8, sensors=("v", "u"), n_points=50, random_state=7)
+    orig, calls = heldout._prior_fit_steps, []
+
+    def spy(chunk, model, cfg):
+        calls.append(len(chunk))
+        return orig(chunk, model, cfg)
+
+    monkeypatch.setattr(heldout, "_prior_fit_steps", spy)
+    det = ShapeSignatureDetector(group_keys=("sensor",), lot_key="lot", n_jobs=1, random_state=0).fit(df)
+    assert calls == []
+    fresh = TraceAnalyser.of(det).heldout_scores(df, det.cv, det.random_state)
+    assert sum(calls) == len(det.train_status_)
+    np.testing.assert_array_equal(det.heldout_scores_, fresh.to_numpy())
+    assert not hasattr(det, "_heldout_state")
