@@ -2,8 +2,9 @@
 
 Refitting the normal model of every group on the other folds (a Laplace-EM over their traces,
 :func:`greyanom.traces._hierarchy.fit_lot`) cost ``cv`` fits. :func:`linearised_heldout_scores`
-fits every training trace once under the full normal model instead (the E-step at the full
-model's fixed point) and runs each fold's Laplace-EM over the other folds' traces from there
+takes every training trace's fit under the full normal model instead (the E-step at the full
+model's fixed point; the in-sample analysis has made these fits for the wafer features and
+hands them over) and runs each fold's Laplace-EM over the other folds' traces from there
 with **linearised E-steps**: every later E-step moves each trace's signature by one
 Gauss-Newton step of its objective under the fold's current prior (its ``J'J`` kept, its
 residual sum of squares updated to second order) instead of refitting it. The first M-step
