@@ -130,7 +130,8 @@ def _all_fold_models(by_group, models, folds, cfg):
                 ems.append((g, f, use))
     if not ems:
         return {}
-    stack = {k: np.concatenate([getattr(data[g], k)[rows] for g, _, rows in ems]) for k in ("x", "ssr", "npts", "jtj", "jtr")}
+    stack = {k: np.concatenate([getattr(data[g], k)[rows] for g, _, rows in ems])
+             for k in ("x", "ssr", "npts", "jtj", "jtr")}
     bounds = np.r_[0, np.cumsum([rows.size for _, _, rows in ems])]
     res = _fold_ems(
         stack["x"], stack["ssr"], stack["npts"], stack["jtj"], stack["jtr"], bounds, [models[g] for g, _, _ in ems],
@@ -177,7 +178,7 @@ def _estep_rows(x, ssr, jtj, jtr, s2, mu, sd, move=True, n_jobs=None):
     g = -jtr / s2[:, None] + (x - mu) / sd**2
     with _fit.numba_threads(n_jobs, len(x)):
         d, diag, tr, ok = _kernels.posterior_batch(
-            np.ascontiguousarray(jtj), np.ascontiguousarray(s2), np.ascontiguousarray(1.0 / sd**2), np.ascontiguousarray(g)
+            *(np.ascontiguousarray(a) for a in (jtj, s2, 1.0 / sd**2, g))
         )
     if not move:
         return x, ssr, diag, tr, ok

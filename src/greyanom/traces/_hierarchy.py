@@ -126,7 +126,10 @@ def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, updat
         noise_var = np.array([ssr[lo:hi].sum() / npts[lo:hi].sum() for lo, hi in segs])
     else:
         var, noise_var = prior_sd**2, s2
-    floor = 1e-9 * (unit_p + np.abs(mu)) if min_sd is None else np.broadcast_to(np.asarray(min_sd, np.float64), mu.shape)
+    if min_sd is None:
+        floor = 1e-9 * (unit_p + np.abs(mu))
+    else:
+        floor = np.broadcast_to(np.asarray(min_sd, dtype=np.float64), mu.shape)
     sd = np.maximum(np.sqrt(var), floor)
     size_y = np.array([float(np.abs(xs[lo:hi, 3]).mean()) for lo, hi in segs])
     sigma = np.maximum(np.sqrt(noise_var), 1e-12 * (unit + size_y))
@@ -379,7 +382,7 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
         if not lots.size:  # every lot still running had fewer than 2 traces fitted
             active = lots
             break
-        sel = np.concatenate([lo[k] + np.flatnonzero(used[lo[k]:lo[k + 1]]) for k in go]) if go.size else np.zeros(0, np.int64)
+        sel = np.concatenate([lo[k] + np.flatnonzero(used[lo[k]:lo[k + 1]]) for k in go])
         cnt = np.array([int(used_of[i].sum()) for i in lots], dtype=np.int64)
         ub = np.r_[0, np.cumsum(cnt)]
         mu_new, sd_new, sigma_new, var, dev2_mean = _m_steps(

@@ -205,7 +205,8 @@ def test_fold_ems_run_together_give_each_em_its_own_result(lot):
     flat = NormalModel(model.noise_sd, model.mu, np.r_[1e200, model.sd[1:]])  # its EM cannot step
     jtj0 = jtj.copy()
     jtj0[:, 0, :] = jtj0[:, :, 0] = 0.0
-    ems = [(slice(0, 30), model, jtj), (slice(10, 40), model, jtj), (slice(0, 40), flat, jtj0), (slice(5, 25), model, jtj)]
+    ems = [(slice(0, 30), model, jtj), (slice(10, 40), model, jtj), (slice(0, 40), flat, jtj0),
+           (slice(5, 25), model, jtj)]
     rows = [np.arange(len(x))[s] for s, _, _ in ems]
     bounds = np.r_[0, np.cumsum([r.size for r in rows])]
     r = np.concatenate(rows)
