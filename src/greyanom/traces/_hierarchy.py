@@ -369,22 +369,18 @@ def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_it
         npts_all = np.asarray(fit.n_points, dtype=np.float64)
         jtj_all = np.asarray(fit.jtj, dtype=np.float64)
         lo = np.r_[0, np.cumsum(sizes[active])]
-        go = []
+        n_used = np.add.reduceat(used.astype(np.int64), lo[:-1])
         for k, i in enumerate(active):
-            u = used[lo[k]:lo[k + 1]]
-            used_of[i] = u
-            if u.sum() < 2:
-                out[i] = ValueError(f"only {int(u.sum())} of {sizes[i]} traces could be fitted; need at least 2.")
-                continue
-            go.append(k)
-        go = np.asarray(go, dtype=np.int64)
+            used_of[i] = used[lo[k]:lo[k + 1]]
+            if n_used[k] < 2:
+                out[i] = ValueError(f"only {n_used[k]} of {sizes[i]} traces could be fitted; need at least 2.")
+        go = np.flatnonzero(n_used >= 2)
         lots = active[go]
         if not lots.size:  # every lot still running had fewer than 2 traces fitted
             active = lots
             break
-        sel = np.concatenate([lo[k] + np.flatnonzero(used[lo[k]:lo[k + 1]]) for k in go])
-        cnt = np.array([int(used_of[i].sum()) for i in lots], dtype=np.int64)
-        ub = np.r_[0, np.cumsum(cnt)]
+        sel = np.flatnonzero(used & np.repeat(n_used >= 2, sizes[active]))
+        ub = np.r_[0, np.cumsum(n_used[go])]
         mu_new, sd_new, sigma_new, var, dev2_mean = _m_steps(
             x[sel], ssr_all[sel], npts_all[sel], jtj_all[sel], ub, sigma[lots], sd[lots], unit[lots], unit_p[lots],
             update, min_sd,
