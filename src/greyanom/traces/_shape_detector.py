@@ -142,8 +142,8 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         about one more analysis of the training traces. Against normal models refitted per
         fold (``benchmarks/shape_heldout_approx.py``): on simulated lots, per-trace correlation
         0.9996, thresholds within 3.5 %, the same false alarms; on LAM 9600, correlation 0.95,
-        threshold 6 % lower, false alarms 5.0 % against 4.5 %; ``fit`` there took 1.3-1.5 times
-        the in-sample fit.
+        threshold 6 % lower, false alarms 5.0 % against 4.5 %; ``fit`` there took 1.26-1.43 times
+        the in-sample fit (2.0 before its held-out pass was batched).
         The wafer model is cross-fitted either way (its normalisers are made of held-out
         scores), so ``wafer_threshold_`` does not change.
     random_state : int, RandomState instance or None, default=None
