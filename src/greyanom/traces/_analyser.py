@@ -136,20 +136,22 @@ class TraceAnalyser:
         """Fit the normal model and analyse the training traces with it.
 
         Returns the fitted analyser, the analysis rows of the training traces, their wafer
-        features (the wafer scorer's training data) and the prepared training frame (pandas,
-        or the dask frame).
+        features (the wafer scorer's training data), the prepared training frame (pandas,
+        or the dask frame) and the training traces' fits under the normal model (for
+        :meth:`heldout_scores`; empty for a dask frame).
         """
         table, train_frame = self.fit_normal_model(X)
         fitted = self.with_model(table)
-        train = fitted.analyse(train_frame)
+        prior_fits = {}
+        train = fitted.analyse(train_frame, prior_fits=prior_fits)
         if not train["score"].notna().any():
             raise ValueError("no training trace could be scored; check min_points and the data.")
-        return fitted, train, fitted.wafer_table(train, train_frame), train_frame
+        return fitted, train, fitted.wafer_table(train, train_frame), train_frame, prior_fits
 
     def with_model(self, normal_model):
         return dataclasses.replace(self, normal_model=normal_model)
 
-    def heldout_scores(self, X, cv, random_state, refit=False, train_frame=None):
+    def heldout_scores(self, X, cv, random_state, refit=False, train_frame=None, prior_fits=None):
         """Held-out per-trace scores of the training traces (for a held-out ``offset_``).
 
         A :class:`pandas.Series` of the traces that could be scored, fold after fold, indexed
@@ -163,7 +165,9 @@ class TraceAnalyser:
         one more analysis of the training traces). ``refit=True`` refits the normal models on the other folds
         instead (about ``cv`` fits; the reference the approximation is measured against).
         A dask DataFrame is computed into pandas for these fits. ``train_frame``: the prepared
-        pandas training frame of ``X`` when the caller has it (from :meth:`fit`).
+        pandas training frame of ``X`` when the caller has it (from :meth:`fit`), and
+        ``prior_fits`` the fits of its traces under the normal model (also from :meth:`fit`),
+        so that they are not fitted again.
         """
         if train_frame is None and _is_dask(X):
             X = X.compute()  # the held-out fits run in-process: they need row indexing by wafer
@@ -179,7 +183,7 @@ class TraceAnalyser:
         codes = pd.Index(uniq).get_indexer(wafer)
         folds = make_folds(len(uniq), cv, random_state, groups=lot_of, what="wafers")
         if not refit:
-            return linearised_heldout_scores(df, folds[codes], self.models(), cfg)
+            return linearised_heldout_scores(df, folds[codes], self.models(), cfg, prior_fits)
 
         def fit_score(train, test):
             table = _normal_model_table(fit_frame(df[np.isin(codes, train)], cfg), gk)
@@ -190,19 +194,20 @@ class TraceAnalyser:
         return out[out.notna()]
 
     # -- analysis ---------------------------------------------------------------------------
-    def analyse(self, X, warn=True, lot_fits=True):
+    def analyse(self, X, warn=True, lot_fits=True, prior_fits=None):
         """One row per trace: signature, terms, score, gradient, features, status (index = keys).
 
         Every trace of ``X`` has a row, also one whose samples are all non-finite (status
         ``"too_short"``, ``n_points`` 0). With ``lot_fits=False`` only the normal-model-prior
         fits run (as with ``lot_prior="normal"``): enough for the wafer features, which come
-        from those fits in either case.
+        from those fits in either case. ``prior_fits``: a dict to fill with the (group, lot)
+        chunks' fits under the normal model (pandas ``X``), for :meth:`heldout_scores`.
         """
         cfg = self.cfg
         if not lot_fits:
             cfg = dataclasses.replace(cfg, lot_prior="normal")
         tk, gk = cfg.trace_keys, cfg.group_keys
-        res = analyse_frame(X, self.models(), cfg)
+        res = analyse_frame(X, self.models(), cfg, prior_fits)
         res = res.set_index([*gk, *tk])
         if warn:
             _warn_statuses(res["status"])

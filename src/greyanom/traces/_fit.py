@@ -517,7 +517,8 @@ def _fit_many(requests, n_jobs=None):
 def _run_fits(steps, n_jobs=None):
     """Drive generators that yield :class:`_FitRequest` and receive their fits, in lock step.
 
-    Returns each generator's return value (or the exception it raised) in order.
+    A generator may also yield a list of requests and receives the list of their fits. Returns
+    each generator's return value in order.
     """
     results = [None] * len(steps)
     pending = {}
@@ -533,7 +534,13 @@ def _run_fits(steps, n_jobs=None):
         advance(i, None)
     while pending:
         idx = list(pending)
-        fits = _fit_many([pending[i] for i in idx], n_jobs)
-        for i, f in zip(idx, fits):
-            advance(i, f)
+        requests, spans = [], []
+        for i in idx:
+            many = isinstance(pending[i], list)
+            spans.append((len(requests), many))
+            requests.extend(pending[i] if many else [pending[i]])
+        fits = _fit_many(requests, n_jobs) if requests else []
+        ends = [a for a, _ in spans[1:]] + [len(requests)]
+        for i, (a, many), b in zip(idx, spans, ends):
+            advance(i, fits[a:b] if many else fits[a])
     return results

@@ -2,7 +2,7 @@
 
 Module-level functions, so that dask can ship them to workers: the sort and cut of a partition
 into chunks of flat arrays (``_split_chunks``, once per partition), the normal model of one group
-(``_fit_group``), the fit and scoring of one (group, lot) chunk (``_analyse_chunk_steps``, arrays
+(``_fit_group``), the fit and scoring of the (group, lot) chunks (``_analyse_chunks_steps``, arrays
 framed once per partition) and the partition drivers. The statuses of traces live in
 :mod:`greyanom.traces._status`, the one table of the trace side.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 import warnings
 
 import numpy as np
@@ -21,7 +22,7 @@ from greyanom.traces import _fit
 from greyanom.traces._keys import key_tuple
 from greyanom.traces._ragged import Traces
 from greyanom.traces._status import OUT_OF_RANGE
-from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lot_steps
+from greyanom.traces._hierarchy import PARAMS, _fit_lot, _fit_lots_steps
 from greyanom.traces._scoring import (
     COL,
     N_CURVE,
@@ -261,13 +262,63 @@ def _fit_group(chunk, cfg):
     return row
 
 
-def _analyse_chunk_steps(chunk, model, cfg, features=True):
-    """Fit and score the traces of one (group, lot) :class:`_Chunk`; returns the arrays
-    ``(A, n_points, status, prior)``, one row per trace. A generator of its fits
-    (``_FitRequest``), so that the chunks of a partition fit together in one kernel call per
-    step (``_fit._run_fits``). ``features=False`` leaves the wafer-feature columns NaN (and
-    skips the normal-model-prior fit they need after a lot fit)."""
-    request = _fit._FitRequest
+def _analyse_chunks_steps(chunks, models, cfg, groups, features=True):
+    """Fit and score the traces of (group, lot) :class:`_Chunk` objects; returns, per chunk, the
+    arrays ``(A, n_points, status, prior)``, one row per trace.
+
+    ``models``: the :class:`NormalModel` of each chunk's group (None: unknown group);
+    ``groups``: each chunk's group key (for messages). Each chunk's result also carries
+    ``(ok, fit)``: the traces fitted and their fit under the normal-model prior (with
+    ``features``; None without, or for a chunk without a model). A generator of its fits
+    (``_FitRequest``, or lists of them), driven by ``_fit._run_fits``: the lot EMs of all chunks
+    run as one (:func:`~greyanom.traces._hierarchy._fit_lots_steps`, one kernel call per
+    E-step over every lot still running), then the normal-model-prior fits of the chunks that
+    need one, all in one kernel call; every trace's fit is independent of the others in its
+    batch, so each chunk's result is that of its own analysis. ``features=False`` leaves the
+    wafer-feature columns NaN (and skips the normal-model-prior fit they need after a lot fit).
+    """
+    parts = [_chunk_start(ch, m, cfg) for ch, m in zip(chunks, models)]
+    fits = [None] * len(parts)
+    lots = [i for i, p in enumerate(parts) if p.ok.size and cfg.lot_fits and p.ok.size >= cfg.min_lot_size]
+    if lots:
+        init = tuple(np.array([models[i].prior[j] for i in lots], dtype=np.float64) for j in range(3))
+        done = yield from _fit_lots_steps(
+            _fit._concat_traces([parts[i].traces for i in lots]), [parts[i].ok.size for i in lots], init,
+            update="laplace" if cfg.lot_prior == "em" else "mean", max_iter=cfg.max_em_iter, tol=cfg.em_tol,
+            fit_kwargs={"origin": np.concatenate([parts[i].origin[parts[i].ok] for i in lots])},
+        )
+        for i, lot in zip(lots, done):
+            if isinstance(lot, ValueError):  # too few traces fitted: fall back on the normal-model prior
+                _logger.info("lot fit of %r failed (%s); using the normal-model prior", groups[i], lot)
+                continue
+            fits[i] = lot.fit
+            parts[i].prior[parts[i].ok] = "lot"
+    normal = [i for i, p in enumerate(parts) if p.ok.size and fits[i] is None]
+    # the private fit does not warn: non-converged fits get the status "not_converged"
+    got = yield [_normal_prior_request(parts[i], models[i]) for i in normal]
+    for i, fit in zip(normal, got):
+        fits[i] = fit
+        parts[i].prior[parts[i].ok] = "normal"
+    for p, fit, model in zip(parts, fits, models):
+        if p.ok.size:
+            _score_chunk(p, fit, model)
+    if features:
+        # wafer features come from the normal-model-prior fit, so that a wafer's features do
+        # not depend on which other wafers share its lot in the batch
+        need = [i for i, p in enumerate(parts) if p.ok.size and p.prior[p.ok[0]] != "normal"]
+        got = yield [_normal_prior_request(parts[i], models[i]) for i in need]
+        for i, fit in zip(need, got):
+            fits[i] = fit
+        for p, fit in zip(parts, fits):
+            if p.ok.size:
+                write_features(p.A, p.ok, _fit._signature_fit(fit, None), p.traces)
+    return [(p.A, p.n_points, p.status, p.prior, (p.ok, fit if features and p.ok.size else None))
+            for p, fit in zip(parts, fits)]
+
+
+def _chunk_start(chunk, model, cfg):
+    """The result arrays of one chunk before any fit (origins, durations, statuses) and the
+    traces to fit (``ok``: those with ``min_points`` samples; none without a model)."""
     n = len(chunk)
     A = np.full((n, len(RESULT_FLOAT)), np.nan)  # filled as arrays, framed once per partition
     n_points = chunk.n_points
@@ -284,62 +335,47 @@ def _analyse_chunk_steps(chunk, model, cfg, features=True):
     prior = np.full(n, "none", dtype=object)
     if model is None:
         status[:] = "unknown_group"
-        return A, n_points, status, prior
-    short = n_points < cfg.min_points
-    status[short] = "too_short"
-    ok = np.flatnonzero(~short)
-    if ok.size:
-        sigma, mu, sd = model.noise_sd, model.mu, model.sd
-        fkw = {"origin": origin[ok]}
-        traces = chunk.traces(ok)
-        fit = None
-        if cfg.lot_fits and ok.size >= cfg.min_lot_size:
-            try:
-                lot = yield from _fit_lot_steps(
-                    traces,
-                    init=model.prior,
-                    update="laplace" if cfg.lot_prior == "em" else "mean",
-                    max_iter=cfg.max_em_iter,
-                    tol=cfg.em_tol,
-                    fit_kwargs=fkw,
-                )
-                fit = lot.fit
-                prior[ok] = "lot"
-            except ValueError as exc:  # too few traces fitted: fall back on the normal-model prior
-                _logger.info("lot fit of %r failed (%s); using the normal-model prior", cfg.group, exc)
-        if fit is None:
-            # the private fit does not warn: non-converged fits get the status "not_converged"
-            fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
-            prior[ok] = "normal"
-        x, success, ssr, jtj = fit.pp, fit.success, fit.ssr, fit.jtj
-        finite = np.isfinite(x).all(axis=1)
-        npts = fit.n_points.astype(np.float64)
-        good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
-        status[ok[~good]] = "fit_failed"
-        status[ok[~good & np.isin(np.asarray(fit.status), OUT_OF_RANGE)]] = "out_of_range"
-        status[ok[good & ~success]] = "not_converged"
-        g = ok[good]
-        if g.size:
-            xs = x[good]
-            p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
-            # the gradient under the normal model, from the fit kernel's last evaluation
-            grad = _fit.prior_gradient(fit.jtr[good], xs, mu, sd, sigma)
-            A[np.ix_(g, cols(*PARAMS))] = xs
-            A[g, COL["ssr"]] = ssr[good]
-            A[g, COL["p_eff"]] = p_eff
-            A[g, COL["fit"]] = fterm
-            A[np.ix_(g, cols(*[f"P_{p}" for p in PARAMS]))] = P
-            A[g, COL["score"]] = fterm + P.sum(axis=1)
-            A[g, COL["score_raw"]] = raw
-            A[np.ix_(g, cols(*[f"d_{p}" for p in PARAMS]))] = np.asarray(grad, dtype=np.float64)
-        if not features:
-            return A, n_points, status, prior
-        # wafer features come from the normal-model-prior fit, so that a wafer's features do
-        # not depend on which other wafers share its lot in the batch
-        if prior[ok[0]] != "normal":
-            fit = yield request(traces, {"prior": (mu, sd), "noise_sd": sigma, **fkw})
-        write_features(A, ok, _fit._signature_fit(fit, None), traces)
-    return A, n_points, status, prior
+        ok = np.zeros(0, dtype=np.int64)
+    else:
+        short = n_points < cfg.min_points
+        status[short] = "too_short"
+        ok = np.flatnonzero(~short)
+    traces = chunk.traces(ok) if ok.size else None
+    return types.SimpleNamespace(A=A, n_points=n_points, status=status, prior=prior, ok=ok, origin=origin,
+                                 traces=traces)
+
+
+def _normal_prior_request(part, model):
+    """The fit of a chunk's traces under the normal-model prior, as a ``_FitRequest``."""
+    return _fit._FitRequest(
+        part.traces, {"prior": (model.mu, model.sd), "noise_sd": model.noise_sd, "origin": part.origin[part.ok]}
+    )
+
+
+def _score_chunk(part, fit, model):
+    """Write the statuses, signatures and score terms of one chunk's fitted traces into ``part``."""
+    A, status, ok = part.A, part.status, part.ok
+    x, success, ssr, jtj = fit.pp, fit.success, fit.ssr, fit.jtj
+    finite = np.isfinite(x).all(axis=1)
+    npts = fit.n_points.astype(np.float64)
+    good = finite & np.isfinite(ssr) & np.isfinite(jtj).all(axis=(1, 2))
+    status[ok[~good]] = "fit_failed"
+    status[ok[~good & np.isin(np.asarray(fit.status), OUT_OF_RANGE)]] = "out_of_range"
+    status[ok[good & ~success]] = "not_converged"
+    g = ok[good]
+    if g.size:
+        xs = x[good]
+        p_eff, fterm, P, raw = score_terms(xs, ssr[good], npts[good], jtj[good], model)
+        # the gradient under the normal model, from the fit kernel's last evaluation
+        grad = _fit.prior_gradient(fit.jtr[good], xs, model.mu, model.sd, model.noise_sd)
+        A[np.ix_(g, cols(*PARAMS))] = xs
+        A[g, COL["ssr"]] = ssr[good]
+        A[g, COL["p_eff"]] = p_eff
+        A[g, COL["fit"]] = fterm
+        A[np.ix_(g, cols(*[f"P_{p}" for p in PARAMS]))] = P
+        A[g, COL["score"]] = fterm + P.sum(axis=1)
+        A[g, COL["score_raw"]] = raw
+        A[np.ix_(g, cols(*[f"d_{p}" for p in PARAMS]))] = np.asarray(grad, dtype=np.float64)
 
 
 def _chunk_frame(A, n_points, status, prior):
@@ -350,25 +386,24 @@ def _chunk_frame(A, n_points, status, prior):
     return out
 
 
-def _analyse_partition(part, models, cfg):
+def _analyse_partition(part, models, cfg, prior_fits=None):
     """All (group, lot) chunks of a frame; returns a flat result frame with the keys as columns.
 
     The frame is sorted and cut into chunks once (:func:`_split_chunks`); the chunks' fits
     run together, one kernel call per step over all chunks (the same results as chunk by
     chunk: every trace's fit is independent of the others in its batch), and the result is
-    framed once.
+    framed once. ``prior_fits``: a dict to fill with ``{chunk key: (ok, fit)}``, each chunk's
+    fits under the normal-model prior (what the held-out pass would otherwise fit again).
     """
     group_keys, trace_keys, lot_key = cfg.group_keys, cfg.trace_keys, cfg.lot_key
     by = [*group_keys] + ([lot_key] if lot_key is not None else [])
     if not len(part):
         return _empty_result(cfg)
     keys, chunks, first_rows = _split_chunks(part, by, cfg)
-    steps = [
-        _analyse_chunk_steps(chunk, models.get(key[: len(group_keys)]),
-                             dataclasses.replace(cfg, group=key[: len(group_keys)]))
-        for key, chunk in zip(keys, chunks)
-    ]
-    done = list(_fit._run_fits(steps, cfg.n_jobs))
+    groups = [key[: len(group_keys)] for key in keys]
+    (done,) = _fit._run_fits([_analyse_chunks_steps(chunks, [models.get(g) for g in groups], cfg, groups)], cfg.n_jobs)
+    if prior_fits is not None:
+        prior_fits.update({key: d[4] for key, d in zip(keys, done)})
     res = _chunk_frame(*(np.concatenate([d[i] for d in done]) for i in range(4)))
     # keys as Python objects, their dtypes inferred (the same from pandas and dask partitions)
     kdf = pd.DataFrame({c: part[c].to_numpy(dtype=object)[first_rows].tolist() for c in [*group_keys, *trace_keys]})
@@ -523,11 +558,12 @@ def fit_dask(X, cfg, initial_lots=None):
     return _add_clock_columns(table, offsets, cfg), train
 
 
-def analyse_frame(X, models, cfg):
+def analyse_frame(X, models, cfg, prior_fits=None):
     """One row per trace of a pandas or dask frame (keys as columns), in the frame's order.
 
     Every trace of a pandas ``X`` has a row, also one whose samples are all non-finite
     (status ``"too_short"``, ``n_points`` 0). ``models``: ``{group key: NormalModel}``.
+    ``prior_fits``: see :func:`_analyse_partition` (pandas ``X`` only; left empty for dask).
     """
     tk, gk = cfg.trace_keys, cfg.group_keys
     if _is_dask(X):
@@ -543,7 +579,7 @@ def analyse_frame(X, models, cfg):
         return res.sort_values([*gk, *tk], kind="mergesort")
     df, keys = prepare_frame(X, cfg, return_keys=True)
     df, cfg = _with_clock(df, _offsets(models), cfg)
-    res = _analyse_partition(df, models, cfg) if len(df) else _empty_result(cfg)
+    res = _analyse_partition(df, models, cfg, prior_fits) if len(df) else _empty_result(cfg)
     order = keys[[*gk, *tk]].drop_duplicates()
     res = order.merge(res, on=[*gk, *tk], how="left")
     lost = res["status"].isna().to_numpy()

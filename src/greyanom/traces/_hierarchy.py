@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 
 import numpy as np
 import pandas as pd
 
-from greyanom.traces._fit import _FitRequest, _run_fits, _signature_fit
+from greyanom.traces._fit import _FitRequest, _run_fits, _signature_fit, _slice_fit
+from greyanom.traces._ragged import Traces
 
 __all__ = ["LotFit", "fit_lot", "PARAMS"]
 
@@ -70,30 +72,76 @@ class LotFit:
     used: np.ndarray
 
 
-def _posterior_cov(jtj, noise_sd, prior_sd):
-    """Inverse Gauss-Newton Hessian ``(J'J / sigma^2 + diag(sigma_S)^-2)^-1`` per trace."""
-    H = jtj / noise_sd**2 + np.diag(1.0 / prior_sd**2)[None, :, :]
-    return np.linalg.inv(H)
+def _seg_mean(a, bounds):
+    """Mean over axis 0 of each (non-empty) segment ``a[bounds[k]:bounds[k + 1]]``, bit for bit
+    ``a[lo:hi].mean(axis=0)``: NumPy sums over a leading axis row after row, so the segments,
+    padded with zero rows to one length, are summed over that axis in one call."""
+    bounds = np.asarray(bounds)
+    cnt = np.diff(bounds)
+    if not cnt.size:
+        return np.zeros((0, *a.shape[1:]))
+    j = np.arange(cnt.max())
+    idx = bounds[:-1, None] + j[None, :]
+    idx[j[None, :] >= cnt[:, None]] = len(a)  # the zero row
+    padded = np.concatenate([a, np.zeros((1, *a.shape[1:]))])[idx]
+    return padded.sum(axis=1) / cnt.reshape(-1, *([1] * (a.ndim - 1)))
 
 
-def _laplace_moments(dev2, ssr, npts, jtj, noise_sd, prior_sd):
-    """The Laplace-EM M-step's ``(sigma_S**2, sigma**2)`` from E-step fits under ``(noise_sd, prior_sd)``.
+def _m_steps(xs, ssr, npts, jtj, bounds, noise_sd, prior_sd, unit, unit_p, update="laplace", min_sd=None,
+             posterior=None):
+    """The M-steps of many EMs at once (EM ``k``: the rows ``bounds[k]:bounds[k + 1]``).
 
-    ``dev2``: squared deviations of the signatures from their new mean; ``ssr``, ``npts``,
-    ``jtj``: each trace's residual sum of squares, sample count and ``J'J`` at its optimum.
+    ``xs``, ``ssr``, ``npts``, ``jtj``: each used trace's signature, residual sum of squares,
+    sample count and ``J'J`` from the E-step made under EM ``k``'s ``(noise_sd[k],
+    prior_sd[k])``; ``unit`` (n_ems,) and ``unit_p`` (n_ems, 6) as from ``_units``.
+    ``update="laplace"`` (Laplace-EM: the posterior variance
+    ``(J'J / sigma^2 + diag(sigma_S)^-2)^-1`` added), ``"bcd"`` or ``"mean"`` (see
+    :func:`fit_lot`). Returns ``(mu_S, sigma_S, sigma, var, dev2)``: the new prior and noise
+    sd above their floors, the M-step's variances and the mean squared deviations.
+    ``posterior``: each row's ``(diag(H^-1), tr(H^-1 J'J))`` when the caller has them
+    (``H = J'J / sigma^2 + diag(sigma_S)^-2``), instead of inverting ``H`` here.
+
+    The sums run segment by segment and ``sigma**2`` as a Python float's square, as one EM
+    alone computes them, so every EM's step is bit for bit its own.
     """
-    cov = _posterior_cov(jtj, noise_sd, prior_sd)
-    var = (dev2 + np.diagonal(cov, axis1=1, axis2=2)).mean(axis=0)
-    noise_var = (ssr.sum() + np.einsum("mij,mji->", cov, jtj)) / npts.sum()
-    return var, noise_var
-
-
-def _floored(var, noise_var, mu, xs, unit, unit_p, min_sd=None):
-    """``(sigma_S, sigma)`` from the M-step's variances, above their floors (see :func:`fit_lot`)."""
-    floor = 1e-9 * (unit_p + np.abs(mu)) if min_sd is None else np.asarray(min_sd, dtype=np.float64)
+    bounds = np.asarray(bounds)
+    cnt = np.diff(bounds)
+    pos = np.repeat(np.arange(cnt.size), cnt)
+    mu = _seg_mean(xs, bounds)
+    dev2 = (xs - mu[pos]) ** 2
+    dev2_mean = _seg_mean(dev2, bounds)
+    s2 = np.array([float(v) ** 2 for v in noise_sd])  # Python's square (C pow) can differ from x * x
+    segs = list(zip(bounds[:-1], bounds[1:]))
+    if update == "laplace" and posterior is not None:
+        var = _seg_mean(dev2 + posterior[0], bounds)
+        noise_var = np.array([(ssr[lo:hi].sum() + posterior[1][lo:hi].sum()) / npts[lo:hi].sum() for lo, hi in segs])
+    elif update == "laplace":
+        H = jtj / s2[pos][:, None, None] + _diag_rows(1.0 / prior_sd[pos] ** 2)
+        cov = np.linalg.inv(H)
+        var = _seg_mean(dev2 + np.diagonal(cov, axis1=1, axis2=2), bounds)
+        noise_var = np.array([(ssr[lo:hi].sum() + np.einsum("mij,mji->", cov[lo:hi], jtj[lo:hi])) / npts[lo:hi].sum()
+                              for lo, hi in segs])
+    elif update == "bcd":
+        var = dev2_mean
+        noise_var = np.array([ssr[lo:hi].sum() / npts[lo:hi].sum() for lo, hi in segs])
+    else:
+        var, noise_var = prior_sd**2, s2
+    if min_sd is None:
+        floor = 1e-9 * (unit_p + np.abs(mu))
+    else:
+        floor = np.broadcast_to(np.asarray(min_sd, dtype=np.float64), mu.shape)
     sd = np.maximum(np.sqrt(var), floor)
-    sigma = max(float(np.sqrt(noise_var)), 1e-12 * (unit + float(np.abs(xs[:, 3]).mean())))
-    return sd, sigma
+    size_y = np.array([float(np.abs(xs[lo:hi, 3]).mean()) for lo, hi in segs])
+    sigma = np.maximum(np.sqrt(noise_var), 1e-12 * (unit + size_y))
+    return mu, sd, sigma, var, dev2_mean
+
+
+def _diag_rows(d):
+    """``(m, k, k)`` matrices with the rows of ``d`` (m, k) on their diagonals, zeros elsewhere."""
+    m, k = d.shape
+    out = np.zeros((m, k, k))
+    out[:, np.arange(k), np.arange(k)] = d
+    return out
 
 
 def laplace_m_step(xs, ssr, npts, jtj, noise_sd, prior_sd, unit, unit_p):
@@ -102,10 +150,9 @@ def laplace_m_step(xs, ssr, npts, jtj, noise_sd, prior_sd, unit, unit_p):
     The update :func:`fit_lot` applies at every iteration (``update="laplace"``), on E-step fits
     made under ``(noise_sd, prior_sd)``; ``unit`` and ``unit_p`` as from ``_units``.
     """
-    mu = xs.mean(axis=0)
-    var, noise_var = _laplace_moments((xs - mu) ** 2, ssr, npts, jtj, noise_sd, prior_sd)
-    sd, sigma = _floored(var, noise_var, mu, xs, unit, unit_p)
-    return mu, sd, sigma
+    mu, sd, sigma, _, _ = _m_steps(xs, ssr, npts, jtj, [0, len(xs)], [noise_sd], np.asarray(prior_sd)[None],
+                                   np.array([unit]), np.asarray(unit_p)[None])
+    return mu[0], sd[0], float(sigma[0])
 
 
 #: Signature parameters in the data's units (the others are rates, frequencies and phases).
@@ -249,62 +296,129 @@ def _fit_lot_steps(traces, *, init=None, update="laplace", max_iter=20, tol=1e-3
     else:
         sigma, mu, sd = float(init[0]), np.array(init[1], dtype=np.float64), np.array(init[2], dtype=np.float64)
         xinit = None
-    rows = []
-    converged = False
+    res = (yield from _fit_lots_steps(
+        traces, [n], ([sigma], [mu], [sd]), xinit=xinit, update=update, max_iter=max_iter, tol=tol, min_sd=min_sd,
+        fit_kwargs=fit_kwargs,
+    ))[0]
+    if isinstance(res, Exception):
+        raise res
+    return dataclasses.replace(res, history=pd.DataFrame(res.history))
+
+
+def _take(traces, rows):
+    """The :class:`Traces` of the trace indices ``rows`` (in order) of ``traces``."""
+    if len(rows) == len(traces):
+        return traces
+    counts = traces.n_points
+    keep = np.repeat(np.isin(np.arange(len(traces)), rows), counts)
+    return Traces(traces.t[keep], traces.z[keep], np.r_[0, np.cumsum(counts[rows])].astype(np.int64))
+
+
+def _fit_lots_steps(traces, sizes, init, *, xinit=None, update="laplace", max_iter=20, tol=1e-3, min_sd=None,
+                    fit_kwargs=None):
+    """The Laplace-EM of :func:`fit_lot` for many lots at once, as a generator of fits.
+
+    ``traces`` holds the traces of every lot, lot after lot (``sizes`` traces each); ``init``
+    is ``(noise_sd (n_lots,), prior_mean (n_lots, 6), prior_sd (n_lots, 6))``; ``xinit``
+    (n_traces, 6) the first E-step's starts (NaN rows: none); ``fit_kwargs`` may hold a per-trace
+    ``origin``. Every E-step of all lots still running is one :class:`_FitRequest` (per-trace
+    priors), and the M-steps are vectorised over the lots except for their sums, which are taken
+    lot by lot exactly as :func:`fit_lot` takes them, so that each lot's result is bit for bit
+    that of its own EM. Returns one entry per lot: a :class:`LotFit` (its ``history`` a list of
+    rows, its ``fit`` an ``_ArrayFit``) or the ``ValueError`` that :func:`fit_lot` raises.
+    """
+    fit_kwargs = dict(fit_kwargs or {})
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n_lots, n = len(sizes), int(sizes.sum())
+    origin = fit_kwargs.pop("origin", None)
+    origin = np.full(n, np.nan) if origin is None else np.broadcast_to(np.asarray(origin, dtype=np.float64), (n,))
+    lot_of = np.repeat(np.arange(n_lots), sizes)
+    bounds = np.r_[0, np.cumsum(sizes)]
+    sigma = np.array(init[0], dtype=np.float64).reshape(n_lots)
+    mu = np.array(init[1], dtype=np.float64).reshape(n_lots, 6)
+    sd = np.array(init[2], dtype=np.float64).reshape(n_lots, 6)
+    xinit = np.full((n, 6), np.nan) if xinit is None else np.array(xinit, dtype=np.float64)
+    units = [_units(types.SimpleNamespace(z=traces.z[traces.offsets[a]:traces.offsets[b]]))
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    unit = np.array([u for u, _ in units]).reshape(n_lots)
+    unit_p = np.array([p for _, p in units]).reshape(n_lots, 6)
+    out = [None] * n_lots
+    history = [[] for _ in range(n_lots)]
+    used_of = [None] * n_lots
+    change = np.full(n_lots, np.inf)
+    active = np.flatnonzero(sizes >= 2)
+    for i in np.flatnonzero(sizes < 2):
+        out[i] = ValueError(f"a lot needs at least 2 traces to estimate its prior spread, got {sizes[i]}.")
+
+    def request(lots):
+        rows = np.flatnonzero(np.isin(lot_of, lots))
+        lot = lot_of[rows]
+        kw = {"prior": (mu[lot], sd[lot]), "noise_sd": sigma[lot], "init": xinit[rows], "origin": origin[rows],
+              **fit_kwargs}
+        return rows, _FitRequest(_take(traces, rows), kw)
+
     it = 0
-    fit = None
-    used = np.zeros(n, dtype=bool)
     for it in range(1, max_iter + 1):
-        # failures are in fit.success, reported by the caller
-        fit = yield fit_of(prior=(mu, sd), noise_sd=sigma, init=xinit)
+        if not active.size:
+            break
+        rows, req = request(active)
+        fit = yield req
         x = fit.pp
         used = np.asarray(fit.success, dtype=bool) & np.isfinite(x).all(axis=1)
-        if used.sum() < 2:
-            raise ValueError(f"only {int(used.sum())} of {n} traces could be fitted; need at least 2.")
-        xs = x[used]
-        ssr = np.asarray(fit.ssr, dtype=np.float64)[used]
-        npts = np.asarray(fit.n_points, dtype=np.float64)[used]
-        mu_new = xs.mean(axis=0)
-        dev2 = (xs - mu_new) ** 2
-        if update == "laplace":
-            var, noise_var = _laplace_moments(dev2, ssr, npts, np.asarray(fit.jtj, dtype=np.float64)[used], sigma, sd)
-        elif update == "bcd":
-            var = dev2.mean(axis=0)
-            noise_var = ssr.sum() / npts.sum()
-        else:
-            var, noise_var = sd**2, sigma**2
-        sd_new, sigma_new = _floored(var, noise_var, mu_new, xs, unit, unit_p, min_sd)
-        if not (np.isfinite(mu_new).all() and np.isfinite(sd_new).all() and np.isfinite(sigma_new)):
-            raise ValueError(f"the {update} update of the prior gave non-finite values at iteration {it}.")
-        # Relative change of sigma_S, measured against the posterior spread so that a parameter
-        # whose true spread is zero (EM approaches 0 only sublinearly) does not block convergence.
-        post_var = var - dev2.mean(axis=0) if update == "laplace" else 0.0
-        change = max(
-            float(np.max(np.abs(sd_new - sd) / np.sqrt(sd**2 + post_var))),
-            abs(float(np.log(sigma_new / sigma))),
-            float(np.max(np.abs(mu_new - mu) / np.sqrt(sd**2 + post_var))),
-        )
-        mu, sd, sigma = mu_new, sd_new, sigma_new
-        xinit = x.copy()
-        xinit[~used] = mu
-        rows.append({"noise_sd": sigma, **{f"sd_{p}": v for p, v in zip(PARAMS, sd)}})
-        _logger.debug("fit_lot iteration %d: change %.3g", it, change)
-        if change < tol:
-            converged = True
+        ssr_all = np.asarray(fit.ssr, dtype=np.float64)
+        npts_all = np.asarray(fit.n_points, dtype=np.float64)
+        jtj_all = np.asarray(fit.jtj, dtype=np.float64)
+        lo = np.r_[0, np.cumsum(sizes[active])]
+        n_used = np.add.reduceat(used.astype(np.int64), lo[:-1])
+        for k, i in enumerate(active):
+            used_of[i] = used[lo[k]:lo[k + 1]]
+            if n_used[k] < 2:
+                out[i] = ValueError(f"only {n_used[k]} of {sizes[i]} traces could be fitted; need at least 2.")
+        go = np.flatnonzero(n_used >= 2)
+        lots = active[go]
+        if not lots.size:  # every lot still running had fewer than 2 traces fitted
+            active = lots
             break
-    if converged:
-        final = fit
-    else:
-        final = yield fit_of(prior=(mu, sd), noise_sd=sigma, init=xinit)
-    if not converged:
-        _logger.info("%s", _not_converged_message(update, max_iter, change, tol))
-    return LotFit(
-        fit=final,
-        noise_sd=float(sigma),
-        prior_mean=mu,
-        prior_sd=sd,
-        n_iter=it,
-        converged=converged,
-        history=pd.DataFrame(rows),
-        used=used,
-    )
+        sel = np.flatnonzero(used & np.repeat(n_used >= 2, sizes[active]))
+        ub = np.r_[0, np.cumsum(n_used[go])]
+        mu_new, sd_new, sigma_new, var, dev2_mean = _m_steps(
+            x[sel], ssr_all[sel], npts_all[sel], jtj_all[sel], ub, sigma[lots], sd[lots], unit[lots], unit_p[lots],
+            update, min_sd,
+        )
+        finite = np.isfinite(mu_new).all(axis=1) & np.isfinite(sd_new).all(axis=1) & np.isfinite(sigma_new)
+        post_var = var - dev2_mean if update == "laplace" else 0.0
+        scale = np.sqrt(sd[lots] ** 2 + post_var)
+        with np.errstate(all="ignore"):
+            change[lots] = np.maximum.reduce([
+                np.max(np.abs(sd_new - sd[lots]) / scale, axis=1),
+                np.abs(np.log(sigma_new / sigma[lots])),
+                np.max(np.abs(mu_new - mu[lots]) / scale, axis=1),
+            ])
+        mu[lots], sd[lots], sigma[lots] = mu_new, sd_new, sigma_new
+        xr = x.copy()
+        xr[~used] = mu[lot_of[rows[~used]]]
+        xinit[rows] = xr
+        still = []
+        for k, i in enumerate(lots):
+            if not finite[k]:
+                out[i] = ValueError(f"the {update} update of the prior gave non-finite values at iteration {it}.")
+                continue
+            history[i].append({"noise_sd": sigma[i], **{f"sd_{p}": v for p, v in zip(PARAMS, sd[i])}})
+            if change[i] < tol:
+                a = lo[go[k]]
+                out[i] = LotFit(_slice_fit(fit, a, a + sizes[i]), float(sigma[i]), mu[i].copy(), sd[i].copy(), it,
+                                True, history[i], used_of[i])
+            else:
+                still.append(i)
+        _logger.debug("fit_lots iteration %d: %d lot(s) still running", it, len(still))
+        active = np.asarray(still, dtype=np.int64)
+    if active.size:
+        rows, req = request(active)
+        fit = yield req
+        lo = np.r_[0, np.cumsum(sizes[active])]
+        for k, i in enumerate(active):
+            _logger.info("%s", _not_converged_message(update, max_iter, change[i], tol))
+            out[i] = LotFit(_slice_fit(fit, lo[k], lo[k + 1]), float(sigma[i]), mu[i].copy(), sd[i].copy(),
+                            max_iter, False, history[i], used_of[i])
+    return out
+

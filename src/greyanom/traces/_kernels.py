@@ -2,9 +2,9 @@
 
 Every function here takes plain NumPy arrays and scalars and never validates: the public
 wrappers in :mod:`greyanom.traces._fit` prepare the input. Only the batch drivers
-(``fit_batch`` and ``terms_batch``) are ``parallel=True`` and loop over traces with
-``prange``; the per-trace functions are serial. The batch drivers (``fit_batch``,
-``terms_batch``, ``predict_batch``) and the status and regime codes are this module's
+(``fit_batch``, ``terms_batch``, ``predict_batch`` and ``posterior_batch``) are
+``parallel=True`` and loop over traces (or rows) with ``prange``; the per-trace functions are
+serial. The batch drivers and the status and regime codes are this module's
 interface to :mod:`greyanom.traces._fit`; every other kernel is private (``_`` prefix).
 
 Two parametrisations of the same model are used (indices in brackets):
@@ -1267,3 +1267,71 @@ def predict_batch(t, offsets, x, params, paper, out):
             else:
                 ec, es, eds = _general_basis(p[0], p[2], tau)
                 out[i] = p[1] * ec + p[4] * es + p[5] * tau + p[3]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _posterior_one(jtj, s2, w, g, d, diag, ll, li):
+    """Cholesky of ``H = jtj / s2 + diag(w)`` (6x6); writes ``d = -H^-1 g`` and ``diag(H^-1)``
+    and returns ``(ok, tr(H^-1 jtj))``; ``ok`` False (and the outputs unset) where ``H`` is
+    not positive definite or not finite."""
+    n = 6
+    for j in range(n):
+        s = jtj[j, j] / s2 + w[j]
+        for k in range(j):
+            s -= ll[j, k] * ll[j, k]
+        if not (s > 0.0) or not math.isfinite(s):
+            return False, np.nan
+        dj = math.sqrt(s)
+        ll[j, j] = dj
+        for i in range(j + 1, n):
+            s_ij = jtj[i, j] / s2
+            for k in range(j):
+                s_ij -= ll[i, k] * ll[j, k]
+            ll[i, j] = s_ij / dj
+    for i in range(n):  # L^-1, lower triangular
+        li[i, i] = 1.0 / ll[i, i]
+        for j in range(i):
+            s = 0.0
+            for k in range(j, i):
+                s -= ll[i, k] * li[k, j]
+            li[i, j] = s / ll[i, i]
+    tr = 0.0
+    for i in range(n):
+        di = 0.0
+        for j in range(n):
+            # (H^-1)_ij = sum_k li[k, i] li[k, j], k >= max(i, j)
+            hij = 0.0
+            for k in range(max(i, j), n):
+                hij += li[k, i] * li[k, j]
+            di -= hij * g[j]
+            tr += hij * jtj[j, i]
+            if i == j:
+                diag[i] = hij
+        d[i] = di
+    return True, tr
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def posterior_batch(jtj, s2, w, g):
+    """Per row ``m``, with ``H = jtj[m] / s2[m] + diag(w[m])``: the step ``-H^-1 g[m]``, the
+    diagonal of ``H^-1`` and ``tr(H^-1 jtj[m])``, by Cholesky; parallel over rows.
+
+    Returns ``(d (m, 6), diag (m, 6), tr (m,), ok (m,))``; ``ok`` False where ``H`` is not
+    positive definite (its outputs NaN).
+    """
+    m = jtj.shape[0]
+    d = np.full((m, 6), np.nan)
+    diag = np.full((m, 6), np.nan)
+    tr = np.full(m, np.nan)
+    ok = np.zeros(m, dtype=np.bool_)
+    for r in prange(m):
+        ll = np.zeros((6, 6))
+        li = np.zeros((6, 6))
+        good, t = _posterior_one(jtj[r], s2[r], w[r], g[r], d[r], diag[r], ll, li)
+        if good:
+            ok[r] = True
+            tr[r] = t
+        else:
+            d[r, :] = np.nan
+            diag[r, :] = np.nan
+    return d, diag, tr, ok

@@ -152,3 +152,107 @@ def test_fold_models_move_the_fitted_model_by_the_leave_out_change(lot):
     for f in (0, 1):
         assert not np.allclose(out[f].sd, model.sd, rtol=1e-6)
         assert np.max(np.abs(out[f].mu - model.mu) / model.sd) < 0.5
+
+
+def test_segment_means_are_bit_for_bit_numpy_means():
+    from greyanom.traces._hierarchy import _seg_mean
+
+    rng = np.random.default_rng(0)
+    sizes = np.r_[2, 3, 7, 8, 9, 31, 130, 1000, rng.integers(2, 60, size=20)]
+    bounds = np.r_[0, np.cumsum(sizes)]
+    x = rng.standard_normal((bounds[-1], 6)) * rng.lognormal(0, 3, size=(1, 6))
+    got = _seg_mean(x, bounds)
+    want = np.array([x[lo:hi].mean(axis=0) for lo, hi in zip(bounds[:-1], bounds[1:])])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_lot_ems_run_together_give_each_lot_its_own_fit_bit_for_bit(lot):
+    from greyanom.traces._fit import _concat_traces, _run_fits
+    from greyanom.traces._hierarchy import _fit_lots_steps
+
+    traces, full = lot
+
+    def part(a, b):
+        lo, hi = traces.offsets[a], traces.offsets[b]
+        return Traces(traces.t[lo:hi], traces.z[lo:hi], traces.offsets[a:b + 1] - lo)
+
+    lots = [part(0, 12), part(12, 13), part(13, 30), part(30, 40)]  # one of a single trace
+    init = (full.noise_sd * np.array([1.0, 1.0, 1.3, 0.8]), np.tile(full.prior_mean, (4, 1)),
+            full.prior_sd * np.array([[1.0], [1.0], [0.5], [2.0]]))
+    (got,) = _run_fits([_fit_lots_steps(_concat_traces(lots), [len(t) for t in lots], init, max_iter=8, tol=1e-4)])
+    assert isinstance(got[1], ValueError)
+    for i in (0, 2, 3):
+        ref = fit_lot(lots[i], init=(init[0][i], init[1][i], init[2][i]), max_iter=8, tol=1e-4)
+        assert got[i].n_iter == ref.n_iter and got[i].converged == ref.converged
+        assert got[i].noise_sd == ref.noise_sd
+        np.testing.assert_array_equal(got[i].prior_mean, ref.prior_mean)
+        np.testing.assert_array_equal(got[i].prior_sd, ref.prior_sd)
+        np.testing.assert_array_equal(got[i].fit.pp, ref.fit.params.to_numpy())
+
+
+def test_fold_ems_run_together_give_each_em_its_own_result(lot):
+    from types import SimpleNamespace
+
+    from greyanom.traces._heldout import _fold_em, _fold_ems
+    from greyanom.traces._scoring import NormalModel
+
+    traces, full = lot
+    model = NormalModel(full.noise_sd, full.prior_mean, full.prior_sd)
+    fit, good = _prior_fit(traces, model.mu, model.sd, model.noise_sd)
+    x, ssr, npts, jtj = fit.pp[good], fit.ssr[good], fit.n_points[good].astype(float), fit.jtj[good]
+    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    cfg = SimpleNamespace(max_em_iter=30, em_tol=1e-6)
+    flat = NormalModel(model.noise_sd, model.mu, np.r_[1e200, model.sd[1:]])  # its EM cannot step
+    jtj0 = jtj.copy()
+    jtj0[:, 0, :] = jtj0[:, :, 0] = 0.0
+    ems = [(slice(0, 30), model, jtj), (slice(10, 40), model, jtj), (slice(0, 40), flat, jtj0),
+           (slice(5, 25), model, jtj)]
+    rows = [np.arange(len(x))[s] for s, _, _ in ems]
+    bounds = np.r_[0, np.cumsum([r.size for r in rows])]
+    r = np.concatenate(rows)
+    J = np.concatenate([j[s] for s, _, j in ems])
+    units = _units(traces)
+    got = _fold_ems(x[r], ssr[r], npts[r], J, jtr[r], bounds, [m for _, m, _ in ems],
+                    np.full(len(ems), units[0]), np.tile(units[1], (len(ems), 1)), cfg)
+    assert [g[3] for g in got] == [True, True, False, True]
+    for (s, m, j), g in zip(ems, got):
+        want = _fold_em(x[s], ssr[s], npts[s], j[s], jtr[s], m, *units, cfg)
+        for a, b in zip(g, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_heldout_scores_equal_those_before_the_batched_pass():
+    """The held-out scores of a small simulated case, against those of the pass that ran the
+    lot EMs and fold EMs one by one (stored before the batching; the fold EMs' Cholesky
+    rounds differently from LAPACK's LU, hence the tolerance)."""
+    from pathlib import Path
+
+    ref = np.load(Path(__file__).parents[1] / "data" / "heldout_before_batching.npz")
+    df = make_pi_lots(n_lots=3, wafers_per_lot=8, sensors=("v", "u"), n_points=50, random_state=7)
+    det = ShapeSignatureDetector(group_keys=("sensor",), lot_key="lot", calibration="in_sample", n_jobs=1,
+                                 random_state=0).fit(df)
+    np.testing.assert_array_equal(det.score(df).to_numpy(), ref["train_scores"])  # the batched lot EMs: bit for bit
+    s = TraceAnalyser.of(det).heldout_scores(df, det.cv, det.random_state)
+    np.testing.assert_array_equal(s.index.to_frame().astype(str).agg("/".join, axis=1).to_numpy(), ref["heldout_index"])
+    np.testing.assert_allclose(s.to_numpy(), ref["heldout"], rtol=1e-10, atol=1e-12)
+
+
+def test_fit_reuses_the_analysis_fits_of_the_training_traces(monkeypatch):
+    """``fit`` hands its analysis's fits under the normal model to the held-out pass, which then
+    fits no trace under the normal model again, and gives what a fresh pass gives, bit for bit."""
+    import greyanom.traces._heldout as heldout
+
+    df = make_pi_lots(n_lots=3, wafers_per_lot=8, sensors=("v", "u"), n_points=50, random_state=7)
+    orig, calls = heldout._prior_fit_steps, []
+
+    def spy(chunk, model, cfg):
+        calls.append(len(chunk))
+        return orig(chunk, model, cfg)
+
+    monkeypatch.setattr(heldout, "_prior_fit_steps", spy)
+    det = ShapeSignatureDetector(group_keys=("sensor",), lot_key="lot", n_jobs=1, random_state=0).fit(df)
+    assert calls == []
+    fresh = TraceAnalyser.of(det).heldout_scores(df, det.cv, det.random_state)
+    assert sum(calls) == len(det.train_status_)
+    np.testing.assert_array_equal(det.heldout_scores_, fresh.to_numpy())
+    assert not hasattr(det, "_heldout_state")

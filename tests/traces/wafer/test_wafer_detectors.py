@@ -104,7 +104,7 @@ def test_wafer_methods_on_a_frame_run_no_lot_fits(shape, analysis, lots, monkeyp
     def no_lot_fit(*args, **kwargs):
         raise AssertionError("a lot fit ran")
 
-    monkeypatch.setattr(frames, "_fit_lot_steps", no_lot_fit)
+    monkeypatch.setattr(frames, "_fit_lots_steps", no_lot_fit)
     pd.testing.assert_series_equal(shape.score_wafers(lots), shape.score_wafers(analysis))
     pd.testing.assert_frame_equal(shape.explain_wafers(lots), shape.explain_wafers(analysis))
     pd.testing.assert_series_equal(shape.predict_wafers(lots), shape.predict_wafers(analysis))
