@@ -79,7 +79,7 @@ from greyanom.traces import _wafer_model as wm
 from greyanom.traces._analyser import TraceAnalyser
 from greyanom.traces._features import LEVEL_FEATURES
 from greyanom.traces._frames import _offsets, _split_chunks, _with_clock, analyse_frame
-from greyanom.traces._heldout import _fold_models, _prior_fit_steps
+from greyanom.traces._heldout import _fold_models, _prior_fit_steps, ran_away
 from greyanom.traces._wafer_scorer import WaferScorer, wafer_limit
 from shape_wafer_report import LIMIT, _seeds, _trace_stats, maxz_baseline
 
@@ -99,18 +99,14 @@ def _split(normal, seed):
 
 # -- leak-free training features (out-of-fold shape fits) --------------------------------------
 def _near(fold, full):
-    """The fold's linearised model, or the full model where it is missing or ran away from it.
-
-    Leaving a fifth of the traces out moves a normal model a little; a linearised fold EM that
-    moved a spread or the noise level by more than a factor 10, or a mean by more than 10
-    spreads, did not converge (on LAM 9600 one group's spreads reached 1e89).
+    """The fold's linearised model, or the full model where it is missing or ran away from it
+    (:func:`greyanom.traces._heldout.ran_away`: a spread or the noise level moved by more than
+    a factor 10, or a mean by more than 10 spreads; on LAM 9600 one group's spreads reached
+    1e89). The library refits such a fold exactly; the full model is enough for this study.
     """
     if fold is None:
         return full, False
-    ratio = np.r_[fold.sd / full.sd, fold.noise_sd / full.noise_sd]
-    shift = np.abs(fold.mu - full.mu) / full.sd
-    ok = np.isfinite(ratio).all() and np.isfinite(shift).all() and (ratio > 0.1).all() and (ratio < 10).all()
-    return (fold, True) if ok and (shift < 10).all() else (full, False)
+    return (full, False) if ran_away(fold, full) else (fold, True)
 
 
 def heldout_wafer_features(fitted, train_frame, cv, seed):

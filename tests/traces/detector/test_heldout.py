@@ -5,6 +5,8 @@ normal model, with E-steps linearised at the full-model fits (``traces/_heldout.
 per-fold refits (``refit=True``) are the reference.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,8 +16,10 @@ from greyanom.datasets import make_pi_lots
 from greyanom.traces import Traces
 from greyanom.traces._analyser import TraceAnalyser
 from greyanom.traces._fit import _fit_arrays
-from greyanom.traces._heldout import linearised_estep
+from greyanom.traces import _heldout
+from greyanom.traces._heldout import linearised_estep, ran_away
 from greyanom.traces._hierarchy import _units, fit_lot, laplace_m_step
+from greyanom.traces._scoring import NormalModel
 
 
 def _alpha(t, s):
@@ -256,3 +260,41 @@ def test_fit_reuses_the_analysis_fits_of_the_training_traces(monkeypatch):
     assert sum(calls) == len(det.train_status_)
     np.testing.assert_array_equal(det.heldout_scores_, fresh.to_numpy())
     assert not hasattr(det, "_heldout_state")
+
+
+def test_ran_away_bounds_the_move_of_a_fold_model():
+    full = NormalModel(noise_sd=2.0, mu=np.zeros(6), sd=np.ones(6))
+    near = NormalModel(noise_sd=2.5, mu=np.full(6, 3.0), sd=np.full(6, 0.2))
+    assert not ran_away(near, full)
+    for far in (
+        dataclasses.replace(full, sd=np.r_[11.0, np.ones(5)]),  # a spread 11 times the full model's
+        dataclasses.replace(full, sd=np.r_[np.ones(5), 0.05]),  # or a twentieth of it
+        dataclasses.replace(full, noise_sd=25.0),  # the noise level
+        dataclasses.replace(full, mu=np.r_[0, 0, 12.0, 0, 0, 0]),  # a mean 12 spreads away
+        dataclasses.replace(full, sd=np.r_[np.nan, np.ones(5)]),
+    ):
+        assert ran_away(far, full)
+
+
+def test_a_fold_model_that_ran_away_is_refitted_as_refit_does(fitted, lots, monkeypatch):
+    """Where the linearised fold EM runs away (a group whose parameters the traces barely
+    identify; on LAM 9600 spreads of 1e9 and beyond), the fold's traces are scored under the
+    group's model refitted without the fold: the scores ``refit=True`` gives them."""
+    det = fitted["heldout"]
+    an = TraceAnalyser.of(det)
+    real = _heldout._all_fold_models
+
+    def runaway(by_group, models, folds, cfg):
+        out = real(by_group, models, folds, cfg)
+        out[("v",)] = {f: dataclasses.replace(m, sd=m.sd * 1e9) for f, m in out[("v",)].items()}
+        return out
+
+    before = an.heldout_scores(lots, det.cv, det.random_state)
+    refit = an.heldout_scores(lots, det.cv, det.random_state, refit=True)
+    monkeypatch.setattr(_heldout, "_all_fold_models", runaway)
+    after = an.heldout_scores(lots, det.cv, det.random_state)
+    v = after.index.get_level_values("sensor") == "v"
+    np.testing.assert_allclose(after[v].to_numpy(), refit[after.index[v]].to_numpy(), rtol=1e-9)
+    # the other group keeps its linearised fold models
+    np.testing.assert_array_equal(after[~v].to_numpy(), before[after.index[~v]].to_numpy())
+    assert not np.allclose(before[after.index[v]], refit[after.index[v]], rtol=1e-6)
