@@ -179,3 +179,19 @@ def test_default_reduction_finds_small_defects_that_the_mean_misses():
     default_auroc = image_auroc(data.y_test, det.score(data.X_test))
     mean_auroc = image_auroc(data.y_test, det.set_params(score_reduction="mean", smoothing_sigma=0.0).score(data.X_test))
     assert default_auroc > mean_auroc + 0.05
+
+
+def test_image_scoring_in_row_blocks_equals_the_whole_batch(rng, monkeypatch):
+    """The scoring pass works through the rows in small float64 blocks (memory it reuses);
+    the rows are independent, so any block size gives the same maps and scores."""
+    from greyanom.image import _pca
+
+    X = rng.random((13, 16, 16)).astype(np.float32)
+    det = PCADetector(n_components=3, calibration="in_sample").fit(X)
+    whole = det.explain(X)
+    monkeypatch.setattr(_pca, "_BLOCK_VALUES", 3 * 16 * 16)  # blocks of 3 rows, the last one of 1
+    blocks = det.explain(X)
+    np.testing.assert_array_equal(blocks.heatmap, whole.heatmap)
+    np.testing.assert_array_equal(blocks.reconstruction, whole.reconstruction)
+    np.testing.assert_array_equal(blocks.score, whole.score)
+    assert blocks.heatmap.dtype == np.float32 and blocks.heatmap.shape == X.shape

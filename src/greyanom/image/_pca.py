@@ -17,6 +17,9 @@ from greyanom.image._reduce import check_sigma
 
 __all__ = ["PCADetector"]
 
+#: float64 values per block of the scoring pass's row arithmetic (4 MB)
+_BLOCK_VALUES = 1 << 19
+
 
 class PCADetector(BaseImageDetector):
     """Principal-component reconstruction-error detector for images and tables.
@@ -251,13 +254,19 @@ class PCADetector(BaseImageDetector):
 
     def _explain_images(self, images):
         def one_batch(batch):
-            flat = batch.reshape(len(batch), -1).astype(np.float64)
-            out = self._explain_rows(flat)
-            shape = batch.shape
-            return {
-                "reconstruction": out["reconstruction"].reshape(shape).astype(np.float32),
-                "heatmap": out["heatmap"].reshape(shape).astype(np.float32),
-            }
+            n = len(batch)
+            recon = np.empty(batch.shape, dtype=np.float32)
+            heat = np.empty(batch.shape, dtype=np.float32)
+            flat_recon, flat_heat = recon.reshape(n, -1), heat.reshape(n, -1)
+            # float64 work in blocks of about 4 MB: small temporaries that the allocator reuses,
+            # where whole-batch ones (50 MB for 100 images of 256 x 256) were fresh pages to fault
+            # in on each call (0.05 to 0.45 s for the same product); the rows are independent
+            step = max(1, _BLOCK_VALUES // max(flat_recon.shape[1], 1))
+            for a in range(0, n, step):
+                out = self._explain_rows(batch[a : a + step].reshape(-1, flat_recon.shape[1]).astype(np.float64))
+                flat_recon[a : a + step] = out["reconstruction"]
+                flat_heat[a : a + step] = out["heatmap"]
+            return {"reconstruction": recon, "heatmap": heat}
 
         return self._map_batches(one_batch, images, self.batch_size)
 
