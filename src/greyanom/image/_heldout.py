@@ -37,7 +37,7 @@ def _n_components(n_components, eigvals, n_rows, d):
     return int(min(np.searchsorted(np.cumsum(ratio), n_components, side="right") + 1, m))
 
 
-def pca_fold_residuals(M, folds, n_components, batch_size=256):
+def pca_fold_residuals(M, folds, n_components, batch_size=256, centred=False):
     """Residuals of each row outside the PCA subspace fitted on the other folds; exact.
 
     Parameters
@@ -51,6 +51,10 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
         a fraction keeps the fewest components whose explained variance reaches it.
     batch_size : int, default=256
         Held-out rows whose ``d`` residuals are formed at a time (bounds memory).
+    centred : bool, default=False
+        ``M`` is already centred by its column means (the fitted PCA's ``M - mean_``): it is
+        used as it is, without a centred copy (the residuals equal those of the uncentred rows
+        to rounding).
 
     Yields
     ------
@@ -73,7 +77,7 @@ def pca_fold_residuals(M, folds, n_components, batch_size=256):
     """
     M = np.asarray(M, dtype=np.float64)
     n, d = M.shape
-    Y = M - M.mean(axis=0)  # globally centred first: the fold centring then cancels little
+    Y = M if centred else M - M.mean(axis=0)  # globally centred first: the fold centring then cancels little
     gram = d > n // 2
     K = Y @ Y.T if gram else None
     C = None if gram else Y.T @ Y

@@ -208,7 +208,7 @@ class PCADetector(BaseImageDetector):
         ratio = variance / total_variance if total_variance > 0 else np.zeros_like(variance)
         if not isinstance(k, int):  # variance fraction: smallest k reaching it
             k = int(min(np.searchsorted(np.cumsum(ratio), k, side="right") + 1, len(S)))
-        self._heldout_state = M  # the training rows, taken (and dropped) by _heldout_scores
+        self._heldout_state = Mc  # the centred training rows, taken (and dropped) by _heldout_scores
         self.mean_ = mean
         self.components_ = Vt[:k]
         self.singular_values_ = S[:k]
@@ -229,14 +229,14 @@ class PCADetector(BaseImageDetector):
         from greyanom._crossfit import make_folds
         from greyanom.image._heldout import pca_fold_residuals
 
-        M = self.__dict__.pop("_heldout_state")
-        n = len(M)
+        Mc = self.__dict__.pop("_heldout_state")
+        n = len(Mc)
         if n < 3:
             return self._insample_fallback(train_scores, f"{n} item(s)")
         seed = 0 if self.random_state is None else self.random_state
         folds = make_folds(n, min(self._heldout_cv, n), seed)
         out = np.empty(n)
-        for rows, resid in pca_fold_residuals(M, folds, self.n_components, self.batch_size):
+        for rows, resid in pca_fold_residuals(Mc, folds, self.n_components, self.batch_size, centred=True):
             heat = np.square(resid, out=resid)
             if self.image_shape_ is not None:  # as _explain_images: float32 maps of the image shape
                 heat = heat.reshape(len(rows), *self.image_shape_).astype(np.float32)
