@@ -139,11 +139,13 @@ class ShapeSignatureDetector(TracePersistMixin, BaseDetector):
         models are not refitted: each is the fitted normal model moved by what leaving the fold
         out changes in a Laplace-EM with E-steps linearised at the traces' fits under it (no
         refit; the step starts and wafer clocks are the fitted model's), so ``"heldout"`` costs
-        about one more analysis of the training traces. Against normal models refitted per
-        fold (``benchmarks/shape_heldout_approx.py``): on simulated lots, per-trace correlation
-        0.9996, thresholds within 3.5 %, the same false alarms; on LAM 9600, correlation 0.95,
-        threshold 6 % lower, false alarms 5.0 % against 4.5 %; ``fit`` there took 1.26-1.43 times
-        the in-sample fit (2.0 before its held-out pass was batched).
+        about one more analysis of the training traces; a fold model that ran away from the
+        fitted one (a group whose parameters the traces barely identify) is refitted instead.
+        Against normal models refitted per fold (``benchmarks/shape_heldout_approx.py``): on
+        simulated lots, per-trace correlation 0.9996, thresholds within 3.5 %, the same false
+        alarms; on LAM 9600, correlation 0.990, threshold 0.3 % lower, the same false alarms
+        (4.5 %); ``fit`` there took 1.45 times the in-sample fit (2.0 before its held-out pass
+        was batched).
         The wafer model is cross-fitted either way (its normalisers are made of held-out
         scores), so ``wafer_threshold_`` does not change.
     random_state : int, RandomState instance or None, default=None
