@@ -908,6 +908,20 @@ def _from_normal(paper, p, span, mean, sd, out):
         out[4] = p[4] * sd / span
 
 
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _lower_inverse(ll, li):
+    """Write ``L^-1`` into the lower triangle of ``li`` for a lower-triangular ``ll`` with a
+    positive diagonal (forward substitution; the upper triangle of ``li`` is left as it is)."""
+    n = ll.shape[0]
+    for i in range(n):
+        li[i, i] = 1.0 / ll[i, i]
+        for j in range(i):
+            s = 0.0
+            for k in range(j, i):
+                s -= ll[i, k] * li[k, j]
+            li[i, j] = s / ll[i, i]
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _spd_inverse(a, out):
     """Inverse of a symmetric positive definite 6x6 matrix by Cholesky; False if not SPD.
@@ -931,13 +945,7 @@ def _spd_inverse(a, out):
             ll[i, j] = s2 / d
     # invert L, then out = L^-T L^-1
     li = np.zeros((n, n))
-    for i in range(n):
-        li[i, i] = 1.0 / ll[i, i]
-        for j in range(i):
-            s = 0.0
-            for k in range(j, i):
-                s -= ll[i, k] * li[k, j]
-            li[i, j] = s / ll[i, i]
+    _lower_inverse(ll, li)
     for i in range(n):
         for j in range(i + 1):
             s = 0.0
@@ -1288,13 +1296,7 @@ def _posterior_one(jtj, s2, w, g, d, diag, ll, li):
             for k in range(j):
                 s_ij -= ll[i, k] * ll[j, k]
             ll[i, j] = s_ij / dj
-    for i in range(n):  # L^-1, lower triangular
-        li[i, i] = 1.0 / ll[i, i]
-        for j in range(i):
-            s = 0.0
-            for k in range(j, i):
-                s -= ll[i, k] * li[k, j]
-            li[i, j] = s / ll[i, i]
+    _lower_inverse(ll, li)  # L^-1, lower triangular
     tr = 0.0
     for i in range(n):
         di = 0.0

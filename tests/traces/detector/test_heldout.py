@@ -110,17 +110,23 @@ def test_in_sample_calibration_and_the_wafer_path_are_unchanged(fitted):
     assert held.wafer_threshold_ == ins.wafer_threshold_
 
 
+def _fold_em_inputs(lot):
+    """The lot's traces, its normal model and the arrays of their fits under it (a fold EM's inputs)."""
+    traces, full = lot
+    model = NormalModel(full.noise_sd, full.prior_mean, full.prior_sd)
+    fit, good = _prior_fit(traces, model.mu, model.sd, model.noise_sd)
+    x, ssr, npts, jtj = fit.pp[good], fit.ssr[good], fit.n_points[good].astype(float), fit.jtj[good]
+    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    return traces, model, x, ssr, npts, jtj, jtr
+
+
 def test_fold_em_stops_at_its_last_finite_prior(lot):
     from types import SimpleNamespace
 
     from greyanom.traces._heldout import _fold_em
     from greyanom.traces._scoring import NormalModel
 
-    traces, full = lot
-    model = NormalModel(full.noise_sd, full.prior_mean, full.prior_sd)
-    fit, good = _prior_fit(traces, model.mu, model.sd, model.noise_sd)
-    x, ssr, npts, jtj = fit.pp[good], fit.ssr[good], fit.n_points[good].astype(float), fit.jtj[good]
-    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    traces, model, x, ssr, npts, jtj, jtr = _fold_em_inputs(lot)
     cfg = SimpleNamespace(max_em_iter=50, em_tol=1e-6)
     mu, sd, sigma, ok = _fold_em(x[5:], ssr[5:], npts[5:], jtj[5:], jtr[5:], model, *_units(traces), cfg)
     assert ok and not np.allclose(sd, model.sd)
@@ -200,11 +206,7 @@ def test_fold_ems_run_together_give_each_em_its_own_result(lot):
     from greyanom.traces._heldout import _fold_em, _fold_ems
     from greyanom.traces._scoring import NormalModel
 
-    traces, full = lot
-    model = NormalModel(full.noise_sd, full.prior_mean, full.prior_sd)
-    fit, good = _prior_fit(traces, model.mu, model.sd, model.noise_sd)
-    x, ssr, npts, jtj = fit.pp[good], fit.ssr[good], fit.n_points[good].astype(float), fit.jtj[good]
-    jtr = model.noise_sd**2 * (x - model.mu) / model.sd**2
+    traces, model, x, ssr, npts, jtj, jtr = _fold_em_inputs(lot)
     cfg = SimpleNamespace(max_em_iter=30, em_tol=1e-6)
     flat = NormalModel(model.noise_sd, model.mu, np.r_[1e200, model.sd[1:]])  # its EM cannot step
     jtj0 = jtj.copy()
