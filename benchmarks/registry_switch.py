@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from serve_load import SRC, _free_port, _png  # the sibling load benchmark's helpers (same folder)
+from serve_load import _launch, _png  # the sibling load benchmark's helpers (same folder)
 
 NAME = "wafer"
 
@@ -56,28 +55,7 @@ def _build(root, size):
 
 
 def _start(root, db, poll_s):
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "greyanom", "serve", "--registry", str(root), "--name", NAME, "--db", f"sqlite:///{db}",
-         "--host", "127.0.0.1", "--port", str(port), "--registry-poll-s", str(poll_s)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("the server did not start")
+    return _launch(["--registry", root, "--name", NAME, "--db", f"sqlite:///{db}", "--registry-poll-s", poll_s])
 
 
 def _client(url, bodies, stop, log, k):

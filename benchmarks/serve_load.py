@@ -66,27 +66,35 @@ def _percentiles(ms):
     return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)} | {"mean": float(a.mean())}
 
 
-def _start(model, policy, db, workers=1, extra=(), src=SRC):
+def _launch(args, src=SRC, timeout=120):
+    """``greyanom serve ARGS --host 127.0.0.1 --port P`` (a free port) as a real process; returns
+    ``(process, url)`` once ``/healthz`` answers (the process is killed if it does not in time)."""
     import httpx
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "greyanom", "serve", "--model", str(model), "--policy", str(policy),
-         "--db", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-         *extra],
+        [sys.executable, "-m", "greyanom", "serve", *map(str, args), "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return proc, url
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError("the server did not start")
+
+
+def _start(model, policy, db, workers=1, extra=(), src=SRC):
+    return _launch(["--model", model, "--policy", policy, "--db", f"sqlite:///{db}", "--workers", workers, *extra],
+                   src=src)
 
 
 def _stop(proc, sig=signal.SIGTERM):

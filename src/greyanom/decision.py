@@ -495,6 +495,29 @@ class DecisionPolicy:
         return f"DecisionPolicy(review_fpr={self.review_fpr!r}, reject_fpr={self.reject_fpr!r})"
 
 
+def _checked_pair(model, policy, *, allow_unbound=False, name="model"):
+    """A fitted detector and the decision policy calibrated on it, each given as itself or its file.
+
+    Returns ``(detector, policy, model_hash)``: the files read (:func:`greyanom.load`,
+    :meth:`DecisionPolicy.load`; nothing unpickled), and the loaded detector's content hash (the
+    hash of what the registry then writes) from :meth:`DecisionPolicy.check_model`, which
+    refuses a policy bound to another model (and an unbound one unless ``allow_unbound``).
+    ``name``: the caller's name of ``model`` in error messages. The registry and its MLflow
+    bridge load their pairs through it.
+    """
+    import os
+
+    import greyanom
+
+    detector = greyanom.load(model) if isinstance(model, (str, os.PathLike)) else model
+    if not callable(getattr(detector, "save", None)) or not hasattr(detector, "offset_"):
+        raise TypeError(f"{name} must be a fitted greyanom detector or its file, got {type(detector).__name__}.")
+    policy = DecisionPolicy.load(policy) if isinstance(policy, (str, os.PathLike)) else policy
+    if not isinstance(policy, DecisionPolicy) or not hasattr(policy, "review_threshold_"):
+        raise TypeError(f"policy must be a fitted DecisionPolicy or its file, got {type(policy).__name__}.")
+    return detector, policy, policy.check_model(detector, allow_unbound=allow_unbound)
+
+
 def _model_identity(model, name):
     """``(class name, content hash)`` of a fitted detector or a model file."""
     import os

@@ -237,8 +237,7 @@ class ModelRegistry:
         -------
         version : ModelVersion
         """
-        import greyanom
-        from greyanom.decision import DecisionPolicy
+        from greyanom.decision import _checked_pair
 
         self._check_name(name)
         if bump is not None and bump not in _BUMPS:
@@ -249,13 +248,8 @@ class ModelRegistry:
             raise RegistryError(f"metrics must be a JSON-serialisable dict of finite values: {exc}") from exc
         if data_hash is not None and not isinstance(data_hash, str):
             raise TypeError(f"data_hash must be a string or None, got {type(data_hash).__name__}.")
-        detector = greyanom.load(model) if isinstance(model, (str, os.PathLike)) else model
-        if not callable(getattr(detector, "save", None)) or not hasattr(detector, "offset_"):
-            raise TypeError(f"model must be a fitted greyanom detector or its file, got {type(detector).__name__}.")
-        policy = DecisionPolicy.load(policy) if isinstance(policy, (str, os.PathLike)) else policy
-        if not isinstance(policy, DecisionPolicy):
-            raise TypeError(f"policy must be a fitted DecisionPolicy or its file, got {type(policy).__name__}.")
-        digest = policy.check_model(detector, allow_unbound=True)  # refuses a policy bound to another model
+        # refuses a policy bound to another model; an unbound one registers but cannot be promoted
+        detector, policy, digest = _checked_pair(model, policy, allow_unbound=True)
         bound = getattr(policy, "model_hash_", None) is not None
 
         folder = self.root / name

@@ -14,7 +14,6 @@ ImportError naming the extra (``pip install "greyanom[mlflow]"``).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -36,16 +35,10 @@ def _mlflow():
 
 def _load_pair(model, policy):
     """The detector and its policy from their files (or objects); the policy must be bound to the detector."""
-    import greyanom
-    from greyanom.decision import DecisionPolicy
+    from greyanom.decision import _checked_pair
 
-    detector = greyanom.load(model) if isinstance(model, (str, os.PathLike)) else model
-    if not callable(getattr(detector, "save", None)) or not hasattr(detector, "offset_"):
-        raise TypeError(f"detector must be a fitted greyanom detector or its file, got {type(detector).__name__}.")
-    policy = DecisionPolicy.load(policy) if isinstance(policy, (str, os.PathLike)) else policy
-    if not isinstance(policy, DecisionPolicy):
-        raise TypeError(f"policy must be a fitted DecisionPolicy or its file, got {type(policy).__name__}.")
-    policy.check_model(detector)  # refuses a policy that is unbound or bound to another model
+    # refuses a policy that is unbound or bound to another model
+    detector, policy, _ = _checked_pair(model, policy, name="detector")
     return detector, policy
 
 
