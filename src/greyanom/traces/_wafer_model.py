@@ -24,13 +24,20 @@ With a level term (``level_weight`` ``w > 0`` and a set ``L`` of level features,
 
 .. math::
 
-    M = \\max_{j \\in L} z_j^2 / s_j^2, \\qquad \\mathrm{score} = Q / δ_Q + w\\, M / δ_M
+    M = \\max_{j \\in L} \\max\\left(e_j^2 / s_j^2,\\; c\\, z_j^2 / u_j^2\\right), \\qquad
+    \\mathrm{score} = Q / δ_Q + w\\, M / δ_M
 
-where ``s_j`` is the root mean square of feature ``j``'s cross-fitted scaled values on the
-training wafers (its out-of-fold spread: a feature whose robust scale understates its
-spread on unseen normal wafers, e.g. a noisy sensor, is weighed down) and ``δ_M`` the median
-of the cross-fitted ``M``. The whole of ``w M / δ_M`` is the contribution of the feature that
-attains the maximum, so the contributions still sum exactly to the score.
+where ``e = z - P P^\\top z`` is the row's residual off the principal subspace, ``s_j`` and
+``u_j`` the root mean squares of feature ``j``'s cross-fitted ``e_j`` and ``z_j`` on the
+training wafers (their out-of-fold spreads: a feature whose robust scale understates its
+spread on unseen normal wafers, e.g. a noisy sensor, is weighed down), ``c`` in ``[0, 1]``
+the weight of the scaled value (``level_subspace_weight``) and ``δ_M`` the median of the
+cross-fitted ``M``. A level that moves together with others as normal wafers' levels do
+(along the principal directions: on LAM 9600 the RF matching and optical signals of a
+chamber's first wafers) counts at most ``c`` times; a level that breaks that pattern
+counts whole. (``level_term="scaled"``, the level term of models made before the residual
+one: ``M = max_j z_j^2 / u_j^2``.) The whole of ``w M / δ_M`` is the contribution of the
+feature that attains the maximum, so the contributions still sum exactly to the score.
 """
 
 from __future__ import annotations
@@ -79,12 +86,21 @@ class WaferModel:
     statistic : {"q", "t2", "combined"}
         The score: ``Q / delta_q``, ``T² / delta_t`` or their sum.
     level_weights : ndarray of shape (p,) or None
-        ``1 / s_j²`` for the level features (``s_j`` their out-of-fold root mean square
-        scaled value), 0 for the others; ``None``: no level term.
+        ``1 / s_j²`` for the level features (``s_j`` the out-of-fold root mean square of
+        their residual, or of their scaled value without ``level_residual``), 0 for the
+        others; ``None``: no level term.
     delta_m : float
         Normaliser of the level term ``M`` (median of the cross-fitted ``M``).
     level_weight : float
         Weight ``w`` of ``M / delta_m`` in the score (0: no level term).
+    level_residual : bool
+        Whether the level term runs over the residuals ``e`` (True) or the scaled features
+        ``z`` (False: models made before the residual level term, whose files lack the field).
+    scaled_level_weights : ndarray of shape (p,) or None
+        With ``level_residual``: ``c / u_j²`` (``u_j`` the out-of-fold root mean square
+        scaled value, ``c`` the weight of the scaled value), 0 for the other features; the
+        level value of a feature is the larger of ``level_weights_j e_j²`` and
+        ``scaled_level_weights_j z_j²``. ``None``: the residual alone.
     """
 
     lots: np.ndarray
@@ -101,6 +117,8 @@ class WaferModel:
     level_weights: np.ndarray | None = None
     delta_m: float = 1.0
     level_weight: float = 0.0
+    level_residual: bool = False
+    scaled_level_weights: np.ndarray | None = None
 
     @property
     def n_features(self):
@@ -110,11 +128,20 @@ class WaferModel:
         """A copy with the Q and T² normalisers set."""
         return dataclasses.replace(self, delta_q=float(delta_q), delta_t=float(delta_t))
 
-    def with_level(self, level_weights, delta_m, level_weight):
-        """A copy with the level term set (see :func:`cross_fit`)."""
+    def with_level(self, level_weights, delta_m, level_weight, level_residual=None, scaled_level_weights=None):
+        """A copy with the level term set (see :func:`cross_fit`).
+
+        ``level_residual=None`` keeps the model's; ``scaled_level_weights`` is only used with
+        the residual.
+        """
+        residual = self.level_residual if level_residual is None else bool(level_residual)
+        scaled = None
+        if residual:
+            scaled = self.scaled_level_weights if scaled_level_weights is None else scaled_level_weights
         return dataclasses.replace(
             self, level_weights=np.asarray(level_weights, dtype=np.float64), delta_m=float(delta_m),
-            level_weight=float(level_weight),
+            level_weight=float(level_weight), level_residual=residual,
+            scaled_level_weights=None if scaled is None else np.asarray(scaled, dtype=np.float64),
         )
 
     @property
@@ -126,8 +153,11 @@ class WaferModel:
         return {
             "lot_center": self.lot_center, "lot_scale": self.lot_scale, "center": self.center, "scale": self.scale,
             "components": self.components, "variances": self.variances,
-            "scalars": np.array([self.clip, self.delta_q, self.delta_t, self.delta_m, self.level_weight]),
+            "scalars": np.array(
+                [self.clip, self.delta_q, self.delta_t, self.delta_m, self.level_weight, float(self.level_residual)]
+            ),
             **({} if self.level_weights is None else {"level_weights": self.level_weights}),
+            **({} if self.scaled_level_weights is None else {"scaled_level_weights": self.scaled_level_weights}),
         }
 
     @classmethod
@@ -135,16 +165,18 @@ class WaferModel:
         """Inverse of :meth:`to_arrays`; ``lots`` is the list of lot labels.
 
         Arrays written before the level term (three scalars, no ``level_weights``) give a
-        model without it.
+        model without it; arrays written before the residual level term (five scalars) give
+        the level term on the scaled features.
         """
         clip, dq, dt, *level = (float(v) for v in arrays["scalars"])
-        dm, w = level if level else (1.0, 0.0)
+        dm, w, residual = (*level, 0.0)[:3] if level else (1.0, 0.0, 0.0)
         weights = arrays.get("level_weights")
         return cls(
             np.asarray(lots, dtype=object).astype(str), np.asarray(arrays["lot_center"]),
             np.asarray(arrays["lot_scale"]), np.asarray(arrays["center"]), np.asarray(arrays["scale"]),
             np.asarray(arrays["components"]), np.asarray(arrays["variances"]), clip, dq, dt, statistic,
-            None if weights is None else np.asarray(weights), dm, w,
+            None if weights is None else np.asarray(weights), dm, w, bool(residual),
+            None if arrays.get("scaled_level_weights") is None else np.asarray(arrays["scaled_level_weights"]),
         )
 
 
@@ -262,8 +294,13 @@ def scale_rows(model, F, lots=None, *, new_lots="pooled", min_lot_size=3):
     return Z, known
 
 
-def level_term(model, Z):
-    """The level statistic ``M = max_j level_weights_j z_j²`` of scaled rows ``Z`` and its argmax.
+def level_term(model, Z, E=None):
+    """The level statistic ``M`` of scaled rows ``Z`` and its argmax.
+
+    ``M = max_j level_weights_j r_j²``, with ``r`` the residual ``E`` of the rows (``Z``
+    minus its projection on the principal directions; computed when not given) for a model
+    with ``level_residual``, ``Z`` otherwise; with ``scaled_level_weights`` each feature's
+    value is the larger of that and ``scaled_level_weights_j z_j²``.
 
     Returns
     -------
@@ -271,9 +308,20 @@ def level_term(model, Z):
     arg : ndarray of int of shape (n,)
         The feature attaining the maximum in each row.
     """
-    V = model.level_weights * Z**2
+    if model.level_residual:
+        R = _residual(model, Z) if E is None else E
+    else:
+        R = Z
+    V = model.level_weights * R**2
+    if model.level_residual and model.scaled_level_weights is not None:
+        V = np.maximum(V, model.scaled_level_weights * Z**2)
     arg = V.argmax(axis=1)
     return V[np.arange(V.shape[0]), arg], arg
+
+
+def _residual(model, Z):
+    P = model.components
+    return Z - (Z @ P.T) @ P
 
 
 def wafer_terms(model, Z):
@@ -301,14 +349,17 @@ def wafer_terms(model, Z):
     contrib = cq * wq + ct * wt
     score = q * wq + t2 * wt
     if model.has_level:
-        m, arg = level_term(model, Z)
+        m, arg = level_term(model, Z, E)
         lv = model.level_weight * m / model.delta_m
         contrib[np.arange(Z.shape[0]), arg] += lv
         score = score + lv
     return score, contrib, q, t2
 
 
-def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, level_weight=0.0, **fit_kwargs):
+def cross_fit(
+    F, lots=None, *, n_splits=5, random_state=None, level_mask=None, level_weight=0.0, level_term="residual",
+    level_subspace_weight=0.5, **fit_kwargs,
+):
     """Fit on all rows and score each row from a model fitted without its fold.
 
     Rows are split into ``n_splits`` folds stratified by lot (shuffled with ``random_state``).
@@ -317,8 +368,8 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, l
     set a control limit from.
 
     With ``level_weight > 0`` and a ``level_mask``, the model also gets the level term (see
-    the module docstring): the out-of-fold scaled rows give each level feature its weight
-    ``1 / s_j²`` and ``delta_m``. Those are learned from the held-out rows themselves, so the
+    the module docstring): the out-of-fold residuals (``level_term="residual"``) or scaled
+    rows (``"scaled"``) give each level feature its weight ``1 / s_j²`` and ``delta_m``. Those are learned from the held-out rows themselves, so the
     held-out score of a fold then comes from a model fitted, level term and normalisers
     included, by this same cross-fitting on the other folds (nested): the control limit is
     made of scores of wafers that no part of the model saw.
@@ -337,6 +388,13 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, l
         The level features (those the max-type term runs over).
     level_weight : float
         Weight of the level term; 0 (default) or no level feature: Q / T² alone.
+    level_term : {"residual", "scaled"}
+        What the level term runs over: each row's residual off the principal subspace
+        (default), or its scaled features (the level term before the residual one).
+    level_subspace_weight : float in [0, 1]
+        With ``level_term="residual"``, the weight ``c`` of each level feature's scaled value
+        beside its residual (the larger counts; see the module docstring); 0: the residual
+        alone.
     **fit_kwargs
         Passed to :func:`fit_wafer_model`.
 
@@ -350,9 +408,15 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, l
     F = np.asarray(F, dtype=np.float64)
     n = F.shape[0]
     codes = _lot_codes(lots, n)
+    if level_term not in ("residual", "scaled"):
+        raise ValueError(f"level_term must be 'residual' or 'scaled', got {level_term!r}.")
+    if not 0.0 <= level_subspace_weight <= 1.0:
+        raise ValueError(f"level_subspace_weight must be in [0, 1], got {level_subspace_weight!r}.")
     level = level_mask is not None and level_weight > 0 and bool(np.any(level_mask))
+    # the level term: (what it runs over, the weight of the scaled value beside the residual)
+    how = (level_term == "residual", float(level_subspace_weight) if level_term == "residual" else 0.0)
     model, folds, q, t2 = _fit_calibrated(
-        F, codes, n_splits, random_state, level_mask if level else None, level_weight, fit_kwargs
+        F, codes, n_splits, random_state, level_mask if level else None, level_weight, how, fit_kwargs
     )
     if not level:
         wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
@@ -360,7 +424,9 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, l
         return model, q * wq + t2 * wt, folds
 
     def fit_score(train, test):
-        m, *_ = _fit_calibrated(F[train], codes[train], n_splits, random_state, level_mask, level_weight, fit_kwargs)
+        m, *_ = _fit_calibrated(
+            F[train], codes[train], n_splits, random_state, level_mask, level_weight, how, fit_kwargs
+        )
         Z, _ = scale_rows(m, F[test], codes[test])
         return wafer_terms(m, Z)[0]
 
@@ -370,31 +436,52 @@ def cross_fit(F, lots=None, *, n_splits=5, random_state=None, level_mask=None, l
     return model, heldout, folds
 
 
-def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, fit_kwargs):
-    """The model fitted on all rows with the normalisers (and level term) from its out-of-fold rows."""
+def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, how, fit_kwargs):
+    """The model fitted on all rows with the normalisers (and level term) from its out-of-fold rows.
+
+    ``how`` is ``(residual, c)``: whether the level term runs over the residuals, and the
+    weight of the scaled values beside them.
+    """
+    residual, c = how
     n = F.shape[0]
     folds = _crossfit.make_folds(n, n_splits, random_state, groups=codes)
-    Zo = np.empty_like(F) if level_mask is not None else None
+    level = level_mask is not None
+    Zo = np.empty_like(F) if level else None  # out-of-fold scaled rows
+    Eo = np.empty_like(F) if level and residual else None  # and their residuals
     q = np.empty(n)
     t2 = np.empty(n)
 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
         Z, _ = scale_rows(m, F[test], codes[test])
-        return Z, *wafer_terms(m, Z)[2:]
+        return Z, _residual(m, Z) if Eo is not None else None, *wafer_terms(m, Z)[2:]
 
-    for test, (Z, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
+    for test, (Z, E, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
         q[test], t2[test] = q_k, t2_k
-        if Zo is not None:
+        if level:
             Zo[test] = Z
+        if Eo is not None:
+            Eo[test] = E
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
-    if Zo is not None:
-        # out-of-fold spread of each level feature; floored so a feature constant on every
-        # held-out training wafer (s = 0) cannot give a weight beyond 1e6
-        s2 = np.maximum((Zo**2).mean(axis=0), 1e-6)
-        weights = np.where(np.asarray(level_mask, dtype=bool), 1.0 / s2, 0.0)
-        m = (weights * Zo**2).max(axis=1)
-        model = model.with_level(weights, float(np.median(m)) or 1.0, level_weight)
+    if level:
+        mask = np.asarray(level_mask, dtype=bool)
+
+        def weights_of(R):
+            # out-of-fold spread of each level feature; floored so a feature constant on every
+            # held-out training wafer (s = 0) cannot give a weight beyond 1e6
+            return np.where(mask, 1.0 / np.maximum((R**2).mean(axis=0), 1e-6), 0.0)
+
+        R = Eo if residual else Zo
+        weights = weights_of(R)
+        V = weights * R**2
+        scaled = None
+        if residual and c > 0:
+            scaled = c * weights_of(Zo)
+            V = np.maximum(V, scaled * Zo**2)
+        m = V.max(axis=1)
+        model = model.with_level(
+            weights, float(np.median(m)) or 1.0, level_weight, level_residual=residual, scaled_level_weights=scaled
+        )
     return model, folds, q, t2

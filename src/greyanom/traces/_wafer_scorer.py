@@ -131,13 +131,14 @@ class WaferScorer:
 
     @classmethod
     def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state,
-            level_features=(), level_weight=0.0):
+            level_features=(), level_weight=0.0, level_term="residual", level_subspace_weight=0.5):
         """Fit the wafer model on training features, with cross-fitted held-out scores and limit.
 
         The limit is :func:`wafer_limit` of the held-out scores at ``contamination``.
 
         ``level_features`` names the features (last column level) that the max-type level
-        term runs over, weighted by ``level_weight`` (see :func:`greyanom.traces._wafer_model.cross_fit`).
+        term runs over, weighted by ``level_weight``, on the residuals or the scaled features
+        (``level_term``, ``level_subspace_weight``; see :func:`greyanom.traces._wafer_model.cross_fit`).
         """
         # folds drawn on the wafers in key order, so the fit does not depend on the row order
         order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
@@ -154,6 +155,7 @@ class WaferScorer:
         model, heldout, _ = wm.cross_fit(
             X, lots, n_splits=cv, random_state=random_state,
             level_mask=columns.get_level_values(-1).isin(list(level_features)), level_weight=level_weight,
+            level_term=level_term, level_subspace_weight=level_subspace_weight,
             n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
         )
         return cls(

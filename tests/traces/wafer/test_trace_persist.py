@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import greyanom
@@ -118,6 +119,38 @@ def test_files_saved_before_the_trace_package_move_load_and_refits_are_bit_equal
     np.testing.assert_array_equal(det.fit(lots).score_wafers(lots).to_numpy(), expected["mpca"])
 
 
+def test_files_saved_before_the_residual_level_term_load_score_and_refit_as_they_did():
+    """``tests/traces/data/shape_v1_level.safetensors``: a ShapeSignatureDetector with the level term on the
+    scaled wafer features and 8 wafer components, fitted and saved by the code of commit fdfdfed (before the
+    residual level term, issue 19), with its wafer scores, explanations and limit written then
+    (``expected_v1_level.npz``). It loads with ``level_term="scaled"`` and scores bit for bit as it did;
+    refitted with its own parameters, it gives the same numbers again."""
+    import warnings
+    from pathlib import Path
+
+    data = Path(__file__).parents[1] / "data"
+    expected = np.load(data / "expected_v1_level.npz")
+    lots = make_pi_lots(n_lots=4, wafers_per_lot=5, sensors=("v", "u"), n_points=(40, 60),
+                        faults={"setpoint_offset": 1}, n_clean_lots=3, random_state=3)
+    old = greyanom.load(data / "shape_v1_level.safetensors")
+    params = old.get_params()
+    assert params["level_term"] == "scaled" and params["n_components"] == 8 and params["level_weight"] == 0.5
+    assert old.wafer_model_.has_level and not old.wafer_model_.level_residual
+    assert old.wafer_model_.scaled_level_weights is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # statuses of the short synthetic traces
+        s = old.score_wafers(lots)
+        np.testing.assert_array_equal(s.index.to_numpy().astype(str), expected["index"])
+        np.testing.assert_array_equal(s.to_numpy(), expected["scores"])
+        np.testing.assert_array_equal(old.explain_wafers(lots).to_numpy(), expected["explain"])
+        assert old.wafer_threshold_ == expected["threshold"]
+        refit = clone(old).fit(lots)
+        np.testing.assert_allclose(refit.score_wafers(lots).to_numpy(), expected["scores"], rtol=1e-12)
+        # the same data under this version's defaults: the level term on the residual
+        new = clone(old).set_params(level_term="residual", n_components=4).fit(lots)
+    assert new.wafer_model_.level_residual and not np.allclose(new.score_wafers(lots).to_numpy(), expected["scores"])
+
+
 def test_pickles_made_before_the_package_move_load_and_score_as_they_did():
     """``tests/traces/data/*_pre_move.pkl``: a ShapeSignatureDetector and a MultiwayPCADetector pickled by
     the code before the trace package (module paths ``greyanom.shape._detector``,
@@ -138,6 +171,7 @@ def test_pickles_made_before_the_package_move_load_and_score_as_they_did():
     assert type(shape) is Shape and type(mpca) is Mpca
     # made before the level term: a Q-only wafer model, and its parameters say so
     assert shape.get_params()["level_weight"] == 0.0 and not shape.wafer_model_.has_level
+    assert shape.get_params()["level_term"] == "scaled" and not shape.wafer_model_.level_residual
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # statuses of the short synthetic traces
         s = shape.score_wafers(lots)

@@ -111,39 +111,104 @@ def wide():
     return F, lots
 
 
+#: level term configurations: (level_term, level_subspace_weight)
+LEVELS = [("scaled", 0.5), ("residual", 0.0), ("residual", 0.5)]
+
+
+def _naive_level_values(m, Z, term, c):
+    """Per-feature level values ``V`` of rows ``Z``, from the formulas of the module docstring."""
+    P = m.components
+    E = np.array([z - sum(np.dot(z, v) * v for v in P) for z in Z])  # residual off the subspace
+    if term == "scaled":
+        return m.level_weights * Z**2
+    V = m.level_weights * E**2
+    return V if c == 0 else np.maximum(V, m.scaled_level_weights * Z**2)
+
+
+@pytest.mark.parametrize("term, c", LEVELS)
 @pytest.mark.parametrize("statistic", ["q", "t2", "combined"])
-def test_level_term_is_exact_and_goes_to_the_argmax_feature(wide, statistic):
+def test_level_term_is_exact_and_goes_to_the_argmax_feature(wide, statistic, term, c):
     F, lots = wide
     mask = np.zeros(F.shape[1], dtype=bool)
     mask[::2] = True
-    m, heldout, _ = wm.cross_fit(F, lots, random_state=0, statistic=statistic, level_mask=mask, level_weight=0.5)
+    m, heldout, _ = wm.cross_fit(F, lots, random_state=0, statistic=statistic, level_mask=mask, level_weight=0.5,
+                                 level_term=term, level_subspace_weight=c)
     assert m.has_level and np.isfinite(heldout).all()
+    assert m.level_residual == (term == "residual") and (m.scaled_level_weights is not None) == (term == "residual" and c > 0)
     X = F[:10] + np.linspace(-3, 3, 10)[:, None]
     Z, _ = wm.scale_rows(m, X, lots[:10])
     score, contrib, q, t2 = wm.wafer_terms(m, Z)
     np.testing.assert_allclose(contrib.sum(axis=1), score, rtol=1e-12, atol=1e-12)
     base = {"q": q / m.delta_q, "t2": t2 / m.delta_t, "combined": q / m.delta_q + t2 / m.delta_t}[statistic]
-    naive = np.array([max(m.level_weights[j] * z[j] ** 2 for j in np.flatnonzero(mask)) for z in Z])
-    np.testing.assert_allclose(score, base + 0.5 * naive / m.delta_m, rtol=1e-12)
+    V = _naive_level_values(m, Z, term, c)
+    naive = np.array([max(v[j] for j in np.flatnonzero(mask)) for v in V])
+    np.testing.assert_allclose(score, base + 0.5 * naive / m.delta_m, rtol=1e-10)
     m0 = m.with_level(m.level_weights, m.delta_m, 0.0)  # the same model without the level term
     s0, c0, _, _ = wm.wafer_terms(m0, Z)
     extra = contrib - c0
-    arg = np.argmax(m.level_weights * Z**2, axis=1)
-    np.testing.assert_allclose(extra[np.arange(10), arg], score - s0, rtol=1e-12)
+    arg = np.argmax(V, axis=1)
+    np.testing.assert_allclose(extra[np.arange(10), arg], score - s0, rtol=1e-10)
     assert np.count_nonzero(np.abs(extra) > 1e-12, axis=1).max() == 1
     assert mask[arg].all() and (m.level_weights[~mask] == 0).all()
 
 
-def test_level_weights_are_the_out_of_fold_spread_and_weigh_a_noisy_feature_down(wide):
+@pytest.mark.parametrize("term, c", LEVELS)
+def test_level_weights_are_the_out_of_fold_spread_and_weigh_a_noisy_feature_down(wide, term, c):
     F, lots = wide
     mask = np.ones(F.shape[1], dtype=bool)
-    m, _, folds = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=1.0, scale_floor=0.5)
-    Zo = np.empty_like(F)
-    for k in range(5):  # naive out-of-fold scaled rows
+    m, _, folds = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=1.0, scale_floor=0.5,
+                               level_term=term, level_subspace_weight=c)
+    Zo, Eo = np.empty_like(F), np.empty_like(F)
+    for k in range(5):  # naive out-of-fold scaled rows and residuals, each under its fold's model
         fk = wm.fit_wafer_model(F[folds != k], lots[folds != k], n_components=4, scale_floor=0.5)
-        Zo[folds == k] = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
-    np.testing.assert_allclose(m.level_weights, 1.0 / (Zo**2).mean(axis=0), rtol=1e-12)
-    assert m.level_weights[5] < 0.5 * np.median(m.level_weights)  # the noisy feature counts less
+        Zo[folds == k] = z = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
+        Eo[folds == k] = z - z @ fk.components.T @ fk.components
+    R = Eo if term == "residual" else Zo
+    np.testing.assert_allclose(m.level_weights, 1.0 / (R**2).mean(axis=0), rtol=1e-12)
+    V = m.level_weights * R**2
+    if term == "residual" and c > 0:
+        np.testing.assert_allclose(m.scaled_level_weights, c / (Zo**2).mean(axis=0), rtol=1e-12)
+        V = np.maximum(V, m.scaled_level_weights * Zo**2)
+    assert m.delta_m == pytest.approx(np.median(V.max(axis=1)), rel=1e-12)
+    assert np.argmin(m.level_weights) == 5  # the noisy feature counts least
+
+
+def test_residual_level_term_discounts_a_shift_along_normal_variation_and_keeps_one_across_it():
+    """A joint level shift that some normal wafers also show (a chamber's first wafers, on LAM 9600)
+    lies in the principal subspace: the residual level term does not count it, the scaled one does.
+    A shift of one feature off that pattern counts in both."""
+    rng = np.random.default_rng(7)
+    n, p = 120, 40
+    F = rng.normal(size=(n, p))
+    first = rng.random(n) < 0.05  # 4 of the normal wafers: features 0-4 move together by 6
+    F[first, :5] += 6.0
+    lots = np.repeat(["a", "b"], n // 2)
+    mask = np.ones(p, dtype=bool)
+    along = rng.normal(size=(50, p))
+    along[:, :5] += 6.0
+    across = rng.normal(size=(50, p))
+    across[:, 7] += 6.0
+    normal = rng.normal(size=(50, p))
+    new = np.repeat(["a", "b"], 25)
+
+    def level(term, c):
+        m, _, _ = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=1.0, n_components=4,
+                               scale_floor=0.5, level_term=term, level_subspace_weight=c)
+        return [np.median(wm.level_term(m, wm.scale_rows(m, X, new)[0])[0] / m.delta_m) for X in (along, across, normal)]
+
+    (sa, sx, sn), (ra, rx, rn), (ha, hx, hn) = level("scaled", 0.5), level("residual", 0.0), level("residual", 0.5)
+    assert sa > 3 * sn and sx > 3 * sn  # the scaled term counts both shifts
+    assert ra < 1.5 * rn and rx > 3 * rn  # the residual term only the one across the pattern
+    assert 1.5 * ra < ha < 0.7 * sa  # with c = 0.5 the shift along the pattern counts, discounted
+    assert hx > 3 * hn
+
+
+def test_level_term_options_are_checked(wide):
+    F, lots = wide
+    with pytest.raises(ValueError, match="level_term must be 'residual' or 'scaled'"):
+        wm.cross_fit(F, lots, level_mask=np.ones(F.shape[1], bool), level_weight=1.0, level_term="raw")
+    with pytest.raises(ValueError, match=r"level_subspace_weight must be in \[0, 1\]"):
+        wm.cross_fit(F, lots, level_mask=np.ones(F.shape[1], bool), level_weight=1.0, level_subspace_weight=1.5)
 
 
 def test_level_term_catches_a_single_feature_shift_that_q_misses(wide):
@@ -168,9 +233,17 @@ def test_level_term_catches_a_single_feature_shift_that_q_misses(wide):
 def test_arrays_round_trip_with_a_level_term_and_from_old_arrays(wide):
     F, lots = wide
     m, _, _ = wm.cross_fit(F, lots, random_state=0, level_mask=np.ones(F.shape[1], bool), level_weight=0.5)
+    assert m.level_residual and m.scaled_level_weights is not None
     m2 = wm.WaferModel.from_arrays(m.to_arrays(), list(m.lots), m.statistic)
     Z, _ = wm.scale_rows(m, F, lots)
     np.testing.assert_array_equal(wm.wafer_terms(m, Z)[0], wm.wafer_terms(m2, Z)[0])
+    # arrays written before the residual level term (five scalars): the level term on the scaled features
+    ms, _, _ = wm.cross_fit(F, lots, random_state=0, level_mask=np.ones(F.shape[1], bool), level_weight=0.5,
+                            level_term="scaled")
+    five = dict(ms.to_arrays(), scalars=ms.to_arrays()["scalars"][:5])
+    m5 = wm.WaferModel.from_arrays(five, list(ms.lots), ms.statistic)
+    assert m5.has_level and not m5.level_residual and m5.scaled_level_weights is None
+    np.testing.assert_array_equal(wm.wafer_terms(m5, Z)[0], wm.wafer_terms(ms, Z)[0])
     old = {k: v for k, v in m.to_arrays().items() if k != "level_weights"}
     old["scalars"] = old["scalars"][:3]  # arrays written before the level term
     m3 = wm.WaferModel.from_arrays(old, list(m.lots), m.statistic)
