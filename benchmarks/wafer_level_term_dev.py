@@ -9,6 +9,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/wafer_level_term_dev.py --cache /tmp/wafer-limit-dev
     PYTHONPATH=src python benchmarks/wafer_level_term_dev.py --cache /tmp/wafer-limit-dev --skip-sim
+    PYTHONPATH=src python benchmarks/wafer_level_term_dev.py --cache /tmp/wafer-limit-dev --fresh 200-299
 
 Printed:
 
@@ -21,6 +22,12 @@ Printed:
 2. Simulated lots (``make_pi_lots``, 6 lots of 10 wafers, 4 for training, 2 wafers of each of
    5 fault types, seeds 1-8): AUROC of each fault type against the held-out normal wafers, for
    the same level terms (one shape fit per seed; only the wafer model changes).
+3. With ``--fresh SEEDS`` instead: the chosen wafer model beside the one before this round and
+   the two baselines (multiway PCA, max|z|, as in ``shape_wafer_report.py``) on split seeds that
+   no choice looked at (the same protocol; e.g. 200-299): the A/B of this round on data it was
+   not tuned on, with 20 times the normal wafers of the 5 evaluation splits. ``best_0`` and
+   ``best_1``: the faults flagged, on average, by each split's best threshold in hindsight that
+   flags no held-out normal wafer, or one (3.7 % of 27): what the score's ranking allows.
 
 The adoption rule of this round, fixed before the grid was run: AUROC >= 0.997, >= 19.9 / 21
 faults flagged and <= 1.4 % false alarms on the development splits (the library before this
@@ -43,6 +50,18 @@ Findings (2 shared cores; about 4 minutes with a warm cache and the simulated pa
   together, partly as normal wafers do. Letting each level feature's scaled value count at
   half weight when it is larger (``level_subspace_weight=0.5``) gave 0.956 and flags on LAM
   exactly what the residual alone flags; 0.7 gave 0.962 and 19.90 / 21 at 0.74 %.
+* The development splits flattered the choice. On 200 fresh splits (``--fresh 200-299`` and
+  ``--fresh 300-399``, 5,400 held-out normal wafers; ``benchmarks/results/wafer_level_term_fresh_200-399.txt``)
+  the residual term gave 19.87 and 20.08 / 21 at 2.19 and 2.15 % false alarms, against 19.95
+  and 20.09 / 21 at 2.44 and 2.78 % before: 117 false alarms against 141, 9 catches fewer of
+  4,200, AUROC 0.9969 / 0.9974 against 0.9970 / 0.9972. Of 40 blocks of 5 consecutive splits
+  (the issue's goal is a mean over 5), 12 meet ">= 20 / 21 at <= 2 %" against 5 before.
+  Multiway PCA: 16.76 / 16.75 at 1.48 / 1.67 %; max|z|: 17.89 / 17.84 at 1.59 / 1.70 %.
+* The goal sits at the edge of what the score's ranking allows: each split's best threshold in
+  hindsight that flags no held-out normal wafer flags 19.72 and 19.92 faults on average (19.79
+  and 19.76 before), one false alarm per split (3.7 %) 20.74 and 20.73. A limit estimated
+  from ~80 training wafers cannot do better than that; the 99 % limit is exceeded by about
+  2.2 % of the fresh normal wafers (the lognormal tail is too light, ``wafer_limit_dev.py``).
 """
 
 from __future__ import annotations
@@ -58,7 +77,7 @@ from sklearn.metrics import roc_auc_score
 from greyanom import ShapeSignatureDetector
 from greyanom.datasets import load_lam9600, make_pi_lots
 from greyanom.traces._features import LEVEL_FEATURES
-from greyanom.traces._wafer_scorer import WaferScorer
+from greyanom.traces._wafer_scorer import WaferScorer, wafer_limit
 from shape_wafer_report import LIMIT, _seeds
 from wafer_limit_dev import _quiet, build_cache
 
@@ -136,12 +155,58 @@ def simulated(seeds=range(1, 9)):
     return pd.Series({k: float(np.mean(v)) for k, v in res.items()}).unstack(1)
 
 
+def fresh(caches, fault):
+    """The chosen wafer model, the one before and the baselines on the cached splits ``caches``."""
+    from wafer_limit_dev import MPCA_KW, _scorer
+
+    methods = {"shape, residual (this round)": dict(level_term="residual", n_components=4),
+               "shape, scaled, 8 components (before)": VARIANTS["scaled, 8 components (before)"]}
+    rows, alarms = [], {}
+    for c in caches:
+        train_wf, test_wf, _ = c["shape"]
+        scores = {}
+        for name, kw in methods.items():
+            sc = WaferScorer.fit(train_wf, contamination=LIMIT, random_state=c["seed"], **{**BASE, **kw})
+            scores[name] = (sc.heldout.to_numpy(), sc.score(test_wf))
+        m_train, m_test = c["mpca"]
+        sc = _scorer(m_train, c["seed"], MPCA_KW)
+        scores["multiway PCA"] = (sc.heldout.to_numpy(), sc.score(m_test))
+        scores["max|z|"] = (c["maxz"][0].to_numpy(), c["maxz"][1])
+        for name, (oof, s) in scores.items():
+            s = s.reindex(test_wf.features.index)
+            lim = wafer_limit(oof, LIMIT)
+            y = fault.reindex(s.index).notna().to_numpy()
+            v = s.to_numpy()
+            top = np.sort(v[~y])[::-1]  # the best thresholds of the split, in hindsight
+            rows.append({"method": name, "AUROC": roc_auc_score(y, v), "flagged": int((v[y] > lim).sum()),
+                         "best, 0 false alarms": int((v[y] > top[0]).sum()),
+                         "best, 1 false alarm": int((v[y] > top[1]).sum()),
+                         "false alarms": int((v[~y] > lim).sum()), "normals": int((~y).sum()),
+                         "at most 2 % and 20 flagged": bool((v[~y] > lim).mean() <= 0.02 and (v[y] > lim).sum() >= 20)})
+            alarms.setdefault(name, []).extend(s.index[~y][v[~y] > lim])
+    r = pd.DataFrame(rows)
+    out = r.groupby("method", sort=False).agg(
+        AUROC=("AUROC", "mean"), AUROC_min=("AUROC", "min"), flagged=("flagged", "mean"),
+        false_alarms=("false alarms", "sum"), normals=("normals", "sum"),
+        best_0=("best, 0 false alarms", "mean"), best_1=("best, 1 false alarm", "mean"),
+    )
+    out["false alarms %"] = 100 * out["false_alarms"] / out["normals"]
+    # the issue's goal is a mean over 5 splits: how often 5 consecutive fresh splits meet it
+    for name, g in r.groupby("method", sort=False):
+        blocks = [g.iloc[i:i + 5] for i in range(0, len(g) - 4, 5)]
+        met = [b["flagged"].mean() >= 20 and b["false alarms"].sum() / b["normals"].sum() <= 0.02 for b in blocks]
+        out.loc[name, "blocks of 5 meeting the goal"] = f"{sum(met)} / {len(met)}"
+        out.loc[name, "false alarms by wafer"] = _counts(alarms[name][:]) if name in alarms else ""
+    return out.reset_index()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--cache", required=True, help="the folder of wafer_limit_dev.py's per-split cache")
     parser.add_argument("--seeds", default="100-119", help="development split seeds (never 0-4)")
     parser.add_argument("--skip-sim", action="store_true", help="LAM 9600 only")
+    parser.add_argument("--fresh", default=None, help="instead: the A/B on split seeds no choice looked at (e.g. 200-299)")
     args = parser.parse_args(argv)
     seeds = _seeds(args.seeds)
     if set(seeds) & set(range(5)):
@@ -150,6 +215,15 @@ def main(argv=None):
     pd.set_option("display.max_colwidth", 80)
     df = _quiet(load_lam9600, Path(args.data) / "wise_etch_lam9600")
     wafers = df.drop_duplicates("wafer").set_index("wafer")[["experiment", "fault"]]
+    if args.fresh:
+        fresh_seeds = _seeds(args.fresh)
+        if set(fresh_seeds) & (set(range(5)) | set(range(100, 120))):
+            raise SystemExit("--fresh seeds must be neither the evaluation (0-4) nor the development (100-119) splits")
+        caches = [build_cache(df, wafers, seed, args.cache) for seed in fresh_seeds]
+        print(f"3. {len(fresh_seeds)} fresh splits (seeds {args.fresh}), alarms at the 99 % limit; false alarms summed")
+        pd.set_option("display.max_colwidth", 120)
+        print(fresh(caches, wafers["fault"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        return
     caches = [build_cache(df, wafers, seed, args.cache) for seed in seeds]
     print(f"1. LAM 9600, {len(seeds)} development splits (alarms at the 99 % limit; means over the splits)")
     print(lam(caches, wafers["fault"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
