@@ -499,23 +499,47 @@ def _checked_pair(model, policy, *, allow_unbound=False, name="model"):
     """A fitted detector and the decision policy calibrated on it, each given as itself or its file.
 
     Returns ``(detector, policy, model_hash)``: the files read (:func:`greyanom.load`,
-    :meth:`DecisionPolicy.load`; nothing unpickled), and the loaded detector's content hash (the
-    hash of what the registry then writes) from :meth:`DecisionPolicy.check_model`, which
-    refuses a policy bound to another model (and an unbound one unless ``allow_unbound``).
-    ``name``: the caller's name of ``model`` in error messages. The registry and its MLflow
-    bridge load their pairs through it.
+    :meth:`DecisionPolicy.load`; nothing unpickled), and the content hash of ``model`` as given
+    (of its file when it is one, as ``greyanom serve`` hashes the file it serves) from
+    :meth:`DecisionPolicy.check_model`, which refuses a policy bound to another model (and an
+    unbound one unless ``allow_unbound``). A file is checked as a file: one written before a
+    parameter was added or renamed loads with that parameter migrated, so the loaded detector
+    hashes differently from the file the policy was bound to; :func:`_write_model` then copies
+    the file rather than saving the loaded detector. ``name``: the caller's name of ``model`` in
+    error messages. The registry and its MLflow bridge load their pairs through it.
     """
     import os
 
     import greyanom
 
-    detector = greyanom.load(model) if isinstance(model, (str, os.PathLike)) else model
+    is_file = isinstance(model, (str, os.PathLike))
+    detector = greyanom.load(model) if is_file else model
     if not callable(getattr(detector, "save", None)) or not hasattr(detector, "offset_"):
         raise TypeError(f"{name} must be a fitted greyanom detector or its file, got {type(detector).__name__}.")
     policy = DecisionPolicy.load(policy) if isinstance(policy, (str, os.PathLike)) else policy
     if not isinstance(policy, DecisionPolicy) or not hasattr(policy, "review_threshold_"):
         raise TypeError(f"policy must be a fitted DecisionPolicy or its file, got {type(policy).__name__}.")
-    return detector, policy, policy.check_model(detector, allow_unbound=allow_unbound)
+    return detector, policy, policy.check_model(model if is_file else detector, allow_unbound=allow_unbound)
+
+
+def _write_model(model, detector, path, model_hash):
+    """Write the detector of a :func:`_checked_pair` to ``path``; return ``path``.
+
+    A detector given as a file is copied byte for byte (its hash is the one the policy was
+    checked against, ``model_hash``; a file changed since is refused); a detector object is
+    saved.
+    """
+    import os
+    import shutil
+
+    from greyanom._persist import model_hash as hash_of
+
+    if not isinstance(model, (str, os.PathLike)):
+        return detector.save(path)
+    shutil.copyfile(model, path)
+    if hash_of(path) != model_hash:
+        raise ValueError(f"the model file {str(model)!r} changed while it was being registered; register it again.")
+    return path
 
 
 def _model_identity(model, name):

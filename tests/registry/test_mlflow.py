@@ -98,3 +98,18 @@ def test_missing_mlflow_names_the_extra(monkeypatch, fitted):
         gmlflow.log_model(*fitted[:2])
     with pytest.raises(ImportError, match="greyanom.registry.mlflow needs 'mlflow'"):
         gmlflow.load_model("models:/litho/1")
+
+
+def test_a_file_written_before_a_parameter_was_added_is_logged_as_it_is(tracking):
+    """An old ShapeSignatureDetector file (before ``level_term``) and a policy bound to that file: the
+    logged artifact is the file byte for byte, so the pair loads back with the policy still bound."""
+    from pathlib import Path
+
+    from greyanom._persist import model_hash
+
+    old = Path(__file__).parents[1] / "traces" / "data" / "shape_v1_level.safetensors"
+    policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.02).fit(np.random.default_rng(0).normal(size=200), model=old)
+    with mlflow.start_run():
+        info = gmlflow.log_model(old, policy, name="etch")
+    det, back = gmlflow.load_model(info.model_uri)
+    assert back.model_hash_ == model_hash(old) and type(det).__name__ == "ShapeSignatureDetector"

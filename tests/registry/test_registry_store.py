@@ -2,11 +2,13 @@
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from greyanom import PCADetector, load
+from greyanom._persist import model_hash
 from greyanom.decision import DecisionPolicy
 from greyanom.registry import ModelRegistry, RegistryError, UnknownVersionError, data_hash
 
@@ -151,3 +153,26 @@ def test_rollback_if_production_is_conditional(tmp_path, models):
     assert reg.rollback("m", actor="guardrail", if_production="1.1.0").version == "1.0.0"
     with pytest.raises(RegistryError, match="not in production"):  # a second guardrail does not roll back twice
         reg.rollback("m", if_production="1.1.0")
+
+
+#: A ShapeSignatureDetector file written before its ``level_term`` parameter existed (commit fdfdfed).
+OLD_FILE = Path(__file__).parents[1] / "traces" / "data" / "shape_v1_level.safetensors"
+
+
+def test_a_file_written_before_a_parameter_was_added_registers_with_the_policy_bound_to_it(tmp_path):
+    """Loaded, the old file's detector has ``level_term="scaled"`` among its parameters, so it hashes
+    differently from the file. A policy bound to the file registers, and the version's model file is the
+    file byte for byte, so ``greyanom serve`` (which hashes the file it serves) accepts the pair."""
+    loaded = load(OLD_FILE)
+    assert model_hash(loaded) != model_hash(OLD_FILE)
+    policy = DecisionPolicy(review_fpr=0.05, reject_fpr=0.02).fit(
+        np.random.default_rng(0).normal(size=200), model=OLD_FILE
+    )
+    reg = ModelRegistry(tmp_path)
+    v = reg.add(OLD_FILE, policy, name="etch")
+    assert v.model_hash == model_hash(OLD_FILE) == policy.model_hash_
+    assert Path(v.model_path).read_bytes() == OLD_FILE.read_bytes()
+    assert policy.check_model(v.model_path) == v.model_hash
+    assert DecisionPolicy.load(v.policy_path).check_model(v.model_path) == v.model_hash
+    with pytest.raises(ValueError, match="calibrated on"):  # the loaded object is another model's bytes
+        reg.add(loaded, policy, name="etch")

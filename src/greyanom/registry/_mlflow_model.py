@@ -16,7 +16,7 @@ class GreyanomPyfunc(PythonModel):
     def load_context(self, context):
         from greyanom.registry.mlflow import _load_pair
 
-        self.detector, self.policy = _load_pair(context.artifacts["model"], context.artifacts["policy"])
+        self.detector, self.policy, _ = _load_pair(context.artifacts["model"], context.artifacts["policy"])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

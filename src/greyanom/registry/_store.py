@@ -237,7 +237,7 @@ class ModelRegistry:
         -------
         version : ModelVersion
         """
-        from greyanom.decision import _checked_pair
+        from greyanom.decision import _checked_pair, _write_model
 
         self._check_name(name)
         if bump is not None and bump not in _BUMPS:
@@ -264,7 +264,8 @@ class ModelRegistry:
             target = folder / "versions" / version
             staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=folder))
             try:
-                detector.save(staging / "model.safetensors")
+                # a file is kept as it is (the bytes its policy was bound to), a detector saved
+                _write_model(model, detector, staging / "model.safetensors", digest)
                 policy.save(staging / "policy.safetensors")
                 (folder / "versions").mkdir(exist_ok=True)
                 os.replace(staging, target)

@@ -34,12 +34,14 @@ def _mlflow():
 
 
 def _load_pair(model, policy):
-    """The detector and its policy from their files (or objects); the policy must be bound to the detector."""
+    """The detector, its policy and the detector's hash from their files (or objects).
+
+    The policy must be bound to the detector (as given: a file is checked as a file).
+    """
     from greyanom.decision import _checked_pair
 
     # refuses a policy that is unbound or bound to another model
-    detector, policy, _ = _checked_pair(model, policy, name="detector")
-    return detector, policy
+    return _checked_pair(model, policy, name="detector")
 
 
 def log_model(detector, policy, name="greyanom-model", *, registered_model_name=None, input_example=None):
@@ -68,7 +70,10 @@ def log_model(detector, policy, name="greyanom-model", *, registered_model_name=
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
-    detector, policy = _load_pair(detector, policy)
+    from greyanom.decision import _write_model
+
+    given = detector
+    detector, policy, digest = _load_pair(given, policy)
     if input_example is None and hasattr(detector, "image_shape_"):
         input_example = np.zeros((1, *map(int, detector.image_shape_)), dtype=np.float32)
     signature = example = None
@@ -81,7 +86,8 @@ def log_model(detector, policy, name="greyanom-model", *, registered_model_name=
                                "confidence": np.asarray(policy.confidence(scores), dtype=np.float64)})
         signature = infer_signature(example, output)
     with tempfile.TemporaryDirectory(prefix="greyanom-mlflow-") as folder:
-        model_path = detector.save(Path(folder) / "model.safetensors")
+        # a file is logged as it is (the bytes its policy was bound to), a detector saved
+        model_path = _write_model(given, detector, Path(folder) / "model.safetensors", digest)
         policy_path = policy.save(Path(folder) / "policy.safetensors")
         return mlflow.pyfunc.log_model(
             name=name,
@@ -122,7 +128,7 @@ def load_model(model_uri):
     artifacts = flavor.get("artifacts") or {}
     if not {"model", "policy"} <= set(artifacts):
         raise ValueError(f"the MLflow model {model_uri!r} is not a greyanom model (no 'model' and 'policy' artifacts).")
-    return _load_pair(local / artifacts["model"]["path"], local / artifacts["policy"]["path"])
+    return _load_pair(local / artifacts["model"]["path"], local / artifacts["policy"]["path"])[:2]
 
 
 def _greyanom_version():
