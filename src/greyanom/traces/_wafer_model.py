@@ -309,7 +309,7 @@ def level_term(model, Z, E=None):
         The feature attaining the maximum in each row.
     """
     if model.level_residual:
-        R = _residual(model, Z) if E is None else E
+        R = _project(model, Z)[1] if E is None else E
     else:
         R = Z
     V = model.level_weights * R**2
@@ -319,9 +319,11 @@ def level_term(model, Z, E=None):
     return V[np.arange(V.shape[0]), arg], arg
 
 
-def _residual(model, Z):
+def _project(model, Z):
+    """Scores ``T`` of rows ``Z`` on the principal directions, and their residuals ``E``."""
     P = model.components
-    return Z - (Z @ P.T) @ P
+    T = Z @ P.T
+    return T, Z - T @ P
 
 
 def wafer_terms(model, Z):
@@ -337,11 +339,14 @@ def wafer_terms(model, Z):
         term goes whole to the feature that attains its maximum.
     q, t2 : ndarray of shape (n,)
     """
-    P = model.components
-    T = Z @ P.T
-    E = Z - T @ P
+    return _terms(model, Z)[:4]
+
+
+def _terms(model, Z):
+    """:func:`wafer_terms` and the residuals ``E`` of the rows (which the cross-fitting keeps)."""
+    T, E = _project(model, Z)
     cq = E**2
-    ct = Z * ((T / model.variances) @ P)
+    ct = Z * ((T / model.variances) @ model.components)
     q = cq.sum(axis=1)
     t2 = ct.sum(axis=1)
     wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
@@ -353,7 +358,7 @@ def wafer_terms(model, Z):
         lv = model.level_weight * m / model.delta_m
         contrib[np.arange(Z.shape[0]), arg] += lv
         score = score + lv
-    return score, contrib, q, t2
+    return score, contrib, q, t2, E
 
 
 def cross_fit(
@@ -454,7 +459,8 @@ def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
         Z, _ = scale_rows(m, F[test], codes[test])
-        return Z, _residual(m, Z) if Eo is not None else None, *wafer_terms(m, Z)[2:]
+        _, _, q_k, t2_k, E = _terms(m, Z)
+        return Z, E, q_k, t2_k
 
     for test, (Z, E, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
         q[test], t2[test] = q_k, t2_k
