@@ -5,7 +5,7 @@ import pytest
 from sklearn.model_selection import KFold, ShuffleSplit
 
 from greyanom import PCADetector
-from greyanom._crossfit import cross_fit, make_folds
+from greyanom._crossfit import cross_fit, make_folds, repeat_states
 from greyanom.base import cross_fit_scores
 
 
@@ -65,3 +65,28 @@ def test_cross_fit_scores_equal_a_hand_written_kfold_loop():
     for train, test in KFold(4, shuffle=True, random_state=5).split(X):
         want[test] = PCADetector(n_components=2).fit(X[train]).score(X[test])
     np.testing.assert_array_equal(got, want)
+
+
+def test_repeat_states_start_from_the_seed_and_are_distinct_and_seeded():
+    assert repeat_states(7, 1) == [7]  # one repeat is the plain split
+    rs = np.random.RandomState(3)
+    assert repeat_states(rs, 1) == [rs]  # passed on untouched, drawn from by make_folds as before
+    states = repeat_states(7, 5)
+    assert states[0] == 7 and len(set(states)) == 5 and states == repeat_states(7, 5)
+    assert repeat_states(None, 4) == repeat_states(0, 4)  # None means seed 0, as for one split
+    assert repeat_states(8, 3)[1:] != states[1:3]  # another seed, other repeats
+    assert repeat_states(np.random.RandomState(3), 3) == repeat_states(np.random.RandomState(3), 3)
+    groups = np.repeat(["a", "b"], 20)
+    folds = [make_folds(40, 5, s, groups=groups) for s in states]
+    assert all(not np.array_equal(folds[0], f) for f in folds[1:])  # different splits
+
+
+@pytest.mark.parametrize("n_repeats", [0, -1, 1.5, True, "3"])
+def test_repeat_states_checks_n_repeats(n_repeats):
+    with pytest.raises(ValueError, match="n_repeats must be an integer >= 1"):
+        repeat_states(0, n_repeats)
+
+
+def test_repeat_states_checks_random_state():
+    with pytest.raises(ValueError, match="random_state must be an int"):
+        repeat_states("seed", 2)

@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["cross_fit", "make_folds"]
+__all__ = ["cross_fit", "make_folds", "repeat_states"]
 
 
 def _check_cv(cv, n, what):
@@ -47,6 +47,49 @@ def _group_folds(groups, n_splits, random_state):
         folds[idx] = (start + np.arange(idx.size)) % n_splits
         start += idx.size
     return folds
+
+
+def repeat_states(random_state, n_repeats):
+    """Fold seeds of ``n_repeats`` repeated splits (a repeated cross-fitting, as scikit-learn's
+    :class:`~sklearn.model_selection.RepeatedKFold` repeats ``KFold``).
+
+    One repeat is ``[random_state]`` itself, so that a single split is the plain one. Several
+    start from the integer seed of ``random_state`` (``None``: 0; a ``RandomState`` instance:
+    one draw from it), then add seeds spawned from it by :class:`numpy.random.SeedSequence`.
+
+    Parameters
+    ----------
+    random_state : int, RandomState instance or None
+    n_repeats : int >= 1
+
+    Returns
+    -------
+    states : list
+        ``n_repeats`` values to pass as ``random_state`` to :func:`make_folds`.
+
+    Examples
+    --------
+    >>> from greyanom._crossfit import repeat_states
+    >>> repeat_states(7, 1)
+    [7]
+    >>> states = repeat_states(7, 3)
+    >>> states[0], len(set(states)), states == repeat_states(7, 3)
+    (7, 3, True)
+    """
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, numbers.Integral) or n_repeats < 1:
+        raise ValueError(f"n_repeats must be an integer >= 1, got {n_repeats!r}.")
+    if n_repeats == 1:
+        return [random_state]
+    if random_state is None:
+        base = 0
+    elif isinstance(random_state, np.random.RandomState):
+        base = int(random_state.randint(2**31))
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        base = int(random_state)
+    else:
+        raise ValueError(f"random_state must be an int, a RandomState instance or None, got {random_state!r}.")
+    spawned = np.random.SeedSequence(base).generate_state(n_repeats - 1)
+    return [base, *(int(s) for s in spawned)]
 
 
 def make_folds(n, cv=5, random_state=None, *, groups=None, what="items"):

@@ -115,7 +115,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         Folds of the cross-fitting that sets the control limit.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Control limit from the cross-fitted training scores: a float is the
-        ``1 - contamination`` quantile of a lognormal fitted to them, ``"auto"`` their median
+        lognormal prediction limit at ``1 - contamination`` from them, ``"auto"`` their median
         plus three robust standard deviations (see
         :func:`~greyanom.traces._wafer_scorer.wafer_limit`).
     calibration : {"heldout", "in_sample"}, default="heldout"
@@ -260,7 +260,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
 
     def _set_offset(self, train_scores):
         # one control limit: predict_wafers' wafer_threshold_ is the contract's threshold_, the
-        # wafer limit (lognormal tail) of the scores `calibration` names
+        # wafer limit (lognormal prediction limit) of the scores `calibration` names
         self.threshold_ = float(wafer_limit(train_scores, self.contamination))
         self.offset_ = -self.threshold_
         self.wafer_threshold_ = self.threshold_

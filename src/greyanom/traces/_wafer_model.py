@@ -362,8 +362,8 @@ def _terms(model, Z):
 
 
 def cross_fit(
-    F, lots=None, *, n_splits=5, random_state=None, level_mask=None, level_weight=0.0, level_term="residual",
-    level_subspace_weight=0.5, **fit_kwargs,
+    F, lots=None, *, n_splits=5, n_repeats=1, random_state=None, level_mask=None, level_weight=0.0,
+    level_term="residual", level_subspace_weight=0.5, **fit_kwargs,
 ):
     """Fit on all rows and score each row from a model fitted without its fold.
 
@@ -379,6 +379,17 @@ def cross_fit(
     included, by this same cross-fitting on the other folds (nested): the control limit is
     made of scores of wafers that no part of the model saw.
 
+    With ``n_repeats > 1`` the out-of-fold rows of ``n_repeats`` fold splits are pooled
+    (repeated cross-fitting, as in double machine learning): the normalisers and level
+    weights are medians and mean squares over all of them, which takes out most of what one
+    draw of the folds adds to them. The model is still one :class:`WaferModel` (the same
+    fields, the same exact contributions). The held-out scores come from the first split's
+    folds alone, each fold scored by one model, as a new wafer is (with a level term that
+    fold's model is cross-fitted with the same repeats on the other folds). An average of
+    several models' held-out scores is smoother than one model's score of a new wafer, so the
+    limit set from it would be too low: on 61 development splits of LAM 9600 it gave 2.6 %
+    false alarms at the 99 % limit, against 1.9 % from the first split's scores.
+
     Parameters
     ----------
     F : ndarray of shape (n_wafers, p)
@@ -387,8 +398,11 @@ def cross_fit(
         Lot of each row.
     n_splits : int
         Folds.
+    n_repeats : int >= 1
+        Fold splits whose out-of-fold rows are pooled (1: one split, as before the option).
     random_state : int, RandomState or None
-        Seeds the folds (``None``: seed 0).
+        Seeds the folds (``None``: seed 0); the repeats' seeds are
+        :func:`greyanom._crossfit.repeat_states` of it.
     level_mask : array-like of bool of shape (p,) or None
         The level features (those the max-type term runs over).
     level_weight : float
@@ -408,7 +422,7 @@ def cross_fit(
     model : WaferModel
     heldout : ndarray of shape (n_wafers,)
     folds : ndarray of int of shape (n_wafers,)
-        The fold of each row (so callers can reuse the split).
+        The fold of each row in the first split (so callers can reuse the split).
     """
     F = np.asarray(F, dtype=np.float64)
     n = F.shape[0]
@@ -420,17 +434,18 @@ def cross_fit(
     level = level_mask is not None and level_weight > 0 and bool(np.any(level_mask))
     # the level term: (what it runs over, the weight of the scaled value beside the residual)
     how = (level_term == "residual", float(level_subspace_weight) if level_term == "residual" else 0.0)
+    states = _crossfit.repeat_states(random_state, n_repeats)
     model, folds, q, t2 = _fit_calibrated(
-        F, codes, n_splits, random_state, level_mask if level else None, level_weight, how, fit_kwargs
+        F, codes, n_splits, states, level_mask if level else None, level_weight, how, fit_kwargs
     )
     if not level:
         wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
         wt = 0.0 if model.statistic == "q" else 1.0 / model.delta_t
-        return model, q * wq + t2 * wt, folds
+        return model, q[0] * wq + t2[0] * wt, folds
 
     def fit_score(train, test):
         m, *_ = _fit_calibrated(
-            F[train], codes[train], n_splits, random_state, level_mask, level_weight, how, fit_kwargs
+            F[train], codes[train], n_splits, states, level_mask, level_weight, how, fit_kwargs
         )
         Z, _ = scale_rows(m, F[test], codes[test])
         return wafer_terms(m, Z)[0]
@@ -441,20 +456,20 @@ def cross_fit(
     return model, heldout, folds
 
 
-def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, how, fit_kwargs):
+def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, fit_kwargs):
     """The model fitted on all rows with the normalisers (and level term) from its out-of-fold rows.
 
+    ``states`` seeds one fold split per repeat; the out-of-fold rows of all repeats are pooled.
     ``how`` is ``(residual, c)``: whether the level term runs over the residuals, and the
     weight of the scaled values beside them.
+
+    Returns the model, the first split's folds, and the out-of-fold Q and T² of every repeat
+    (arrays of shape ``(n_repeats, n)``).
     """
     residual, c = how
     n = F.shape[0]
-    folds = _crossfit.make_folds(n, n_splits, random_state, groups=codes)
     level = level_mask is not None
-    Zo = np.empty_like(F) if level else None  # out-of-fold scaled rows
-    Eo = np.empty_like(F) if level and residual else None  # and their residuals
-    q = np.empty(n)
-    t2 = np.empty(n)
+    all_folds, Zs, Es, qs, t2s = [], [], [], [], []
 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
@@ -462,17 +477,31 @@ def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, 
         _, _, q_k, t2_k, E = _terms(m, Z)
         return Z, E, q_k, t2_k
 
-    for test, (Z, E, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
-        q[test], t2[test] = q_k, t2_k
-        if level:
-            Zo[test] = Z
-        if Eo is not None:
-            Eo[test] = E
+    for state in states:
+        folds = _crossfit.make_folds(n, n_splits, state, groups=codes)
+        Zo = np.empty_like(F) if level else None  # out-of-fold scaled rows
+        Eo = np.empty_like(F) if level and residual else None  # and their residuals
+        q = np.empty(n)
+        t2 = np.empty(n)
+        for test, (Z, E, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
+            q[test], t2[test] = q_k, t2_k
+            if level:
+                Zo[test] = Z
+            if Eo is not None:
+                Eo[test] = E
+        all_folds.append(folds)
+        Zs.append(Zo)
+        Es.append(Eo)
+        qs.append(q)
+        t2s.append(t2)
+    q, t2 = np.stack(qs), np.stack(t2s)
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
     if level:
         mask = np.asarray(level_mask, dtype=bool)
+        Zo = np.concatenate(Zs) if len(Zs) > 1 else Zs[0]
+        Eo = (np.concatenate(Es) if len(Es) > 1 else Es[0]) if residual else None
 
         def weights_of(R):
             # out-of-fold spread of each level feature; floored so a feature constant on every
@@ -490,4 +519,4 @@ def _fit_calibrated(F, codes, n_splits, random_state, level_mask, level_weight, 
         model = model.with_level(
             weights, float(np.median(m)) or 1.0, level_weight, level_residual=residual, scaled_level_weights=scaled
         )
-    return model, folds, q, t2
+    return model, all_folds[0], q, t2

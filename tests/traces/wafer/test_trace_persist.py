@@ -135,6 +135,7 @@ def test_files_saved_before_the_residual_level_term_load_score_and_refit_as_they
     old = greyanom.load(data / "shape_v1_level.safetensors")
     params = old.get_params()
     assert params["level_term"] == "scaled" and params["n_components"] == 8 and params["level_weight"] == 0.5
+    assert params["cv_repeats"] == 1  # fitted on one fold split; its refit below is on one again
     assert old.wafer_model_.has_level and not old.wafer_model_.level_residual
     assert old.wafer_model_.scaled_level_weights is None
     with warnings.catch_warnings():
@@ -172,6 +173,7 @@ def test_pickles_made_before_the_package_move_load_and_score_as_they_did():
     # made before the level term: a Q-only wafer model, and its parameters say so
     assert shape.get_params()["level_weight"] == 0.0 and not shape.wafer_model_.has_level
     assert shape.get_params()["level_term"] == "scaled" and not shape.wafer_model_.level_residual
+    assert shape.get_params()["cv_repeats"] == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # statuses of the short synthetic traces
         s = shape.score_wafers(lots)

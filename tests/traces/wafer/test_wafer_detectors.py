@@ -196,7 +196,25 @@ def test_import_greyanom_stays_light():
 
 
 @pytest.mark.parametrize("kw, name", [({"level_term": "raw"}, "level_term"),
-                                      ({"level_subspace_weight": 1.5}, "level_subspace_weight")])
+                                      ({"level_subspace_weight": 1.5}, "level_subspace_weight"),
+                                      ({"cv_repeats": 0}, "cv_repeats")])
 def test_level_term_parameters_are_checked(lots, kw, name):
     with pytest.raises(ValueError, match=name):
         ShapeSignatureDetector(group_keys=("sensor",), **kw).fit(lots)
+
+
+def test_cv_repeats_pools_fold_splits_in_the_wafer_model_and_is_saved(shape, lots, tmp_path):
+    """``cv_repeats`` reaches the wafer model's cross-fitting (the same PCA, weights learned from more
+    out-of-fold wafers), explanations stay exact, and a saved detector keeps it."""
+    import greyanom
+
+    det = clone(shape).set_params(cv_repeats=3).fit(lots)
+    one, three = shape.wafer_model_, det.wafer_model_
+    np.testing.assert_array_equal(three.components, one.components)
+    assert not np.allclose(three.level_weights, one.level_weights)
+    s = det.score_wafers(lots)
+    np.testing.assert_allclose(det.explain_wafers(lots).sum(axis=1).to_numpy(), s.to_numpy(), rtol=1e-12)
+    det.save(tmp_path / "r3.safetensors")
+    back = greyanom.load(tmp_path / "r3.safetensors")
+    assert back.get_params()["cv_repeats"] == 3
+    np.testing.assert_array_equal(back.score_wafers(lots).to_numpy(), s.to_numpy())

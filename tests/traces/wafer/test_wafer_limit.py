@@ -1,4 +1,4 @@
-"""The wafer control limit: a lognormal tail fitted to the cross-fitted training scores."""
+"""The wafer control limit: a lognormal prediction limit from the cross-fitted training scores."""
 
 import numpy as np
 import pytest
@@ -10,15 +10,30 @@ from greyanom.datasets import make_pi_lots
 from greyanom.traces._wafer_scorer import wafer_limit
 
 
-def test_limit_is_the_quantile_of_the_fitted_lognormal():
+def test_limit_is_the_lognormal_prediction_limit():
     s = np.exp(np.random.default_rng(0).normal(0.3, 0.4, size=80))
     logs = np.log(s)
-    expected = np.exp(logs.mean() + stats.norm.ppf(0.99) * logs.std(ddof=1))
+    expected = np.exp(logs.mean() + stats.t.ppf(0.99, 79) * logs.std(ddof=1) * np.sqrt(1 + 1 / 80))
     assert wafer_limit(s, 0.01) == pytest.approx(expected, rel=1e-12)
     # on many lognormal scores it is the true quantile
     big = np.exp(np.random.default_rng(1).normal(0.3, 0.4, size=200_000))
     assert wafer_limit(big, 0.01) == pytest.approx(np.exp(0.3 + 0.4 * stats.norm.ppf(0.99)), rel=0.01)
     assert wafer_limit(big, 0.05) < wafer_limit(big, 0.01)
+
+
+@pytest.mark.parametrize("n, contamination", [(20, 0.05), (80, 0.01)])
+def test_a_new_score_exceeds_the_limit_with_the_nominal_probability(n, contamination):
+    """Coverage: over many training samples of lognormal scores, the chance that a new score exceeds
+    the limit (exact for each sample: the normal tail beyond its log) averages ``contamination``. The
+    plug-in quantile of the fitted lognormal (the limit before) is exceeded more often."""
+    rng = np.random.default_rng(5)
+    mu, sd = 0.3, 0.4
+    samples = np.exp(rng.normal(mu, sd, size=(4000, n)))
+    exceed = np.array([stats.norm.sf((np.log(wafer_limit(s, contamination)) - mu) / sd) for s in samples])
+    assert exceed.mean() == pytest.approx(contamination, rel=0.06)
+    logs = np.log(samples)
+    plug_in = logs.mean(axis=1) + stats.norm.ppf(1 - contamination) * logs.std(axis=1, ddof=1)
+    assert stats.norm.sf((plug_in - mu) / sd).mean() > 1.15 * contamination
 
 
 def test_limit_follows_the_scores_units():
