@@ -388,7 +388,8 @@ def cross_fit(
     fold's model is cross-fitted with the same repeats on the other folds). An average of
     several models' held-out scores is smoother than one model's score of a new wafer, so the
     limit set from it would be too low: on 61 development splits of LAM 9600 it gave 2.6 %
-    false alarms at the 99 % limit, against 1.9 % from the first split's scores.
+    false alarms at the 99 % (plug-in lognormal) limit, against 1.9 % from the first split's
+    scores.
 
     Parameters
     ----------
@@ -469,7 +470,7 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
     residual, c = how
     n = F.shape[0]
     level = level_mask is not None
-    all_folds, Zs, Es, qs, t2s = [], [], [], [], []
+    first_folds, Zs, Es, qs, t2s = None, [], [], [], []
 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
@@ -489,7 +490,7 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
                 Zo[test] = Z
             if Eo is not None:
                 Eo[test] = E
-        all_folds.append(folds)
+        first_folds = folds if first_folds is None else first_folds
         Zs.append(Zo)
         Es.append(Eo)
         qs.append(q)
@@ -500,8 +501,8 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
     if level:
         mask = np.asarray(level_mask, dtype=bool)
-        Zo = np.concatenate(Zs) if len(Zs) > 1 else Zs[0]
-        Eo = (np.concatenate(Es) if len(Es) > 1 else Es[0]) if residual else None
+        Zo = np.concatenate(Zs)  # the out-of-fold rows of every repeat
+        Eo = np.concatenate(Es) if residual else None
 
         def weights_of(R):
             # out-of-fold spread of each level feature; floored so a feature constant on every
@@ -519,4 +520,4 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
         model = model.with_level(
             weights, float(np.median(m)) or 1.0, level_weight, level_residual=residual, scaled_level_weights=scaled
         )
-    return model, all_folds[0], q, t2
+    return model, first_folds, q, t2

@@ -48,9 +48,9 @@ def wafer_limit(heldout, contamination):
     level term): positive and right-skewed, which the lognormal follows. On the development
     splits of LAM 9600 (``benchmarks/wafer_limit_dev.py``) the lognormal plug-in limit flagged
     more faults than the empirical percentile for the shape detector, the multiway PCA and the
-    max|z| baseline alike; its false alarms on held-out normal wafers were still about twice
-    the nominal rate (2.19 % at 0.01 on 61 development splits for the shape detector), the
-    prediction limit's 1.88 % (see the shape detector guide).
+    max|z| baseline alike, but its false alarms on held-out normal wafers were about twice the
+    nominal rate: 2.19 % at 0.01 on 61 development splits for the shape detector, against
+    1.88 % for the prediction limit (see the shape detector guide).
 
     ``"auto"``, fewer than 3 scores, or a score that is not positive (no logarithm) fall back
     to :func:`greyanom.base.threshold_from_scores` on the scores themselves.
