@@ -469,8 +469,6 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
     """
     residual, c = how
     n = F.shape[0]
-    level = level_mask is not None
-    first_folds, Zs, Es, qs, t2s = None, [], [], [], []
 
     def fit_score(train, test):
         m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
@@ -478,46 +476,33 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
         _, _, q_k, t2_k, E = _terms(m, Z)
         return Z, E, q_k, t2_k
 
-    for state in states:
+    def out_of_fold(state):
+        """One split's folds and its out-of-fold scaled rows, residuals, Q and T²."""
         folds = _crossfit.make_folds(n, n_splits, state, groups=codes)
-        Zo = np.empty_like(F) if level else None  # out-of-fold scaled rows
-        Eo = np.empty_like(F) if level and residual else None  # and their residuals
-        q = np.empty(n)
-        t2 = np.empty(n)
+        Zo, Eo, q, t2 = np.empty_like(F), np.empty_like(F), np.empty(n), np.empty(n)
         for test, (Z, E, q_k, t2_k) in _crossfit.cross_fit(fit_score, n, folds=folds):
-            q[test], t2[test] = q_k, t2_k
-            if level:
-                Zo[test] = Z
-            if Eo is not None:
-                Eo[test] = E
-        first_folds = folds if first_folds is None else first_folds
-        Zs.append(Zo)
-        Es.append(Eo)
-        qs.append(q)
-        t2s.append(t2)
+            Zo[test], Eo[test], q[test], t2[test] = Z, E, q_k, t2_k
+        return folds, Zo, Eo, q, t2
+
+    folds, Zs, Es, qs, t2s = zip(*(out_of_fold(state) for state in states))
     q, t2 = np.stack(qs), np.stack(t2s)
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
     model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
-    if level:
+    if level_mask is not None:
         mask = np.asarray(level_mask, dtype=bool)
-        Zo = np.concatenate(Zs)  # the out-of-fold rows of every repeat
-        Eo = np.concatenate(Es) if residual else None
+        Zo, Eo = np.concatenate(Zs), np.concatenate(Es)  # the out-of-fold rows of every repeat
 
         def weights_of(R):
             # out-of-fold spread of each level feature; floored so a feature constant on every
             # held-out training wafer (s = 0) cannot give a weight beyond 1e6
             return np.where(mask, 1.0 / np.maximum((R**2).mean(axis=0), 1e-6), 0.0)
 
-        R = Eo if residual else Zo
-        weights = weights_of(R)
-        V = weights * R**2
-        scaled = None
-        if residual and c > 0:
-            scaled = c * weights_of(Zo)
-            V = np.maximum(V, scaled * Zo**2)
-        m = V.max(axis=1)
+        scaled = c * weights_of(Zo) if residual and c > 0 else None
         model = model.with_level(
-            weights, float(np.median(m)) or 1.0, level_weight, level_residual=residual, scaled_level_weights=scaled
+            weights_of(Eo if residual else Zo), 1.0, level_weight, level_residual=residual, scaled_level_weights=scaled
         )
-    return model, first_folds, q, t2
+        # delta_m: the median out-of-fold level value, by the formula that scores new rows
+        m, _ = level_term(model, Zo, Eo if residual else None)
+        model = dataclasses.replace(model, delta_m=float(np.median(m)) or 1.0)
+    return model, folds[0], q, t2

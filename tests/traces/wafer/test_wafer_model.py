@@ -152,17 +152,24 @@ def test_level_term_is_exact_and_goes_to_the_argmax_feature(wide, statistic, ter
     assert mask[arg].all() and (m.level_weights[~mask] == 0).all()
 
 
+def _naive_out_of_fold(F, lots, folds, **kw):
+    """Out-of-fold scaled rows, residuals and Q of one fold split, each fold under a model fitted without it."""
+    Zo, Eo, Q = np.empty_like(F), np.empty_like(F), np.empty(F.shape[0])
+    for k in np.unique(folds):
+        fk = wm.fit_wafer_model(F[folds != k], lots[folds != k], **kw)
+        z = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
+        e = z - z @ fk.components.T @ fk.components
+        Zo[folds == k], Eo[folds == k], Q[folds == k] = z, e, (e**2).sum(axis=1)
+    return Zo, Eo, Q
+
+
 @pytest.mark.parametrize("term, c", LEVELS)
 def test_level_weights_are_the_out_of_fold_spread_and_weigh_a_noisy_feature_down(wide, term, c):
     F, lots = wide
     mask = np.ones(F.shape[1], dtype=bool)
     m, _, folds = wm.cross_fit(F, lots, random_state=0, level_mask=mask, level_weight=1.0, scale_floor=0.5,
                                level_term=term, level_subspace_weight=c)
-    Zo, Eo = np.empty_like(F), np.empty_like(F)
-    for k in range(5):  # naive out-of-fold scaled rows and residuals, each under its fold's model
-        fk = wm.fit_wafer_model(F[folds != k], lots[folds != k], n_components=4, scale_floor=0.5)
-        Zo[folds == k] = z = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
-        Eo[folds == k] = z - z @ fk.components.T @ fk.components
+    Zo, Eo, _ = _naive_out_of_fold(F, lots, folds, n_components=4, scale_floor=0.5)
     R = Eo if term == "residual" else Zo
     np.testing.assert_allclose(m.level_weights, 1.0 / (R**2).mean(axis=0), rtol=1e-12)
     V = m.level_weights * R**2
@@ -250,17 +257,6 @@ def test_arrays_round_trip_with_a_level_term_and_from_old_arrays(wide):
     assert not m3.has_level
     no_level = m.with_level(m.level_weights, m.delta_m, 0.0)
     np.testing.assert_array_equal(wm.wafer_terms(m3, Z)[0], wm.wafer_terms(no_level, Z)[0])
-
-
-def _naive_out_of_fold(F, lots, folds, **kw):
-    """Out-of-fold scaled rows, residuals and Q of one fold split, each fold under a model fitted without it."""
-    Zo, Eo, Q = np.empty_like(F), np.empty_like(F), np.empty(F.shape[0])
-    for k in np.unique(folds):
-        fk = wm.fit_wafer_model(F[folds != k], lots[folds != k], **kw)
-        z = wm.scale_rows(fk, F[folds == k], lots[folds == k])[0]
-        e = z - z @ fk.components.T @ fk.components
-        Zo[folds == k], Eo[folds == k], Q[folds == k] = z, e, (e**2).sum(axis=1)
-    return Zo, Eo, Q
 
 
 def test_repeated_cross_fitting_pools_the_out_of_fold_rows_of_every_split(wide):
