@@ -103,14 +103,18 @@ class ShapeWaferTime:
 
 class WaferModelFit:
     """The wafer model's fit (nested cross-fitting included) with one fold split or ``cv_repeats`` pooled
-    splits, on the training wafer features of simulated PI-loop lots (the trace fits outside the timer).
-    LAM 9600 figures: ``benchmarks/wafer_level_term_dev.py --cv-repeats 1,3,5,10`` and the shape detector
-    guide (1.68 s with 5 against 0.50 s with 1 for 80 wafers and 760 features)."""
+    splits, without and with the run order (``order_key``: drifting features centred on run-order
+    neighbours), on the training wafer features of simulated PI-loop lots (the trace fits outside the
+    timer). LAM 9600 figures: ``benchmarks/wafer_level_term_dev.py --cv-repeats 1,3,5,10``,
+    ``benchmarks/wafer_order_dev.py`` and the shape detector guide (1.68 s with 5 against 0.50 s with 1
+    for 80 wafers and 760 features; about 1.75 s against 1.1 s with and without the run order)."""
 
-    params = [1, 5]
-    param_names = ["cv_repeats"]
+    params = [[1, 5], [False, True]]
+    param_names = ["cv_repeats", "run_order"]
 
-    def setup(self, cv_repeats):
+    def setup(self, cv_repeats, run_order):
+        import dataclasses
+
         from greyanom.traces._features import LEVEL_FEATURES
         from greyanom.traces._wafer_scorer import WaferScorer
 
@@ -119,11 +123,14 @@ class WaferModelFit:
         df = make_pi_lots(n_lots=8, wafers_per_lot=10, sensors=("v", "u"), random_state=0)
         det = ShapeSignatureDetector(group_keys=("sensor",), n_initial_lots=8, random_state=0)
         self.train_wafers = det._analyser(fitted=False).fit(df)[2]
+        if run_order:  # the wafer number in its lot (wafers are named L<lot>W<number>)
+            runs = self.train_wafers.features.index.str.split("W").str[-1].astype(int).to_numpy(dtype=float)
+            self.train_wafers = dataclasses.replace(self.train_wafers, order=runs)
         defaults = ShapeSignatureDetector().get_params()
         self.kw = {k: defaults[k] for k in ("n_components", "statistic", "scale_floor", "clip", "new_lots", "cv",
-                                            "level_weight", "level_term", "level_subspace_weight")}
+                                            "level_weight", "level_term", "level_subspace_weight", "n_neighbours")}
         self.fit = WaferScorer.fit
 
-    def time_fit(self, cv_repeats):
+    def time_fit(self, cv_repeats, run_order):
         self.fit(self.train_wafers, contamination=0.01, random_state=0, level_features=self.level_features,
                  cv_repeats=cv_repeats, **self.kw)

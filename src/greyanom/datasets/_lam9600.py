@@ -43,6 +43,8 @@ def load_lam9600(path, *, drop=True):
         * ``wafer`` (str, e.g. ``"l2901"``: experiment 29, wafer 01),
         * ``experiment`` (int: 29, 31 or 33; the experiments were run weeks apart and their
           means differ),
+        * ``run`` (int: the wafer's number in its experiment, 1-43, its processing order; see
+          Notes),
         * ``fault`` (str, e.g. ``"TCP +50"``, or ``None`` for normal wafers),
         * ``step`` (int: 4 or 5),
         * ``sensor`` (str: the 19 variables other than ``Time`` and ``Step Number``),
@@ -65,6 +67,13 @@ def load_lam9600(path, *, drop=True):
     count. Units are not given in the file. Test wafer ``l3122`` (RF +8) is short (56 samples) but
     kept. The fault labels mean that the named controlled variable was offset; see Wise et al.
     (1999) for how the offsets were applied.
+
+    The file names number the 43 wafers of each experiment 01-43, normal and faulty wafers
+    together (e.g. the faults ``l2915``-``l2918`` lie between normal wafers ``l2914`` and
+    ``l2919``). The data set does not say that this is the processing order, but the files
+    show it: in 115 of the 126 pairs of consecutive numbers the trailing row of wafer ``n``
+    (the repeated row above) equals the first row of wafer ``n + 1``. ``run`` is that number
+    (``ShapeSignatureDetector(order_key="run")``).
 
     References
     ----------
@@ -129,6 +138,7 @@ def load_lam9600(path, *, drop=True):
                     {
                         "wafer": wafer,
                         "experiment": int(wafer[1:3]),
+                        "run": int(wafer[3:5]),
                         "fault": fault,
                         "step": np.tile(a[:, 1].astype(np.int64), len(sensors)),
                         "sensor": np.repeat(sensors, n),

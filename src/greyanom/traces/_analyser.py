@@ -30,6 +30,7 @@ from greyanom.traces._heldout import linearised_heldout_scores
 from greyanom.traces._keys import normalise_keys
 from greyanom.traces._scoring import FitConfig, NormalModel
 from greyanom.traces._status import TRACE_STATUSES
+from greyanom.traces._wafer_scorer import wafer_order
 
 __all__ = ["TraceAnalyser"]
 
@@ -67,7 +68,7 @@ class TraceAnalyser:
         cfg = FitConfig(
             time=det.time, value=det.value, start_time=det.start_time, trace_keys=tk, group_keys=gk,
             lot_key=det.lot_key, max_em_iter=det.max_em_iter, em_tol=det.em_tol, min_points=det.min_points,
-            min_lot_size=det.min_lot_size, n_jobs=det.n_jobs, lot_prior=det.lot_prior,
+            min_lot_size=det.min_lot_size, n_jobs=det.n_jobs, lot_prior=det.lot_prior, order_key=det.order_key,
         )
         return cls(cfg, det.n_initial_lots, getattr(det, "normal_model_", None))
 
@@ -241,7 +242,7 @@ class TraceAnalyser:
         if isinstance(X, TraceAnalysis):
             return X
         res = self.analyse(X)
-        return TraceAnalysis(res, self.wafer_table(res, X if isinstance(X, pd.DataFrame) else None))
+        return TraceAnalysis(res, self.wafer_table(res, X if isinstance(X, pd.DataFrame) or _is_dask(X) else None))
 
     def traces(self, X):
         """The per-trace rows of an analysis, or of ``X`` analysed now."""
@@ -252,10 +253,14 @@ class TraceAnalyser:
         if isinstance(X, TraceAnalysis):
             return X.wafers
         res = self.analyse(X, lot_fits=False)
-        return self.wafer_table(res, X if isinstance(X, pd.DataFrame) else None)
+        return self.wafer_table(res, X if isinstance(X, pd.DataFrame) or _is_dask(X) else None)
 
     def wafer_table(self, res, X):
-        """Wafer features of an analysis frame (wafers in order of first appearance in X)."""
+        """Wafer features of an analysis frame (wafers in order of first appearance in X).
+
+        ``X`` (a pandas or dask frame, or None) gives each wafer's lot and, with ``order_key``,
+        its run order.
+        """
         tk, gk = self.keys
         lot_key = self.cfg.lot_key
         flat = res.reset_index()
@@ -268,7 +273,10 @@ class TraceAnalyser:
             lots = X.groupby(list(tk), sort=False)[lot_key].first().reindex(order)
         else:
             lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order)
-        return wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
+        wf = wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
+        if self.cfg.order_key is None:
+            return wf
+        return dataclasses.replace(wf, order=wafer_order(X, tk, self.cfg.order_key, order))
 
 
 def _warn_statuses(status):

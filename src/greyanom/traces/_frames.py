@@ -63,12 +63,14 @@ def required_columns(cfg):
         cols.append(cfg.start_time)
     if cfg.lot_key is not None:
         cols.append(cfg.lot_key)
+    if cfg.order_key is not None:
+        cols.append(cfg.order_key)
     return cols
 
 def check_columns(columns, cfg, name="X"):
     roles = [("time", cfg.time), ("value", cfg.value), ("start_time", cfg.start_time),
              *(("trace_keys", c) for c in cfg.trace_keys), *(("group_keys", c) for c in cfg.group_keys),
-             ("lot_key", cfg.lot_key)]
+             ("lot_key", cfg.lot_key), ("order_key", cfg.order_key)]
     seen = {}
     for role, col in roles:
         if col is None:
@@ -76,14 +78,14 @@ def check_columns(columns, cfg, name="X"):
         if col in seen and seen[col] != role:
             raise ValueError(
                 f"{role}={col!r} names the same column as {seen[col]}: time, value, start_time, trace_keys, "
-                "group_keys and lot_key must be different columns."
+                "group_keys, lot_key and order_key must be different columns."
             )
         seen.setdefault(col, role)
     missing = [c for c in required_columns(cfg) if c not in columns]
     if missing:
         raise ValueError(
             f"{name} has no column(s) {missing}; expected a long-format frame with columns "
-            f"{required_columns(cfg)} (set time=, value=, trace_keys=, group_keys=, lot_key=). "
+            f"{required_columns(cfg)} (set time=, value=, trace_keys=, group_keys=, lot_key=, order_key=). "
             f"Got columns {list(columns)}."
         )
 
@@ -101,7 +103,7 @@ def prepare_frame(X, cfg, name="X", return_keys=False):
             f"got {type(X).__name__}."
         )
     check_columns(X.columns, cfg, name)
-    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time)]
+    key_cols = [c for c in required_columns(cfg) if c not in (cfg.time, cfg.value, cfg.start_time, cfg.order_key)]
     df = plain_key_columns(X[required_columns(cfg)], key_cols)  # categorical keys as plain labels
     for col in (cfg.time, cfg.value) + ((cfg.start_time,) if cfg.start_time is not None else ()):
         if not pd.api.types.is_numeric_dtype(df[col]):

@@ -14,7 +14,7 @@ from greyanom._validation import plain_key_columns
 from greyanom.traces._persist import TracePersistMixin
 from greyanom.traces import _wafer_scorer as ws
 from greyanom.traces._wafer_scorer import (
-    WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_limit, wafer_lots,
+    WAFER_MODEL_CONSTRAINTS, WaferFeatures, WaferScorer, wafer_limit, wafer_lots, wafer_order,
 )
 from greyanom.base import BaseDetector
 from greyanom.traces._keys import normalise_keys, wafer_index
@@ -94,6 +94,13 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         Columns of the groups unfolded side by side.
     lot_key : str or None, default="lot"
         Column of the lot (or experiment): each lot is centred on its own training median.
+    order_key : str or None, default=None
+        Column of each wafer's run order within its lot (numbers or datetimes): with it, the
+        variables that drift within a lot are centred on the median of the ``n_neighbours``
+        training wafers of the lot nearest in run order, as in
+        :class:`~greyanom.ShapeSignatureDetector`. ``None``: every variable on its lot median.
+    n_neighbours : int >= 3, default=6
+        Training wafers whose median centres a drifting variable (``order_key``).
     n_points : int, default=20
         Resampling points per trace.
     n_components : int, default=4
@@ -183,6 +190,8 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         trace_keys=("wafer",),
         group_keys=("step", "sensor"),
         lot_key="lot",
+        order_key=None,
+        n_neighbours=6,
         n_points=20,
         n_components=4,
         statistic="q",
@@ -199,6 +208,8 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         self.trace_keys = trace_keys
         self.group_keys = group_keys
         self.lot_key = lot_key
+        self.order_key = order_key
+        self.n_neighbours = n_neighbours
         self.n_points = n_points
         self.n_components = n_components
         self.statistic = statistic
@@ -210,11 +221,16 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         self.calibration = calibration
         self.random_state = random_state
 
+    def _restore_unpickled(self):
+        if "order_key" not in vars(self):
+            self.order_key = None  # pickled before run-order centring: every variable on its lot median
+            self.n_neighbours = 6
+
     def _check_frame(self, X, name="X"):
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"{name} must be a long-format pandas DataFrame, got {type(X).__name__}.")
         tk, gk = normalise_keys(self.trace_keys, self.group_keys)
-        need = [self.time, self.value, *tk, *gk] + ([self.lot_key] if self.lot_key is not None else [])
+        need = [self.time, self.value, *tk, *gk] + [k for k in (self.lot_key, self.order_key) if k is not None]
         missing = [c for c in need if c not in X.columns]
         if missing:
             raise ValueError(f"{name} has no column(s) {missing}; expected columns {need}.")
@@ -235,7 +251,8 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
             F = F.reindex(columns=self.wafer_columns_)
         missing = F.isna().any(axis=1).to_numpy()
         status = pd.Series(np.where(missing, "missing_group", "ok"), index=F.index, name="status", dtype=object)
-        return WaferFeatures(F, wafer_lots(X, tk, self.lot_key, F.index), status)
+        return WaferFeatures(F, wafer_lots(X, tk, self.lot_key, F.index), status,
+                             wafer_order(X, tk, self.order_key, F.index))
 
     def _fit(self, X):
         for attr in ("wafer_columns_",):
@@ -247,7 +264,7 @@ class MultiwayPCADetector(TracePersistMixin, BaseDetector):
         scorer = WaferScorer.fit(
             wf, n_components=self.n_components, statistic=self.statistic, scale_floor=self.scale_floor,
             clip=self.clip, new_lots=self.new_lots, cv=self.cv, contamination=self.contamination,
-            random_state=self.random_state,
+            random_state=self.random_state, n_neighbours=self.n_neighbours,
         )
         for name, value in scorer.attributes().items():
             setattr(self, name, value)

@@ -95,6 +95,8 @@ class FitConfig:
     group: tuple = ()
     #: internal column with each trace's wafer-clock origin (:func:`clock_origins`), or None
     clock_origin: str | None = None
+    #: column of each wafer's run order within its lot (read for the wafer features only), or None
+    order_key: str | None = None
 
     @property
     def lot_fits(self):

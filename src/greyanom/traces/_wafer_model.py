@@ -38,6 +38,15 @@ chamber's first wafers) counts at most ``c`` times; a level that breaks that pat
 counts whole. (``level_term="scaled"``, the level term of models made before the residual
 one: ``M = max_j z_j^2 / u_j^2``.) The whole of ``w M / δ_M`` is the contribution of the
 feature that attains the maximum, so the contributions still sum exactly to the score.
+
+With the wafers' run order (``order``: each wafer's position in its lot's processing
+sequence, e.g. its slot or its start time), a feature that drifts within a lot is centred on
+the median of the ``n_neighbours`` training wafers of the lot nearest in run order instead of
+the lot median: those features (``local``) are chosen on the training wafers, each left out
+of its own centre, as those whose variance about the neighbours is below ``LOCAL_GAIN`` times
+their variance about the lot median. A wafer is never its own neighbour (reference rows of
+its lot with its own order are left out), so a training wafer scored again gets the centre
+it had in the fit.
 """
 
 from __future__ import annotations
@@ -49,9 +58,17 @@ import numpy as np
 
 from greyanom import _crossfit
 
-__all__ = ["WaferModel", "fit_wafer_model", "wafer_terms", "cross_fit", "scale_rows"]
+__all__ = ["WaferModel", "fit_wafer_model", "wafer_terms", "cross_fit", "scale_rows", "neighbour_centres"]
 
 _MAD = 1.4826
+
+#: A feature is centred on its run-order neighbours when, on the training wafers (each left
+#: out of its own centre), that leaves less than this share of its variance about the lot
+#: median (chosen on development splits of LAM 9600, ``benchmarks/wafer_order_dev.py``).
+LOCAL_GAIN = 0.8
+#: Fewest run-order neighbours a centre is the median of; a wafer with fewer is centred on
+#: its lot median.
+MIN_NEIGHBOURS = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,17 @@ class WaferModel:
         scaled value, ``c`` the weight of the scaled value), 0 for the other features; the
         level value of a feature is the larger of ``level_weights_j e_j²`` and
         ``scaled_level_weights_j z_j²``. ``None``: the residual alone.
+    local : ndarray of bool of shape (p,) or None
+        The features centred on run-order neighbours (see the module docstring); ``None``:
+        none (a model fitted without the run order, or before the option).
+    ref_rows : ndarray of shape (n_ref, n_local) or None
+        The training rows of the ``local`` features, from which the neighbour centres are taken.
+    ref_lots : ndarray of shape (n_ref,) or None
+        Lot of each reference row (strings).
+    ref_order : ndarray of shape (n_ref,) or None
+        Run order of each reference row (NaN: unknown; never a neighbour).
+    n_neighbours : int
+        Reference rows a neighbour centre is the median of.
     """
 
     lots: np.ndarray
@@ -119,6 +147,11 @@ class WaferModel:
     level_weight: float = 0.0
     level_residual: bool = False
     scaled_level_weights: np.ndarray | None = None
+    local: np.ndarray | None = None
+    ref_rows: np.ndarray | None = None
+    ref_lots: np.ndarray | None = None
+    ref_order: np.ndarray | None = None
+    n_neighbours: int = 6
 
     @property
     def n_features(self):
@@ -148,6 +181,11 @@ class WaferModel:
     def has_level(self):
         return self.level_weights is not None and self.level_weight > 0
 
+    @property
+    def has_local(self):
+        """Whether some features are centred on run-order neighbours."""
+        return self.local is not None and bool(np.any(self.local))
+
     def to_arrays(self):
         """The model as a dict of arrays (for saving)."""
         return {
@@ -158,6 +196,11 @@ class WaferModel:
             ),
             **({} if self.level_weights is None else {"level_weights": self.level_weights}),
             **({} if self.scaled_level_weights is None else {"scaled_level_weights": self.scaled_level_weights}),
+            **({} if self.local is None else {
+                "local": self.local, "ref_rows": self.ref_rows, "ref_order": self.ref_order,
+                "ref_lot_codes": np.searchsorted(self.lots, self.ref_lots).astype(np.int64),
+                "n_neighbours": np.array([self.n_neighbours], dtype=np.int64),
+            }),
         }
 
     @classmethod
@@ -166,7 +209,8 @@ class WaferModel:
 
         Arrays written before the level term (three scalars, no ``level_weights``) give a
         model without it; arrays written before the residual level term (five scalars) give
-        the level term on the scaled features.
+        the level term on the scaled features; arrays without ``local`` give a model without
+        run-order centring.
         """
         clip, dq, dt, *level = (float(v) for v in arrays["scalars"])
         dm, w, residual = (*level, 0.0)[:3] if level else (1.0, 0.0, 0.0)
@@ -177,7 +221,17 @@ class WaferModel:
             np.asarray(arrays["components"]), np.asarray(arrays["variances"]), clip, dq, dt, statistic,
             None if weights is None else np.asarray(weights), dm, w, bool(residual),
             None if arrays.get("scaled_level_weights") is None else np.asarray(arrays["scaled_level_weights"]),
+            *_local_from_arrays(arrays, lots),
         )
+
+
+def _local_from_arrays(arrays, lots):
+    if arrays.get("local") is None:
+        return None, None, None, None, 6
+    lots = np.asarray(lots, dtype=object).astype(str)
+    return (np.asarray(arrays["local"], dtype=bool), np.asarray(arrays["ref_rows"]),
+            lots[np.asarray(arrays["ref_lot_codes"])], np.asarray(arrays["ref_order"], dtype=np.float64),
+            int(np.asarray(arrays["n_neighbours"])[0]))
 
 
 def _lot_codes(lots, n):
@@ -189,6 +243,94 @@ def _lot_codes(lots, n):
     return lots
 
 
+def _run_order(order, n):
+    """``order`` as floats of shape ``(n,)`` (NaN: unknown), or None."""
+    if order is None:
+        return None
+    o = np.asarray(order)
+    if o.shape != (n,):
+        raise ValueError(f"order must have one value per row ({n}), got shape {o.shape}.")
+    if o.dtype.kind not in "biuf":
+        raise TypeError(f"order must be numeric (a run position or a time stamp), got dtype {o.dtype}.")
+    return o.astype(np.float64)
+
+
+def neighbour_centres(ref, ref_lots, ref_order, lots, order, n_neighbours):
+    """Median of the ``n_neighbours`` reference rows of each row's lot nearest in run order.
+
+    Reference rows of the row's lot with the row's own order are left out (a wafer is not its
+    own neighbour); at equal distance the earlier reference row comes first. A row with an
+    unknown order, or with fewer than ``MIN_NEIGHBOURS`` neighbours, gets no centre.
+
+    Returns
+    -------
+    centres : ndarray of shape (n, ref.shape[1])
+        NaN for the rows without a centre.
+    has : ndarray of bool of shape (n,)
+    """
+    n = lots.shape[0]
+    centres = np.full((n, ref.shape[1]), np.nan)
+    has = np.zeros(n, dtype=bool)
+    known = np.isfinite(order)
+    usable = np.isfinite(ref_order)
+    for lot in np.unique(lots[known]):
+        rows = np.flatnonzero(known & (lots == lot))
+        cand = np.flatnonzero(usable & (ref_lots == lot))
+        kk = min(int(n_neighbours), cand.size)
+        if kk < MIN_NEIGHBOURS:
+            continue
+        d = np.abs(order[rows, None] - ref_order[None, cand])
+        d[d == 0] = np.inf
+        pick = np.lexsort((np.broadcast_to(ref_order[cand], d.shape), d), axis=-1)[:, :kk]
+        far = ~np.isfinite(np.take_along_axis(d, pick, axis=1))
+        vals = ref[cand][pick]  # (rows, kk, features)
+        if far.any():
+            vals[far] = np.nan
+            centres[rows] = np.nanmedian(vals, axis=1)
+        else:
+            vals.sort(axis=1)  # the median of a few values: a sort is cheaper than np.median's partition
+            centres[rows] = (vals[:, (kk - 1) // 2] + vals[:, kk // 2]) / 2.0
+        has[rows] = (~far).sum(axis=1) >= MIN_NEIGHBOURS
+    centres[~has] = np.nan
+    return centres, has
+
+
+def _leave_one_out_medians(X):
+    """Row ``i`` of the result: the column medians of ``X`` without its row ``i`` (NaN for one row)."""
+    m = X.shape[0]
+    if m < 2:
+        return np.full_like(X, np.nan)
+    idx = np.argsort(X, axis=0, kind="stable")
+    S = np.take_along_axis(X, idx, axis=0)
+    rank = np.empty_like(idx)
+    np.put_along_axis(rank, idx, np.arange(m)[:, None], axis=0)
+
+    def kth(k):
+        # the k-th smallest of the m - 1 others: skip the row's own position
+        return np.take_along_axis(S, k + (rank <= k), axis=0)
+
+    h = (m - 1) // 2
+    return kth(h) if (m - 1) % 2 else (kth(h - 1) + kth(h)) / 2.0
+
+
+def _local_features(F, codes, order, n_neighbours):
+    """The features to centre on run-order neighbours, and the training rows' neighbour centres.
+
+    A feature is local when its variance about the neighbours (rows with a centre) is below
+    ``LOCAL_GAIN`` times its variance about the lot median, each row left out of both.
+    """
+    centres, has = neighbour_centres(F, codes, order, codes, order, n_neighbours)
+    if has.sum() < 2:
+        return np.zeros(F.shape[1], dtype=bool), centres, has
+    loo = np.empty_like(F)
+    for lot in np.unique(codes):
+        m = codes == lot
+        loo[m] = _leave_one_out_medians(F[m])
+    v_lot = ((F[has] - loo[has]) ** 2).mean(axis=0)
+    v_nb = ((F[has] - centres[has]) ** 2).mean(axis=0)
+    return v_nb < LOCAL_GAIN * v_lot, centres, has
+
+
 def _std(d):
     """Column standard deviations without overflow or underflow (values near 1e±200)."""
     size = np.max(np.abs(d), axis=0)
@@ -198,7 +340,8 @@ def _std(d):
     return size * (d / size).std(axis=0)
 
 
-def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, min_lot_size=5, statistic="q"):
+def fit_wafer_model(F, lots=None, *, order=None, n_neighbours=6, n_components=4, scale_floor=1.0, clip=8.0,
+                    min_lot_size=5, statistic="q"):
     """Fit the robust per-lot scaler and the PCA on training rows ``F`` (normal wafers).
 
     Parameters
@@ -207,6 +350,12 @@ def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, 
         Features; must be finite.
     lots : array-like of shape (n_wafers,) or None
         Lot of each row; ``None``: one lot.
+    order : array-like of shape (n_wafers,) or None
+        Run order of each row within its lot (NaN: unknown); ``None``: every feature is
+        centred on its lot median. With it, the features that drift within a lot are centred
+        on run-order neighbours (see the module docstring).
+    n_neighbours : int
+        Training rows a neighbour centre is the median of.
     n_components : int
         Principal components kept (at most ``min(n_wafers - 1, p)``).
     scale_floor : float
@@ -238,6 +387,14 @@ def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, 
         m = codes == lot
         lot_center[i] = np.median(F[m], axis=0)
         dev[m] = F[m] - lot_center[i]
+    o = _run_order(order, n)
+    local = ref = None
+    if o is not None:
+        local, centres, has = _local_features(F, codes, o, n_neighbours)
+        if local.any():
+            ref = F[:, local].copy()
+            rows, cols = np.flatnonzero(has), np.flatnonzero(local)
+            dev[np.ix_(rows, cols)] = F[np.ix_(rows, cols)] - centres[np.ix_(rows, cols)]
     center = np.median(F, axis=0)
     # the absolute floor is relative to each feature's magnitude when that is below 1, so that
     # features in tiny units (a trace scaled by 1e-20) are not floored to the scale of the others
@@ -260,14 +417,21 @@ def fit_wafer_model(F, lots=None, *, n_components=4, scale_floor=1.0, clip=8.0, 
     comps = vt[:k]
     var = s[:k] ** 2 / max(n - 1, 1)
     var = np.maximum(var, 1e-6 * max(var[0] if k else 1.0, 1e-12))
-    return WaferModel(uniq, lot_center, lot_scale, center, scale, comps, var, float(clip), statistic=statistic)
+    model = WaferModel(uniq, lot_center, lot_scale, center, scale, comps, var, float(clip), statistic=statistic)
+    if o is None:
+        return model
+    return dataclasses.replace(model, local=local, ref_rows=ref, ref_lots=None if ref is None else codes.copy(),
+                               ref_order=None if ref is None else o.copy(), n_neighbours=int(n_neighbours))
 
 
-def scale_rows(model, F, lots=None, *, new_lots="pooled", min_lot_size=3):
+def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_size=3):
     """Scaled, clipped rows of ``F`` under ``model``; also whether each row's lot was known.
 
-    A lot seen in training is centred on its training median. A lot not seen in training is
-    centred on the pooled training median (``new_lots="pooled"``), or on its own median
+    A lot seen in training is centred on its training median; with ``order`` (each row's run
+    order, NaN: unknown) and a model with run-order centring, its ``local`` features are
+    centred on the median of the training rows of the lot nearest in run order instead
+    (:func:`neighbour_centres`; a row with too few neighbours keeps the lot median). A lot not
+    seen in training is centred on the pooled training median (``new_lots="pooled"``), or on its own median
     (``new_lots="self"``, when it has at least ``min_lot_size`` rows; smaller new lots fall
     back to the pooled median). The scale is always the training scale.
     """
@@ -290,6 +454,11 @@ def scale_rows(model, F, lots=None, *, new_lots="pooled", min_lot_size=3):
         else:
             centers[m] = model.center
             scales[m] = model.scale
+    o = _run_order(order, F.shape[0])
+    if o is not None and model.has_local:
+        nb, has = neighbour_centres(model.ref_rows, model.ref_lots, model.ref_order, codes, o, model.n_neighbours)
+        rows, cols = np.flatnonzero(has), np.flatnonzero(model.local)
+        centers[np.ix_(rows, cols)] = nb[rows]
     Z = np.clip((F - centers) / scales, -model.clip, model.clip)
     return Z, known
 
@@ -362,7 +531,7 @@ def _terms(model, Z):
 
 
 def cross_fit(
-    F, lots=None, *, n_splits=5, n_repeats=1, random_state=None, level_mask=None, level_weight=0.0,
+    F, lots=None, *, order=None, n_splits=5, n_repeats=1, random_state=None, level_mask=None, level_weight=0.0,
     level_term="residual", level_subspace_weight=0.5, **fit_kwargs,
 ):
     """Fit on all rows and score each row from a model fitted without its fold.
@@ -397,6 +566,9 @@ def cross_fit(
         Training features (finite).
     lots : array-like of shape (n_wafers,) or None
         Lot of each row.
+    order : array-like of shape (n_wafers,) or None
+        Run order of each row within its lot (see :func:`fit_wafer_model`); each fold's
+        rows are centred on neighbours from the other folds only.
     n_splits : int
         Folds.
     n_repeats : int >= 1
@@ -428,6 +600,7 @@ def cross_fit(
     F = np.asarray(F, dtype=np.float64)
     n = F.shape[0]
     codes = _lot_codes(lots, n)
+    order = _run_order(order, n)
     if level_term not in ("residual", "scaled"):
         raise ValueError(f"level_term must be 'residual' or 'scaled', got {level_term!r}.")
     if not 0.0 <= level_subspace_weight <= 1.0:
@@ -437,7 +610,7 @@ def cross_fit(
     how = (level_term == "residual", float(level_subspace_weight) if level_term == "residual" else 0.0)
     states = _crossfit.repeat_states(random_state, n_repeats)
     model, folds, q, t2 = _fit_calibrated(
-        F, codes, n_splits, states, level_mask if level else None, level_weight, how, fit_kwargs
+        F, codes, order, n_splits, states, level_mask if level else None, level_weight, how, fit_kwargs
     )
     if not level:
         wq = 0.0 if model.statistic == "t2" else 1.0 / model.delta_q
@@ -446,9 +619,9 @@ def cross_fit(
 
     def fit_score(train, test):
         m, *_ = _fit_calibrated(
-            F[train], codes[train], n_splits, states, level_mask, level_weight, how, fit_kwargs
+            F[train], codes[train], _rows(order, train), n_splits, states, level_mask, level_weight, how, fit_kwargs
         )
-        Z, _ = scale_rows(m, F[test], codes[test])
+        Z, _ = scale_rows(m, F[test], codes[test], order=_rows(order, test))
         return wafer_terms(m, Z)[0]
 
     heldout = np.empty(n)
@@ -457,7 +630,11 @@ def cross_fit(
     return model, heldout, folds
 
 
-def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, fit_kwargs):
+def _rows(order, index):
+    return None if order is None else order[index]
+
+
+def _fit_calibrated(F, codes, order, n_splits, states, level_mask, level_weight, how, fit_kwargs):
     """The model fitted on all rows with the normalisers (and level term) from its out-of-fold rows.
 
     ``states`` seeds one fold split per repeat; the out-of-fold rows of all repeats are pooled.
@@ -471,8 +648,8 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
     n = F.shape[0]
 
     def fit_score(train, test):
-        m = fit_wafer_model(F[train], codes[train], **fit_kwargs)
-        Z, _ = scale_rows(m, F[test], codes[test])
+        m = fit_wafer_model(F[train], codes[train], order=_rows(order, train), **fit_kwargs)
+        Z, _ = scale_rows(m, F[test], codes[test], order=_rows(order, test))
         _, _, q_k, t2_k, E = _terms(m, Z)
         return Z, E, q_k, t2_k
 
@@ -488,7 +665,7 @@ def _fit_calibrated(F, codes, n_splits, states, level_mask, level_weight, how, f
     q, t2 = np.stack(qs), np.stack(t2s)
     dq = float(np.median(q)) or 1.0
     dt = float(np.median(t2)) or 1.0
-    model = fit_wafer_model(F, codes, **fit_kwargs).with_deltas(dq, dt)
+    model = fit_wafer_model(F, codes, order=order, **fit_kwargs).with_deltas(dq, dt)
     if level_mask is not None:
         mask = np.asarray(level_mask, dtype=bool)
         Zo, Eo = np.concatenate(Zs), np.concatenate(Es)  # the out-of-fold rows of every repeat

@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from greyanom.traces import _wafer_model as wm
 from greyanom.base import threshold_from_scores
 
-__all__ = ["WaferFeatures", "WaferScorer", "wafer_limit"]
+__all__ = ["WaferFeatures", "WaferScorer", "wafer_limit", "wafer_lots", "wafer_order"]
 
 
 def wafer_limit(heldout, contamination):
@@ -104,11 +104,15 @@ class WaferFeatures:
         Lot of each wafer (strings; all ``"all"`` without a lot key).
     status : pandas.Series
         Status of each wafer, see ``greyanom.traces._status.WAFER_STATUSES`` (before the ``new_lot`` check).
+    order : ndarray of shape (n_wafers,) or None
+        Run order of each wafer within its lot (floats, NaN unknown); ``None`` without an
+        ``order_key``.
     """
 
     features: pd.DataFrame
     lots: np.ndarray
     status: pd.Series
+    order: np.ndarray | None = None
 
 
 def wafer_lots(df, trace_keys, lot_key, index):
@@ -119,6 +123,34 @@ def wafer_lots(df, trace_keys, lot_key, index):
     return lots.reindex(index).astype(str).to_numpy()
 
 
+def wafer_order(df, trace_keys, order_key, index):
+    """Run order of each wafer of ``index`` (first ``order_key`` value of its rows) as floats, or None.
+
+    Numbers are taken as they are; time stamps (datetime64) become seconds. A wafer without a
+    value is NaN (it is centred on its lot median). Anything else is a ``TypeError`` naming
+    ``order_key``.
+    """
+    if order_key is None:
+        return None
+    if not isinstance(df, pd.DataFrame) and not hasattr(df, "compute"):
+        raise TypeError(
+            f"order_key={order_key!r} needs the traces as a pandas or dask frame with that column, "
+            f"got {type(df).__name__}."
+        )
+    first = df.groupby(list(trace_keys), sort=False)[order_key].first()
+    if hasattr(first, "compute"):
+        first = first.compute()
+    values = first.reindex(index)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        ns = values.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        return np.where(values.isna().to_numpy(), np.nan, ns / 1e9)
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise TypeError(
+            f"order_key={order_key!r} must hold numbers (a run position) or time stamps, got dtype {first.dtype}."
+        )
+    return values.to_numpy(dtype=np.float64)
+
+
 #: Parameter constraints of the wafer model, shared by the detectors that use it.
 WAFER_MODEL_CONSTRAINTS = {
     "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -127,6 +159,8 @@ WAFER_MODEL_CONSTRAINTS = {
     "clip": [Interval(numbers.Real, 0, None, closed="neither")],
     "new_lots": [StrOptions({"pooled", "self"})],
     "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+    "order_key": [str, None],
+    "n_neighbours": [Interval(numbers.Integral, 3, None, closed="left")],
 }
 
 
@@ -151,7 +185,8 @@ class WaferScorer:
 
     @classmethod
     def fit(cls, wf, *, n_components, statistic, scale_floor, clip, new_lots, cv, contamination, random_state,
-            level_features=(), level_weight=0.0, level_term="residual", level_subspace_weight=0.5, cv_repeats=1):
+            level_features=(), level_weight=0.0, level_term="residual", level_subspace_weight=0.5, cv_repeats=1,
+            n_neighbours=6):
         """Fit the wafer model on training features, with cross-fitted held-out scores and limit.
 
         The limit is :func:`wafer_limit` of the held-out scores at ``contamination``.
@@ -160,11 +195,14 @@ class WaferScorer:
         term runs over, weighted by ``level_weight``, on the residuals or the scaled features
         (``level_term``, ``level_subspace_weight``; see :func:`greyanom.traces._wafer_model.cross_fit`).
         ``cv_repeats`` fold splits of ``cv`` folds are pooled in the cross-fitting (its ``n_repeats``).
+        With the wafers' run order (``wf.order``), the features that drift within a lot are
+        centred on the ``n_neighbours`` training wafers of the lot nearest in run order.
         """
         # folds drawn on the wafers in key order, so the fit does not depend on the row order
         order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
         F = wf.features.iloc[order]
         lots = np.asarray(wf.lots)[order]
+        run = None if wf.order is None else np.asarray(wf.order, dtype=np.float64)[order]
         usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
         columns = F.columns[usable]
         # a training wafer without a feature takes the feature's median (it is normal)
@@ -174,7 +212,7 @@ class WaferScorer:
         # directions (with few features, a component would absorb e.g. the noise level)
         k = int(min(n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
-            X, lots, n_splits=cv, n_repeats=cv_repeats, random_state=random_state,
+            X, lots, order=run, n_neighbours=n_neighbours, n_splits=cv, n_repeats=cv_repeats, random_state=random_state,
             level_mask=columns.get_level_values(-1).isin(list(level_features)), level_weight=level_weight,
             level_term=level_term, level_subspace_weight=level_subspace_weight,
             n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
@@ -217,7 +255,7 @@ class WaferScorer:
         bad = ~np.isfinite(raw)
         model = self.model
         Z, known = wm.scale_rows(
-            model, np.where(bad, 0.0, raw), wf.lots, new_lots=self.new_lots, min_lot_size=3
+            model, np.where(bad, 0.0, raw), wf.lots, order=wf.order, new_lots=self.new_lots, min_lot_size=3
         )
         # a feature that could not be computed counts as the worst in-range value, never as normal
         Z[bad] = model.clip

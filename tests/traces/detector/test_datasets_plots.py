@@ -14,7 +14,7 @@ def test_load_lam9600():
     path = shared_data("wise_etch_lam9600")
     with pytest.warns(UserWarning, match="l3125"), pytest.warns(UserWarning, match="whose Time goes back"):
         df = load_lam9600(path)
-    assert list(df.columns) == ["wafer", "experiment", "fault", "step", "sensor", "t", "value"]
+    assert list(df.columns) == ["wafer", "experiment", "run", "fault", "step", "sensor", "t", "value"]
     wafers = df.drop_duplicates("wafer")
     assert len(wafers) == 128 and "l3125" not in set(wafers["wafer"])
     assert wafers["fault"].notna().sum() == 21 and wafers["fault"].isna().sum() == 107
@@ -22,6 +22,9 @@ def test_load_lam9600():
     assert set(df["experiment"]) == {29, 31, 33}
     assert wafers.set_index("wafer").loc["l2915", "fault"] == "TCP +50"
     assert list(wafers["wafer"]) == sorted(wafers["wafer"])
+    # run: the wafer's number in its experiment, every number 1-43 once (normal and faulty together)
+    assert (wafers["run"] == wafers["wafer"].str[3:5].astype(int)).all()
+    assert all(sorted(g) == list(range(1, 44)) for _, g in full_runs(path).groupby("experiment")["run"])
     assert np.isfinite(df["value"]).all()
     assert not df.duplicated(["wafer", "step", "sensor", "t"]).any()
     with pytest.warns(UserWarning, match="Time goes back"):
@@ -29,6 +32,11 @@ def test_load_lam9600():
     assert full["wafer"].nunique() == 129
     with pytest.raises(FileNotFoundError, match="MACHINE_Data.mat"):
         load_lam9600(path / "nope")
+
+
+def full_runs(path):
+    with pytest.warns(UserWarning):
+        return load_lam9600(path, drop=False).drop_duplicates("wafer")
 
 
 def test_make_pi_lots():

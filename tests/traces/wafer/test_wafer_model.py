@@ -310,7 +310,7 @@ def test_repeated_cross_fitting_steadies_the_learned_weights_against_the_fold_dr
 
     def spread(n_repeats):
         fits = [
-            _fit_calibrated(F, lots, 5, repeat_states(seed, n_repeats), mask, 1.0, (True, 0.5),
+            _fit_calibrated(F, lots, None, 5, repeat_states(seed, n_repeats), mask, 1.0, (True, 0.5),
                             dict(n_components=4, scale_floor=0.5))[0]
             for seed in range(6)
         ]
