@@ -202,7 +202,7 @@ class WaferScorer:
         order = np.argsort(wf.features.index.to_numpy(dtype=object).astype(str), kind="stable")
         F = wf.features.iloc[order]
         lots = np.asarray(wf.lots)[order]
-        run = None if wf.order is None else np.asarray(wf.order, dtype=np.float64)[order]
+        run_order = None if wf.order is None else np.asarray(wf.order, dtype=np.float64)[order]
         usable = F.notna().all(axis=0).to_numpy() | (F.notna().mean(axis=0).to_numpy() >= 0.5)
         columns = F.columns[usable]
         # a training wafer without a feature takes the feature's median (it is normal)
@@ -212,7 +212,8 @@ class WaferScorer:
         # directions (with few features, a component would absorb e.g. the noise level)
         k = int(min(n_components, max(1, X.shape[1] // 5)))
         model, heldout, _ = wm.cross_fit(
-            X, lots, order=run, n_neighbours=n_neighbours, n_splits=cv, n_repeats=cv_repeats, random_state=random_state,
+            X, lots, order=run_order, n_neighbours=n_neighbours, n_splits=cv, n_repeats=cv_repeats,
+            random_state=random_state,
             level_mask=columns.get_level_values(-1).isin(list(level_features)), level_weight=level_weight,
             level_term=level_term, level_subspace_weight=level_subspace_weight,
             n_components=k, scale_floor=scale_floor, clip=clip, statistic=statistic,
