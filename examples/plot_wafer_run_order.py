@@ -89,6 +89,7 @@ for seed in range(4):
 pd.DataFrame(table).T.round(3)
 
 # %%
-# On LAM 9600, with the wafer number as the run order, the features chosen are mostly the
-# optical endpoint, tuner and He pressure levels; the shape detector guide gives the figures on
-# development, fresh and evaluation splits (``benchmarks/wafer_order_dev.py``).
+# On LAM 9600, with the wafer number as the run order, about a quarter of the features are
+# chosen: the step durations and sample counts, and features of the optical endpoint, TCP tuner
+# and load and RF power traces. The shape detector guide gives the figures on development, fresh
+# and evaluation splits (``benchmarks/wafer_order_dev.py``).
