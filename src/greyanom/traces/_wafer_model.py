@@ -129,6 +129,13 @@ class WaferModel:
         Run order of each reference row (NaN: unknown; never a neighbour).
     n_neighbours : int
         Reference rows a neighbour centre is the median of.
+    median_lot_scale : ndarray of shape (n_lots, n_local) or None
+        Per-lot robust scale of the ``local`` features about the lot median (``lot_scale``
+        holds their scale about the neighbours): a wafer without a neighbour centre (no
+        order, too few neighbours) is centred on the lot median and scaled by it, as a model
+        without the run order scales it.
+    median_scale : ndarray of shape (n_local,) or None
+        The same, pooled (for lots not seen in training).
     """
 
     lots: np.ndarray
@@ -152,6 +159,8 @@ class WaferModel:
     ref_lots: np.ndarray | None = None
     ref_order: np.ndarray | None = None
     n_neighbours: int = 6
+    median_lot_scale: np.ndarray | None = None
+    median_scale: np.ndarray | None = None
 
     @property
     def n_features(self):
@@ -200,6 +209,7 @@ class WaferModel:
                 "local": self.local, "ref_rows": self.ref_rows, "ref_order": self.ref_order,
                 "ref_lot_codes": np.searchsorted(self.lots, self.ref_lots).astype(np.int64),
                 "n_neighbours": np.array([self.n_neighbours], dtype=np.int64),
+                "median_lot_scale": self.median_lot_scale, "median_scale": self.median_scale,
             }),
         }
 
@@ -227,11 +237,12 @@ class WaferModel:
 
 def _local_from_arrays(arrays, lots):
     if arrays.get("local") is None:
-        return None, None, None, None, 6
+        return None, None, None, None, 6, None, None
     lots = np.asarray(lots, dtype=object).astype(str)
     return (np.asarray(arrays["local"], dtype=bool), np.asarray(arrays["ref_rows"]),
             lots[np.asarray(arrays["ref_lot_codes"])], np.asarray(arrays["ref_order"], dtype=np.float64),
-            int(np.asarray(arrays["n_neighbours"])[0]))
+            int(np.asarray(arrays["n_neighbours"])[0]), np.asarray(arrays["median_lot_scale"]),
+            np.asarray(arrays["median_scale"]))
 
 
 def _lot_codes(lots, n):
@@ -393,6 +404,7 @@ def fit_wafer_model(F, lots=None, *, order=None, n_neighbours=6, n_components=4,
         local, centres, has = _local_features(F, codes, o, n_neighbours)
         if local.any():
             ref = F[:, local].copy()
+            about_median = dev[:, local].copy()  # the local features' deviations from the lot median
             rows, cols = np.flatnonzero(has), np.flatnonzero(local)
             dev[np.ix_(rows, cols)] = F[np.ix_(rows, cols)] - centres[np.ix_(rows, cols)]
     center = np.median(F, axis=0)
@@ -401,16 +413,28 @@ def fit_wafer_model(F, lots=None, *, order=None, n_neighbours=6, n_components=4,
     magnitude = np.max(np.abs(F), axis=0)
     tiny = 1e-9 * np.maximum(np.abs(center), np.where(magnitude > 0, np.minimum(1.0, magnitude), 1.0))
 
-    def robust_scale(d):
+    def robust_scale(d, tiny):
         return np.maximum(np.maximum(_MAD * np.median(np.abs(d), axis=0), scale_floor * _std(d)), tiny)
 
-    scale = robust_scale(dev)
-    lot_scale = np.empty((uniq.size, p))
-    Z = np.empty_like(F)
+    def lot_scales(d, tiny):
+        pooled = robust_scale(d, tiny)
+        per_lot = np.empty((uniq.size, d.shape[1]))
+        for i, lot in enumerate(uniq):
+            m = codes == lot
+            per_lot[i] = robust_scale(d[m], tiny) if m.sum() >= min_lot_size else pooled
+        return per_lot, pooled
+
+    lot_scale, scale = lot_scales(dev, tiny)
+    Z = np.empty_like(F)  # F's memory layout, as before (the PCA's sums follow it)
     for i, lot in enumerate(uniq):
         m = codes == lot
-        lot_scale[i] = robust_scale(dev[m]) if m.sum() >= min_lot_size else scale
         Z[m] = dev[m] / lot_scale[i]
+    median_lot_scale = median_scale = None
+    if ref is not None:
+        # a row without a neighbour centre deviates from its lot median: scaled by that spread
+        median_lot_scale, median_scale = lot_scales(about_median, tiny[local])
+        lost = np.flatnonzero(~has)
+        Z[np.ix_(lost, cols)] = about_median[lost] / median_lot_scale[np.searchsorted(uniq, codes[lost])]
     Z = np.clip(Z, -clip, clip)
     k = int(min(n_components, n - 1, p))
     _, s, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
@@ -421,7 +445,8 @@ def fit_wafer_model(F, lots=None, *, order=None, n_neighbours=6, n_components=4,
     if o is None:
         return model
     return dataclasses.replace(model, local=local, ref_rows=ref, ref_lots=None if ref is None else codes.copy(),
-                               ref_order=None if ref is None else o.copy(), n_neighbours=int(n_neighbours))
+                               ref_order=None if ref is None else o.copy(), n_neighbours=int(n_neighbours),
+                               median_lot_scale=median_lot_scale, median_scale=median_scale)
 
 
 def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_size=3):
@@ -430,8 +455,10 @@ def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_si
     A lot seen in training is centred on its training median; with ``order`` (each row's run
     order, NaN: unknown) and a model with run-order centring, its ``local`` features are
     centred on the median of the training rows of the lot nearest in run order instead
-    (:func:`neighbour_centres`; a row with too few neighbours keeps the lot median). A lot not
-    seen in training is centred on the pooled training median (``new_lots="pooled"``), or on its own median
+    (:func:`neighbour_centres`) and scaled by their training spread about the neighbours; a
+    row without a neighbour centre (no order, too few neighbours) keeps the lot median and the
+    spread about it, as a model without the run order scales it. A lot not seen in training
+    is centred on the pooled training median (``new_lots="pooled"``), or on its own median
     (``new_lots="self"``, when it has at least ``min_lot_size`` rows; smaller new lots fall
     back to the pooled median). The scale is always the training scale.
     """
@@ -454,11 +481,24 @@ def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_si
         else:
             centers[m] = model.center
             scales[m] = model.scale
-    o = _run_order(order, F.shape[0])
-    if o is not None and model.has_local:
-        nb, has = neighbour_centres(model.ref_rows, model.ref_lots, model.ref_order, codes, o, model.n_neighbours)
-        rows, cols = np.flatnonzero(has), np.flatnonzero(model.local)
-        centers[np.ix_(rows, cols)] = nb[rows]
+    if model.has_local:
+        cols = np.flatnonzero(model.local)
+        o = _run_order(order, F.shape[0])
+        if o is None:
+            has = np.zeros(F.shape[0], dtype=bool)
+        else:
+            nb, has = neighbour_centres(model.ref_rows, model.ref_lots, model.ref_order, codes, o, model.n_neighbours)
+            centers[np.ix_(np.flatnonzero(has), cols)] = nb[has]
+        if model.median_lot_scale is not None:
+            # a row without a neighbour centre keeps the lot (pooled) median, and the spread about it
+            lost = np.flatnonzero(~has)
+            hit = np.searchsorted(model.lots, codes[lost])
+            seen = known[lost]
+            scales[np.ix_(lost, cols)] = np.where(
+                seen[:, None], model.median_lot_scale[np.where(seen, hit, 0)], model.median_scale
+            )
+    else:
+        _run_order(order, F.shape[0])  # checked all the same
     Z = np.clip((F - centers) / scales, -model.clip, model.clip)
     return Z, known
 

@@ -114,19 +114,16 @@ def test_without_a_usable_order_the_model_is_the_lot_median_one():
             np.testing.assert_array_equal(m.components, plain.components)
         else:
             assert m.has_local
-    # a wafer of an unseen lot, or without an order, keeps the lot (pooled) median
-    m, _, _ = wm.cross_fit(F, lots, order=order, random_state=0, n_components=2)
-    rows = F[:3]
-    Zm = wm.scale_rows(m, rows, np.array(["new", "L0", "L0"]), order=np.array([4.0, np.nan, 4.0]))[0]
-    Zp = wm.scale_rows(dataclasses_replace_local(m), rows, np.array(["new", "L0", "L0"]))[0]
-    np.testing.assert_array_equal(Zm[:2], Zp[:2])
-    assert Zm[2, 0] != Zp[2, 0]
-
-
-def dataclasses_replace_local(m):
-    import dataclasses
-
-    return dataclasses.replace(m, local=None)
+    # a wafer of an unseen lot, or without an order, is centred and scaled as without the run order
+    m = wm.fit_wafer_model(F, lots, order=order, n_components=2)
+    p = wm.fit_wafer_model(F, lots, n_components=2)
+    rows, row_lots = F[:4] + 0.5, np.array(["new", "L0", "L1", "L0"])
+    for o in (np.array([4.0, np.nan, np.nan, np.nan]), None):
+        np.testing.assert_array_equal(wm.scale_rows(m, rows, row_lots, order=o)[0], wm.scale_rows(p, rows, row_lots)[0])
+    with_order = wm.scale_rows(m, rows, row_lots, order=np.array([4.0, np.nan, np.nan, 4.0]))[0]
+    assert with_order[3, 0] != wm.scale_rows(p, rows, row_lots)[0][3, 0]
+    np.testing.assert_array_equal(m.median_lot_scale, p.lot_scale[:, m.local])
+    np.testing.assert_array_equal(m.median_scale, p.scale[m.local])
 
 
 def test_cross_fitted_rows_are_centred_on_neighbours_from_the_other_folds_only():
