@@ -59,3 +59,20 @@ def test_dask_start_time_column_equals_in_process():
     pd.testing.assert_series_equal(score.sort_index(), expected, check_exact=False, rtol=1e-8)
     a = det.analyse(new).traces
     assert a.loc[("v", "L02W00"), "origin"] == new.loc[new["wafer"] == "L02W00", "t0"].iloc[0]
+
+
+def test_dask_run_order_equals_in_process():
+    """``order_key`` is read from a dask frame as from a pandas one, in fit and in score_wafers."""
+    lots = make_pi_lots(n_lots=3, wafers_per_lot=10, sensors=("v",), random_state=7)
+    lots["run"] = lots.groupby("lot", sort=False)["wafer"].transform(lambda w: pd.factorize(w)[0] + 1)
+    v = lots["sensor"] == "v"
+    lots.loc[v, "value"] += 0.01 * lots.loc[v, "run"]  # a drift along each lot
+    kw = dict(group_keys=("sensor",), order_key="run", n_jobs=1, random_state=0)
+    det = ShapeSignatureDetector(**kw).fit(lots)
+    assert det.wafer_model_.has_local
+    ddet = ShapeSignatureDetector(**kw).fit(dd.from_pandas(lots, npartitions=2))
+    np.testing.assert_array_equal(ddet.wafer_model_.local, det.wafer_model_.local)
+    pd.testing.assert_series_equal(
+        ddet.score_wafers(dd.from_pandas(lots, npartitions=3)).sort_index(), det.score_wafers(lots).sort_index(),
+        check_exact=False, rtol=1e-6,
+    )
