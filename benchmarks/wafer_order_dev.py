@@ -60,7 +60,7 @@ from greyanom._crossfit import make_folds
 from greyanom.datasets import load_lam9600
 from greyanom.traces._wafer_scorer import WaferScorer, wafer_limit
 from shape_wafer_report import LIMIT, _seeds, _trace_stats, maxz_baseline
-from wafer_level_term_dev import BASE, _counts, _split_figures
+from wafer_level_term_dev import BASE, _counts, _split_figures, blocks_meeting_goal
 from wafer_limit_dev import MPCA_KW, _quiet, build_cache
 
 #: The shape detector's wafer model (its defaults).
@@ -83,9 +83,7 @@ def _summary(rows, alarms, missed):
     )
     out.insert(4, "false alarms %", 100 * out.pop("false_alarms") / out.pop("normals"))
     for name, g in r.groupby("method", sort=False):
-        blocks = [g.iloc[i:i + 5] for i in range(0, len(g) - 4, 5)]
-        met = [b["flagged"].mean() >= 20 and b["false alarms"].sum() / b["normals"].sum() <= 0.02 for b in blocks]
-        out.loc[name, "blocks of 5 meeting the goal"] = f"{sum(met)} / {len(met)}"
+        out.loc[name, "blocks of 5 meeting the goal"] = blocks_meeting_goal(g)
         out.loc[name, "false alarms by wafer"] = _counts(alarms[name])
         out.loc[name, "missed faults"] = _counts(missed[name])
     return out.reset_index()

@@ -242,7 +242,7 @@ class TraceAnalyser:
         if isinstance(X, TraceAnalysis):
             return X
         res = self.analyse(X)
-        return TraceAnalysis(res, self.wafer_table(res, X if isinstance(X, pd.DataFrame) or _is_dask(X) else None))
+        return TraceAnalysis(res, self.wafer_table(res, X))
 
     def traces(self, X):
         """The per-trace rows of an analysis, or of ``X`` analysed now."""
@@ -253,13 +253,13 @@ class TraceAnalyser:
         if isinstance(X, TraceAnalysis):
             return X.wafers
         res = self.analyse(X, lot_fits=False)
-        return self.wafer_table(res, X if isinstance(X, pd.DataFrame) or _is_dask(X) else None)
+        return self.wafer_table(res, X)
 
     def wafer_table(self, res, X):
         """Wafer features of an analysis frame (wafers in order of first appearance in X).
 
-        ``X`` (a pandas or dask frame, or None) gives each wafer's lot and, with ``order_key``,
-        its run order.
+        ``X`` (the traces as given: a pandas frame gives each wafer's lot, a pandas or dask
+        frame its run order with ``order_key``) or None.
         """
         tk, gk = self.keys
         lot_key = self.cfg.lot_key

@@ -481,9 +481,9 @@ def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_si
         else:
             centers[m] = model.center
             scales[m] = model.scale
+    o = _run_order(order, F.shape[0])
     if model.has_local:
         cols = np.flatnonzero(model.local)
-        o = _run_order(order, F.shape[0])
         if o is None:
             has = np.zeros(F.shape[0], dtype=bool)
         else:
@@ -497,8 +497,6 @@ def scale_rows(model, F, lots=None, *, order=None, new_lots="pooled", min_lot_si
             scales[np.ix_(lost, cols)] = np.where(
                 seen[:, None], model.median_lot_scale[np.where(seen, hit, 0)], model.median_scale
             )
-    else:
-        _run_order(order, F.shape[0])  # checked all the same
     Z = np.clip((F - centers) / scales, -model.clip, model.clip)
     return Z, known
 
