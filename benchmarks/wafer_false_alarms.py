@@ -48,18 +48,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from greyanom._crossfit import make_folds
-from greyanom.datasets import load_lam9600
 from greyanom.traces._wafer_scorer import WaferScorer, wafer_limit
 from shape_wafer_report import LIMIT, _seeds, _trace_stats, maxz_baseline
-from wafer_limit_dev import MPCA_KW, _quiet, build_cache
-from wafer_order_dev import SHAPE_KW, with_order
+from wafer_limit_dev import MPCA_KW
+from wafer_order_dev import SHAPE_KW, lam_caches, with_order
 
 #: The run-order settings of the library's defaults (``n_neighbours=6``).
 ORDER_KW = {"n_neighbours": 6}
@@ -153,25 +151,18 @@ def main(argv=None):
     group.add_argument("--fresh", help="split seeds for 1. (e.g. 200-399)")
     group.add_argument("--trim", help="development split seeds for 2. (e.g. 100-160)")
     args = ap.parse_args(argv)
-    seeds = _seeds(args.fresh or args.trim)
-    if any(s < 100 for s in seeds):
-        raise SystemExit("wafer_false_alarms.py runs on development and fresh seeds only (>= 100), never 0-4.")
-    df = _quiet(load_lam9600, Path(args.data) / "wise_etch_lam9600")
-    wafers = df.drop_duplicates("wafer").set_index("wafer")[["experiment", "run", "fault"]]
-    caches = [build_cache(df, wafers, s, args.cache) for s in seeds]
+    df, wafers, caches = lam_caches(args.data, args.cache, _seeds(args.fresh or args.trim), "wafer_false_alarms.py")
     t0 = time.perf_counter()
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_colwidth", 200)
     fmt = {"float_format": lambda v: f"{v:.4f}", "index": False}
     if args.fresh:
         table, lead = by_position(caches, wafers, df)
-        print(f"1. {len(seeds)} splits ({args.fresh}): false alarms at the library's 99 % limit, by place in the experiment")
+        print(f"1. {len(caches)} splits ({args.fresh}): false alarms at the library's 99 % limit, by place in the experiment")
         print(table.T.to_string(header=False))
         print("\nThe shape detector's first wafers: their largest feature contribution (the two most frequent), "
               "in the splits that hold them out")
         print(lead.to_string(**fmt))
     else:
-        print(f"2. {len(seeds)} development splits ({args.trim}): the score with its largest group trimmed")
+        print(f"2. {len(caches)} development splits ({args.trim}): the score with its largest group trimmed")
         print(trimmed(caches, wafers).to_string(**fmt))
     print(f"({time.perf_counter() - t0:.0f} s)")
 

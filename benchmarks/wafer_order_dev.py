@@ -143,6 +143,20 @@ def fresh(caches, fault, run, df, wafers):
     return _summary(rows, alarms, missed)
 
 
+def lam_caches(data, cache, seeds, script):
+    """LAM 9600 (with ``run``), its wafer table and the cached splits ``seeds``; refuses seeds < 100.
+
+    Also widens pandas' printed tables. ``script`` names the caller in the refusal.
+    """
+    if any(s < 100 for s in seeds):
+        raise SystemExit(f"{script} runs on development and fresh seeds only (>= 100), never 0-4.")
+    df = _quiet(load_lam9600, Path(data) / "wise_etch_lam9600")
+    wafers = df.drop_duplicates("wafer").set_index("wafer")[["experiment", "run", "fault"]]
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_colwidth", 200)
+    return df, wafers, [build_cache(df, wafers, s, cache) for s in seeds]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data", help="folder holding wise_etch_lam9600")
@@ -151,14 +165,8 @@ def main(argv=None):
     ap.add_argument("--fresh", default=None, help="fresh split seeds (the A/B on splits no choice looked at)")
     args = ap.parse_args(argv)
     seeds = _seeds(args.fresh or args.seeds)
-    if any(s < 100 for s in seeds):
-        raise SystemExit("wafer_order_dev.py runs on development and fresh seeds only (>= 100), never 0-4.")
-    df = _quiet(load_lam9600, Path(args.data) / "wise_etch_lam9600")
-    wafers = df.drop_duplicates("wafer").set_index("wafer")[["experiment", "run", "fault"]]
-    caches = [build_cache(df, wafers, s, args.cache) for s in seeds]
+    df, wafers, caches = lam_caches(args.data, args.cache, seeds, "wafer_order_dev.py")
     t0 = time.perf_counter()
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_colwidth", 200)
     fmt = {"float_format": lambda v: f"{v:.4f}", "index": False}
     if args.fresh:
         print(f"2. {len(seeds)} fresh splits ({args.fresh}), at the library's 99 % limit")
