@@ -30,7 +30,7 @@ from greyanom.traces._heldout import linearised_heldout_scores
 from greyanom.traces._keys import normalise_keys
 from greyanom.traces._scoring import FitConfig, NormalModel
 from greyanom.traces._status import TRACE_STATUSES
-from greyanom.traces._wafer_scorer import wafer_order
+from greyanom.traces._wafer_scorer import wafer_lots, wafer_order
 
 __all__ = ["TraceAnalyser"]
 
@@ -270,10 +270,10 @@ class TraceAnalyser:
             wafers = X[list(tk)].drop_duplicates()
         order = pd.MultiIndex.from_frame(wafers) if len(tk) > 1 else pd.Index(wafers[tk[0]])
         if lot_key is not None and isinstance(X, pd.DataFrame):
-            lots = X.groupby(list(tk), sort=False)[lot_key].first().reindex(order)
+            lots = wafer_lots(X, tk, lot_key, order)
         else:
-            lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order)
-        wf = wafer_features(res, tk, gk, lots.astype(str).to_numpy(), order)
+            lots = flat.groupby(list(tk), sort=False)["lot"].first().reindex(order).astype(str).to_numpy()
+        wf = wafer_features(res, tk, gk, lots, order)
         if self.cfg.order_key is None:
             return wf
         return dataclasses.replace(wf, order=wafer_order(X, tk, self.cfg.order_key, order))

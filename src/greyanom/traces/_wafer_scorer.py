@@ -115,12 +115,19 @@ class WaferFeatures:
     order: np.ndarray | None = None
 
 
+def _per_wafer(df, trace_keys, key, index):
+    """The first ``key`` value of each wafer's rows (a pandas or dask frame), for the wafers of ``index``."""
+    first = df.groupby(list(trace_keys), sort=False)[key].first()
+    if hasattr(first, "compute"):
+        first = first.compute()
+    return first.reindex(index)
+
+
 def wafer_lots(df, trace_keys, lot_key, index):
     """Lot of each wafer of ``index`` (first lot value of its rows)."""
     if lot_key is None:
         return np.full(len(index), "all", dtype=object).astype(str)
-    lots = df.groupby(list(trace_keys), sort=False)[lot_key].first()
-    return lots.reindex(index).astype(str).to_numpy()
+    return _per_wafer(df, trace_keys, lot_key, index).astype(str).to_numpy()
 
 
 def wafer_order(df, trace_keys, order_key, index):
@@ -137,16 +144,13 @@ def wafer_order(df, trace_keys, order_key, index):
             f"order_key={order_key!r} needs the traces as a pandas or dask frame with that column, "
             f"got {type(df).__name__}."
         )
-    first = df.groupby(list(trace_keys), sort=False)[order_key].first()
-    if hasattr(first, "compute"):
-        first = first.compute()
-    values = first.reindex(index)
+    values = _per_wafer(df, trace_keys, order_key, index)
     if pd.api.types.is_datetime64_any_dtype(values):
         ns = values.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
         return np.where(values.isna().to_numpy(), np.nan, ns / 1e9)
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise TypeError(
-            f"order_key={order_key!r} must hold numbers (a run position) or time stamps, got dtype {first.dtype}."
+            f"order_key={order_key!r} must hold numbers (a run position) or time stamps, got dtype {values.dtype}."
         )
     return values.to_numpy(dtype=np.float64)
 
